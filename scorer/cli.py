@@ -1,0 +1,65 @@
+"""The ``rallycast`` command. Each subcommand lives in its own module, which provides
+``configure(parser)`` to add its flags and ``main(args) -> int`` to run; modules are imported
+only when their subcommand runs, so ``rallycast replay`` does not load the broker."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+SUBCOMMANDS: dict[str, tuple[str, str]] = {
+    "up": ("scorer.up", "run broker + scorer service + viewer on this machine"),
+    "broker": ("broker.cli", "run the embedded MQTT broker"),
+    "passwd": ("broker.passwd", "add or remove MQTT users in the password file"),
+    "scorer": ("scorer.service", "run the scorer service against an MQTT broker"),
+    "score": ("scorer.terminal", "score a match from a terminal"),
+    "buttons": ("scorer.buttons", "turn button-board messages into score commands"),
+    "viewer": ("viewer.server", "serve the live pages"),
+    "replay": ("scorer.replay", "replay a match log and print the snapshot"),
+    "bench": ("broker.bench", "measure the broker (and the pages) on loopback"),
+}
+
+
+def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="rallycast", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--config", help="TOML config file (default: $RALLYCAST_CONFIG, then built-ins)"
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module_name, help_text) in SUBCOMMANDS.items():
+        sub_parser = sub.add_parser(name, help=help_text, description=help_text)
+        sub_parser.set_defaults(_module=module_name)
+        if name != chosen:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError:
+            continue  # listed, but "not available" when run
+        module.configure(sub_parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((word for word in argv if word in SUBCOMMANDS), None)
+    args = build_parser(chosen).parse_args(argv)
+    try:
+        module = importlib.import_module(args._module)
+    except ImportError as exc:
+        print(f"rallycast {args.command}: not available ({exc})", file=sys.stderr)
+        return 2
+    from scorer.config import ConfigError
+
+    try:
+        return int(module.main(args) or 0)
+    except ConfigError as exc:
+        print(f"rallycast {args.command}: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,154 @@
+"""The one place for Rallycast's configuration.
+
+Precedence, lowest to highest: built-in defaults, the TOML file (``--config`` or
+``RALLYCAST_CONFIG``), environment variables ``RALLYCAST_<KEY>``, then command-line flags
+(passed to :func:`load_settings` as ``overrides``).
+
+Example TOML::
+
+    data_dir = "/var/lib/rallycast"
+    bind = "0.0.0.0"
+    mqtt_port = 1883
+    ws_port = 9001
+    http_port = 8000
+
+    [[clubs]]
+    id = "riverside"
+    name = "Riverside TTC"
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+CLUB_ID_RE = re.compile(r"^[a-z0-9-]{1,64}$")
+
+
+class ConfigError(ValueError):
+    """A setting has a value Rallycast cannot use; the message names the setting."""
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "rallycast"
+
+
+@dataclass(frozen=True)
+class Club:
+    id: str
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        if not CLUB_ID_RE.fullmatch(self.id):
+            raise ConfigError(
+                f"club id {self.id!r} is not valid: use 1-64 characters from a-z, 0-9 and '-'"
+            )
+        if not self.name:
+            object.__setattr__(self, "name", self.id)
+
+
+@dataclass(frozen=True)
+class Settings:
+    # Where the broker's retained store, the password file and the match logs live.
+    data_dir: Path = field(default_factory=default_data_dir)
+    # Address the broker and the web server listen on (all interfaces for a club server).
+    bind: str = "0.0.0.0"
+    mqtt_port: int = 1883
+    ws_port: int = 9001
+    http_port: int = 8000
+    # Broker the scorer service and tools connect to when they do not embed one.
+    broker_url: str = "mqtt://127.0.0.1:1883"
+    # WebSocket URL the pages connect to; empty = same host as the page, ws_port, path /mqtt.
+    public_ws_url: str = ""
+    # Broker limits (the same numbers go into mosquitto.conf).
+    max_connections: int = 5000
+    max_payload_bytes: int = 16384
+    max_queued_messages: int = 1000
+    # The scorer service's MQTT user (role: service).
+    service_user: str = "rallycast-service"
+    clubs: tuple[Club, ...] = (Club("demo", "Demo club"),)
+    log_level: str = "INFO"
+
+    @property
+    def password_file(self) -> Path:
+        return self.data_dir / "passwd"
+
+    def club(self, club_id: str) -> Club | None:
+        return next((c for c in self.clubs if c.id == club_id), None)
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return load_settings(base=self, overrides=overrides)
+
+
+_ENV_PREFIX = "RALLYCAST_"
+
+
+def _coerce(name: str, value: Any) -> Any:
+    """Turn a TOML/env/flag value into the type the field wants, or say which setting is wrong."""
+    kinds = {f.name: f.type for f in fields(Settings)}
+    kind = kinds[name]
+    try:
+        if name == "clubs":
+            if isinstance(value, str):  # env: "id1:Name One,id2"
+                items = [part.split(":", 1) for part in value.split(",") if part.strip()]
+                return tuple(Club(i.strip(), (n[0] if n else "").strip()) for i, *n in items)
+            return tuple(
+                c if isinstance(c, Club) else Club(str(c["id"]), str(c.get("name", "")))
+                for c in value
+            )
+        if name == "data_dir":
+            return Path(os.path.expanduser(str(value)))
+        if kind == "int":
+            number = int(value)
+            if number < 0:
+                raise ValueError("must not be negative")
+            return number
+        return str(value)
+    except ConfigError:
+        raise
+    except (TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"setting {name!r}: cannot use {value!r} ({exc})") from exc
+
+
+def load_settings(
+    config_file: str | Path | None = None,
+    *,
+    env: dict[str, str] | None = None,
+    overrides: dict[str, Any] | None = None,
+    base: Settings | None = None,
+) -> Settings:
+    env = os.environ if env is None else env
+    values: dict[str, Any] = {}
+    known = {f.name for f in fields(Settings)}
+
+    path = config_file or env.get(_ENV_PREFIX + "CONFIG")
+    if path:
+        path = Path(path).expanduser()
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError as exc:
+            raise ConfigError(f"config file {path} does not exist") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path} is not valid TOML: {exc}") from exc
+        unknown = set(data) - known
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown settings {sorted(unknown)}")
+        values.update(data)
+
+    for name in known:
+        if _ENV_PREFIX + name.upper() in env:
+            values[name] = env[_ENV_PREFIX + name.upper()]
+
+    for name, value in (overrides or {}).items():
+        if name not in known:
+            raise ConfigError(f"unknown setting {name!r}")
+        if value is not None:
+            values[name] = value
+
+    coerced = {name: _coerce(name, value) for name, value in values.items()}
+    return replace(base or Settings(), **coerced)

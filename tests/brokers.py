@@ -1,0 +1,1 @@
+"""Broker fixtures for the whole suite (owned by the broker work)."""
