@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 CLUB_ID_RE = re.compile(r"^[a-z0-9-]{1,64}$")
+# A club's scorer user is named after the club, so these names cannot be club ids.
+RESERVED_CLUB_IDS = frozenset({"rallycast-service"})
 
 
 class ConfigError(ValueError):
@@ -48,6 +50,8 @@ class Club:
             raise ConfigError(
                 f"club id {self.id!r} is not valid: use 1-64 characters from a-z, 0-9 and '-'"
             )
+        if self.id in RESERVED_CLUB_IDS:
+            raise ConfigError(f"club id {self.id!r} is reserved: pick another")
         if not self.name:
             object.__setattr__(self, "name", self.id)
 
