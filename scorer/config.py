@@ -77,6 +77,9 @@ class Settings:
     service_user: str = "rallycast-service"
     clubs: tuple[Club, ...] = (Club("demo", "Demo club"),)
     log_level: str = "INFO"
+    # Button boards: the raw [[boards]] and [buttons] tables, checked by scorer.buttons.
+    boards: tuple[dict[str, Any], ...] = ()
+    buttons: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
     def password_file(self) -> Path:
@@ -105,6 +108,16 @@ def _coerce(name: str, value: Any) -> Any:
                 c if isinstance(c, Club) else Club(str(c["id"]), str(c.get("name", "")))
                 for c in value
             )
+        if name in ("boards", "buttons"):
+            if isinstance(value, str):
+                raise ValueError("set it in the config file, not in the environment")
+            if name == "buttons":
+                if not isinstance(value, dict):
+                    raise ValueError("[buttons] must be a table")
+                return dict(value)
+            if not isinstance(value, list | tuple):
+                raise ValueError("[[boards]] must be an array of tables")
+            return tuple(value)
         if name == "data_dir":
             return Path(os.path.expanduser(str(value)))
         if kind == "int":

@@ -49,6 +49,11 @@ def club_of(topic: str) -> str | None:
     return parts[1] if CLUB_ID_RE.fullmatch(parts[1]) else None
 
 
+# Where button boards publish (the vendors' default prefixes, plus ours for home-made boards).
+# A club's scorer user may publish and read these; the broker's ACL and the board config use them.
+DEVICE_TOPIC_PREFIXES = ("boards/", "stat/", "tele/", "zigbee2mqtt/", "shellies/")
+DEVICE_TOPIC_FILTERS = tuple(prefix + "#" for prefix in DEVICE_TOPIC_PREFIXES)
+
 # Filters the scorer service subscribes to (one level for the club id).
 ALL_COMMANDS = f"{CLUBS_PREFIX}/+/game/cmd"
 ALL_GAMES = f"{CLUBS_PREFIX}/+/game"

@@ -1,0 +1,123 @@
+"""``rallycast buttons``: turn the messages of off-the-shelf MQTT buttons (Tasmota, ESPHome,
+Zigbee2MQTT, Shelly Gen1/Gen2) and home-made boards into score commands for a club.
+
+Layers, each usable alone: ``decoders`` (device message -> presses, pure), ``mapping`` (presses
+-> commands with dedup and debounce, pure), ``boards`` (the TOML configuration), ``runner``
+(the MQTT side). Wiring each device: docs/buttons.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+
+from scorer.buttons.boards import ButtonsConfig, load_buttons_config, parse_board, parse_boards
+from scorer.buttons.decoders import BadPayload, DeviceMessage, Press
+from scorer.buttons.mapping import Action, Board, BoardSpec, Verdict, parse_action
+from scorer.buttons.runner import ButtonRunner
+from scorer.config import ConfigError
+
+__all__ = [
+    "Action",
+    "BadPayload",
+    "Board",
+    "BoardSpec",
+    "ButtonRunner",
+    "ButtonsConfig",
+    "DeviceMessage",
+    "Press",
+    "Verdict",
+    "configure",
+    "load_buttons_config",
+    "main",
+    "parse_action",
+    "parse_board",
+    "parse_boards",
+]
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    # SUPPRESS: without the flag here, the top-level ``rallycast --config FILE`` value stays.
+    parser.add_argument(
+        "--config",
+        default=argparse.SUPPRESS,
+        help="TOML file with [[boards]] (and any Rallycast settings); default $RALLYCAST_CONFIG",
+    )
+    parser.add_argument("--url", help="broker URL (default: broker_url from the config)")
+    parser.add_argument("--log-level", help="DEBUG shows every dropped message and why")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the config, print each board's topics and mapping, and exit",
+    )
+
+
+def describe(config: ButtonsConfig) -> str:
+    lines = [f"broker: {config.settings.broker_url}"]
+    for board in config.boards:
+        lines.append(
+            f"board {board.name}: club {board.club}, {board.kind}, debounce {board.debounce_ms} ms"
+        )
+        for topic_filter in board.decoder.subscriptions():
+            lines.append(f"  follows {topic_filter}")
+        rules = list(board.buttons.items())
+        if board.other_buttons is not None:
+            rules.append(("(any other)", board.other_buttons))
+        for button, rule in rules:
+            side = f"side {rule.side}" if rule.side is not None else "no side"
+            actions = ", ".join(
+                f"{gesture} = {action}"
+                for gesture, action in rule.gestures.items()
+                if action.verb != "ignore"
+            )
+            lines.append(f"  button {button!r} ({side}): {actions}")
+    return "\n".join(lines)
+
+
+def main(args: argparse.Namespace) -> int:
+    config = load_buttons_config(
+        getattr(args, "config", None),
+        overrides={"broker_url": args.url, "log_level": args.log_level},
+    )
+    level = config.settings.log_level.upper()
+    if not isinstance(logging.getLevelName(level), int):
+        raise ConfigError(
+            f"log level {config.settings.log_level!r}: use DEBUG, INFO, WARNING or ERROR"
+        )
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=level,
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+    if args.check:
+        print(describe(config))
+        return 0
+
+    from scorer.client import ConnectFailed
+
+    runner = ButtonRunner(
+        config.boards, broker=config.settings.broker_url, passwords=config.passwords
+    )
+    try:
+        runner.start()
+    except ConnectFailed as exc:
+        print(f"rallycast buttons: {exc}", file=sys.stderr)
+        return 1
+
+    stop = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.set())
+    print(
+        f"rallycast buttons: {len(config.boards)} board(s) for club(s) "
+        f"{', '.join(config.clubs)} on {config.settings.broker_url}; Ctrl-C stops",
+        flush=True,
+    )
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        runner.stop()
+    return 0

@@ -1,0 +1,297 @@
+"""The button runner end to end on real brokers (embedded amqtt AND mosquitto): device messages
+published as the club's user become commands on ``clubs/<club>/game/cmd``; with the scorer
+service running, presses change the retained snapshot."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+
+from scorer import topics
+from scorer.buttons import ButtonRunner, parse_boards
+from scorer.client import ConnectFailed
+from scorer.config import Settings
+from scorer.service import ScorerService
+from tests.scorer.payloads import ESPHOME, SHELLY1, TASMOTA, ZIGBEE
+
+REPO = Path(__file__).resolve().parents[2]
+WAIT = 5.0
+QUIET = 0.8  # seconds of silence that show a command did NOT come
+
+TASMOTA_BOARD = {
+    "name": "table1",
+    "club": "alpha",
+    "kind": "tasmota",
+    "topic": "table1-buttons",
+    "buttons": {"1": 1, "2": 2},
+}
+
+
+@contextmanager
+def running(endpoint, *tables: dict, password: str | None = None) -> Iterator[ButtonRunner]:
+    runner = ButtonRunner(
+        parse_boards(list(tables)),
+        broker=endpoint.url(),
+        passwords={"alpha": endpoint.users["alpha"] if password is None else password},
+        connect_timeout=WAIT,
+    )
+    runner.start()
+    try:
+        yield runner
+    finally:
+        runner.stop()
+
+
+def publish(device, message, *, retain: bool | None = None) -> None:
+    """Publish a recorded device message as the device would (QoS 1 so it is not lost)."""
+    info = device.publish(
+        message.topic, message.payload, qos=1, retain=message.retain if retain is None else retain
+    )
+    info.wait_for_publish(WAIT)
+
+
+def commands(recorder) -> list[dict]:
+    return [json.loads(m.payload) for m in recorder.messages if m.topic.endswith("/game/cmd")]
+
+
+def test_tasmota_press_becomes_a_command_on_the_clubs_command_topic(any_broker) -> None:
+    service_view = any_broker.recorder([topics.commands("alpha")], user=any_broker.service_user)
+    device = any_broker.client("alpha")
+    with running(any_broker, TASMOTA_BOARD):
+        publish(device, TASMOTA["button2_single"])
+        received = service_view.wait_for(timeout=WAIT)
+    command = json.loads(received.payload)
+    assert {k: v for k, v in command.items() if k != "id"} == {"cmd": "point", "side": 2}
+    assert command["id"].startswith("btn-table1-")
+    assert received.qos == 1 and not received.retain
+
+
+def test_retained_esphome_state_is_not_replayed_as_a_press_but_live_presses_count(
+    any_broker,
+) -> None:
+    service_view = any_broker.recorder([topics.commands("alpha")], user=any_broker.service_user)
+    device = any_broker.client("alpha")
+    # ESPHome publishes its states retained: the broker keeps the last ON for new subscribers.
+    publish(device, ESPHOME["left_on"], retain=True)
+    board = {"club": "alpha", "kind": "esphome", "topic_prefix": "boards/table1", "side": 1}
+    with running(any_broker, board):
+        service_view.assert_nothing(QUIET)
+        publish(device, ESPHOME["left_off"], retain=True)
+        publish(device, ESPHOME["left_on"], retain=True)  # a live press, still sent retained
+        service_view.wait_for(timeout=WAIT)
+    assert [c["cmd"] for c in commands(service_view)] == ["point"]
+    publish(device, ESPHOME["left_off"], retain=True)  # leave no retained ON behind
+
+
+def test_zigbee2mqtt_press_on_both_of_its_topics_is_one_command(any_broker) -> None:
+    service_view = any_broker.recorder([topics.commands("alpha")], user=any_broker.service_user)
+    device = any_broker.client("alpha")
+    board = {"club": "alpha", "kind": "zigbee2mqtt", "device": "table1-left", "side": 1}
+    with running(any_broker, board):
+        publish(device, ZIGBEE["state_single"])
+        publish(device, ZIGBEE["action_single"])
+        publish(device, ZIGBEE["state_empty_action"])
+        service_view.wait_for(timeout=WAIT)
+        time.sleep(QUIET)
+    assert [(c["cmd"], c["side"]) for c in commands(service_view)] == [("point", 1)]
+
+
+def test_bad_device_payloads_are_logged_and_the_next_press_still_counts(any_broker, caplog) -> None:
+    caplog.set_level(logging.INFO, logger="rallycast.buttons")
+    service_view = any_broker.recorder([topics.commands("alpha")], user=any_broker.service_user)
+    device = any_broker.client("alpha")
+    with running(any_broker, TASMOTA_BOARD):
+        for junk in [b"\xff\xfe", b"{not json", b'{"Button1":{"Action":42}}', b"[]"]:
+            device.publish("stat/table1-buttons/RESULT", junk, qos=1).wait_for_publish(WAIT)
+        publish(device, TASMOTA["button1_single"])
+        service_view.wait_for(timeout=WAIT)
+    assert [c["side"] for c in commands(service_view)] == [1]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert (
+        sum("board table1: ignored a message on stat/table1-buttons/RESULT" in w for w in warnings)
+        == 4
+    )
+
+
+def test_the_runner_subscribes_again_after_a_broker_restart(any_broker) -> None:
+    with running(any_broker, TASMOTA_BOARD) as runner:
+        link = runner.links["alpha"]
+        any_broker.restart()
+        deadline = time.monotonic() + 15
+        while link.subscribed_count < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert link.subscribed_count == 2, "the runner did not reconnect and subscribe again"
+        service_view = any_broker.recorder([topics.commands("alpha")], user=any_broker.service_user)
+        publish(any_broker.client("alpha"), TASMOTA["button1_single"])
+        assert json.loads(service_view.wait_for(timeout=WAIT).payload)["side"] == 1
+
+
+def test_a_wrong_club_password_is_a_clear_error(any_broker) -> None:
+    with pytest.raises(ConnectFailed, match="refused"):
+        with running(any_broker, TASMOTA_BOARD, password="not-the-password"):
+            pass
+
+
+@contextmanager
+def scorer_service(endpoint, data_dir: Path) -> Iterator[ScorerService]:
+    settings = Settings(
+        data_dir=data_dir,
+        broker_url=f"mqtt://{endpoint.host}:{endpoint.mqtt_port}",
+        service_user=endpoint.service_user,
+    )
+    service = ScorerService(settings, password=endpoint.users[endpoint.service_user])
+    service.start()
+    try:
+        assert service.wait_until_connected(WAIT), "the scorer service did not connect"
+        yield service
+    finally:
+        service.stop()
+
+
+def latest_snapshot(spectator, rev: int) -> dict:
+    message = spectator.wait_for(
+        lambda m: m.payload and json.loads(m.payload).get("rev") == rev, timeout=WAIT
+    )
+    return json.loads(message.payload)
+
+
+def test_presses_change_the_retained_snapshot_through_the_scorer_service(
+    any_broker, tmp_path, caplog
+) -> None:
+    caplog.set_level(logging.INFO, logger="rallycast.buttons")
+    shelly_side2 = {
+        "name": "right",
+        "club": "alpha",
+        "kind": "shelly1",
+        "device": "shellybutton1-A4CF12F45301",
+        "side": 2,
+    }
+    with (
+        scorer_service(any_broker, tmp_path / "service"),
+        running(any_broker, TASMOTA_BOARD, shelly_side2),
+    ):
+        spectator = any_broker.recorder([topics.game("alpha")])
+        scorer = any_broker.recorder([topics.replies("alpha")], user="alpha")
+        device = any_broker.client("alpha")
+
+        # Before any match a press is refused by the service, and the runner says so.
+        publish(device, TASMOTA["button2_single"])
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline and not any(
+            "refused by the scorer service" in r.getMessage() for r in caplog.records
+        ):
+            time.sleep(0.05)
+        assert any("refused by the scorer service" in r.getMessage() for r in caplog.records)
+
+        start = {"cmd": "start", "player1": "Ann", "player2": "Bob", "id": "start-1"}
+        scorer.client.publish(topics.commands("alpha"), json.dumps(start), qos=1)
+        assert latest_snapshot(spectator, 1)["game_data"]["score1"] == 0
+
+        publish(device, TASMOTA["button1_single"])
+        assert latest_snapshot(spectator, 2)["game_data"]["score1"] == 1
+        publish(device, SHELLY1["button_s"])  # Shelly event 12 on side 2
+        publish(device, SHELLY1["button_s_again"])  # the same event again: no point
+        after = latest_snapshot(spectator, 3)["game_data"]
+        assert (after["score1"], after["score2"]) == (1, 1)
+        publish(device, TASMOTA["button2_hold"])  # hold = undo the latest point
+        after = latest_snapshot(spectator, 4)["game_data"]
+        assert (after["score1"], after["score2"]) == (1, 0)
+
+        time.sleep(QUIET)  # nothing else may have been accepted (the repeat was dropped)
+        revs = [json.loads(m.payload)["rev"] for m in spectator.messages if m.payload]
+        assert max(revs) == 4
+
+
+def test_rallycast_buttons_command_runs_boards_until_sigint(any_broker, tmp_path) -> None:
+    config = tmp_path / "buttons.toml"
+    config.write_text(
+        f"""
+broker_url = "mqtt://{any_broker.host}:{any_broker.mqtt_port}"
+[[boards]]
+name = "esp32"
+club = "alpha"
+kind = "raw"
+topic = "boards/table1/press"
+[boards.payloads]
+home = "1+"
+opponent = "2+"
+""",
+        encoding="utf-8",
+    )
+    service_view = any_broker.recorder([topics.commands("alpha")], user=any_broker.service_user)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
+    env["RALLYCAST_PASSWORD_ALPHA"] = any_broker.users["alpha"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "scorer.cli", "buttons", "--config", str(config)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None
+        banner = process.stdout.readline()  # printed once the runner is connected
+        assert "1 board(s) for club(s) alpha" in banner
+        device = any_broker.client("alpha")
+        device.publish("boards/table1/press", b"opponent", qos=1).wait_for_publish(WAIT)
+        received = service_view.wait_for(timeout=WAIT)
+        assert json.loads(received.payload)["side"] == 2
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=5) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    stderr = process.stderr.read() if process.stderr else ""
+    assert "board esp32: button opponent single" in stderr
+    assert "Traceback" not in stderr
+
+
+def test_left_end_button_scores_for_whoever_stands_there_after_the_ends_change(
+    any_broker, tmp_path
+) -> None:
+    ends_board = {
+        "name": "ends",
+        "club": "alpha",
+        "kind": "tasmota",
+        "topic": "table1-buttons",
+        "buttons": {"1": "left", "2": "right"},
+        "debounce_ms": 0,
+    }
+    with (
+        scorer_service(any_broker, tmp_path / "service"),
+        running(any_broker, ends_board) as runner,
+    ):
+        spectator = any_broker.recorder([topics.game("alpha")])
+        scorer = any_broker.client("alpha")
+        device = any_broker.client("alpha")
+        start = {"cmd": "start", "player1": "Ann", "player2": "Bob", "best_of": 3, "id": "s1"}
+        scorer.publish(topics.commands("alpha"), json.dumps(start), qos=1)
+        assert latest_snapshot(spectator, 1)["left_side"] == 1
+        for rev in range(2, 13):  # Ann (side 1, at the left end) wins game 1 11-0
+            publish(device, TASMOTA["button1_single"])
+            snapshot = latest_snapshot(spectator, rev)
+        assert snapshot["games"] == [[11, 0]] and snapshot["left_side"] == 2
+
+        board = runner.links["alpha"].boards[0]
+        deadline = time.monotonic() + WAIT
+        while board.left_side != 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        publish(device, TASMOTA["button1_single"])  # the left end is Bob's now
+        game2 = latest_snapshot(spectator, 13)
+        assert (game2["game_no"], game2["game_data"]["score1"], game2["game_data"]["score2"]) == (
+            2,
+            0,
+            1,
+        )
