@@ -1,0 +1,273 @@
+"""Properties of the engine over random command logs (hypothesis): whatever the order of
+points, -1, undo, timeouts, expedite and corrections, the laws' invariants hold."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from scorer.engine import Match, Refused
+from scorer.rules import game_over, games_to_win, left_side_by_law, normal_turn
+
+SINGLES = {"cmd": "start", "player1": "Иван Иванов", "player2": "Петр Петров"}
+DOUBLES = {
+    "cmd": "start",
+    "game_type": "double",
+    "players1": ["Анна Смирнова", "Ольга Козлова"],
+    "players2": ["Мария Попова", "Елена Новикова"],
+}
+NAMES = DOUBLES["players1"] + DOUBLES["players2"]
+
+points = st.sampled_from(["1+", "2+"])
+other_commands = st.one_of(
+    st.sampled_from(["1-", "2-", "undo", " UNDO ", "2+ "]),
+    st.builds(lambda side: {"cmd": "timeout", "side": side}, st.sampled_from([1, 2])),
+    st.just({"cmd": "expedite"}),
+    st.builds(lambda side: {"cmd": "correct", "left_side": side}, st.sampled_from([1, 2])),
+    st.builds(lambda side: {"cmd": "correct", "server": side}, st.sampled_from([1, 2])),
+    st.builds(
+        lambda s, r: {"cmd": "correct", "server": s, "receiver": r},
+        st.sampled_from(NAMES),
+        st.sampled_from(NAMES),
+    ),
+    st.builds(lambda name: {"cmd": "server", "player": name}, st.sampled_from(NAMES)),
+)
+
+
+@st.composite
+def command_logs(draw: st.DrawFn) -> list[Any]:
+    """Mostly points, leaning towards one side for a while so that games and matches get
+    finished; "end" (abandon) only as the last command of some logs, or it would cut most
+    of them short."""
+    script: list[Any] = []
+    for _ in range(draw(st.integers(20, 250))):
+        roll = draw(st.integers(0, 9))
+        if roll < 8:
+            leaning = 1 if (len(script) // 30) % 2 == 0 else 2
+            script.append(f"{leaning}+" if roll < 4 else draw(points))
+        else:
+            script.append(draw(other_commands))
+    if draw(st.integers(0, 3)) == 0:
+        script.append({"cmd": "end"})
+    return script
+
+
+commands = command_logs()
+
+starts = st.fixed_dictionaries(
+    {
+        "doubles": st.booleans(),
+        "best_of": st.sampled_from([1, 3, 5, 7]),
+        "first_server": st.sampled_from([1, 2]),
+    }
+)
+
+RELAXED = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def start_match(params: dict[str, Any]) -> Match:
+    match = Match("prop")
+    base = DOUBLES if params["doubles"] else SINGLES
+    command = {**base, "best_of": params["best_of"], "first_server": params["first_server"]}
+    match.apply(command, 0.0)
+    return match
+
+
+def without_clock(snapshot: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in snapshot.items() if key not in ("rev", "updated_at")}
+
+
+def check_invariants(match: Match, params: dict[str, Any]) -> None:
+    snapshot = match.snapshot()
+    data = snapshot["game_data"]
+    assert data["score1"] >= 0 and data["score2"] >= 0
+    assert snapshot["rev"] == len(match.log)
+    assert all(game_over(a, b) for a, b in snapshot["games"])
+    won = [sum(1 for a, b in snapshot["games"] if (a > b) == (side == 1)) for side in (1, 2)]
+    assert snapshot["games_won"] == won
+    needed = games_to_win(params["best_of"])
+    finished = max(won) >= needed
+    assert (snapshot["status"] == "finished") == finished
+    assert max(won) <= needed
+    if snapshot["status"] == "in_progress":
+        assert not game_over(data["score1"], data["score2"])
+        assert snapshot["game_no"] == len(snapshot["games"]) + 1
+    if snapshot["status"] == "between_games":
+        assert [data["score1"], data["score2"]] == snapshot["games"][-1]
+        assert snapshot["game_no"] == len(snapshot["games"])
+    assert (snapshot["type"] == "game_end") == (snapshot["status"] in ("finished", "abandoned"))
+    assert len(json.dumps(snapshot, ensure_ascii=False).encode()) < 1024
+
+
+def check_order_by_law(match: Match, params: dict[str, Any]) -> None:
+    """Without corrections and expedite, singles service and the ends follow R4-R6 directly
+    from the score."""
+    log = match.log
+    if any(entry["cmd"] in ("correct", "expedite") for entry in log):
+        return
+    snapshot = match.snapshot()
+    if snapshot["status"] not in ("in_progress", "between_games"):
+        return
+    if snapshot["status"] == "between_games":
+        game_no, a, b = snapshot["game_no"] + 1, 0, 0
+    else:
+        game_no, a, b = (
+            snapshot["game_no"],
+            snapshot["game_data"]["score1"],
+            snapshot["game_data"]["score2"],
+        )
+    assert snapshot["left_side"] == left_side_by_law(game_no, params["best_of"], a, b)
+    if params["doubles"]:
+        return
+    first = params["first_server"] if game_no % 2 == 1 else 3 - params["first_server"]
+    expected = first if normal_turn(a + b) % 2 == 0 else 3 - first
+    assert snapshot["game_data"]["server"] == expected
+
+
+@RELAXED
+@given(params=starts, script=commands)
+def test_random_logs_keep_the_laws_invariants(params, script):
+    match = start_match(params)
+    clock = 0.0
+    for command in script:
+        clock += 1.0
+        before, rev_before = match.snapshot(), match.rev
+        try:
+            outcome = match.apply(command, clock)
+        except Refused:
+            assert match.snapshot() == before and match.rev == rev_before
+            continue
+        assert match.rev == rev_before + 1  # rev strictly increases on every accepted command
+        assert outcome.snapshot == match.snapshot()
+        assert outcome.event is not None and outcome.event["rev"] == match.rev
+        check_invariants(match, params)
+        check_order_by_law(match, params)
+
+
+@RELAXED
+@given(params=starts, script=commands)
+def test_undo_of_the_latest_point_restores_the_previous_snapshot_exactly(params, script):
+    match = start_match(params)
+    clock = 0.0
+    for command in script:
+        clock += 1.0
+        before = match.snapshot()
+        try:
+            after = match.apply(command, clock).snapshot
+        except Refused:
+            continue
+        if command not in ("1+", "2+"):
+            continue
+        clock += 1.0
+        undone = match.apply("undo", clock).snapshot
+        assert without_clock(undone) == without_clock(before)
+        clock += 1.0
+        redone = match.apply(command, clock).snapshot
+        assert without_clock(redone) == without_clock(after)
+
+
+@RELAXED
+@given(params=starts, script=commands)
+def test_a_finished_match_refuses_points(params, script):
+    match = start_match(params)
+    for number, command in enumerate(script, start=1):
+        try:
+            match.apply(command, float(number))
+        except Refused:
+            pass
+    if match.status in ("finished", "abandoned"):
+        for point in ("1+", "2+"):
+            before = match.snapshot()
+            try:
+                match.apply(point, 10_000.0)
+            except Refused:
+                pass
+            else:
+                raise AssertionError(f"{point} accepted after the match ended")
+            assert match.snapshot() == before
+
+
+@RELAXED
+@given(params=starts, script=commands)
+def test_rebuilding_from_the_log_gives_the_live_snapshot(params, script):
+    match = start_match(params)
+    for number, command in enumerate(script, start=1):
+        try:
+            match.apply(command, float(number))
+        except Refused:
+            pass
+    rebuilt = Match.from_log("prop", match.log)
+    assert rebuilt.snapshot() == match.snapshot()
+    assert rebuilt.status == match.status
+    # and through JSON, as the service stores it
+    stored = json.loads(json.dumps(match.log, ensure_ascii=False))
+    assert Match.from_log("prop", stored).snapshot() == match.snapshot()
+
+
+@RELAXED
+@given(params=starts, script=commands)
+def test_scores_never_go_negative_under_any_minus_one(params, script):
+    match = start_match(params)
+    for number, command in enumerate(script + ["1-", "2-"] * 30, start=1):
+        try:
+            match.apply(command, float(number))
+        except Refused:
+            pass
+        data = match.snapshot()["game_data"]
+        assert data["score1"] >= 0 and data["score2"] >= 0
+
+
+def simulate_order(doubles: bool, best_of: int, first_server: int, rallies: list[int]):
+    """An independent model of R3-R8, rally by rally as an umpire follows it (no formulas):
+    after each rally yields (server, receiver, left side) as (side, index) players, or None
+    once the match is over."""
+
+    def partner(player: tuple[int, int]) -> tuple[int, int]:
+        return (player[0], 1 - player[1]) if doubles else player
+
+    server, receiver = (first_server, 0), (3 - first_server, 0)
+    first_pairing = (server, receiver)
+    game_no, score, won, left, switched = 1, [0, 0], [0, 0], 1, False
+    for side in rallies:
+        score[side - 1] += 1
+        if max(score) >= 11 and abs(score[0] - score[1]) >= 2:
+            won[side - 1] += 1
+            if won[side - 1] == (best_of + 1) // 2:
+                yield None
+                return
+            game_no, score, left, switched = game_no + 1, [0, 0], 3 - left, False
+            server, receiver = first_pairing[1], first_pairing[0]  # R5 / R7 default
+            first_pairing = (server, receiver)
+            yield server, receiver, left
+            continue
+        total = sum(score)
+        if total >= 20 or total % 2 == 0:  # a change of service is due
+            server, receiver = receiver, partner(server)
+        if game_no == best_of and not switched and max(score) == 5:
+            switched, left = True, 3 - left  # R6 ends; R8 receiving order
+            receiver = partner(receiver)
+        yield server, receiver, left
+
+
+@RELAXED
+@given(params=starts, rallies=st.lists(st.sampled_from([1, 1, 2]), min_size=1, max_size=300))
+def test_order_of_service_and_ends_match_a_rally_by_rally_umpire(params, rallies):
+    match = start_match(params)
+    if params["doubles"]:
+        players = [DOUBLES["players1"], DOUBLES["players2"]]
+        names = {(side, index): players[side - 1][index] for side in (1, 2) for index in (0, 1)}
+    else:
+        names = {(side, 0): SINGLES[f"player{side}"] for side in (1, 2)}
+    expected = simulate_order(params["doubles"], params["best_of"], params["first_server"], rallies)
+    for number, (side, want) in enumerate(zip(rallies, expected, strict=False), start=1):
+        snapshot = match.apply(f"{side}+", float(number)).snapshot
+        if want is None:
+            assert snapshot["status"] == "finished"
+            return
+        server, receiver, left = want
+        assert snapshot["server_player"] == names[server]
+        assert snapshot["receiver_player"] == names[receiver]
+        assert snapshot["left_side"] == left
