@@ -89,7 +89,8 @@ class Settings:
         return next((c for c in self.clubs if c.id == club_id), None)
 
     def with_overrides(self, **overrides: Any) -> Settings:
-        return load_settings(base=self, overrides=overrides)
+        # Only the given overrides: the file and the environment were read into self already.
+        return load_settings(env={}, overrides=overrides, base=self)
 
 
 _ENV_PREFIX = "RALLYCAST_"

@@ -61,3 +61,9 @@ def test_missing_config_file_says_which(tmp_path: Path):
 def test_with_overrides_keeps_other_settings(tmp_path: Path):
     base = Settings(data_dir=tmp_path)
     assert base.with_overrides(mqtt_port=0).data_dir == tmp_path
+
+
+def test_with_overrides_does_not_read_the_environment_again(monkeypatch):
+    monkeypatch.setenv("RALLYCAST_MQTT_PORT", "2000")
+    base = load_settings(overrides={"mqtt_port": 1}, env={})
+    assert base.with_overrides(ws_port=0).mqtt_port == 1

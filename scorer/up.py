@@ -1,0 +1,224 @@
+"""``rallycast up``: everything on one machine in one process — the embedded broker, the
+scorer service and the live pages — working with no configuration at all.
+
+On first start it creates the data dir, the scorer credentials of each configured club (the
+`demo` club by default; the password is printed once and only its hash is kept) and the
+service's own secret (data_dir/service.secret), then prints what to open and what to type.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import secrets
+import signal
+import socket
+import sys
+import time
+from dataclasses import dataclass, replace
+from typing import Any
+
+from scorer.config import Settings, load_settings
+from scorer.service import ScorerService, ensure_service_secret, setup_logging
+
+log = logging.getLogger("rallycast.up")
+
+STOP_BUDGET = 1.5  # seconds for a clean stop after Ctrl-C / SIGTERM (promise: within 2 s)
+SERVICE_CONNECT_TIMEOUT = 10.0
+
+
+@dataclass
+class Credentials:
+    service_password: str
+    new_club_passwords: dict[str, str]  # club id -> clear password, only those created now
+
+
+def ensure_credentials(settings: Settings) -> Credentials:
+    """The service's user and each configured club's scorer user exist in the password file.
+    New club passwords are returned (to be shown once); existing ones are left alone."""
+    from broker.auth import PasswordFile
+
+    passwords = PasswordFile(settings.password_file)
+    secret = ensure_service_secret(settings.data_dir)
+    # A secret file written by hand (or a restored data dir) must match the stored hash.
+    if not passwords.verify(settings.service_user, secret):
+        passwords.set(settings.service_user, secret)
+    known = set(passwords.users())
+    created: dict[str, str] = {}
+    for club in settings.clubs:
+        if club.id not in known:
+            created[club.id] = secrets.token_urlsafe(12)
+            passwords.set(club.id, created[club.id])
+    return Credentials(secret, created)
+
+
+def _public_host(settings: Settings) -> str:
+    return "127.0.0.1" if settings.bind in ("", "0.0.0.0", "::") else settings.bind
+
+
+def banner(
+    settings: Settings,
+    credentials: Credentials,
+    *,
+    host: str,
+    mqtt_port: int,
+    ws_port: int,
+    http_url: str | None,
+) -> str:
+    lines = ["", "Rallycast is running.", ""]
+    lines.append(
+        f"  MQTT broker:  mqtt://{host}:{mqtt_port}   WebSocket: ws://{host}:{ws_port}/mqtt"
+    )
+    lines.append(f"  Data dir:     {settings.data_dir}")
+    if http_url is None:
+        lines.append("  Live pages:   not available (the viewer package is not installed)")
+    for club in settings.clubs:
+        lines.append("")
+        lines.append(f"Club {club.name!r} (id {club.id}):")
+        if http_url is not None:
+            base = f"{http_url}/clubs/{club.id}"
+            lines.append(f"  club page:  {base}")
+            lines.append(f"  scorer:     {base}/score")
+            lines.append(f"  display:    {base}/display")
+            lines.append(f"  overlay:    {base}/overlay")
+        password = credentials.new_club_passwords.get(club.id)
+        if password is not None:
+            lines.append(f"  scorer login: user {club.id} password {password}")
+            lines.append(
+                "  (shown only now: write it down; a new one: rallycast passwd add "
+                f"{club.id} --generate)"
+            )
+            shown = password
+        else:
+            lines.append(
+                f"  scorer login: user {club.id}, password set at first start "
+                f"(forgotten? rallycast passwd add {club.id} --generate)"
+            )
+            shown = "PASSWORD"
+        lines.append("  score from a terminal:")
+        lines.append(
+            f"    rallycast score --club {club.id} --url mqtt://{host}:{mqtt_port} "
+            f"--user {club.id} --password '{shown}'"
+        )
+        lines.append("  or with mosquitto-clients:")
+        lines.append(f"    mosquitto_sub -h {host} -p {mqtt_port} -t clubs/{club.id}/game -v")
+        lines.append(
+            f"    mosquitto_pub -h {host} -p {mqtt_port} -u {club.id} -P '{shown}' -q 1 "
+            f'-t clubs/{club.id}/game/cmd -m \'{{"cmd": "start", "player1": "Ann", '
+            f'"player2": "Bob"}}\''
+        )
+        lines.append(
+            f"    mosquitto_pub -h {host} -p {mqtt_port} -u {club.id} -P '{shown}' -q 1 "
+            f"-t clubs/{club.id}/game/cmd -m '1+'"
+        )
+    if settings.bind in ("", "0.0.0.0", "::"):
+        lines.append("")
+        lines.append(
+            f"From other devices use this machine's address instead of {host} "
+            f"(e.g. {socket.gethostname()})."
+        )
+    lines.append("")
+    lines.append("Stop with Ctrl-C.")
+    return "\n".join(lines)
+
+
+async def run_up(settings: Settings, stop: asyncio.Event) -> int:
+    """Run everything until ``stop`` is set; returns the exit code."""
+    from broker.server import start_broker
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    credentials = await asyncio.to_thread(ensure_credentials, settings)
+    broker = await start_broker(settings)
+    # The real ports (settings may say 0); the pages need the real WebSocket port.
+    settings = replace(settings, mqtt_port=broker.mqtt_port, ws_port=broker.ws_port)
+    service = ScorerService(
+        settings,
+        url=broker.mqtt_url,
+        user=settings.service_user,
+        password=credentials.service_password,
+    )
+    viewer: Any = None
+    try:
+        service.start()
+        if not await asyncio.to_thread(service.wait_until_connected, SERVICE_CONNECT_TIMEOUT):
+            log.error("the scorer service could not connect to the embedded broker")
+            return 1
+        try:
+            from viewer.server import start_viewer
+        except ImportError as exc:
+            log.warning("live pages not available: %s", exc)
+        else:
+            viewer = await start_viewer(settings)
+        print(
+            banner(
+                settings,
+                credentials,
+                host=broker.host,
+                mqtt_port=broker.mqtt_port,
+                ws_port=broker.ws_port,
+                http_url=viewer.url if viewer is not None else None,
+            ),
+            flush=True,
+        )
+        await stop.wait()
+        return 0
+    finally:
+        await _shutdown(service, viewer, broker)
+
+
+async def _shutdown(service: ScorerService, viewer: Any, broker: Any) -> None:
+    async def stop_service_then_broker() -> None:
+        # The service first, while the broker can still take its "offline".
+        await asyncio.to_thread(service.stop, 0.3)
+        await broker.stop()
+
+    async def stop_all() -> None:
+        parts = [stop_service_then_broker()] + ([viewer.stop()] if viewer is not None else [])
+        await asyncio.gather(*parts, return_exceptions=True)
+
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(stop_all(), STOP_BUDGET)
+    except TimeoutError:
+        log.warning("stopping took longer than %.1f s; leaving the rest to exit", STOP_BUDGET)
+    log.debug("stopped in %.2f s", time.monotonic() - started)
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="where passwords, retained messages and match logs live")
+    parser.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
+    parser.add_argument("--mqtt-port", type=int, help="MQTT TCP port (0 = any free port)")
+    parser.add_argument("--ws-port", type=int, help="MQTT WebSocket port (0 = any free port)")
+    parser.add_argument("--http-port", type=int, help="web pages port (0 = any free port)")
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load_settings(
+        args.config,
+        overrides={
+            "data_dir": args.data_dir,
+            "bind": args.bind,
+            "mqtt_port": args.mqtt_port,
+            "ws_port": args.ws_port,
+            "http_port": args.http_port,
+        },
+    )
+    setup_logging(settings)
+
+    async def run() -> int:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
+        return await run_up(settings, stop)
+
+    code = asyncio.run(run())
+    # Everything is stopped and saved now. The interpreter's own teardown of the broker's,
+    # web server's and SQLAlchemy's objects takes seconds on a loaded machine and would break
+    # the "stops within 2 s" promise: flush what is buffered and leave.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

@@ -1,0 +1,236 @@
+"""Helpers for the scorer-service tests: run the service against a test broker (in-process or
+as a ``rallycast scorer`` subprocess) and watch topics with plain paho clients."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+
+from scorer import topics
+from scorer.config import Settings
+from scorer.service import SECRET_FILE_NAME, ScorerService
+
+ROOT = Path(__file__).resolve().parents[2]
+WAIT = 5.0  # seconds: the longest any single expected message may take on a busy machine
+QUIET = 0.7  # seconds of silence that show a message did NOT come
+
+
+def service_settings(endpoint: Any, data_dir: Path, **overrides: Any) -> Settings:
+    return Settings(
+        data_dir=data_dir,
+        broker_url=f"mqtt://{endpoint.host}:{endpoint.mqtt_port}",
+        service_user=endpoint.service_user,
+        **overrides,
+    )
+
+
+@contextmanager
+def service_running(endpoint: Any, data_dir: Path, **overrides: Any) -> Iterator[ScorerService]:
+    """The service in this process (paho thread), connected before the body runs."""
+    settings = service_settings(endpoint, data_dir, **overrides)
+    service = ScorerService(settings, password=endpoint.users[endpoint.service_user])
+    service.start()
+    try:
+        assert service.wait_until_connected(WAIT), "the service did not connect"
+        yield service
+    finally:
+        service.stop()
+
+
+@dataclass
+class ServiceProcess:
+    """``rallycast scorer`` as a subprocess (so a test can kill -9 it)."""
+
+    endpoint: Any
+    data_dir: Path
+    process: subprocess.Popen[str] | None = None
+    log_path: Path = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        secret = self.data_dir / SECRET_FILE_NAME
+        secret.write_text(self.endpoint.users[self.endpoint.service_user] + "\n")
+        secret.chmod(0o600)
+        self.log_path = self.data_dir / "service.log"
+
+    def start(self) -> None:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
+        env["RALLYCAST_SERVICE_USER"] = self.endpoint.service_user
+        with self.log_path.open("a") as log:
+            self.process = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "scorer.cli",
+                    "scorer",
+                    "--url",
+                    f"mqtt://{self.endpoint.host}:{self.endpoint.mqtt_port}",
+                    "--data-dir",
+                    str(self.data_dir),
+                ],
+                cwd=ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+
+    def kill(self) -> None:
+        """kill -9: no clean stop, no 'offline' of its own (the broker sends the will)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait(5)
+
+    def stop(self) -> int:
+        if self.process is None or self.process.poll() is not None:
+            return self.process.returncode if self.process else 0
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(5)
+
+    def output(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+
+class Watcher:
+    """A paho client that records every message it gets, per topic, in arrival order."""
+
+    def __init__(
+        self,
+        endpoint: Any,
+        *filters: str,
+        user: str | None = None,
+        client_id: str = "",
+        clean_session: bool = True,
+    ) -> None:
+        self._queues: dict[str, queue.Queue[mqtt.MQTTMessage]] = {}
+        self._lock = threading.Lock()
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id or f"watch-{uuid.uuid4().hex[:10]}",
+            clean_session=clean_session,
+            protocol=mqtt.MQTTv311,
+        )
+        if user is not None:
+            self.client.username_pw_set(user, endpoint.users[user])
+        self.granted: queue.Queue[list[Any]] = queue.Queue()
+        self.connected: queue.Queue[Any] = queue.Queue()
+        self.client.on_message = lambda c, u, m: self._queue(m.topic).put(m)
+        self.client.on_subscribe = lambda c, u, mid, codes, p: self.granted.put(codes)
+        self.client.on_connect = lambda c, u, f, rc, p: self.connected.put(rc)
+        self.client.connect(endpoint.host, endpoint.mqtt_port, keepalive=30)
+        self.client.loop_start()
+        rc = self.connected.get(timeout=WAIT)
+        assert not rc.is_failure, f"connect refused: {rc}"
+        self.codes: list[Any] = []
+        if filters:
+            self.client.subscribe([(f, 1) for f in filters])
+            self.codes = self.granted.get(timeout=WAIT)
+
+    def _queue(self, topic: str) -> queue.Queue[mqtt.MQTTMessage]:
+        with self._lock:
+            return self._queues.setdefault(topic, queue.Queue())
+
+    def publish(self, topic: str, payload: bytes | str, qos: int = 1, retain: bool = False) -> None:
+        self.client.publish(topic, payload, qos=qos, retain=retain).wait_for_publish(WAIT)
+
+    def next(self, topic: str, timeout: float = WAIT) -> mqtt.MQTTMessage:
+        """The next message on ``topic``."""
+        try:
+            return self._queue(topic).get(timeout=timeout)
+        except queue.Empty:
+            raise AssertionError(f"no message on {topic} within {timeout} s") from None
+
+    def next_json(self, topic: str, timeout: float = WAIT) -> Any:
+        return json.loads(self.next(topic, timeout).payload)
+
+    def nothing_on(self, topic: str, within: float = QUIET) -> bool:
+        try:
+            self._queue(topic).get(timeout=within)
+        except queue.Empty:
+            return True
+        return False
+
+    def pending(self, topic: str) -> list[mqtt.MQTTMessage]:
+        """Everything received on ``topic`` and not taken yet (taking it)."""
+        taken = []
+        q = self._queue(topic)
+        while not q.empty():
+            taken.append(q.get_nowait())
+        return taken
+
+    def close(self) -> None:
+        self.client.disconnect()
+        self.client.loop_stop()
+
+
+def current_snapshot(endpoint: Any, club_id: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """What a new spectator gets on the club's retained topic (None = no match)."""
+    watcher = Watcher(endpoint, topics.game(club_id))
+    try:
+        message = watcher.next(topics.game(club_id), timeout)
+    except AssertionError:
+        return None
+    finally:
+        watcher.close()
+    return json.loads(message.payload) if message.payload else None
+
+
+class Scorer:
+    """A club's scorer: publishes commands and matches replies by id (and keeps everything
+    else it sees on the club's topics)."""
+
+    def __init__(self, endpoint: Any, club_id: str, user: str | None = None) -> None:
+        self.club_id = club_id
+        self.watcher = Watcher(
+            endpoint,
+            topics.replies(club_id),
+            topics.game(club_id),
+            topics.events(club_id),
+            user=user or club_id,
+        )
+
+    def send_raw(self, payload: bytes | str) -> None:
+        self.watcher.publish(topics.commands(self.club_id), payload)
+
+    def send(self, command: dict[str, Any] | str, *, with_id: bool = True) -> dict[str, Any]:
+        """Publish and return the reply to this command."""
+        if isinstance(command, dict):
+            command = dict(command)
+            if with_id:
+                command.setdefault("id", uuid.uuid4().hex)
+            self.send_raw(json.dumps(command))
+            wanted = command.get("id")
+        else:
+            self.send_raw(command)
+            wanted = None
+        while True:
+            reply = self.watcher.next_json(topics.replies(self.club_id))
+            if reply.get("id") == wanted:
+                return reply
+
+    def close(self) -> None:
+        self.watcher.close()
+
+
+def wait_for(predicate: Any, timeout: float = WAIT, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError("condition not met in time")

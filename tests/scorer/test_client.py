@@ -1,0 +1,176 @@
+"""scorer/client.py: broker URLs, and request/reply against a real broker and service."""
+
+from __future__ import annotations
+
+import pytest
+
+from scorer.client import (
+    BrokerUrlError,
+    ConnectFailed,
+    NoReply,
+    ScoreClient,
+    make_client,
+    parse_broker_url,
+    resolve_address,
+    send_command,
+    shorthand_to_command,
+)
+from scorer.config import Settings
+from tests.scorer.servicekit import current_snapshot, service_running
+
+
+@pytest.mark.parametrize(
+    ("url", "scheme", "host", "port", "transport", "tls", "path"),
+    [
+        ("mqtt://127.0.0.1", "mqtt", "127.0.0.1", 1883, "tcp", False, "/mqtt"),
+        ("mqtt://broker.example:1884", "mqtt", "broker.example", 1884, "tcp", False, "/mqtt"),
+        ("mqtts://broker.example", "mqtts", "broker.example", 8883, "tcp", True, "/mqtt"),
+        ("ws://10.0.0.2:9001/mqtt", "ws", "10.0.0.2", 9001, "websockets", False, "/mqtt"),
+        ("ws://club.example", "ws", "club.example", 80, "websockets", False, "/mqtt"),
+        (
+            "wss://club.example/live/mqtt",
+            "wss",
+            "club.example",
+            443,
+            "websockets",
+            True,
+            "/live/mqtt",
+        ),
+        ("MQTT://[::1]:1883", "mqtt", "::1", 1883, "tcp", False, "/mqtt"),
+    ],
+)
+def test_broker_urls_give_transport_port_and_path(url, scheme, host, port, transport, tls, path):
+    address = parse_broker_url(url)
+    assert (address.scheme, address.host, address.port) == (scheme, host, port)
+    assert (address.transport, address.tls, address.path) == (transport, tls, path)
+    assert address.user is None and address.password is None
+
+
+def test_credentials_in_a_url_are_percent_decoded_and_masked_when_shown():
+    address = parse_broker_url("mqtt://riverside:p%40ss%3Aword@127.0.0.1:1883")
+    assert (address.user, address.password) == ("riverside", "p@ss:word")
+    assert "p@ss" not in address.url()
+    assert address.url(with_password=True) == "mqtt://riverside:p@ss:word@127.0.0.1:1883"
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("http://127.0.0.1:1883", "scheme"),
+        ("127.0.0.1:1883", "scheme"),
+        ("mqtt://", "no host"),
+        ("mqtt://host:99999", "not valid"),
+        ("mqtt://host:1883/some/path", "no path"),
+    ],
+)
+def test_unusable_broker_urls_say_what_is_wrong(url, complaint):
+    with pytest.raises(BrokerUrlError, match=complaint):
+        parse_broker_url(url)
+
+
+def test_explicit_user_and_password_win_over_the_url_and_settings_give_the_url():
+    settings = Settings(broker_url="mqtt://a:b@127.0.0.1:2000")
+    address = resolve_address(settings, user="riverside", password="secret")
+    assert (address.host, address.port, address.user, address.password) == (
+        "127.0.0.1",
+        2000,
+        "riverside",
+        "secret",
+    )
+    kept = resolve_address("mqtt://a:b@127.0.0.1:2000")
+    assert (kept.user, kept.password) == ("a", "b")
+
+
+def test_websocket_clients_use_the_url_path_and_mqtt_311():
+    client = make_client(parse_broker_url("ws://127.0.0.1:9001/mqtt"))
+    assert client.transport == "websockets"
+    assert client.protocol == 4  # MQTT 3.1.1
+
+
+def test_shorthands_become_json_commands_so_they_can_carry_an_id():
+    assert shorthand_to_command(" 1+ ") == {"cmd": "point", "side": 1}
+    assert shorthand_to_command("2-") == {"cmd": "point", "side": 2, "delta": -1}
+    assert shorthand_to_command("UNDO") == {"cmd": "undo"}
+    with pytest.raises(ValueError, match="unknown shorthand"):
+        shorthand_to_command("3+")
+
+
+# -- against a real broker ------------------------------------------------------------------
+
+
+@pytest.fixture
+def running_service(any_broker, tmp_path):
+    with service_running(any_broker, tmp_path / "service") as service:
+        yield service
+
+
+def test_send_command_gets_the_services_reply(any_broker, running_service):
+    club_password = any_broker.users["alpha"]
+    url = f"mqtt://127.0.0.1:{any_broker.mqtt_port}"
+    reply = send_command(
+        url,
+        "alpha",
+        {"cmd": "start", "player1": "Ann", "player2": "Bob"},
+        user="alpha",
+        password=club_password,
+    )
+    assert reply["ok"] is True and reply["error"] is None and reply["rev"] == 1
+    refused = send_command(url, "alpha", {"cmd": "point", "side": 3}, password=club_password)
+    assert refused["ok"] is False and "side" in refused["error"] and refused["rev"] == 1
+
+
+def test_score_client_keeps_the_latest_snapshot(any_broker, running_service):
+    url = f"mqtt://alpha:{any_broker.users['alpha']}@127.0.0.1:{any_broker.mqtt_port}"
+    with ScoreClient(url, "alpha") as scorer:
+        assert scorer.wait_for_snapshot(0.5) is None  # no match yet
+        scorer.send({"cmd": "start", "player1": "Ann", "player2": "Bob"})
+        scorer.send("1+")
+        reply = scorer.send("2+")
+        assert reply["rev"] == 3
+    with ScoreClient(url, "alpha") as later:
+        snapshot = later.wait_for_snapshot(5)
+    assert snapshot is not None and snapshot["rev"] == 3
+    assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (1, 1)
+
+
+def test_a_wrong_password_is_a_clear_connect_failure(any_broker):
+    with pytest.raises(ConnectFailed, match="refused"):
+        send_command(
+            f"mqtt://127.0.0.1:{any_broker.mqtt_port}", "alpha", "1+", password="wrong", timeout=3
+        )
+
+
+def test_another_clubs_user_can_neither_score_nor_follow_a_club(any_broker, running_service):
+    # amqtt refuses the subscription (SUBACK 0x80); mosquitto grants it but delivers nothing
+    # and drops the publish: either way no reply, and the club's state does not change.
+    with pytest.raises((ConnectFailed, NoReply)):
+        send_command(
+            f"mqtt://127.0.0.1:{any_broker.mqtt_port}",
+            "alpha",
+            {"cmd": "start", "player1": "Eve", "player2": "Mallory"},
+            user="beta",
+            password=any_broker.users["beta"],
+            timeout=1.5,
+        )
+    assert current_snapshot(any_broker, "alpha", timeout=0.7) is None
+
+
+def test_no_service_means_no_reply_in_time(any_broker):
+    with pytest.raises(NoReply, match="is it running"):
+        send_command(
+            f"mqtt://127.0.0.1:{any_broker.mqtt_port}",
+            "alpha",
+            "1+",
+            password=any_broker.users["alpha"],
+            timeout=1,
+        )
+
+
+def test_commands_also_go_over_websocket(any_broker, running_service):
+    reply = send_command(
+        any_broker.url("alpha", transport="websockets"),
+        "alpha",
+        {"cmd": "start", "player1": "Ann", "player2": "Bob"},
+    )
+    assert reply["ok"] is True and reply["rev"] == 1
+    assert current_snapshot(any_broker, "alpha")["game_data"]["player2"] == "Bob"

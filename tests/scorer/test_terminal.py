@@ -1,0 +1,103 @@
+"""``rallycast score``: keys in (lines from a pipe when stdin is not a terminal), commands out,
+snapshots and refusals shown. Through the real command line against a real broker + service."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from scorer.engine import Match
+from scorer.terminal import KEYS, command_for, format_snapshot
+from tests.scorer.servicekit import ROOT, current_snapshot, service_running
+
+
+def run_score(
+    endpoint, *flags: str, keys: str, password: str | None = None
+) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
+    command = [
+        sys.executable,
+        "-m",
+        "scorer.cli",
+        "score",
+        "--club",
+        "alpha",
+        "--url",
+        f"mqtt://{endpoint.host}:{endpoint.mqtt_port}",
+        "--password",
+        password or endpoint.users["alpha"],
+        *flags,
+    ]
+    return subprocess.run(
+        command, input=keys, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60
+    )
+
+
+@pytest.fixture
+def service(amqtt_broker, tmp_path):
+    with service_running(amqtt_broker, tmp_path / "service") as running:
+        yield running
+
+
+def test_keys_from_a_pipe_score_a_match_and_show_snapshots_and_refusals(amqtt_broker, service):
+    result = run_score(
+        amqtt_broker,
+        "--player1",
+        "Ann",
+        "--player2",
+        "Bob",
+        "--best-of",
+        "3",
+        keys='a\na\nk\nu\nm\n2+\n{"cmd": "point", "side": 3}\nq\na\n',
+    )
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "ok (start, rev 1)" in out
+    assert "Ann 2 : 1 Bob" in out  # a a k
+    assert "refused: " in out and "side" in out  # -1 at 0 for side 2, then side 3
+    assert out.count("refused: ") == 2
+    snapshot = current_snapshot(amqtt_broker, "alpha")
+    # a a k u m(refused) 2+ -> 2:1; the "a" after q was never sent
+    assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (2, 1)
+    assert snapshot["rev"] == 6
+
+
+def test_without_players_it_follows_the_current_match(amqtt_broker, service):
+    run_score(amqtt_broker, "--player1", "Ann", "--player2", "Bob", keys="k\nq\n")
+    result = run_score(amqtt_broker, keys="k\nt\nt\n")  # ends at end of input, no q needed
+    assert result.returncode == 0, result.stderr
+    assert "Ann 0 : 1 Bob" in result.stdout  # the retained snapshot it joined with
+    assert "Ann 0 : 2 Bob" in result.stdout
+    assert "refused: " in result.stdout  # the second timeout of side 1
+    assert current_snapshot(amqtt_broker, "alpha")["timeouts_used"] == [1, 0]
+
+
+def test_a_wrong_password_is_said_plainly(amqtt_broker):
+    result = run_score(amqtt_broker, keys="q\n", password="not-it")
+    assert result.returncode == 1
+    assert "refused the connection" in result.stdout
+
+
+def test_every_key_maps_to_a_command_the_engine_accepts_the_shape_of():
+    from scorer.engine import parse_command
+
+    for key, (command, _what) in KEYS.items():
+        assert parse_command(command_for(key)) == parse_command(command), key
+    assert command_for("1+") == {"cmd": "point", "side": 1}
+    assert command_for('{"cmd": "undo"}') == {"cmd": "undo"}
+    assert command_for("{oops").startswith("not valid JSON")
+    assert command_for("w") is None
+
+
+def test_the_snapshot_line_shows_score_games_and_server():
+    match = Match("m")
+    match.apply({"cmd": "start", "player1": "Ann", "player2": "Bob", "best_of": 3}, now=0)
+    for _ in range(11):
+        match.apply("2+", now=1)
+    line = format_snapshot(match.snapshot())
+    assert line.startswith("Ann 0 : 11 Bob")
+    assert "game 1 of best of 3, games 0-1" in line and "(next game)" in line
+    assert format_snapshot(None) == "no match"
