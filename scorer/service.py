@@ -125,6 +125,7 @@ class ScorerService:
         self._recent_deletes: dict[str, deque[str | int]] = {}
         self._reconcile_until = 0.0
         self._games_unsubscribed = False
+        self._subscribe_mid: int | None = None
         self._store: MatchStore | None = None
         self._client: mqtt.Client | None = None
 
@@ -143,6 +144,7 @@ class ScorerService:
         client.reconnect_delay_set(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
+        client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._client = client
         log.info("connecting to %s", self.address.url())
@@ -200,10 +202,18 @@ class ScorerService:
         # a crashed instance may have left one that the store does not back.
         self._reconcile_until = time.monotonic() + RECONCILE_SECONDS
         self._games_unsubscribed = False
-        client.subscribe([(topics.ALL_COMMANDS, 1), (topics.ALL_GAMES, 1)])
+        self._subscribe_mid = client.subscribe([(topics.ALL_COMMANDS, 1), (topics.ALL_GAMES, 1)])[1]
         client.publish(topics.SCORER_STATUS, "online", qos=1, retain=True)
         for club_id, current in sorted(self.matches.items()):
             self._publish_snapshot(club_id, current)
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        # "Connected" means commands reach us: only once the broker has granted the filters.
+        if mid != self._subscribe_mid:
+            return
+        if any(code.is_failure for code in reason_codes):
+            log.error("the broker refused the service's subscriptions: %s", reason_codes)
+            return
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]

@@ -1,0 +1,77 @@
+"""``rallycast broker``: run the embedded MQTT broker until Ctrl-C or SIGTERM.
+
+Prints one line per listener (``listening mqtt://HOST:PORT`` / ``listening ws://HOST:PORT/mqtt``)
+with the real ports, also when a port is 0 (any free port). ``python -m broker.cli ...`` is the
+same command (the test fixtures and the benchmark run it that way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import sys
+
+from scorer.config import Settings, load_settings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", help="address to listen on (default: settings.bind)")
+    parser.add_argument("--mqtt-port", type=int, help="MQTT/TCP port, 0 = any free port")
+    parser.add_argument("--ws-port", type=int, help="MQTT/WebSocket port, 0 = any free port")
+    parser.add_argument("--data-dir", help="password file and retained store directory")
+
+
+def settings_from_args(args: argparse.Namespace) -> Settings:
+    return load_settings(
+        getattr(args, "config", None),
+        overrides={
+            "bind": args.bind,
+            "mqtt_port": args.mqtt_port,
+            "ws_port": args.ws_port,
+            "data_dir": args.data_dir,
+        },
+    )
+
+
+async def serve(settings: Settings) -> None:
+    from broker.server import start_broker
+
+    running = await start_broker(settings)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, stop.set)
+    print(f"listening {running.mqtt_url}", flush=True)
+    print(f"listening {running.ws_url}", flush=True)
+    if not settings.password_file.exists():
+        print(
+            f"note: no users yet ({settings.password_file}); add one with"
+            " `rallycast passwd add USER`",
+            file=sys.stderr,
+        )
+    try:
+        await stop.wait()
+    finally:
+        await running.stop()  # bounded: RunningBroker.stop gives up after 2 s
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = settings_from_args(args)
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        asyncio.run(serve(settings))
+    except OSError as exc:  # e.g. the port is taken
+        print(f"rallycast broker: cannot listen: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    from scorer.cli import main as rallycast
+
+    sys.exit(rallycast(["broker", *sys.argv[1:]]))

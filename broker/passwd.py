@@ -1,0 +1,88 @@
+"""``rallycast passwd``: manage the broker's users, like ``mosquitto_passwd``.
+
+    rallycast passwd add riverside              # asks for the password twice
+    rallycast passwd add riverside --generate   # prints a new random password once
+    echo "$PW" | rallycast passwd add riverside --password-stdin
+    rallycast passwd remove riverside
+    rallycast passwd list
+
+A club's scorer user is named after the club id; the scorer service's user is
+``Settings.service_user`` (``rallycast-service``). The embedded broker re-reads the file when it
+changes, so no restart is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import secrets
+import sys
+
+from broker.auth import PasswordFile, PasswordFileError
+from scorer.config import CLUB_ID_RE, load_settings
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help="directory of the password file (data_dir/passwd)")
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add = actions.add_parser("add", help="add a user or change their password")
+    add.add_argument("user")
+    how = add.add_mutually_exclusive_group()
+    how.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    how.add_argument("--generate", action="store_true", help="generate and print a password")
+    remove = actions.add_parser("remove", help="remove a user")
+    remove.add_argument("user")
+    actions.add_parser("list", help="list the users")
+
+
+def _read_password(args: argparse.Namespace) -> str:
+    if args.generate:
+        password = secrets.token_urlsafe(18)
+        print(f"password for {args.user}: {password}")
+        print("(shown once: store it now)", file=sys.stderr)
+        return password
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\r\n")
+    first = getpass.getpass(f"password for {args.user}: ")
+    if first != getpass.getpass("again: "):
+        raise PasswordFileError("the two passwords differ")
+    return first
+
+
+def main(args: argparse.Namespace) -> int:
+    settings = load_settings(getattr(args, "config", None), overrides={"data_dir": args.data_dir})
+    passwords = PasswordFile(settings.password_file)
+    try:
+        if args.action == "list":
+            for user in passwords.users():
+                role = (
+                    "service"
+                    if user == settings.service_user
+                    else "club scorer"
+                    if CLUB_ID_RE.fullmatch(user)
+                    else "no role"
+                )
+                print(f"{user}\t{role}")
+            return 0
+        if args.action == "remove":
+            if not passwords.remove(args.user):
+                print(f"rallycast passwd: no user {args.user!r}", file=sys.stderr)
+                return 1
+            print(f"removed {args.user}")
+            return 0
+        # add
+        if args.user != settings.service_user and not CLUB_ID_RE.fullmatch(args.user):
+            print(
+                f"note: {args.user!r} is neither a club id nor the service user:"
+                " it can log in but has no rights",
+                file=sys.stderr,
+            )
+        passwords.set(args.user, _read_password(args))
+        print(f"saved {args.user} in {passwords.path}", file=sys.stderr)
+        return 0
+    except (PasswordFileError, OSError) as exc:
+        print(f"rallycast passwd: {exc}", file=sys.stderr)
+        return 1
+    except (EOFError, KeyboardInterrupt):
+        print("rallycast passwd: cancelled", file=sys.stderr)
+        return 1

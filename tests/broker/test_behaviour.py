@@ -1,0 +1,402 @@
+"""One behaviour suite for both brokers: the embedded amqtt broker and a real mosquitto run from
+our mosquitto.conf/mosquitto.acl. Each test runs on both (``any_broker``) unless it pins a
+difference, which is then marked on the mosquitto side.
+
+How refusals look (MQTT 3.1.1, paho): a refused SUBSCRIBE is SUBACK 0x80 on the embedded
+broker, while mosquitto 2.0 grants every SUBSCRIBE and checks ``read`` on delivery; a refused
+PUBLISH is silently dropped by both. So every refusal is asserted the same way on both: the
+message does not reach a subscriber that may read it. To keep the waits short, the refused
+publish is followed by an allowed "sentinel" publish from the same client to a topic the same
+subscription matches: brokers keep one client's messages in order, so once the sentinel has
+arrived, the refused message would have arrived before it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import paho.mqtt.client as mqtt
+import pytest
+
+from tests.brokers import BrokerEndpoint, Recorder
+
+MAX_PAYLOAD = 16384  # Settings.max_payload_bytes and mosquitto.conf's message_size_limit
+GRACE = 0.3  # extra wait after a sentinel, for anything out of order
+
+
+def publish(client: mqtt.Client, topic: str, payload: bytes, retain: bool = False) -> None:
+    info = client.publish(topic, payload, qos=1, retain=retain)
+    info.wait_for_publish(5)
+    assert info.is_published(), f"no PUBACK for {topic}"
+
+
+def only_sentinel_arrives(recorder: Recorder, sentinel: bytes) -> None:
+    recorder.wait_for(lambda m: m.payload == sentinel)
+    time.sleep(GRACE)
+    assert [m.payload for m in recorder.messages] == [sentinel]
+
+
+def mark_mosquitto_difference(endpoint: BrokerEndpoint, request: pytest.FixtureRequest, why: str):
+    if endpoint.kind == "mosquitto":
+        request.applymarker(pytest.mark.xfail(strict=True, reason=why))
+
+
+# -- connecting ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["tcp", "websockets"])
+def test_anonymous_and_named_users_connect_over_tcp_and_websocket(any_broker, transport):
+    assert any_broker.connack(None, transport=transport) == 0
+    for user in ("alpha", "beta", any_broker.service_user):
+        assert any_broker.connack(user, transport=transport) == 0
+
+
+@pytest.mark.parametrize("transport", ["tcp", "websockets"])
+def test_wrong_password_or_unknown_user_is_refused_not_authorised(any_broker, transport):
+    assert any_broker.connack("alpha", "not-the-password", transport=transport) == 5
+    assert any_broker.connack(any_broker.service_user, "", transport=transport) == 5
+    assert any_broker.connack("nobody", "whatever", transport=transport) == 5
+
+
+def test_one_clubs_password_does_not_open_another_club(any_broker):
+    assert any_broker.connack("beta", any_broker.users["alpha"]) == 5
+
+
+# -- snapshots for spectators ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["tcp", "websockets"])
+def test_new_spectator_gets_the_retained_snapshot_at_once(any_broker, transport):
+    service = any_broker.client(any_broker.service_user)
+    publish(service, "clubs/alpha/game", b'{"rev": 3}', retain=True)
+    spectator = any_broker.recorder(["clubs/alpha/game"], transport=transport)
+    message = spectator.wait_for(timeout=3)
+    assert (message.topic, message.payload, message.retain) == (
+        "clubs/alpha/game",
+        b'{"rev": 3}',
+        True,
+    )
+
+
+def test_spectator_sees_live_snapshots_and_events_of_every_club_with_plus(any_broker):
+    spectator = any_broker.recorder(["clubs/+/game", "clubs/+/game/events"], transport="websockets")
+    assert all(code in (0, 1) for code in spectator.granted)
+    service = any_broker.client(any_broker.service_user)
+    publish(service, "clubs/alpha/game", b"a1", retain=True)
+    publish(service, "clubs/beta/game/events", b"b-event")
+    spectator.wait_for(lambda m: m.payload == b"a1" and m.topic == "clubs/alpha/game")
+    spectator.wait_for(lambda m: m.payload == b"b-event" and m.topic == "clubs/beta/game/events")
+
+
+def test_empty_retained_payload_clears_the_snapshot(any_broker):
+    service = any_broker.client(any_broker.service_user)
+    publish(service, "clubs/alpha/game", b"snapshot", retain=True)
+    publish(service, "clubs/alpha/game", b"", retain=True)
+    publish(service, "clubs/beta/game", b"sentinel", retain=True)
+    spectator = any_broker.recorder(["clubs/+/game"])
+    only_sentinel_arrives(spectator, b"sentinel")
+
+
+def test_scorer_status_is_readable_by_everyone(any_broker):
+    service = any_broker.client(any_broker.service_user)
+    publish(service, "rallycast/status/scorer", b"online", retain=True)
+    for user in (None, "alpha"):
+        recorder = any_broker.recorder(["rallycast/status/#"], user=user)
+        assert recorder.wait_for().payload == b"online"
+
+
+def test_service_last_will_marks_it_offline_for_current_and_later_spectators(any_broker):
+    status = "rallycast/status/scorer"
+    service = any_broker.client(any_broker.service_user, will=(status, b"offline", 1, True))
+    publish(service, status, b"online", retain=True)
+    spectator = any_broker.recorder([status])
+    spectator.wait_for(lambda m: m.payload == b"online")
+    service.loop_stop()
+    service.socket().close()  # the service dies without DISCONNECT: the broker sends the will
+    spectator.wait_for(lambda m: m.payload == b"offline", timeout=5)
+    later = any_broker.recorder([status], user="alpha")
+    assert later.wait_for().payload == b"offline"
+
+
+# -- what spectators may not do --------------------------------------------------------------
+
+
+def test_spectator_cannot_publish_commands_snapshots_or_status(any_broker):
+    service = any_broker.recorder(
+        ["clubs/+/game/cmd", "clubs/+/game"], user=any_broker.service_user
+    )
+    spectator = any_broker.client(None, transport="websockets")
+    publish(spectator, "clubs/alpha/game/cmd", b'{"cmd": "point", "side": 1}')
+    publish(spectator, "clubs/alpha/game", b"forged", retain=True)
+    publish(spectator, "rallycast/status/scorer", b"offline", retain=True)
+    any_broker.client("alpha").publish("clubs/alpha/game/cmd", b"sentinel", qos=1)
+    only_sentinel_arrives(service, b"sentinel")
+    # and nothing forged was retained
+    late = any_broker.recorder(["clubs/alpha/game", "rallycast/status/#"])
+    late.assert_nothing(0.5)
+
+
+def test_spectator_cannot_read_commands_replies_or_device_topics(any_broker, request):
+    spectator = any_broker.recorder(["clubs/alpha/game/cmd", "clubs/alpha/game/reply", "tele/#"])
+    if any_broker.kind == "amqtt":
+        assert spectator.granted == [128, 128, 128]
+    alpha = any_broker.client("alpha")
+    publish(alpha, "clubs/alpha/game/cmd", b"cmd")
+    publish(alpha, "tele/board-1/SENSOR", b"press")
+    publish(any_broker.client(any_broker.service_user), "clubs/alpha/game/reply", b"reply")
+    spectator.assert_nothing(0.5)
+
+
+def test_spectator_wildcard_over_all_clubs_topics_never_yields_commands(any_broker):
+    # clubs/# is refused by the embedded broker (SUBACK 0x80); mosquitto grants it and then
+    # delivers only what the spectator may read. Either way no command or reply leaks.
+    spectator = any_broker.recorder(["clubs/#", "#"])
+    if any_broker.kind == "amqtt":
+        assert spectator.granted == [128, 128]
+    alpha = any_broker.client("alpha")
+    publish(alpha, "clubs/alpha/game/cmd", b"cmd")
+    publish(any_broker.client(any_broker.service_user), "clubs/alpha/game/reply", b"reply")
+    time.sleep(0.5)
+    assert not [m for m in spectator.messages if m.topic.endswith(("/cmd", "/reply"))]
+
+
+# -- club scorer users -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["tcp", "websockets"])
+def test_club_user_sends_commands_for_its_own_club(any_broker, transport):
+    service = any_broker.recorder(["clubs/+/game/cmd"], user=any_broker.service_user)
+    alpha = any_broker.client("alpha", transport=transport)
+    publish(alpha, "clubs/alpha/game/cmd", b'{"cmd": "point", "side": 1}')
+    message = service.wait_for()
+    assert (message.topic, message.retain) == ("clubs/alpha/game/cmd", False)
+
+
+def test_club_user_cannot_command_another_club_or_forge_snapshots(any_broker):
+    service = any_broker.recorder(
+        ["clubs/+/game/cmd", "clubs/+/game"], user=any_broker.service_user
+    )
+    alpha = any_broker.client("alpha")
+    publish(alpha, "clubs/beta/game/cmd", b"cross-club")
+    publish(alpha, "clubs/alpha/game", b"forged", retain=True)
+    publish(alpha, "clubs/alpha/game/reply", b"forged reply")
+    publish(alpha, "clubs/alpha/game/cmd", b"sentinel")
+    only_sentinel_arrives(service, b"sentinel")
+
+
+def test_club_user_reads_its_own_club_but_not_another(any_broker):
+    alpha = any_broker.recorder(
+        ["clubs/alpha/game", "clubs/alpha/game/reply", "clubs/alpha/game/events"], user="alpha"
+    )
+    assert all(code in (0, 1) for code in alpha.granted)
+    snooper = any_broker.recorder(
+        ["clubs/beta/game", "clubs/beta/game/reply", "clubs/beta/game/events"], user="alpha"
+    )
+    if any_broker.kind == "amqtt":
+        assert snooper.granted == [128, 128, 128]
+    service = any_broker.client(any_broker.service_user)
+    for club in ("beta", "alpha"):
+        publish(service, f"clubs/{club}/game", f"{club}-snap".encode(), retain=True)
+        publish(service, f"clubs/{club}/game/reply", f"{club}-reply".encode())
+        publish(service, f"clubs/{club}/game/events", f"{club}-event".encode())
+    alpha.wait_for(lambda m: m.payload == b"alpha-event")
+    assert {m.payload for m in alpha.messages} == {b"alpha-snap", b"alpha-reply", b"alpha-event"}
+    snooper.assert_nothing(GRACE)
+
+
+def test_button_boards_publish_device_topics_the_service_reads(any_broker):
+    service = any_broker.recorder(
+        ["tele/#", "stat/#", "zigbee2mqtt/#", "shellies/#", "boards/#"],
+        user=any_broker.service_user,
+    )
+    board = any_broker.client("beta")  # boards log in with their club's credentials
+    for topic in (
+        "tele/b1/RESULT",
+        "stat/b1/POWER",
+        "zigbee2mqtt/btn",
+        "shellies/s1/input_event/0",
+        "boards/x/press",
+    ):
+        publish(board, topic, topic.encode())
+    for topic in (
+        "tele/b1/RESULT",
+        "stat/b1/POWER",
+        "zigbee2mqtt/btn",
+        "shellies/s1/input_event/0",
+        "boards/x/press",
+    ):
+        service.wait_for(lambda m, t=topic: m.topic == t)
+
+
+def test_spectator_cannot_publish_device_topics(any_broker):
+    service = any_broker.recorder(["tele/#"], user=any_broker.service_user)
+    publish(any_broker.client(None), "tele/b1/RESULT", b"fake press")
+    publish(any_broker.client("alpha"), "tele/b1/RESULT", b"sentinel")
+    service.wait_for(lambda m: m.payload == b"sentinel")
+    time.sleep(GRACE)
+    assert [m.payload for m in service.messages] == [b"sentinel"]
+
+
+# -- the scorer service ----------------------------------------------------------------------
+
+
+def test_service_reads_every_clubs_commands_and_answers_each_club_alone(any_broker):
+    service = any_broker.recorder(["clubs/+/game/cmd"], user=any_broker.service_user)
+    alpha = any_broker.recorder(["clubs/alpha/game/reply"], user="alpha")
+    beta = any_broker.recorder(["clubs/beta/game/reply"], user="beta")
+    publish(alpha.client, "clubs/alpha/game/cmd", b"a")
+    publish(beta.client, "clubs/beta/game/cmd", b"b")
+    service.wait_for(lambda m: m.topic == "clubs/alpha/game/cmd")
+    service.wait_for(lambda m: m.topic == "clubs/beta/game/cmd")
+    publish(service.client, "clubs/alpha/game/reply", b'{"ok": true}')
+    publish(service.client, "clubs/beta/game/reply", b'{"ok": false}')
+    assert alpha.wait_for().payload == b'{"ok": true}'
+    assert beta.wait_for().payload == b'{"ok": false}'
+    time.sleep(GRACE)
+    assert len(alpha.messages) == len(beta.messages) == 1
+
+
+def test_service_cannot_send_commands_in_a_clubs_name(any_broker):
+    service = any_broker.recorder(["clubs/+/game/cmd"], user=any_broker.service_user)
+    publish(service.client, "clubs/alpha/game/cmd", b"forged")
+    publish(any_broker.client("alpha"), "clubs/alpha/game/cmd", b"sentinel")
+    only_sentinel_arrives(service, b"sentinel")
+
+
+# -- club id syntax (only the embedded broker can check it) ----------------------------------
+
+
+BAD_CLUB_LEVELS = ["Alpha", "a_b", "", "x" * 65, "caf\u00e9"]
+
+
+@pytest.mark.parametrize(
+    "level", BAD_CLUB_LEVELS, ids=["upper", "underscore", "empty", "65-chars", "non-ascii"]
+)
+def test_service_cannot_publish_to_a_malformed_club_id(any_broker, request, level):
+    mark_mosquitto_difference(
+        any_broker, request, "mosquitto's ACL patterns cannot check a level's syntax"
+    )
+    spectator = any_broker.recorder(["clubs/+/game"])
+    service = any_broker.client(any_broker.service_user)
+    publish(service, f"clubs/{level}/game", b"bad id", retain=True)
+    publish(service, "clubs/alpha/game", b"sentinel")
+    only_sentinel_arrives(spectator, b"sentinel")
+
+
+@pytest.mark.parametrize("topic_filter", ["clubs/Alpha/game", "clubs//game", "clubs/#"])
+def test_spectator_subscription_with_a_malformed_club_level_is_refused(
+    any_broker, request, topic_filter
+):
+    mark_mosquitto_difference(
+        any_broker, request, "mosquitto grants every SUBSCRIBE (it filters on delivery)"
+    )
+    spectator = any_broker.recorder([topic_filter])
+    assert spectator.granted == [128]
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+def test_oversized_payload_is_dropped_and_the_sender_stays_connected(any_broker):
+    spectator = any_broker.recorder(["clubs/alpha/game"])
+    service = any_broker.client(any_broker.service_user)
+    publish(service, "clubs/alpha/game", b"x" * MAX_PAYLOAD, retain=True)  # at the limit: ok
+    spectator.wait_for(lambda m: len(m.payload) == MAX_PAYLOAD)
+    publish(service, "clubs/alpha/game", b"y" * (MAX_PAYLOAD + 1), retain=True)
+    publish(service, "clubs/alpha/game", b"sentinel")
+    spectator.wait_for(lambda m: m.payload == b"sentinel")
+    time.sleep(GRACE)
+    assert [len(m.payload) for m in spectator.messages] == [MAX_PAYLOAD, len(b"sentinel")]
+    assert service.is_connected()
+    # the oversized one was not retained either: the retained one is still the first
+    late = any_broker.recorder(["clubs/alpha/game"])
+    assert len(late.wait_for().payload) == MAX_PAYLOAD
+
+
+# -- restarts --------------------------------------------------------------------------------
+
+
+def test_retained_snapshot_survives_a_graceful_restart(any_broker):
+    service = any_broker.client(any_broker.service_user)
+    publish(service, "clubs/alpha/game", b'{"rev": 7}', retain=True)
+    publish(service, "clubs/beta/game", b'{"rev": 1}', retain=True)
+    publish(service, "clubs/beta/game", b"", retain=True)  # cleared: must stay cleared
+    any_broker.close_clients()
+    any_broker.restart()
+    spectator = any_broker.recorder(["clubs/+/game"])
+    assert spectator.wait_for().payload == b'{"rev": 7}'
+    time.sleep(GRACE)
+    assert len(spectator.messages) == 1
+
+
+def test_retained_snapshot_survives_kill_9_one_second_after_the_publish(any_broker_process):
+    broker = any_broker_process
+    service = broker.client(broker.service_user)
+    publish(service, "clubs/alpha/game", b'{"rev": 41}', retain=True)
+    publish(service, "clubs/alpha/game", b'{"rev": 42}', retain=True)
+    time.sleep(1.0)
+    broker.close_clients()
+    broker.restart(kill=True)
+    spectator = broker.recorder(["clubs/alpha/game"], transport="websockets")
+    assert spectator.wait_for(timeout=5).payload == b'{"rev": 42}'
+
+
+# -- persistent sessions across restarts -----------------------------------------------------
+
+SERVICE_ID = "rallycast-service-test"
+
+
+def persistent_service(broker: BrokerEndpoint, subscribe: bool) -> Recorder:
+    recorder = broker.recorder(
+        ["clubs/+/game/cmd"] if subscribe else None,
+        user=broker.service_user,
+        client_id=SERVICE_ID,
+        clean_session=False,
+    )
+    return recorder
+
+
+def leave(recorder: Recorder) -> None:
+    recorder.client.disconnect()
+    recorder.client.loop_stop()
+
+
+def test_persistent_subscription_and_queue_survive_kill_9(any_broker_process):
+    broker = any_broker_process
+    leave(persistent_service(broker, subscribe=True))
+    board = broker.client("alpha")
+    publish(board, "clubs/alpha/game/cmd", b"queued before the crash")
+    time.sleep(1.0)
+    broker.close_clients()
+    broker.restart(kill=True)
+    publish(broker.client("alpha"), "clubs/alpha/game/cmd", b"sent after the restart")
+    service = persistent_service(broker, subscribe=False)  # no new SUBSCRIBE
+    service.wait_for(lambda m: m.payload == b"sent after the restart")
+    assert [m.payload for m in service.messages] == [
+        b"queued before the crash",
+        b"sent after the restart",
+    ]
+
+
+def test_clean_session_connect_ends_the_persistent_session_for_good(any_broker_process):
+    broker = any_broker_process
+    leave(persistent_service(broker, subscribe=True))
+    clean = broker.client(broker.service_user, client_id=SERVICE_ID, clean_session=True)
+    clean.disconnect()
+    clean.loop_stop()
+    broker.close_clients()
+    # graceful: mosquitto counts no change for a clean connect, so after a SIGKILL it would
+    # restore the session from its previous save
+    broker.restart()
+    publish(broker.client("alpha"), "clubs/alpha/game/cmd", b"nobody subscribed")
+    persistent_service(broker, subscribe=False).assert_nothing(0.5)
+
+
+def test_another_user_resuming_the_services_session_gets_none_of_its_messages(any_broker):
+    leave(persistent_service(any_broker, subscribe=True))
+    publish(any_broker.client("alpha"), "clubs/alpha/game/cmd", b"for the service only")
+    for user in (None, "beta"):
+        thief = any_broker.recorder(user=user, client_id=SERVICE_ID, clean_session=False)
+        publish(any_broker.client("alpha"), "clubs/alpha/game/cmd", b"live command")
+        thief.assert_nothing(0.5)
+        leave(thief)
