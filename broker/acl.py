@@ -38,6 +38,7 @@ from amqtt.session import Session
 
 from broker.auth import PasswordFile, PasswordFileError
 from scorer.config import CLUB_ID_RE
+from scorer.topics import DEVICE_TOPIC_FILTERS
 
 log = logging.getLogger("rallycast.broker.acl")
 
@@ -50,7 +51,6 @@ class Role(StrEnum):
 
 
 READ, WRITE, READWRITE = "read", "write", "readwrite"
-DEVICE_TOPICS = ("boards/#", "stat/#", "tele/#", "zigbee2mqtt/#", "shellies/#")
 
 # (access, pattern). "%u" is the user's own name (= club id), as in mosquitto's ACL patterns.
 RULES: dict[Role, tuple[tuple[str, str], ...]] = {
@@ -65,7 +65,7 @@ RULES: dict[Role, tuple[tuple[str, str], ...]] = {
         (READ, "clubs/%u/game/reply"),
         (READ, "clubs/%u/game/events"),
         (READ, "rallycast/status/#"),
-        *((READWRITE, device) for device in DEVICE_TOPICS),
+        *((READWRITE, device) for device in DEVICE_TOPIC_FILTERS),
     ),
     Role.SERVICE: (
         (READ, "clubs/+/game/cmd"),
@@ -73,7 +73,7 @@ RULES: dict[Role, tuple[tuple[str, str], ...]] = {
         (WRITE, "clubs/+/game/reply"),
         (WRITE, "clubs/+/game/events"),
         (WRITE, "rallycast/status/#"),
-        *((READ, device) for device in DEVICE_TOPICS),
+        *((READ, device) for device in DEVICE_TOPIC_FILTERS),
     ),
     Role.NONE: (),
 }
