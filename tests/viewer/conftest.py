@@ -1,0 +1,229 @@
+"""Fixtures for the page tests: the real embedded broker (tests/brokers.py), the real scorer
+service, the viewer under uvicorn in a thread, and headless Debian Chromium via Playwright's
+sync API. Pages are observed from outside with a MutationObserver installed before any page
+script runs (``RECORDER_JS``), so the tests see every change and when it happened."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scorer.client import ScoreClient
+from scorer.config import Settings
+from scorer.service import ScorerService
+from tests.conftest import require_program
+from viewer.bench import CHROMIUM, CHROMIUM_ARGS  # the flags the brief asks for
+from viewer.server import bound_port, uvicorn_server
+
+WAIT_MS = 5000  # the longest any expected change may take on a busy shared machine
+
+# Installed before the page's own scripts: records every text put into a [data-field] element
+# and every change of the attributes that show or hide things, with the page's clock.
+RECORDER_JS = """
+(() => {
+  const log = [];
+  window.__rc = { log };
+  new MutationObserver((records) => {
+    const t = performance.now();
+    for (const r of records) {
+      const el = r.target;
+      if (r.type === 'childList' && el.dataset && el.dataset.field) {
+        const added = r.addedNodes[0];
+        log.push({ kind: 'text', field: el.dataset.field, side: el.dataset.side || '',
+                   scope: (el.closest('[id]') || {}).id || '', text: added ? added.data : '', t });
+      } else if (r.type === 'attributes') {
+        log.push({ kind: 'attr', id: el.id || '', name: r.attributeName,
+                   value: el.getAttribute(r.attributeName), t });
+      }
+    }
+  }).observe(document, { subtree: true, childList: true, attributes: true,
+                         attributeFilter: ['hidden', 'data-status', 'data-state', 'data-view'] });
+})();
+"""
+
+
+@dataclass
+class ViewerThread:
+    """The viewer app under uvicorn, in a thread with its own event loop."""
+
+    settings: Settings
+    port: int = 0
+    _server: Any = None
+    _thread: threading.Thread | None = None
+
+    def start(self) -> None:
+        self._server = uvicorn_server(self.settings)
+        self._thread = threading.Thread(target=self._server.run, name="viewer", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + 10
+        while not self._server.started:
+            assert self._thread.is_alive(), "the viewer did not start"
+            assert time.monotonic() < deadline, "the viewer did not start within 10 s"
+            time.sleep(0.01)
+        self.port = bound_port(self._server)
+
+    def stop(self) -> None:
+        self._server.should_exit = True
+        assert self._thread is not None
+        self._thread.join(5)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+
+@dataclass
+class Stack:
+    """Broker + scorer service + viewer, as a club runs them."""
+
+    endpoint: Any  # tests/brokers.py BrokerEndpoint
+    settings: Settings
+    service: ScorerService
+    viewer: ViewerThread
+    _scorers: list[ScoreClient] = field(default_factory=list)
+
+    def url(self, path: str) -> str:
+        return self.viewer.url + path
+
+    def scorer(self, club: str = "alpha") -> ScoreClient:
+        """A Python scorer for the club (its MQTT user), waiting for each command's reply."""
+        client = ScoreClient(self.endpoint.url(club), club, timeout=5)
+        client.__enter__()
+        self._scorers.append(client)
+        return client
+
+    def close(self) -> None:
+        for client in self._scorers:
+            client.close()
+
+
+@contextmanager
+def running_stack(endpoint: Any, data_dir: Path) -> Iterator[Stack]:
+    settings = endpoint.settings(data_dir=str(data_dir))
+    service = ScorerService(settings, password=endpoint.users[endpoint.service_user])
+    service.start()
+    viewer = ViewerThread(settings)
+    try:
+        assert service.wait_until_connected(5), "the scorer service did not connect"
+        viewer.start()
+        running = Stack(endpoint, settings, service, viewer)
+        yield running
+        running.close()
+    finally:
+        service.stop()
+        if viewer._server is not None:
+            viewer.stop()
+
+
+@pytest.fixture
+def stack(amqtt_broker: Any, tmp_path: Path) -> Iterator[Stack]:
+    """Everything on the embedded broker."""
+    with running_stack(amqtt_broker, tmp_path / "app") as running:
+        yield running
+
+
+@pytest.fixture
+def any_stack(any_broker: Any, tmp_path: Path) -> Iterator[Stack]:
+    """Everything on the embedded broker, then on a real mosquitto."""
+    with running_stack(any_broker, tmp_path / "app") as running:
+        yield running
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Any]:
+    require_program(CHROMIUM)
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+class PageFailures:
+    """Console errors, uncaught exceptions and dialogs of every page a test opened."""
+
+    def __init__(self) -> None:
+        self.errors: list[str] = []
+        self.dialogs: list[str] = []
+        self.allowed: list[str] = []  # substrings of errors a test provokes on purpose
+
+    def unexpected(self) -> list[str]:
+        return [e for e in self.errors if not any(a in e for a in self.allowed)]
+
+    def watch(self, page: Any) -> None:
+        page.on("pageerror", lambda exc: self.errors.append(f"{page.url}: {exc}"))
+        page.on(
+            "console",
+            lambda msg: (
+                self.errors.append(f"{page.url}: {msg.text}") if msg.type == "error" else None
+            ),
+        )
+        page.on("dialog", self._on_dialog)
+
+    def _on_dialog(self, dialog: Any) -> None:
+        self.dialogs.append(f"{dialog.type}: {dialog.message}")
+        dialog.dismiss()
+
+
+@pytest.fixture
+def open_page(chromium: Any) -> Iterator[Callable[..., Any]]:
+    """open_page(url, width=.., height=.., mobile=False) -> a Playwright page with the recorder.
+    At the end the test fails if any page logged an error, threw, or opened a dialog."""
+    failures = PageFailures()
+    contexts: list[Any] = []
+
+    def open_(
+        url: str, *, width: int = 1024, height: int = 700, mobile: bool = False, **kw: Any
+    ) -> Any:
+        context = chromium.new_context(
+            viewport={"width": width, "height": height},
+            is_mobile=mobile,
+            has_touch=mobile,
+            device_scale_factor=2 if mobile else 1,
+            **kw,
+        )
+        context.set_default_timeout(WAIT_MS)
+        contexts.append(context)
+        page = context.new_page()
+        page.add_init_script(RECORDER_JS)
+        failures.watch(page)
+        page.goto(url)
+        page.failures = failures
+        return page
+
+    yield open_
+    for context in contexts:
+        context.close()
+    assert not failures.dialogs, f"a page opened a dialog: {failures.dialogs}"
+    assert not failures.unexpected(), f"page errors: {failures.unexpected()}"
+
+
+def texts(page: Any, field_name: str, side: str = "", scope: str = "") -> list[str]:
+    """Every text the page put into [data-field=field_name][data-side=side], in order."""
+    return page.evaluate(
+        """([field, side, scope]) => window.__rc.log
+             .filter((e) => e.kind === 'text' && e.field === field && e.side === side
+                            && (!scope || e.scope === scope))
+             .map((e) => e.text)""",
+        [field_name, side, scope],
+    )
+
+
+def attribute_changes(page: Any, element_id: str, name: str) -> list[dict[str, Any]]:
+    return page.evaluate(
+        "([id, name]) => window.__rc.log.filter((e) => e.kind === 'attr' && e.id === id && e.name === name)",
+        [element_id, name],
+    )
+
+
+def dedupe(values: list[str]) -> list[str]:
+    """Consecutive repeats removed (a re-render with the same text writes nothing)."""
+    return [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v]

@@ -1,0 +1,335 @@
+"""The club page's live section in real Chromium against the real broker and scorer service:
+it appears when a match starts, shows every change in order, hides 3 s after the end, shows a
+late spectator the current score at once, survives a broker restart, and never lets a
+spectator change anything."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from scorer.service import ScorerService
+from tests.viewer.conftest import attribute_changes, dedupe, texts
+
+pytestmark = pytest.mark.browser
+
+START = {"cmd": "start", "game_type": "single", "player1": "Ann", "player2": "Bob", "best_of": 1}
+LIVE = "#liveGameSection"
+
+
+def accepted(scorer: Any, command: dict[str, Any]) -> dict[str, Any]:
+    reply = scorer.send(dict(command))
+    assert reply["ok"], reply
+    return reply
+
+
+def wait_connected(page: Any) -> None:
+    page.wait_for_function(
+        "() => window.Rallycast && Rallycast.client && Rallycast.client.connected"
+    )
+
+
+def score_on_page(page: Any) -> tuple[str, str]:
+    return (
+        page.inner_text(f'{LIVE} [data-field="score"][data-side="1"]'),
+        page.inner_text(f'{LIVE} [data-field="score"][data-side="2"]'),
+    )
+
+
+def wait_score(page: Any, score1: int, score2: int, scope: str = LIVE) -> None:
+    page.wait_for_function(
+        """([scope, a, b]) => {
+             const s = (side) => document.querySelector(
+               scope + ' [data-field="score"][data-side="' + side + '"]');
+             return s(1) && s(1).textContent === a && s(2).textContent === b;
+           }""",
+        arg=[scope, str(score1), str(score2)],
+    )
+
+
+def test_live_section_appears_on_start_shows_every_change_in_order_and_hides_3s_after_the_end(
+    stack: Any, open_page: Any, artifacts_dir: Path
+) -> None:
+    page = open_page(stack.url("/clubs/alpha"))
+    wait_connected(page)
+    time.sleep(0.3)  # a retained snapshot would have arrived by now: there is none
+    assert page.locator(LIVE).is_hidden()
+    assert page.locator("#no-match").is_visible()
+    page.screenshot(path=str(artifacts_dir / "club-no-match.png"))
+
+    scorer = stack.scorer("alpha")
+    accepted(scorer, START)
+    page.wait_for_selector(LIVE, state="visible")
+    assert page.inner_text(f"{LIVE} .live-title") == "🔴 a friendly game is on"
+    assert page.inner_text(f'{LIVE} [data-field="name"][data-side="1"]') == "Ann"
+
+    # Points, a -1 and an undo; the expected scores follow from what each button means.
+    presses = ["1+", "1+", "2+", "1+", "2+", "2-", "undo", "2+"]
+    presses += ["1+"] * 9  # 11-2: Ann wins the game and the best-of-1 match
+    expected = [(0, 0)]
+    history: list[tuple[int, int]] = []
+    for press in presses:
+        a, b = expected[-1]
+        if press == "undo":
+            side = history.pop()
+            a, b = (a - 1, b) if side == 1 else (a, b - 1)
+        elif press.endswith("+"):
+            side = int(press[0])
+            history.append(side)
+            a, b = (a + 1, b) if side == 1 else (a, b + 1)
+        else:  # "-": takes back that side's latest point
+            side = int(press[0])
+            history.reverse()
+            history.remove(side)
+            history.reverse()
+            a, b = (a - 1, b) if side == 1 else (a, b - 1)
+        expected.append((a, b))
+        command = {"cmd": "undo"} if press == "undo" else {"cmd": "point", "side": side}
+        if press.endswith("-"):
+            command["delta"] = -1
+        accepted(scorer, command)
+    assert expected[-1] == (11, 2)
+
+    wait_score(page, 11, 2)
+    page.screenshot(path=str(artifacts_dir / "club-match-end.png"))
+    assert dedupe(texts(page, "score", "1", "liveGameSection")) == dedupe(
+        [str(a) for a, _ in expected]
+    )
+    assert dedupe(texts(page, "score", "2", "liveGameSection")) == dedupe(
+        [str(b) for _, b in expected]
+    )
+    assert page.inner_text(f'{LIVE} [data-field="status"]') == "Match won by Ann"
+
+    # Hidden 3 s after the final score showed: still there at 2.5 s, gone by about 3 s.
+    page.wait_for_selector(LIVE, state="hidden", timeout=6000)
+    ended = [
+        c
+        for c in attribute_changes(page, "liveGameSection", "data-status")
+        if c["value"] == "finished"
+    ]
+    hidden = [
+        c for c in attribute_changes(page, "liveGameSection", "hidden") if c["value"] is not None
+    ]
+    assert len(ended) == 1 and hidden, (ended, hidden)
+    delay_ms = hidden[-1]["t"] - ended[0]["t"]
+    assert 2500 <= delay_ms <= 4000, f"hidden {delay_ms:.0f} ms after the end"
+    assert page.locator("#no-match").is_visible()
+
+
+def test_a_page_opened_mid_match_shows_the_current_score_first(stack: Any, open_page: Any) -> None:
+    scorer = stack.scorer("alpha")
+    accepted(scorer, START)
+    for side in (1, 1, 2, 1, 1, 2, 1, 2):
+        accepted(scorer, {"cmd": "point", "side": side})
+
+    page = open_page(stack.url("/clubs/alpha"))
+    page.wait_for_selector(LIVE, state="visible")
+    assert score_on_page(page) == ("5", "3")
+    # The first score the page ever wrote is the current one: no 0-0 flash, no replay.
+    assert texts(page, "score", "1", "liveGameSection") == ["5"]
+    assert texts(page, "score", "2", "liveGameSection") == ["3"]
+    # Who serves: after 8 points with Ann serving first, the service says it is Ann's turn.
+    snapshot = stack.service.matches["alpha"].match.snapshot()
+    server_side = snapshot["game_data"]["server"]
+    assert (
+        page.locator(f'{LIVE} [data-serve="{server_side}"]').get_attribute("class")
+        == "serve serving"
+    )
+    assert (
+        page.inner_text(f'{LIVE} [data-field="serving"]') == f"{snapshot['server_player']} serves"
+    )
+
+
+def test_a_player_name_with_html_is_shown_as_text_and_runs_nothing(
+    stack: Any, open_page: Any
+) -> None:
+    evil = "<img src=x onerror=alert(1)>"
+    scorer = stack.scorer("alpha")
+    accepted(scorer, dict(START, player1=evil, player2="<b>Bob</b>"))
+    accepted(scorer, {"cmd": "point", "side": 1})
+    for path in ("/", "/clubs/alpha", "/clubs/alpha/display", "/clubs/alpha/overlay"):
+        page = open_page(stack.url(path))
+        page.wait_for_function("() => window.Rallycast && Rallycast.firstScoreAt > 0")
+        assert page.locator("img").count() == 0 and page.locator("b").count() == 0, path
+        shown = page.evaluate(
+            "() => Array.from(document.querySelectorAll('[data-field=name], [data-field=state]'))"
+            ".map((e) => e.textContent).join('|')"
+        )
+        assert evil in shown, (path, shown)
+    time.sleep(0.3)  # an onerror handler would have fired by now; open_page fails on any dialog
+
+
+def test_a_spectator_page_cannot_publish_commands_or_snapshots(
+    any_stack: Any, open_page: Any
+) -> None:
+    stack = any_stack  # on the embedded broker, then on mosquitto
+    scorer = stack.scorer("alpha")
+    accepted(scorer, START)
+    accepted(scorer, {"cmd": "point", "side": 1})
+    rev_before = stack.service.matches["alpha"].rev
+    watcher = stack.endpoint.recorder(["clubs/alpha/game"])
+    retained = watcher.wait_for(lambda m: m.topic == "clubs/alpha/game", timeout=5)
+
+    page = open_page(stack.url("/clubs/alpha"))
+    wait_connected(page)
+    page.wait_for_selector(LIVE, state="visible")
+    fake = dict(json.loads(retained.payload), rev=999)
+    fake["game_data"] = dict(fake["game_data"], score1=10)
+    page.evaluate(
+        """([fake]) => new Promise((resolve) => {
+             const c = Rallycast.client;
+             c.publish('clubs/alpha/game/cmd', '1+', { qos: 1 });
+             c.publish('clubs/alpha/game/cmd', JSON.stringify({ cmd: 'point', side: 2, id: 'x' }), { qos: 1 });
+             c.publish('clubs/alpha/game', JSON.stringify(fake), { qos: 1, retain: true });
+             setTimeout(resolve, 1000);
+           })""",
+        [fake],
+    )
+    time.sleep(0.5)  # the page waited 1 s already: a forwarded publish would be here
+    assert watcher.messages[1:] == [], "a spectator's publish reached a subscriber"
+    assert stack.service.matches["alpha"].rev == rev_before
+    assert score_on_page(page) == ("1", "0")
+    # A new spectator still gets the service's snapshot, not the page's fake one.
+    late = stack.endpoint.recorder(["clubs/alpha/game"])
+    assert json.loads(late.wait_for(lambda m: True, timeout=5).payload)["rev"] == rev_before
+
+
+def test_the_banner_shows_while_the_broker_is_down_and_the_page_recovers_without_a_reload(
+    any_stack: Any, open_page: Any, artifacts_dir: Path
+) -> None:
+    stack = any_stack  # on the embedded broker, then on mosquitto
+    scorer = stack.scorer("alpha")
+    accepted(scorer, START)
+    accepted(scorer, {"cmd": "point", "side": 2})
+    page = open_page(stack.url("/clubs/alpha"))
+    page.failures.allowed.append("WebSocket connection to")  # the broker is down on purpose
+    wait_score(page, 0, 1)
+    assert page.locator("#connection-banner").is_hidden()
+    page.evaluate("() => { window.__sameDocument = true; }")
+
+    stack.endpoint.stop()
+    page.wait_for_selector("#connection-banner", state="visible")
+    assert "reconnecting" in page.inner_text("#connection-banner")
+    page.screenshot(path=str(artifacts_dir / "club-reconnecting.png"))
+    stack.endpoint.start()
+    page.wait_for_selector("#connection-banner", state="hidden", timeout=10000)
+    assert stack.service.wait_until_connected(15), "the service did not come back"
+
+    fresh = stack.scorer("alpha")  # the old client may still be in its backoff
+    accepted(fresh, {"cmd": "point", "side": 2})
+    accepted(fresh, {"cmd": "point", "side": 1})
+    wait_score(page, 1, 2)
+    assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
+
+
+def test_the_banner_says_when_the_scorer_service_is_offline(stack: Any, open_page: Any) -> None:
+    page = open_page(stack.url("/clubs/alpha"))
+    wait_connected(page)
+    assert page.locator("#scorer-banner").is_hidden()
+    stack.service.stop()  # publishes the retained "offline" (its last will says the same)
+    page.wait_for_selector("#scorer-banner", state="visible")
+    assert "offline" in page.inner_text("#scorer-banner")
+    again = ScorerService(
+        stack.settings, password=stack.endpoint.users[stack.endpoint.service_user]
+    )
+    again.start()
+    try:
+        page.wait_for_selector("#scorer-banner", state="hidden")
+    finally:
+        again.stop()
+
+
+def test_the_pages_speak_russian_when_the_browser_asks_and_the_switch_is_remembered(
+    stack: Any, open_page: Any, artifacts_dir: Path
+) -> None:
+    scorer = stack.scorer("alpha")
+    accepted(scorer, dict(START, player1="Иван Иванов", player2="Пётр Петров"))
+    accepted(scorer, {"cmd": "point", "side": 1})
+    page = open_page(stack.url("/clubs/alpha"), locale="ru-RU")
+    page.wait_for_selector(LIVE, state="visible")
+    assert page.inner_text(f"{LIVE} .live-title") == "🔴 Идёт товарищеская партия"
+    assert page.inner_text(f'{LIVE} [data-field="status"]') == "Партия 1"
+    page.screenshot(path=str(artifacts_dir / "club-ru.png"))
+
+    page.click("nav.lang a[hreflang=en]")
+    page.wait_for_selector(LIVE, state="visible")
+    assert page.inner_text(f"{LIVE} .live-title") == "🔴 a friendly game is on"
+    page.goto(stack.url("/clubs/alpha/display"))  # the cookie wins over Accept-Language now
+    assert page.evaluate("() => document.documentElement.lang") == "en"
+
+
+def test_the_club_list_shows_which_club_has_a_match_on_and_clubs_stay_apart(
+    stack: Any, open_page: Any, artifacts_dir: Path
+) -> None:
+    index = open_page(stack.url("/"))
+    beta = open_page(stack.url("/clubs/beta"))
+    wait_connected(index)
+    wait_connected(beta)
+    alpha_state = '.club-item[data-club="alpha"] [data-field="state"]'
+    beta_state = '.club-item[data-club="beta"] [data-field="state"]'
+    assert index.inner_text(alpha_state) == index.inner_text(beta_state) == "No match right now"
+
+    scorer = stack.scorer("alpha")
+    accepted(scorer, START)
+    accepted(scorer, {"cmd": "point", "side": 2})
+    index.wait_for_selector('.club-item[data-club="alpha"][data-match="on"]')
+    index.wait_for_function(
+        "(s) => document.querySelector(s).textContent === '🔴 Ann 0–1 Bob'", arg=alpha_state
+    )
+    assert index.inner_text(beta_state) == "No match right now"
+    index.screenshot(path=str(artifacts_dir / "index.png"))
+    # Alpha's match never shows on Beta's page.
+    time.sleep(0.3)
+    assert beta.locator(LIVE).is_hidden()
+    assert texts(beta, "score", "1") == []
+
+    accepted(scorer, {"cmd": "end"})
+    index.wait_for_selector('.club-item[data-club="alpha"][data-match="off"]')
+    assert index.inner_text(alpha_state) == "No match right now"
+
+
+def test_a_page_opened_while_the_broker_is_down_connects_when_it_comes_back(
+    stack: Any, open_page: Any
+) -> None:
+    scorer = stack.scorer("alpha")
+    accepted(scorer, START)
+    accepted(scorer, {"cmd": "point", "side": 1})
+    stack.endpoint.stop()
+    page = open_page(stack.url("/clubs/alpha"))
+    page.failures.allowed.append("WebSocket connection to")  # the broker is down on purpose
+    page.wait_for_selector("#connection-banner", state="visible")
+    assert page.locator(LIVE).is_hidden()
+    stack.endpoint.start()
+    wait_score(page, 1, 0)  # the retained snapshot, once connected
+    page.wait_for_selector("#connection-banner", state="hidden")
+
+
+def test_a_late_older_snapshot_of_the_same_match_is_ignored_but_a_new_match_is_shown(
+    stack: Any, open_page: Any
+) -> None:
+    scorer = stack.scorer("alpha")
+    accepted(scorer, START)
+    for _ in range(3):
+        accepted(scorer, {"cmd": "point", "side": 1})
+    page = open_page(stack.url("/clubs/alpha"))
+    wait_score(page, 3, 0)
+    current = stack.service.matches["alpha"].match.snapshot()
+    # A copy that arrives late (e.g. resent after a reconnect) must not take the score back.
+    service = stack.endpoint.client(stack.endpoint.service_user)
+    stale = dict(current, rev=current["rev"] - 1)
+    stale["game_data"] = dict(current["game_data"], score1=2)
+    service.publish("clubs/alpha/game", json.dumps(stale), qos=1).wait_for_publish(5)
+    same_rev = dict(stale, rev=current["rev"])
+    service.publish("clubs/alpha/game", json.dumps(same_rev), qos=1).wait_for_publish(5)
+    time.sleep(0.5)
+    assert score_on_page(page) == ("3", "0")
+    # Another match is shown whatever its rev.
+    other = dict(current, match_id="another-match", rev=1)
+    other["game_data"] = dict(current["game_data"], score1=0, player1="Cleo")
+    service.publish("clubs/alpha/game", json.dumps(other), qos=1).wait_for_publish(5)
+    wait_score(page, 0, 0)
+    assert page.inner_text(f'{LIVE} [data-field="name"][data-side="1"]') == "Cleo"

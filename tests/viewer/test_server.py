@@ -1,0 +1,222 @@
+"""The viewer's HTTP side: pages, 404s, overlay parameters, security and cache headers,
+language choice, and what happens when mqtt.js was not installed."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from starlette.testclient import TestClient
+
+from scorer.config import Club, Settings
+from viewer.i18n import BROWSER_KEYS, STRINGS
+from viewer.server import IMMUTABLE, Viewer, collect_assets, create_app, start_viewer
+
+SETTINGS = Settings(clubs=(Club("alpha", "Alpha TTC"), Club("beta")), ws_port=19001)
+PAGES = ["/", "/clubs/alpha", "/clubs/alpha/score", "/clubs/alpha/display", "/clubs/alpha/overlay"]
+
+
+@pytest.fixture
+def client() -> TestClient:
+    return TestClient(create_app(SETTINGS))
+
+
+def page_config(html: str) -> dict:
+    found = re.search(r'<script type="application/json" id="rallycast-config">(.*?)</script>', html)
+    assert found, "no config block"
+    return json.loads(found.group(1))
+
+
+@pytest.mark.parametrize("path", PAGES)
+def test_every_page_renders_with_a_strict_content_security_policy(
+    client: TestClient, path: str
+) -> None:
+    response = client.get(path)
+    assert response.status_code == 200
+    csp = response.headers["content-security-policy"]
+    assert "script-src 'self'" in csp and "unsafe-inline" not in csp and "unsafe-eval" not in csp
+    assert "ws://testserver:19001" in csp  # the broker's WebSocket on the page's host
+    assert response.headers["x-content-type-options"] == "nosniff"
+    assert "<script>" not in response.text and " on" + "click=" not in response.text
+    config = page_config(response.text)
+    assert config["wsPort"] == 19001 and config["wsUrl"] == ""
+
+
+def test_the_club_page_config_names_the_club_topics(client: TestClient) -> None:
+    config = page_config(client.get("/clubs/alpha").text)
+    assert config["club"] == {"id": "alpha", "name": "Alpha TTC"}
+    assert config["topics"] == {
+        "game": "clubs/alpha/game",
+        "cmd": "clubs/alpha/game/cmd",
+        "reply": "clubs/alpha/game/reply",
+    }
+    assert config["statusTopic"] == "rallycast/status/scorer"
+
+
+def test_a_public_websocket_url_is_used_by_the_pages_and_allowed_by_the_csp() -> None:
+    settings = Settings(clubs=SETTINGS.clubs, public_ws_url="wss://scores.example.org/mqtt")
+    response = TestClient(create_app(settings)).get("/clubs/alpha")
+    assert page_config(response.text)["wsUrl"] == "wss://scores.example.org/mqtt"
+    assert (
+        "connect-src 'self' wss://scores.example.org;"
+        in response.headers["content-security-policy"]
+    )
+
+
+@pytest.mark.parametrize(
+    "path", ["/clubs/nope", "/clubs/nope/score", "/clubs/Bad!/display", "/clubs/" + "a" * 65, "/x"]
+)
+def test_an_unknown_or_invalid_club_is_a_404_page(client: TestClient, path: str) -> None:
+    response = client.get(path)
+    assert response.status_code == 404
+    assert "No such club" in response.text
+    assert "content-security-policy" in response.headers
+
+
+@pytest.mark.parametrize(
+    "query",
+    ["bg=red;background:url(x)", "fg=%2312345", "pos=middle", "scale=0", "scale=9", "scale=abc",
+     "accent=rgb(1,2,3)"],
+)  # fmt: skip
+def test_bad_overlay_parameters_are_refused_with_the_reason(client: TestClient, query: str) -> None:
+    response = client.get(f"/clubs/alpha/overlay?{query}")
+    assert response.status_code == 400
+    name = query.split("=")[0]
+    assert f"<li>{name}: " in response.text
+
+
+def test_good_overlay_parameters_reach_the_page(client: TestClient) -> None:
+    response = client.get("/clubs/alpha/overlay?bg=%23000000cc&fg=white&pos=bottom-right&scale=1.5")
+    assert response.status_code == 200
+    assert page_config(response.text)["overlay"] == {
+        "bg": "#000000cc", "fg": "white", "accent": "#ffcc00", "pos": "bottom-right", "scale": 1.5,
+    }  # fmt: skip
+
+
+def test_static_files_are_compressed_and_cached_under_a_content_hash(client: TestClient) -> None:
+    html = client.get("/clubs/alpha").text
+    urls = re.findall(r'(?:src|href)="(/static/[0-9a-f]{12}/[^"]+)"', html)
+    assert any(u.endswith("/live.js") for u in urls)
+    assert any(u.endswith("/vendor/mqtt.min.js") for u in urls)
+    for url in urls:
+        response = client.get(url, headers={"accept-encoding": "gzip"})
+        assert response.status_code == 200, url
+        assert response.headers["cache-control"] == IMMUTABLE
+        if len(response.content) > 500:
+            assert response.headers["content-encoding"] == "gzip", url
+    live = next(u for u in urls if u.endswith("/live.js"))
+    stale = re.sub(r"/static/[0-9a-f]{12}/", "/static/000000000000/", live)
+    assert client.get(stale).headers["cache-control"] == "no-cache"
+    assert client.get("/static/000000000000/../server.py").status_code == 404
+    assert client.get("/static/000000000000/nothing.js").status_code == 404
+
+
+def test_our_own_page_scripts_stay_small() -> None:
+    assets = collect_assets()
+    for name in ("live.js", "score.js", "rallycast.css"):
+        assert assets[name].path.stat().st_size < 16_000, name
+
+
+@pytest.mark.parametrize(
+    ("accept", "expected"),
+    [("ru-RU,ru;q=0.9,en;q=0.8", "ru"), ("de-DE,en;q=0.5,ru;q=0.4", "en"), ("fr", "en"),
+     ("en;q=0.2, ru;q=0.9", "ru"), ("", "en")],
+)  # fmt: skip
+def test_the_language_follows_accept_language(
+    client: TestClient, accept: str, expected: str
+) -> None:
+    html = client.get("/clubs/alpha", headers={"accept-language": accept}).text
+    assert f'<html lang="{expected}" ' in html
+    assert STRINGS[expected]["score_link"] in html
+
+
+def test_the_language_switch_is_remembered_in_a_cookie(client: TestClient) -> None:
+    response = client.get("/clubs/alpha?lang=ru", headers={"accept-language": "en"})
+    assert '<html lang="ru" ' in response.text and "Идёт товарищеская партия" in response.text
+    assert "rallycast_lang=ru" in response.headers["set-cookie"]
+    again = client.get("/clubs/alpha", headers={"accept-language": "en"})  # cookie kept
+    assert '<html lang="ru" ' in again.text
+    assert page_config(again.text)["strings"]["reconnecting"] == STRINGS["ru"]["reconnecting"]
+
+
+def test_without_mqtt_js_the_server_starts_and_the_pages_say_what_to_run(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="rallycast.viewer"):
+        viewer = Viewer(SETTINGS, assets=collect_assets(mqtt_js=tmp_path / "missing.js"))
+    assert "mqtt.js missing" in caplog.text and "npm ci" in caplog.text
+    app = create_app(SETTINGS, viewer=viewer)
+    html = TestClient(app).get("/clubs/alpha").text
+    assert "run ./dev up (npm ci) — mqtt.js missing" in html
+    assert "mqtt.min.js" not in html
+
+
+def test_rallycast_viewer_serves_the_pages_and_stops_on_ctrl_c(tmp_path: Path) -> None:
+    config = tmp_path / "rallycast.toml"
+    config.write_text('[[clubs]]\nid = "riverside"\nname = "Riverside TTC"\n', encoding="utf-8")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
+    command = [sys.executable, "-m", "scorer.cli", "--config", str(config), "viewer"]
+    command += ["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "19002"]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        first = process.stdout.readline()
+        found = re.search(r"on (http://127\.0\.0\.1:\d+)/", first)
+        assert found, (first, process.stderr.read() if process.poll() is not None else "")
+        assert f"{found.group(1)}/clubs/riverside" in process.stdout.readline()
+        with urllib.request.urlopen(found.group(1) + "/clubs/riverside", timeout=5) as response:
+            html = response.read().decode()
+        assert "Riverside TTC" in html and page_config(html)["wsPort"] == 19002
+        started = time.monotonic()
+        process.send_signal(signal.SIGINT)
+        assert process.wait(5) == 0
+        assert time.monotonic() - started < 2.5
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_english_and_russian_have_the_same_strings_and_the_browser_gets_its_own() -> None:
+    assert set(STRINGS["en"]) == set(STRINGS["ru"])
+    assert set(BROWSER_KEYS) <= set(STRINGS["en"])
+    for language in ("en", "ru"):
+        assert all(STRINGS[language][key].strip() for key in STRINGS[language])
+
+
+async def test_a_taken_port_is_an_error_not_an_exit() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        settings = Settings(
+            clubs=SETTINGS.clubs, bind="127.0.0.1", http_port=port, log_level="CRITICAL"
+        )
+        with pytest.raises(OSError, match="could not listen"):
+            await start_viewer(settings)
+
+
+async def test_start_viewer_listens_on_a_free_port_and_stops() -> None:
+    settings = Settings(clubs=SETTINGS.clubs, bind="127.0.0.1", http_port=0)
+    running = await start_viewer(settings)
+    try:
+        assert running.port > 0 and running.url == f"http://127.0.0.1:{running.port}"
+        reader, writer = await asyncio.open_connection("127.0.0.1", running.port)
+        writer.write(b"GET /clubs/alpha HTTP/1.0\r\nHost: x\r\n\r\n")
+        assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+        writer.close()
+    finally:
+        await running.stop()
+    assert running.task.done()

@@ -1,0 +1,410 @@
+"""The live pages: the clubs, a club's page with its live section, the phone scorer, the TV
+display and the stream overlay (``rallycast viewer``; also run in-process by ``rallycast up``).
+
+The server only renders page shells. Every page subscribes to the broker itself over
+MQTT-over-WebSocket (mqtt.js + our ``static/live.js``) and renders the service's snapshots;
+the rules stay in Python, in the scorer service."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
+from starlette.requests import Request
+from starlette.responses import FileResponse, Response
+from starlette.routing import Route
+from starlette.templating import Jinja2Templates
+
+from scorer import topics
+from scorer.config import Club, Settings, load_settings
+from viewer.i18n import LANG_COOKIE, STRINGS, browser_strings, pick_language
+
+log = logging.getLogger("rallycast.viewer")
+
+VIEWER_DIR = Path(__file__).resolve().parent
+STATIC_DIR = VIEWER_DIR / "static"
+TEMPLATES_DIR = VIEWER_DIR / "templates"
+# mqtt.js comes from npm (viewer/package.json, installed by `./dev up` with `npm ci`).
+MQTT_JS = VIEWER_DIR / "node_modules" / "mqtt" / "dist" / "mqtt.min.js"
+MQTT_JS_NAME = "vendor/mqtt.min.js"
+
+CONTENT_TYPES = {
+    ".js": "text/javascript; charset=utf-8",
+    ".css": "text/css; charset=utf-8",
+    ".svg": "image/svg+xml",
+    ".png": "image/png",
+    ".ico": "image/x-icon",
+}
+IMMUTABLE = "public, max-age=31536000, immutable"
+
+
+@dataclass(frozen=True)
+class StaticAsset:
+    path: Path
+    digest: str  # first 12 hex digits of the content's sha256: the URL changes with the file
+
+
+def collect_assets(
+    static_dir: Path = STATIC_DIR, mqtt_js: Path = MQTT_JS
+) -> dict[str, StaticAsset]:
+    """Every file the pages may load, by its name under /static/<digest>/. Read once at start."""
+    assets: dict[str, StaticAsset] = {}
+    files = [(p.relative_to(static_dir).as_posix(), p) for p in sorted(static_dir.rglob("*"))]
+    if mqtt_js.is_file():
+        files.append((MQTT_JS_NAME, mqtt_js))
+    for name, path in files:
+        if path.is_file() and path.suffix in CONTENT_TYPES:
+            digest = hashlib.sha256(path.read_bytes()).hexdigest()[:12]
+            assets[name] = StaticAsset(path, digest)
+    return assets
+
+
+# Overlay URL parameters. Colours are limited to forms that cannot carry anything but a colour.
+COLOUR_RE = re.compile(r"^(#[0-9a-fA-F]{3,4}|#[0-9a-fA-F]{6}|#[0-9a-fA-F]{8}|[a-zA-Z]{3,20})$")
+OVERLAY_POSITIONS = ("top-left", "top-right", "bottom-left", "bottom-right", "top", "bottom")
+OVERLAY_DEFAULTS = {"bg": "#000000b3", "fg": "white", "accent": "#ffcc00", "pos": "top-left"}
+OVERLAY_SCALE = (0.25, 5.0)
+
+
+def overlay_options(query: Mapping[str, str]) -> tuple[dict[str, Any], list[str]]:
+    """The overlay's look from its URL, and the list of parameters that are not valid."""
+    options: dict[str, Any] = dict(OVERLAY_DEFAULTS, scale=1.0)
+    problems: list[str] = []
+    for name in ("bg", "fg", "accent"):
+        if name in query:
+            if COLOUR_RE.fullmatch(query[name]):
+                options[name] = query[name]
+            else:
+                problems.append(f"{name}: a colour like #000000cc, #fff or white")
+    if "pos" in query:
+        if query["pos"] in OVERLAY_POSITIONS:
+            options["pos"] = query["pos"]
+        else:
+            problems.append(f"pos: one of {', '.join(OVERLAY_POSITIONS)}")
+    if "scale" in query:
+        try:
+            scale = float(query["scale"])
+            if not OVERLAY_SCALE[0] <= scale <= OVERLAY_SCALE[1]:
+                raise ValueError
+            options["scale"] = scale
+        except ValueError:
+            problems.append(f"scale: a number from {OVERLAY_SCALE[0]} to {OVERLAY_SCALE[1]}")
+    return options, problems
+
+
+HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+$|^[0-9A-Fa-f:.]+$")
+
+
+def websocket_sources(settings: Settings, request: Request) -> str:
+    """The CSP connect-src for the broker's WebSocket: the configured public URL's origin, or
+    the page's own host on ws_port (what live.js computes in the browser)."""
+    if settings.public_ws_url:
+        parts = urlsplit(settings.public_ws_url)
+        return f"{parts.scheme}://{parts.netloc}"
+    host = request.url.hostname or ""
+    if not HOST_RE.fullmatch(host):
+        return "ws: wss:"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"ws://{host}:{settings.ws_port} wss://{host}:{settings.ws_port}"
+
+
+def security_headers(settings: Settings, request: Request, frame_ancestors: str) -> dict[str, str]:
+    csp = "; ".join(
+        (
+            "default-src 'none'",
+            "script-src 'self'",  # no inline script: the page's data travels as JSON
+            # mqtt.js runs its keepalive timers in a blob: worker, so a background tab's
+            # timers are not throttled into a disconnect.
+            "worker-src blob:",
+            "style-src 'self'",
+            "img-src 'self' data:",
+            f"connect-src 'self' {websocket_sources(settings, request)}",
+            "base-uri 'none'",
+            "form-action 'self'",
+            f"frame-ancestors {frame_ancestors}",
+        )
+    )
+    return {
+        "Content-Security-Policy": csp,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "same-origin",
+        "Cache-Control": "no-cache",
+        "Vary": "Accept-Language, Cookie",
+    }
+
+
+@dataclass
+class Viewer:
+    settings: Settings
+    assets: dict[str, StaticAsset] = field(default_factory=collect_assets)
+    templates: Jinja2Templates = field(
+        default_factory=lambda: Jinja2Templates(directory=str(TEMPLATES_DIR))
+    )
+
+    def __post_init__(self) -> None:
+        if MQTT_JS_NAME not in self.assets:
+            log.warning("mqtt.js missing (%s): run ./dev up (npm ci in viewer/)", MQTT_JS)
+
+    @property
+    def mqtt_js_missing(self) -> bool:
+        return MQTT_JS_NAME not in self.assets
+
+    def static_url(self, name: str) -> str:
+        return f"/static/{self.assets[name].digest}/{name}"
+
+    def render(
+        self,
+        request: Request,
+        template: str,
+        *,
+        page: str,
+        club: Club | None = None,
+        browser: dict[str, Any] | None = None,
+        status_code: int = 200,
+        frame_ancestors: str = "'self'",
+        **context: Any,
+    ) -> Response:
+        language, remember = pick_language(request)
+        config = {
+            "page": page,
+            "lang": language,
+            "wsUrl": self.settings.public_ws_url,
+            "wsPort": self.settings.ws_port,
+            "statusTopic": topics.SCORER_STATUS,
+            "strings": browser_strings(language),
+            **(browser or {}),
+        }
+        if club is not None:
+            config["club"] = {"id": club.id, "name": club.name}
+            config["topics"] = {
+                "game": topics.game(club.id),
+                "cmd": topics.commands(club.id),
+                "reply": topics.replies(club.id),
+            }
+        response = self.templates.TemplateResponse(
+            request,
+            template,
+            {
+                "t": STRINGS[language],
+                "lang": language,
+                "page": page,
+                "club": club,
+                "config": config,
+                "static_url": self.static_url,
+                "mqtt_js_missing": self.mqtt_js_missing,
+                "mqtt_js_name": MQTT_JS_NAME,
+                **context,
+            },
+            status_code=status_code,
+            headers=security_headers(self.settings, request, frame_ancestors),
+        )
+        if remember:
+            response.set_cookie(LANG_COOKIE, language, max_age=365 * 86400, samesite="lax")
+        return response
+
+    def club_or_404(self, request: Request) -> Club:
+        club = self.settings.club(request.path_params["club_id"])
+        if club is None:
+            raise HTTPException(404)
+        return club
+
+    # --- pages ---
+
+    async def index(self, request: Request) -> Response:
+        clubs = [{"id": c.id, "name": c.name} for c in self.settings.clubs]
+        return self.render(
+            request,
+            "index.html",
+            page="index",
+            browser={"clubs": clubs, "gamesTopic": topics.ALL_GAMES},
+        )
+
+    async def club_page(self, request: Request) -> Response:
+        club = self.club_or_404(request)
+        return self.render(request, "club.html", page="club", club=club)
+
+    async def score_page(self, request: Request) -> Response:
+        club = self.club_or_404(request)
+        # The scorer's password lives on the page: never let another site frame it.
+        return self.render(request, "score.html", page="score", club=club, frame_ancestors="'none'")
+
+    async def display_page(self, request: Request) -> Response:
+        club = self.club_or_404(request)
+        return self.render(request, "display.html", page="display", club=club, frame_ancestors="*")
+
+    async def overlay_page(self, request: Request) -> Response:
+        club = self.club_or_404(request)
+        options, problems = overlay_options(request.query_params)
+        if problems:
+            return self.render(
+                request, "error.html", page="error", status_code=400,
+                title=STRINGS[pick_language(request)[0]]["bad_overlay"], problems=problems,
+            )  # fmt: skip
+        return self.render(
+            request, "overlay.html", page="overlay", club=club, frame_ancestors="*",
+            browser={"overlay": options},
+        )  # fmt: skip
+
+    async def static_file(self, request: Request) -> Response:
+        asset = self.assets.get(request.path_params["name"])
+        if asset is None:
+            raise HTTPException(404)
+        # An old digest still gets today's file, but must not be cached as if it were that one.
+        fresh = request.path_params["digest"] == asset.digest
+        return FileResponse(
+            asset.path,
+            media_type=CONTENT_TYPES[asset.path.suffix],
+            headers={"Cache-Control": IMMUTABLE if fresh else "no-cache"},
+        )
+
+    async def not_found(self, request: Request, exc: Exception) -> Response:
+        status = getattr(exc, "status_code", 404)
+        language = pick_language(request)[0]
+        title = STRINGS[language]["no_club"] if status == 404 else str(status)
+        return self.render(request, "error.html", page="error", status_code=status, title=title)
+
+
+def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette:
+    viewer = viewer or Viewer(settings)
+    routes = [
+        Route("/", viewer.index),
+        Route("/clubs/{club_id}", viewer.club_page),
+        Route("/clubs/{club_id}/score", viewer.score_page),
+        Route("/clubs/{club_id}/display", viewer.display_page),
+        Route("/clubs/{club_id}/overlay", viewer.overlay_page),
+        Route("/static/{digest}/{name:path}", viewer.static_file),
+    ]
+    app = Starlette(
+        routes=routes,
+        middleware=[Middleware(GZipMiddleware, minimum_size=500, compresslevel=6)],
+        exception_handlers={HTTPException: viewer.not_found},
+    )
+    app.state.viewer = viewer
+    return app
+
+
+# --- running it ---
+
+
+@dataclass
+class RunningViewer:
+    """A viewer started by :func:`start_viewer`; ``port`` is the real one when settings say 0."""
+
+    server: uvicorn.Server
+    task: asyncio.Task[None]
+    host: str
+    port: int
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+        return f"http://{host}:{self.port}"
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        await self.task
+
+
+def uvicorn_server(settings: Settings) -> uvicorn.Server:
+    config = uvicorn.Config(
+        create_app(settings),
+        host=settings.bind,
+        port=settings.http_port,
+        log_level=settings.log_level.lower(),
+        log_config=None,  # the process's logging setup stays as it is (rallycast up embeds us)
+        access_log=False,
+        lifespan="off",
+        proxy_headers=True,
+        timeout_graceful_shutdown=1,
+    )
+    if settings.log_level.upper() != "DEBUG":
+        # "Uvicorn running on ... (Press CTRL+C to quit)" is not true inside `rallycast up`:
+        # the viewer logs its own URL; uvicorn keeps its warnings and errors.
+        logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the caller owns signals
+    return server
+
+
+def bound_port(server: uvicorn.Server) -> int:
+    return int(server.servers[0].sockets[0].getsockname()[1])
+
+
+async def _run_uvicorn(server: uvicorn.Server, where: str) -> None:
+    try:
+        await server.serve()
+    except SystemExit:
+        # uvicorn calls sys.exit when it cannot start (e.g. the port is taken); a SystemExit
+        # escaping a task would stop the whole event loop of `rallycast up`.
+        raise OSError(f"the viewer could not listen on {where}") from None
+
+
+async def start_viewer(settings: Settings) -> RunningViewer:
+    """Start the web server in the running loop; returns once it listens."""
+    server = uvicorn_server(settings)
+    task = asyncio.create_task(_run_uvicorn(server, f"{settings.bind}:{settings.http_port}"))
+    while not server.started:
+        if task.done():
+            await task  # raises the OSError
+            raise OSError("the viewer stopped before it started")
+        await asyncio.sleep(0.01)
+    running = RunningViewer(server, task, settings.bind, bound_port(server))
+    log.info("viewer on %s", running.url)
+    return running
+
+
+async def serve(settings: Settings, ready: asyncio.Event | None = None) -> None:
+    """Serve the pages until cancelled (``rallycast up`` runs this beside the broker)."""
+    running = await start_viewer(settings)
+    if ready is not None:
+        ready.set()
+    try:
+        await running.task
+    finally:
+        if not running.task.done():
+            await running.stop()
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--bind", help="address to listen on (default: settings.bind)")
+    parser.add_argument("--http-port", type=int, help="HTTP port (0 = any free port)")
+    parser.add_argument("--ws-port", type=int, help="the broker's WebSocket port the pages use")
+    parser.add_argument("--public-ws-url", help="WebSocket URL the pages use (behind a proxy)")
+
+
+def main(args: argparse.Namespace) -> int:
+    overrides = {
+        "bind": args.bind,
+        "http_port": args.http_port,
+        "ws_port": args.ws_port,
+        "public_ws_url": args.public_ws_url,
+    }
+    settings = load_settings(args.config, overrides=overrides)
+    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+
+    async def run() -> None:
+        running = await start_viewer(settings)
+        print(f"Rallycast pages on {running.url}/", flush=True)
+        for club in settings.clubs:
+            print(f"  {club.name}: {running.url}/clubs/{club.id}", flush=True)
+        await running.task
+
+    try:
+        asyncio.run(run())
+    except KeyboardInterrupt:
+        pass
+    return 0
