@@ -13,6 +13,7 @@ import asyncio
 import logging
 import os
 import secrets
+import shutil
 import signal
 import socket
 import sys
@@ -54,6 +55,16 @@ def ensure_credentials(settings: Settings) -> Credentials:
     return Credentials(secret, created)
 
 
+def _rallycast_command() -> str:
+    """How the user can type this program: plain ``rallycast`` when it is on PATH, else the
+    path it was started by (``./dev up`` runs .venv/bin/rallycast, which is not on PATH)."""
+    started_as = os.path.abspath(sys.argv[0])
+    on_path = shutil.which("rallycast")
+    if on_path and os.path.samefile(on_path, started_as):
+        return "rallycast"
+    return started_as if os.path.basename(started_as) == "rallycast" else "rallycast"
+
+
 def _public_host(settings: Settings) -> str:
     return "127.0.0.1" if settings.bind in ("", "0.0.0.0", "::") else settings.bind
 
@@ -67,6 +78,7 @@ def banner(
     ws_port: int,
     http_url: str | None,
 ) -> str:
+    rallycast = _rallycast_command()
     lines = ["", "Rallycast is running.", ""]
     lines.append(
         f"  MQTT broker:  mqtt://{host}:{mqtt_port}   WebSocket: ws://{host}:{ws_port}/mqtt"
@@ -87,19 +99,19 @@ def banner(
         if password is not None:
             lines.append(f"  scorer login: user {club.id} password {password}")
             lines.append(
-                "  (shown only now: write it down; a new one: rallycast passwd add "
+                f"  (shown only now: write it down; a new one: {rallycast} passwd add "
                 f"{club.id} --generate)"
             )
             shown = password
         else:
             lines.append(
                 f"  scorer login: user {club.id}, password set at first start "
-                f"(forgotten? rallycast passwd add {club.id} --generate)"
+                f"(forgotten? {rallycast} passwd add {club.id} --generate)"
             )
             shown = "PASSWORD"
         lines.append("  score from a terminal:")
         lines.append(
-            f"    rallycast score --club {club.id} --url mqtt://{host}:{mqtt_port} "
+            f"    {rallycast} score --club {club.id} --url mqtt://{host}:{mqtt_port} "
             f"--user {club.id} --password '{shown}'"
         )
         lines.append("  or with mosquitto-clients:")
