@@ -1,0 +1,937 @@
+"""RallycastBroker: amqtt 0.12.1's ``Broker`` with five faults neutralised.
+
+Each fix is an override in this class (never a patch of site-packages); docs/upstream.md says
+what upstream amqtt could take for each one and tests/broker/test_faults.py pins each fault
+against both the stock class and this one.
+
+1. Retained leak on connect: the stock broker sends a new client every retained message that
+   matches ANY filter held by ANY client. Here a connecting client only gets the retained
+   messages of its own (persistent) subscriptions, and every retained delivery is checked
+   against the RECEIVE ACL.
+2. Refused CONNECT wipes the victim: the stock broker deletes (or takes over) the existing
+   session of a client id BEFORE it checks the password. Here authentication comes first;
+   a refused CONNECT never touches the sessions.
+3. Slow shutdown: the stock broker closes clients one after the other and waits up to 10 s
+   for each WebSocket close handshake. Here every connection is closed at once, with a short
+   grace period, then aborted.
+4. ``max_connections`` hang: the stock broker parks the extra client on a semaphore, without
+   CONNACK, for as long as the others stay. Here it gets CONNACK 3 (server unavailable).
+5. Unbounded queue for a subscriber that stops reading: the stock broker starts one task per
+   delivery, which piles up behind the blocked socket. Here each connection has an
+   :class:`Outbox` capped at ``max_queued_messages``; a client that overflows it is logged
+   and disconnected (it gets the retained snapshot again when it comes back).
+
+The outbox is also the cheap delivery path: a PUBLISH is encoded once per message (and once
+more as a WebSocket frame) and written straight to each subscriber's transport, with no task,
+no plugin call and no packet object per delivery; RECEIVE ACL decisions are cached per
+connection (:meth:`RallycastBroker.forget_acl_decisions` clears them after an ACL reload).
+
+Extra hardening done on the way: a CONNECT must arrive within ``CONNECT_TIMEOUT`` seconds,
+MQTT keep-alive is enforced (1.5 x the client's value, as MQTT 3.1.1 §3.1.2.10 says; stock
+amqtt never drops a silent client), delivered QoS is min(published, granted) as the spec says
+(stock amqtt uses the subscription's QoS), a client id that logs in again closes its previous
+connection (stock amqtt leaves it open after a clean-session take-over), and WebSocket
+connections run without permessage-deflate (CPU per delivery) and without WebSocket pings
+(MQTT keep-alive covers it). An idle connection costs ~27 KB instead of ~58 KB of RSS: a small
+:class:`SessionState` replaces each Session's ``transitions.Machine`` and one lazily allocated
+inbox (:class:`LeanQueue`) served by one task replaces four queues and four waiting tasks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+from collections import deque
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+import websockets
+from amqtt.adapters import (
+    ReaderAdapter,
+    StreamWriterAdapter,
+    WebSocketsWriter,
+    WriterAdapter,
+)
+from amqtt.broker import Broker, ListenerType, Server
+from amqtt.contexts import Action, BrokerConfig
+from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
+from amqtt.events import BrokerEvents
+from amqtt.mqtt.connack import NOT_AUTHORIZED, SERVER_UNAVAILABLE, ConnackPacket
+from amqtt.mqtt.connect import ConnectPacket
+from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
+from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
+from amqtt.session import OutgoingApplicationMessage, Session
+from amqtt.utils import format_client_message, gen_client_id
+from transitions import MachineError
+from websockets.protocol import OPEN
+
+__all__ = ["DEFAULT_MAX_QUEUED_MESSAGES", "Outbox", "RallycastBroker"]
+
+logger = logging.getLogger(__name__)
+
+# Settings.max_queued_messages; the same number goes into mosquitto.conf.
+DEFAULT_MAX_QUEUED_MESSAGES = 1000
+# Unacknowledged QoS 1 deliveries per client (mosquitto's max_inflight_messages default).
+MAX_INFLIGHT = 20
+# A client must send CONNECT this soon after opening the connection.
+CONNECT_TIMEOUT = 10.0
+# How long a closing connection may take (WebSocket close handshake, flushing) before abort.
+CLOSE_GRACE = 0.5
+# WebSocket close handshake timeout handed to the websockets server.
+WS_CLOSE_TIMEOUT = 1.0
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | 0x80 if n else byte)
+        if not n:
+            return bytes(out)
+
+
+def encode_publish(
+    topic: bytes, payload: bytes, qos: int, retain: bool, packet_id: int | None = None
+) -> bytes:
+    """One MQTT 3.1.1 PUBLISH packet."""
+    header = 0x30 | (qos << 1) | int(retain)
+    variable = len(topic).to_bytes(2, "big") + topic
+    if qos:
+        variable += (packet_id or 0).to_bytes(2, "big")
+    return bytes((header,)) + _varint(len(variable) + len(payload)) + variable + payload
+
+
+def ws_binary_frame(data: bytes) -> bytes:
+    """A server-to-client (unmasked) WebSocket binary frame carrying ``data``."""
+    size = len(data)
+    if size < 126:
+        return bytes((0x82, size)) + data
+    if size < 65536:
+        return bytes((0x82, 126)) + size.to_bytes(2, "big") + data
+    return bytes((0x82, 127)) + size.to_bytes(8, "big") + data
+
+
+class OutgoingMessage:
+    """A message on its way to subscribers; the QoS 0 encodings are built once, on demand."""
+
+    __slots__ = ("topic", "data", "retain", "_topic_bytes", "_qos0", "_ws_qos0")
+
+    def __init__(self, topic: str, data: bytes | bytearray, retain: bool = False) -> None:
+        self.topic = topic
+        self.data = bytes(data)
+        self.retain = retain
+        self._topic_bytes = topic.encode("utf-8")
+        self._qos0: bytes | None = None
+        self._ws_qos0: bytes | None = None
+
+    def packet(self, qos: int, packet_id: int | None = None) -> bytes:
+        if qos == QOS_0:
+            if self._qos0 is None:
+                self._qos0 = encode_publish(self._topic_bytes, self.data, 0, self.retain)
+            return self._qos0
+        return encode_publish(self._topic_bytes, self.data, qos, self.retain, packet_id)
+
+    def ws_qos0(self) -> bytes:
+        if self._ws_qos0 is None:
+            self._ws_qos0 = ws_binary_frame(self.packet(QOS_0))
+        return self._ws_qos0
+
+
+def _transport_of(writer: WriterAdapter | None) -> asyncio.Transport | None:
+    if isinstance(writer, StreamWriterAdapter):
+        return writer._writer.transport  # type: ignore[return-value]
+    if isinstance(writer, WebSocketsWriter):
+        return writer._protocol.transport
+    return None
+
+
+def _abort(writer: WriterAdapter | None) -> None:
+    """Drop the connection now, whatever the peer does (no handshake, no flush)."""
+    transport = _transport_of(writer)
+    if transport is not None:
+        transport.abort()
+
+
+class Outbox:
+    """One connection's outgoing PUBLISH packets.
+
+    Packets go straight to the transport while its write buffer is below the high-water mark;
+    after that they wait here, in order, and a flusher task writes them as the peer reads.
+    At most ``limit`` packets wait: one more means the client is not reading, so it is logged
+    and disconnected instead of letting the broker's memory grow (fault 5).
+    """
+
+    __slots__ = (
+        "session",
+        "handler",
+        "limit",
+        "items",
+        "closed",
+        "receive_allowed",
+        "_writer",
+        "_transport",
+        "_ws",
+        "_ws_raw",
+        "_flusher",
+        "_window",
+        "_on_overflow",
+    )
+
+    def __init__(
+        self,
+        session: Session,
+        handler: BrokerProtocolHandler,
+        writer: WriterAdapter,
+        limit: int,
+        on_overflow: Callable[[Outbox], None],
+    ) -> None:
+        self.session = session
+        self.handler = handler
+        self.limit = limit
+        # Created on first use: most connections never queue anything.
+        self.items: deque[tuple[OutgoingMessage, int]] | tuple[()] = ()
+        self.closed = False
+        # RECEIVE ACL decisions for this connection, by topic.
+        self.receive_allowed: dict[str, bool] = {}
+        self._writer = writer
+        self._transport = _transport_of(writer)
+        self._ws = writer._protocol if isinstance(writer, WebSocketsWriter) else None
+        # Without extensions a binary frame is plain header + data: write it ourselves.
+        self._ws_raw = self._ws is not None and not self._ws.protocol.extensions
+        self._flusher: asyncio.Task[None] | None = None
+        self._window: asyncio.Future[None] | None = None
+        self._on_overflow = on_overflow
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def offer(self, message: OutgoingMessage, qos: int) -> None:
+        if self.closed:
+            return
+        if not self.items and qos != QOS_2 and self._writable():
+            if qos == QOS_0:
+                self._write_qos0(message)
+                return
+            if len(self.session.inflight_out) < MAX_INFLIGHT:
+                self._write_qos1(message)
+                return
+        if len(self.items) >= self.limit:
+            self._on_overflow(self)
+            return
+        if not isinstance(self.items, deque):
+            self.items = deque()
+        self.items.append((message, qos))
+        if self._flusher is None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+
+    def close(self) -> None:
+        self.closed = True
+        self.items = ()
+        if self._window is not None and not self._window.done():
+            self._window.set_result(None)
+        if self._flusher is not None and self._flusher is not asyncio.current_task():
+            self._flusher.cancel()
+
+    # -- writing
+
+    def _writable(self) -> bool:
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            return False
+        if self._ws is not None and self._ws.protocol.state is not OPEN:
+            return False
+        # asyncio pauses the protocol (and drain() waits) only above the high-water mark.
+        return transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
+
+    def _write(self, packet: bytes) -> None:
+        if self._ws is None:
+            self._transport.write(packet)  # type: ignore[union-attr]
+        elif self._ws_raw:
+            self._transport.write(ws_binary_frame(packet))  # type: ignore[union-attr]
+        else:
+            self._ws.protocol.send_binary(packet)
+            self._ws.send_data()
+
+    def _write_qos0(self, message: OutgoingMessage) -> None:
+        if self._ws_raw:
+            self._transport.write(message.ws_qos0())  # type: ignore[union-attr]
+        else:
+            self._write(message.packet(QOS_0))
+
+    def _write_qos1(self, message: OutgoingMessage) -> None:
+        session, handler = self.session, self.handler
+        packet_id = session.next_packet_id
+        session.inflight_out[packet_id] = OutgoingApplicationMessage(
+            packet_id, message.topic, QOS_1, message.data, message.retain
+        )
+        # The handler's reader resolves this future when the PUBACK arrives.
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        handler._puback_waiters[packet_id] = waiter
+        waiter.add_done_callback(partial(self._acknowledged, packet_id))
+        self._write(message.packet(QOS_1, packet_id))
+
+    def _acknowledged(self, packet_id: int, _waiter: asyncio.Future[Any]) -> None:
+        self.session.inflight_out.pop(packet_id, None)
+        self.handler._puback_waiters.pop(packet_id, None)
+        if self._window is not None and not self._window.done():
+            self._window.set_result(None)
+
+    async def _wait_until_writable(self, qos: int) -> bool:
+        while not self.closed:
+            transport = self._transport
+            if transport is None or transport.is_closing():
+                return False
+            if not self._writable():
+                if self._ws is not None:
+                    if self._ws.protocol.state is not OPEN:
+                        return False
+                    await self._ws.drain()
+                else:
+                    await self._writer._writer.drain()  # type: ignore[attr-defined]
+                if not self._writable():
+                    await asyncio.sleep(0.01)  # drain() returned without waiting: never spin
+                continue
+            if qos == QOS_1 and len(self.session.inflight_out) >= MAX_INFLIGHT:
+                self._window = asyncio.get_running_loop().create_future()
+                await self._window
+                continue
+            return True
+        return False
+
+    async def _flush(self) -> None:
+        try:
+            while self.items and not self.closed:
+                message, qos = self.items[0]
+                if qos == QOS_2 or self._transport is None:
+                    # Rare (nobody subscribes at QoS 2 here): amqtt's own, slower flow.
+                    self.items.popleft()  # type: ignore[union-attr]
+                    await self.handler.mqtt_publish(
+                        message.topic, message.data, qos, message.retain
+                    )
+                    continue
+                if not await self._wait_until_writable(qos):
+                    self.close()  # the connection is closing: nothing more will be written
+                    return
+                self.items.popleft()  # type: ignore[union-attr]
+                if qos == QOS_0:
+                    self._write_qos0(message)
+                else:
+                    self._write_qos1(message)
+        except (OSError, AMQTTError, MQTTError, TimeoutError, websockets.ConnectionClosed) as exc:
+            logger.info("delivery to %s stopped: %r", self.session.client_id, exc)
+        finally:
+            self._flusher = None
+
+
+class LeanQueue:
+    """The part of ``asyncio.Queue`` amqtt uses, without its four preallocated deques and
+    Event (~2.5 KB each, four queues per connection): storage is created on first put."""
+
+    __slots__ = ("_items", "_getters")
+
+    def __init__(self) -> None:
+        self._items: deque[Any] | None = None
+        self._getters: list[asyncio.Future[None]] | None = None
+
+    def qsize(self) -> int:
+        return len(self._items) if self._items else 0
+
+    def empty(self) -> bool:
+        return not self._items
+
+    def put_nowait(self, item: Any) -> None:
+        if self._items is None:
+            self._items = deque()
+        self._items.append(item)
+        getters = self._getters
+        while getters:
+            getter = getters.pop(0)
+            if not getter.done():
+                getter.set_result(None)
+                break
+
+    async def put(self, item: Any) -> None:
+        self.put_nowait(item)
+
+    def get_nowait(self) -> Any:
+        if not self._items:
+            raise asyncio.QueueEmpty
+        return self._items.popleft()
+
+    async def get(self) -> Any:
+        while not self._items:
+            getter = asyncio.get_running_loop().create_future()
+            if self._getters is None:
+                self._getters = []
+            self._getters.append(getter)
+            try:
+                await getter
+            except asyncio.CancelledError:
+                with contextlib.suppress(ValueError):
+                    self._getters.remove(getter)
+                if getter.done() and not getter.cancelled() and self._items:
+                    self.put_nowait(self._items.popleft())  # pass the wake-up on
+                raise
+        return self._items.popleft()
+
+
+class TaggedQueue:
+    """A producer's view of a connection's single inbox: ``put`` files items under a kind,
+    so one task serves subscriptions, unsubscriptions, publishes and the disconnect in the
+    order they arrived (stock amqtt keeps four queues and four waiting tasks)."""
+
+    __slots__ = ("_inbox", "_kind")
+
+    def __init__(self, inbox: LeanQueue, kind: str) -> None:
+        self._inbox, self._kind = inbox, kind
+
+    def put_nowait(self, item: Any) -> None:
+        self._inbox.put_nowait((self._kind, item))
+
+    async def put(self, item: Any) -> None:
+        self._inbox.put_nowait((self._kind, item))
+
+    # Draining a view (amqtt does it on stop and on session delete) is a no-op: the inbox
+    # goes away with its connection.
+    def empty(self) -> bool:
+        return True
+
+    def qsize(self) -> int:
+        return 0
+
+    def get_nowait(self) -> Any:
+        raise asyncio.QueueEmpty
+
+
+class SessionState:
+    """Drop-in for the ``transitions.Machine`` amqtt builds for every Session (~16 KB each):
+    states new / connected / disconnected, same triggers, same timestamps."""
+
+    __slots__ = ("_session", "state")
+
+    def __init__(self, session: Session, state: str = "new") -> None:
+        self._session = session
+        self.state = state
+
+    def connect(self) -> None:
+        if self.state == "connected":
+            raise MachineError(f"{self._session.client_id} is already connected")
+        self.state = "connected"
+        self._session._on_enter_connected()
+
+    def disconnect(self) -> None:
+        self.state = "disconnected"
+        self._session._on_enter_disconnected()
+
+    def is_connected(self) -> bool:
+        return self.state == "connected"
+
+    def is_disconnected(self) -> bool:
+        return self.state == "disconnected"
+
+    def is_new(self) -> bool:
+        return self.state == "new"
+
+
+class _Ready:
+    """An already-resolved stand-in for the futures amqtt's handlers read with ``.result()``."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: Any) -> None:
+        self._value = value
+
+    def result(self) -> Any:
+        return self._value
+
+    def done(self) -> bool:
+        return True
+
+
+def _post_disconnect(inbox: LeanQueue, waiter: asyncio.Future[Any]) -> None:
+    inbox.put_nowait(("disconnect", waiter))
+
+
+class RallycastProtocolHandler(BrokerProtocolHandler):
+    """amqtt's broker-side protocol handler with an outbox, one inbox instead of four
+    queues, and keep-alive enforcement."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.outbox: Outbox | None = None
+        self.inbox = LeanQueue()
+        self._pending_subscriptions = TaggedQueue(self.inbox, "sub")  # type: ignore[assignment]
+        self._pending_unsubscriptions = TaggedQueue(self.inbox, "unsub")  # type: ignore[assignment]
+        # Resolved when this connection's lifecycle is over (lets a take-over wait for it).
+        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    @classmethod
+    async def init_from_connect(  # type: ignore[override]
+        cls, reader: ReaderAdapter, writer: WriterAdapter, plugins_manager: Any, loop: Any = None
+    ) -> tuple[RallycastProtocolHandler, Session]:
+        handler, session = await super().init_from_connect(reader, writer, plugins_manager, loop)
+        session.transitions = SessionState(session)  # type: ignore[assignment]
+        session.retained_messages = LeanQueue()  # type: ignore[assignment]
+        return handler, session  # type: ignore[return-value]
+
+    def handle_read_timeout(self) -> None:
+        # Nothing heard for 1.5 x keep-alive: the client is gone [MQTT-3.1.2-24].
+        client_id = self.session.client_id if self.session else None
+        logger.info("client %s silent past its keep-alive: disconnecting it", client_id)
+        if self._reader_task is not None and not self._reader_task.done():
+            self._reader_task.cancel()
+
+
+class RallycastBroker(Broker):
+    """amqtt Broker with the faults above neutralised. Same constructor as
+    ``amqtt.broker.Broker``, plus the keyword-only ``max_queued_messages``
+    (Settings.max_queued_messages)."""
+
+    def __init__(
+        self,
+        config: BrokerConfig | dict[str, Any] | None = None,
+        loop: asyncio.AbstractEventLoop | None = None,
+        plugin_namespace: str | None = None,
+        *,
+        max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES,
+    ) -> None:
+        super().__init__(config, loop, plugin_namespace)
+        self.max_queued_messages = max_queued_messages
+        # Clients disconnected because they stopped reading (fault 5), for logs and tests.
+        self.slow_clients_disconnected = 0
+
+    # -- observability
+
+    def queued_messages(self, client_id: str) -> int:
+        """Messages waiting in a connected client's outbox (0 if not connected)."""
+        entry = self._sessions.get(client_id)
+        outbox = getattr(entry[1], "outbox", None) if entry else None
+        return len(outbox) if outbox is not None else 0
+
+    def forget_acl_decisions(self) -> None:
+        """Drop the cached RECEIVE ACL decisions (call after the ACL changes)."""
+        for _session, handler in self._sessions.values():
+            outbox = getattr(handler, "outbox", None)
+            if outbox is not None:
+                outbox.receive_allowed.clear()
+
+    # -- listeners
+
+    async def _create_server_instance(
+        self,
+        listener_name: str,
+        listener_type: ListenerType,
+        address: str | None,
+        port: int,
+        ssl_context: Any,
+    ) -> Any:
+        if listener_type != ListenerType.WS:
+            return await super()._create_server_instance(
+                listener_name, listener_type, address, port, ssl_context
+            )
+        return await websockets.serve(
+            partial(self.ws_connected, listener_name=listener_name),
+            address,
+            port,
+            ssl=ssl_context,
+            subprotocols=[websockets.Subprotocol("mqtt")],
+            # permessage-deflate costs CPU on every delivery for ~200-byte snapshots.
+            compression=None,
+            # A peer that ignores the close handshake must not hold shutdown (fault 3).
+            close_timeout=WS_CLOSE_TIMEOUT,
+            # MQTT keep-alive (enforced by RallycastProtocolHandler) finds dead peers.
+            ping_interval=None,
+        )
+
+    # -- connection lifecycle (faults 1, 2, 4)
+
+    async def _client_connected(
+        self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter
+    ) -> None:
+        server = self._servers.get(listener_name)
+        if not server:
+            msg = f"Invalid listener name '{listener_name}'"
+            raise BrokerError(msg)
+        if server.semaphore is not None and server.semaphore.locked():
+            await self._refuse_over_capacity(server, reader, writer)
+            return
+        await server.acquire_connection()  # a free slot: does not wait
+        try:
+            await self._serve_connection(listener_name, reader, writer)
+        finally:
+            server.release_connection()
+
+    async def _refuse_over_capacity(
+        self, server: Server, reader: ReaderAdapter, writer: WriterAdapter
+    ) -> None:
+        """Answer CONNECT with CONNACK 3 (server unavailable) and close (fault 4)."""
+        self.logger.warning(
+            "listener '%s' is full (%d connections): refusing %s",
+            server.listener_name,
+            server.max_connections,
+            writer.get_peer_info(),
+        )
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(ConnectPacket.from_stream(reader), CLOSE_GRACE * 4)
+            await ConnackPacket.build(0, SERVER_UNAVAILABLE).to_stream(writer)
+        await self._close_writer(writer)
+
+    async def _close_writer(self, writer: WriterAdapter) -> None:
+        close = asyncio.ensure_future(writer.close())
+        done, _ = await asyncio.wait({close}, timeout=CLOSE_GRACE)
+        if not done:
+            _abort(writer)
+            await asyncio.wait({close}, timeout=CLOSE_GRACE)
+        if close.done():
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                close.result()
+        else:
+            close.cancel()
+
+    async def _serve_connection(
+        self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter
+    ) -> None:
+        remote = writer.get_peer_info()
+        if remote is None:
+            self.logger.warning("Remote info could not be retrieved from peer info")
+            await self._close_writer(writer)
+            return
+        address, port = remote
+        try:
+            handler, incoming = await asyncio.wait_for(
+                RallycastProtocolHandler.init_from_connect(
+                    reader, writer, self.plugins_manager, loop=self._loop
+                ),
+                CONNECT_TIMEOUT,
+            )
+        except TimeoutError:
+            self.logger.info(
+                "no CONNECT from %s within %ss",
+                format_client_message(address=address, port=port),
+                CONNECT_TIMEOUT,
+            )
+            await self._close_writer(writer)
+            return
+        except (AMQTTError, MQTTError, NoDataError) as exc:
+            self.logger.warning(
+                "bad CONNECT from %s: %s", format_client_message(address=address, port=port), exc
+            )
+            await self._close_writer(writer)
+            return
+        try:
+            await self._run_session(listener_name, handler, incoming, reader, writer)
+        except (AMQTTError, MQTTError, NoDataError) as exc:
+            self.logger.warning("Error while handling client session: %s", exc)
+        finally:
+            if handler.outbox is not None:
+                handler.outbox.close()
+            if not handler.finished.done():
+                handler.finished.set_result(None)
+
+    async def _run_session(
+        self,
+        listener_name: str,
+        handler: RallycastProtocolHandler,
+        incoming: Session,
+        reader: ReaderAdapter,
+        writer: WriterAdapter,
+    ) -> None:
+        if incoming.clean_session and not incoming.client_id:
+            incoming.client_id = gen_client_id()
+
+        # Fault 2: check credentials BEFORE touching any existing session of this client id.
+        if not await self._authenticate(incoming, self.listeners_config[listener_name]):
+            self.logger.warning(
+                "refused CONNECT from %s: not authorised (user %r)",
+                format_client_message(session=incoming),
+                incoming.username,
+            )
+            with contextlib.suppress(Exception):
+                await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
+            await self._close_writer(writer)
+            return
+
+        client_id = incoming.client_id
+        if client_id is None:
+            msg = "Client ID was not correctly created/set."
+            raise BrokerError(msg)
+        previous = self._sessions.get(client_id)
+        if previous is not None:
+            await self._take_over(client_id, previous[1])
+
+        session = incoming
+        session.parent = 0
+        if incoming.clean_session:
+            await self._delete_session(client_id)
+        elif client_id in self._sessions:
+            session = self._sessions[client_id][0]
+            # The new connection brings its own will, keep-alive, credentials and the
+            # attributes the auth plugins just set.
+            for name in (
+                "will_flag",
+                "will_message",
+                "will_topic",
+                "will_qos",
+                "will_retain",
+                "keep_alive",
+                "username",
+                "password",
+                "is_anonymous",
+                "remote_address",
+                "remote_port",
+                "ssl_object",
+            ):
+                setattr(session, name, getattr(incoming, name))
+            session.attributes.update(incoming.attributes)
+            session.parent = 1
+
+        if session.keep_alive > 0:
+            delay = self.config.get("timeout-disconnect-delay", 0)
+            session.keep_alive = math.ceil(session.keep_alive * 1.5) + (
+                delay if isinstance(delay, int) else 0
+            )
+        if not isinstance(session.transitions, SessionState):  # an offline session amqtt made
+            session.transitions = SessionState(session, session.transitions.state)  # type: ignore[assignment]
+        if session.transitions.state == "connected":
+            session.transitions.disconnect()
+        session.transitions.connect()
+        # The handler queues this client's PUBLISHes here: into the connection's inbox.
+        session.delivered_message_queue = TaggedQueue(handler.inbox, "msg")  # type: ignore[assignment]
+
+        handler.attach(session, reader, writer)
+        handler.outbox = Outbox(
+            session, handler, writer, self.max_queued_messages, self._client_overflowed
+        )
+        self._sessions[client_id] = (session, handler)
+        await handler.mqtt_connack_authorize(True)
+        await self.plugins_manager.fire_event(
+            BrokerEvents.CLIENT_CONNECTED, client_id=client_id, client_session=session
+        )
+        await handler.start()
+        await self._publish_session_retained_messages(session)
+        # Fault 1: only this session's own filters (a resumed persistent session).
+        own = [
+            (a_filter, qos)
+            for a_filter, subscribers in self._subscriptions.items()
+            for subscriber, qos in subscribers
+            if subscriber is session
+        ]
+        for subscription in own:
+            await self._publish_retained_messages_for_subscription(subscription, session)
+        try:
+            await self._client_message_loop(session, handler)
+        finally:
+            # The loop can end without a disconnect (invalid PUBLISH topic): close anyway.
+            if self._sessions.get(client_id, (None, None))[1] is handler:
+                if session.transitions.state == "connected":
+                    await self._stop_handler(handler)
+                    session.transitions.disconnect()
+
+    async def _client_message_loop(
+        self, client_session: Session, handler: BrokerProtocolHandler
+    ) -> None:
+        """One task per connection serves its inbox in arrival order (stock: four tasks)."""
+        inbox = getattr(handler, "inbox", None)
+        if inbox is None:
+            await super()._client_message_loop(client_session, handler)
+            return
+        waiter = handler._disconnect_waiter
+        if waiter is None or waiter.done():
+            inbox.put_nowait(("disconnect", waiter))
+        else:
+            waiter.add_done_callback(partial(_post_disconnect, inbox))
+        while True:
+            try:
+                kind, item = await inbox.get()
+            except asyncio.CancelledError:
+                self.logger.debug("Client loop cancelled")
+                return
+            if kind == "msg":
+                if not await self._handle_message_delivery(client_session, handler, _Ready(item)):  # type: ignore[arg-type]
+                    return
+            elif kind == "sub":
+                await self._handle_subscription(client_session, handler, _Ready(item))  # type: ignore[arg-type]
+            elif kind == "unsub":
+                await self._handle_unsubscription(client_session, handler, _Ready(item))  # type: ignore[arg-type]
+            elif kind == "disconnect":
+                packet = None
+                if item is not None and not item.cancelled():
+                    packet = item.result()
+                await self._handle_disconnect(client_session, handler, _Ready(packet))  # type: ignore[arg-type]
+                return
+
+    async def _take_over(self, client_id: str, old_handler: BrokerProtocolHandler) -> None:
+        """A client id connected again: close the previous connection first [MQTT-3.1.4-2]."""
+        finished = getattr(old_handler, "finished", None)
+        if finished is None or finished.done():
+            return
+        self.logger.info("client %s connected again: closing its previous connection", client_id)
+        await old_handler.handle_connection_closed()
+        await self._stop_handler(old_handler)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(finished), CLOSE_GRACE * 4)
+
+    async def _stop_handler(self, handler: BrokerProtocolHandler) -> None:
+        """Stop a handler within CLOSE_GRACE, then abort its connection (fault 3)."""
+        outbox = getattr(handler, "outbox", None)
+        if outbox is not None:
+            outbox.close()
+        writer = handler.writer
+        stop = asyncio.ensure_future(handler.stop())
+        done, _ = await asyncio.wait({stop}, timeout=CLOSE_GRACE)
+        if not done:
+            _abort(writer)
+            done, _ = await asyncio.wait({stop}, timeout=CLOSE_GRACE)
+        if not done:
+            stop.cancel()
+            return
+        with contextlib.suppress(Exception, asyncio.CancelledError):
+            stop.result()
+
+    # -- shutdown (fault 3)
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close every client at once (bounded), then amqtt's own shutdown."""
+        for server in self._servers.values():
+            instance = server.instance
+            if isinstance(instance, asyncio.Server):
+                instance.close()
+            elif instance is not None and hasattr(instance, "server"):
+                instance.server.close()  # websockets: the listening socket only
+        client_ids = list(self._sessions)
+        closing = [asyncio.ensure_future(self._cleanup_session(cid)) for cid in client_ids]
+        if closing:
+            _done, pending = await asyncio.wait(closing, timeout=CLOSE_GRACE * 3)
+            for task in pending:
+                task.cancel()
+        # Whatever still holds a socket (handshakes in progress, refusals) is aborted.
+        for server in self._servers.values():
+            instance = server.instance
+            for connection in list(getattr(instance, "handlers", ()) or ()):
+                connection.transport.abort()
+        await super().shutdown()
+
+    # -- delivery (faults 1 and 5, and the cheap path)
+
+    async def _handle_message_delivery(
+        self,
+        client_session: Session,
+        handler: BrokerProtocolHandler,
+        wait_deliver: asyncio.Future[Any],
+    ) -> bool:
+        app_message = wait_deliver.result()
+        await self.plugins_manager.fire_event(
+            BrokerEvents.MESSAGE_RECEIVED, client_id=client_session.client_id, message=app_message
+        )
+        if app_message is None:
+            return True
+        topic = app_message.topic
+        if not topic or "#" in topic or "+" in topic or topic.startswith("$"):
+            self.logger.warning(
+                "%s sent PUBLISH to invalid topic %r: closing connection",
+                client_session.client_id,
+                topic,
+            )
+            return False
+        if not await self._topic_filtering(client_session, topic=topic, action=Action.PUBLISH):
+            self.logger.info("%s not allowed to publish to %s", client_session.client_id, topic)
+            return True
+        await self.plugins_manager.fire_event(
+            BrokerEvents.MESSAGE_BROADCAST, client_id=client_session.client_id, message=app_message
+        )
+        # Unlike stock amqtt, keep the published QoS: delivered QoS = min(published, granted).
+        await self._broadcast_queue.put(
+            {
+                "session": client_session,
+                "topic": topic,
+                "data": app_message.data,
+                "published_qos": app_message.qos,
+            }
+        )
+        if app_message.publish_packet and app_message.publish_packet.retain_flag:
+            await self.retain_message(client_session, topic, app_message.data, app_message.qos)
+        return True
+
+    async def _run_broadcast(self, running_tasks: deque[asyncio.Task[Any]]) -> None:
+        broadcast = await self._broadcast_queue.get()
+        topic: str = broadcast["topic"]
+        data = broadcast["data"]
+        if topic is None or data is None:
+            return
+        forced_qos = broadcast.get("qos")
+        published_qos = broadcast.get("published_qos")
+        message = OutgoingMessage(topic, data)
+        matching = [
+            subscribers
+            for a_filter, subscribers in self._subscriptions.items()
+            if self._matches(topic, a_filter)
+        ]
+        for subscribers in matching:
+            for target, granted_qos in tuple(subscribers):
+                if forced_qos is not None:
+                    qos = forced_qos
+                elif published_qos is not None:
+                    qos = min(published_qos, granted_qos)
+                else:
+                    qos = granted_qos
+                entry = self._sessions.get(target.client_id)  # type: ignore[arg-type]
+                outbox = getattr(entry[1], "outbox", None) if entry and entry[0] is target else None
+                if outbox is not None and not outbox.closed:
+                    allowed = outbox.receive_allowed.get(topic)
+                    if allowed is None:
+                        allowed = await self._topic_filtering(target, topic, Action.RECEIVE)
+                        if len(outbox.receive_allowed) > 1024:
+                            outbox.receive_allowed.clear()
+                        outbox.receive_allowed[topic] = allowed
+                    if allowed:
+                        outbox.offer(message, qos)
+                    continue
+                # Not connected: keep QoS 1/2 messages for a persistent, named session
+                # [MQTT-3.1.2.4], as stock amqtt does.
+                if (
+                    not target.clean_session
+                    and qos in (QOS_1, QOS_2)
+                    and not target.is_anonymous
+                    and target.transitions.state != "connected"
+                    and await self._topic_filtering(target, topic, Action.RECEIVE)
+                ):
+                    await self._retain_broadcast_message(broadcast, qos, target)
+
+    async def _publish_retained_messages_for_subscription(
+        self, subscription: tuple[str, int], session: Session
+    ) -> None:
+        """Retained messages for one of ``session``'s own filters, each one ACL-checked."""
+        a_filter = subscription[0]
+        granted = next(
+            (qos for s, qos in self._subscriptions.get(a_filter, ()) if s is session), None
+        )
+        if granted is None:  # not this session's filter (fault 1)
+            return
+        entry = self._sessions.get(session.client_id)  # type: ignore[arg-type]
+        outbox = getattr(entry[1], "outbox", None) if entry and entry[0] is session else None
+        if outbox is None:
+            return
+        for retained in list(self._retained_messages.values()):
+            if not self._matches(retained.topic, a_filter):
+                continue
+            if not await self._topic_filtering(session, retained.topic, Action.RECEIVE):
+                self.logger.info(
+                    "%s not allowed to receive retained %s", session.client_id, retained.topic
+                )
+                continue
+            qos = min(granted, retained.qos if retained.qos is not None else granted)
+            outbox.offer(OutgoingMessage(retained.topic, retained.data, retain=True), qos)
+
+    def _client_overflowed(self, outbox: Outbox) -> None:
+        """A client let ``max_queued_messages`` pile up: it is not reading. Disconnect it."""
+        self.slow_clients_disconnected += 1
+        self.logger.warning(
+            "client %s is not reading: %d messages queued (max_queued_messages): disconnecting it",
+            outbox.session.client_id,
+            len(outbox.items),
+        )
+        outbox.close()
+        _abort(outbox.handler.writer)
