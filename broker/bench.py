@@ -827,9 +827,17 @@ async def _serve_stock(args: argparse.Namespace) -> None:
 
 # -- the `rallycast bench` subcommand
 
-# target -> (function, help). `pages` (viewer/bench.py) is to be added here.
+def run_pages_bench(args: argparse.Namespace) -> int:
+    """Press -> screen and navigation -> first score in real Chromium (viewer/bench.py)."""
+    from viewer.bench import print_pages_bench
+
+    return print_pages_bench(args)
+
+
+# target -> (function, help)
 TARGETS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "broker": (run_broker_bench, "embedded broker vs mosquitto, N WebSocket subscribers"),
+    "pages": (run_pages_bench, "press -> screen and first score in headless Chromium"),
 }
 
 
@@ -857,6 +865,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--drain-timeout", type=float, default=30.0,
         help="seconds to wait for the last deliveries of a phase (30)",
     )  # fmt: skip
+
+
+    from viewer.bench import add_pages_arguments
+
+    add_pages_arguments(parser.add_argument_group("pages"))
 
 
 def main(args: argparse.Namespace) -> int:

@@ -229,22 +229,29 @@ def bench_pages(
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m viewer.bench", description=__doc__.splitlines()[0]
-    )
-    parser.add_argument("--presses", type=int, default=200)
-    parser.add_argument("--navigations", type=int, default=20)
+def add_pages_arguments(parser: Any) -> None:
+    parser.add_argument("--presses", type=int, default=200, help="presses to time (200)")
+    parser.add_argument("--navigations", type=int, default=20, help="page loads to time (20)")
     parser.add_argument("--url", help="a running viewer (default: start an embedded stack)")
-    parser.add_argument("--club", default=BENCH_CLUB)
-    parser.add_argument("--password", help="the club's scorer password (with --url)")
-    args = parser.parse_args(argv)
+    parser.add_argument("--club", default=BENCH_CLUB, help="the club, with --url")
+    parser.add_argument("--password", help="the club's scorer password, with --url")
+
+
+def print_pages_bench(args: argparse.Namespace) -> int:
     result = bench_pages(
         presses=args.presses, navigations=args.navigations, base_url=args.url,
         club=args.club, password=args.password,
     )  # fmt: skip
     print(json.dumps(result, indent=2))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m viewer.bench", description=__doc__.splitlines()[0]
+    )
+    add_pages_arguments(parser)
+    return print_pages_bench(parser.parse_args(argv))
 
 
 if __name__ == "__main__":
