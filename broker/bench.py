@@ -44,6 +44,8 @@ from pathlib import Path
 
 import psutil
 
+from broker.packets import PINGREQ, connect_packet, encode_publish, subscribe_packet
+
 REPO = Path(__file__).resolve().parent.parent
 CLUB = "bench"
 TOPIC = f"clubs/{CLUB}/game"
@@ -58,40 +60,13 @@ BROKER_KINDS = ("embedded", "mosquitto", "stock")
 # -- MQTT 3.1.1 encoding (client side)
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode()
-    return len(raw).to_bytes(2, "big") + raw
-
-
 def mqtt_connect(client_id: str, user: str | None = None, password: str | None = None) -> bytes:
-    flags = 0x02 | (0xC0 if user else 0)
-    body = _string("MQTT") + bytes((4, flags)) + (60).to_bytes(2, "big") + _string(client_id)
-    if user:
-        body += _string(user) + _string(password or "")
-    return b"\x10" + _varint(len(body)) + body
-
-
-def mqtt_subscribe(topic: str, qos: int) -> bytes:
-    body = (1).to_bytes(2, "big") + _string(topic) + bytes((qos,))
-    return b"\x82" + _varint(len(body)) + body
+    return connect_packet(client_id, user, password)
 
 
 def mqtt_publish(topic: str, payload: bytes, packet_id: int) -> bytes:
     """QoS 1, retained: how the scorer service publishes a snapshot."""
-    body = _string(topic) + packet_id.to_bytes(2, "big") + payload
-    return b"\x33" + _varint(len(body)) + body
-
-
-PINGREQ = b"\xc0\x00"
+    return encode_publish(topic.encode(), payload, qos=1, retain=True, packet_id=packet_id)
 
 
 class MqttStream:
@@ -261,7 +236,7 @@ class WsSubscriber(asyncio.Protocol):
             if body[1] != 0:
                 self.transport.close()  # type: ignore[union-attr]
                 return
-            self.send(mqtt_subscribe(TOPIC, self.qos))
+            self.send(subscribe_packet(TOPIC, self.qos))
         elif kind == 9 and not self.subscribed.done():  # SUBACK
             if body[-1] == 0x80:
                 self.subscribed.set_exception(PermissionError(f"{self.client_id}: refused"))
@@ -827,6 +802,7 @@ async def _serve_stock(args: argparse.Namespace) -> None:
 
 # -- the `rallycast bench` subcommand
 
+
 def run_pages_bench(args: argparse.Namespace) -> int:
     """Press -> screen and navigation -> first score in real Chromium (viewer/bench.py)."""
     from viewer.bench import print_pages_bench
@@ -865,7 +841,6 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--drain-timeout", type=float, default=30.0,
         help="seconds to wait for the last deliveries of a phase (30)",
     )  # fmt: skip
-
 
     from viewer.bench import add_pages_arguments
 

@@ -68,6 +68,8 @@ from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 from websockets.protocol import OPEN
 
+from broker.packets import encode_publish
+
 __all__ = ["DEFAULT_MAX_QUEUED_MESSAGES", "Outbox", "RallycastBroker"]
 
 logger = logging.getLogger(__name__)
@@ -82,26 +84,6 @@ CONNECT_TIMEOUT = 10.0
 CLOSE_GRACE = 0.5
 # WebSocket close handshake timeout handed to the websockets server.
 WS_CLOSE_TIMEOUT = 1.0
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
-def encode_publish(
-    topic: bytes, payload: bytes, qos: int, retain: bool, packet_id: int | None = None
-) -> bytes:
-    """One MQTT 3.1.1 PUBLISH packet."""
-    header = 0x30 | (qos << 1) | int(retain)
-    variable = len(topic).to_bytes(2, "big") + topic
-    if qos:
-        variable += (packet_id or 0).to_bytes(2, "big")
-    return bytes((header,)) + _varint(len(variable) + len(payload)) + variable + payload
 
 
 def ws_binary_frame(data: bytes) -> bytes:

@@ -26,6 +26,7 @@ from amqtt.broker import Broker
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 
 from broker.hardening import RallycastBroker
+from broker.packets import connect_packet, encode_publish, subscribe_packet
 
 USERS = {"alice": "secret"}
 PLUGIN_MODULE = "tests.broker.test_faults"
@@ -108,44 +109,8 @@ async def running(broker_class: type[Broker], **config: Any) -> AsyncIterator[Ru
 # -- a raw MQTT 3.1.1 client, just enough for these tests
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte, n = n & 0x7F, n >> 7
-        out.append(byte | 0x80 if n else byte)
-        if not n:
-            return bytes(out)
-
-
-def _string(text: str) -> bytes:
-    raw = text.encode()
-    return len(raw).to_bytes(2, "big") + raw
-
-
-def connect_packet(
-    client_id: str,
-    username: str | None = None,
-    password: str | None = None,
-    clean: bool = True,
-    keepalive: int = 60,
-) -> bytes:
-    flags = (0x02 if clean else 0) | (0x80 if username else 0) | (0x40 if password else 0)
-    body = _string("MQTT") + bytes((4, flags)) + keepalive.to_bytes(2, "big") + _string(client_id)
-    if username:
-        body += _string(username)
-    if password:
-        body += _string(password)
-    return b"\x10" + _varint(len(body)) + body
-
-
-def subscribe_packet(topic: str, qos: int = 0, packet_id: int = 1) -> bytes:
-    body = packet_id.to_bytes(2, "big") + _string(topic) + bytes((qos,))
-    return b"\x82" + _varint(len(body)) + body
-
-
 def publish_packet(topic: str, payload: bytes, retain: bool = False) -> bytes:
-    body = _string(topic) + payload
-    return bytes((0x30 | int(retain),)) + _varint(len(body)) + body
+    return encode_publish(topic.encode(), payload, qos=0, retain=retain)
 
 
 class RawClient:
