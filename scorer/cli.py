@@ -8,6 +8,8 @@ import argparse
 import importlib
 import sys
 
+CONFIG_HELP = "TOML config file (default: $RALLYCAST_CONFIG, then built-in defaults)"
+
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("scorer.up", "run broker + scorer service + viewer on this machine"),
@@ -24,13 +26,14 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rallycast", description=__doc__.splitlines()[0])
-    parser.add_argument(
-        "--config", help="TOML config file (default: $RALLYCAST_CONFIG, then built-ins)"
-    )
+    parser.add_argument("--config", help=CONFIG_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         sub_parser.set_defaults(_module=module_name)
+        # Also after the subcommand (`rallycast up --config F`); SUPPRESS keeps a value given
+        # before it.
+        sub_parser.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
         if name != chosen:
             continue
         try:

@@ -18,6 +18,7 @@ from scorer.buttons.boards import ButtonsConfig, load_buttons_config, parse_boar
 from scorer.buttons.decoders import BadPayload, DeviceMessage, Press
 from scorer.buttons.mapping import Action, Board, BoardSpec, Verdict, parse_action
 from scorer.buttons.runner import ButtonRunner
+from scorer.client import parse_broker_url
 from scorer.config import ConfigError
 
 __all__ = [
@@ -40,12 +41,7 @@ __all__ = [
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    # SUPPRESS: without the flag here, the top-level ``rallycast --config FILE`` value stays.
-    parser.add_argument(
-        "--config",
-        default=argparse.SUPPRESS,
-        help="TOML file with [[boards]] (and any Rallycast settings); default $RALLYCAST_CONFIG",
-    )
+    # --config (the TOML file with [[boards]]) comes from scorer.cli, as for every subcommand.
     parser.add_argument("--url", help="broker URL (default: broker_url from the config)")
     parser.add_argument("--log-level", help="DEBUG shows every dropped message and why")
     parser.add_argument(
@@ -56,7 +52,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def describe(config: ButtonsConfig) -> str:
-    lines = [f"broker: {config.settings.broker_url}"]
+    lines = [f"broker: {parse_broker_url(config.settings.broker_url).url()}"]
     for board in config.boards:
         lines.append(
             f"board {board.name}: club {board.club}, {board.kind}, debounce {board.debounce_ms} ms"
@@ -112,7 +108,8 @@ def main(args: argparse.Namespace) -> int:
         signal.signal(signum, lambda *_: stop.set())
     print(
         f"rallycast buttons: {len(config.boards)} board(s) for club(s) "
-        f"{', '.join(config.clubs)} on {config.settings.broker_url}; Ctrl-C stops",
+        f"{', '.join(config.clubs)} on {parse_broker_url(config.settings.broker_url).url()}; "
+        "Ctrl-C stops",
         flush=True,
     )
     try:

@@ -89,6 +89,8 @@ def _json_object(payload: bytes) -> dict[str, Any]:
     text = _text(payload)
     try:
         data = json.loads(text)
+    except RecursionError as exc:  # e.g. thousands of nested brackets
+        raise BadPayload("payload is JSON nested too deeply") from exc
     except ValueError as exc:
         raise BadPayload(f"payload is not JSON ({exc.args[0] if exc.args else exc})") from exc
     if not isinstance(data, dict):

@@ -1,6 +1,6 @@
 """The button-board runner: follows the boards' device topics on the broker and publishes the
-score commands their presses mean. Usable in-process (``start()``/``stop()``) by
-``rallycast up`` as well as by ``rallycast buttons``.
+score commands their presses mean. ``rallycast buttons`` runs it; it is also usable in-process
+(``start()``/``stop()``).
 
 One MQTT connection per club, logged in as the club's scorer user (named after the club): that
 user may read the device topics and publish the club's commands, and nothing of other clubs.

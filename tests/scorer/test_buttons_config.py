@@ -342,3 +342,14 @@ def test_cli_says_when_the_broker_cannot_be_reached(tmp_path: Path) -> None:
 def test_passwords_never_show_in_the_configs_repr(tmp_path: Path) -> None:
     config = load_buttons_config(write_config(tmp_path), env={"RALLYCAST_PASSWORD_BETA": "b-pass"})
     assert "s3cret" not in repr(config) and "b-pass" not in repr(config)
+
+
+def test_cli_check_never_prints_a_password_from_the_broker_url(tmp_path: Path) -> None:
+    path = write_config(tmp_path)
+    done = run_cli(
+        "buttons", "--config", str(path), "--check", "--url", "mqtt://beta:s3cret@127.0.0.1:1883",
+        env={"RALLYCAST_PASSWORD_BETA": "b"},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "127.0.0.1:1883" in done.stdout
+    assert "s3cret" not in done.stdout + done.stderr

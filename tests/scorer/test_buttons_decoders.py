@@ -282,3 +282,10 @@ def test_any_payload_decodes_to_presses_or_a_bad_payload_never_another_error(cas
     except BadPayload:
         return
     assert all(isinstance(p, Press) and p.button and p.gesture for p in presses)
+
+
+def test_deeply_nested_json_is_a_bad_payload_not_a_crash():
+    from scorer.buttons.decoders import BadPayload, _json_object
+
+    with pytest.raises(BadPayload, match="nested too deeply"):
+        _json_object(b"[" * 10_000)

@@ -67,3 +67,15 @@ def test_with_overrides_does_not_read_the_environment_again(monkeypatch):
     monkeypatch.setenv("RALLYCAST_MQTT_PORT", "2000")
     base = load_settings(overrides={"mqtt_port": 1}, env={})
     assert base.with_overrides(ws_port=0).mqtt_port == 1
+
+
+def test_config_flag_works_before_and_after_the_subcommand(tmp_path: Path):
+    from scorer.cli import build_parser
+
+    assert (
+        build_parser("replay").parse_args(["--config", "a.toml", "replay", "x"]).config == "a.toml"
+    )
+    assert (
+        build_parser("replay").parse_args(["replay", "x", "--config", "b.toml"]).config == "b.toml"
+    )
+    assert build_parser("replay").parse_args(["replay", "x"]).config is None
