@@ -5,8 +5,9 @@
   service, comes back as a snapshot, and is rendered; a MutationObserver notes when the new
   score is in the DOM. Both ends use the page's ``performance.now()``: one clock, no skew.
   Presses alternate +1 and -1 on side 1, one at a time (latency, not throughput).
-- navigation -> first score: ``performance.now()`` when live.js first rendered the retained
-  snapshot, i.e. milliseconds since the navigation started.
+- navigation -> first score: ``performance.now()`` when live.js first rendered the club's
+  current snapshot (the one embedded in the page by the server, or else the retained one from
+  MQTT), i.e. milliseconds since the navigation started.
 
 With no ``base_url`` it runs its own embedded broker + scorer service + viewer on loopback
 ports in a temporary data dir (the "embedded default"), so only 127.0.0.1 is involved.
@@ -85,7 +86,8 @@ MILESTONES_JS = """
   const mark = (name) => (performance.getEntriesByName(name)[0] || {}).startTime;
   return { html_received: nav.responseEnd, websocket_open: mark('rallycast:ws-open'),
            scripts_run: nav.domContentLoadedEventStart, mqtt_connected: mark('rallycast:connected'),
-           score_shown: Rallycast.firstScoreAt };
+           score_shown: Rallycast.firstScoreAt,
+           first_paint: (performance.getEntriesByName('first-contentful-paint')[0] || {}).startTime };
 }
 """
 
@@ -135,7 +137,10 @@ def embedded_stack() -> Iterator[tuple[str, str, str]]:
             return asyncio.run_coroutine_threadsafe(coroutine, loop).result(timeout)
 
         broker = run(start_broker(settings))
-        live = replace(settings, mqtt_port=broker.mqtt_port, ws_port=broker.ws_port)
+        live = replace(
+            settings, mqtt_port=broker.mqtt_port, ws_port=broker.ws_port,
+            broker_url=broker.mqtt_url,  # the viewer follows the retained snapshots here
+        )  # fmt: skip
         service = ScorerService(live, url=broker.mqtt_url, password=service_password)
         viewer = None
         try:

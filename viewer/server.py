@@ -1,9 +1,12 @@
 """The live pages: the clubs, a club's page with its live section, the phone scorer, the TV
 display and the stream overlay (``rallycast viewer``; also run in-process by ``rallycast up``).
 
-The server only renders page shells. Every page subscribes to the broker itself over
+The server renders page shells. Every page subscribes to the broker itself over
 MQTT-over-WebSocket (mqtt.js + our ``static/live.js``) and renders the service's snapshots;
-the rules stay in Python, in the scorer service."""
+the rules stay in Python, in the scorer service. So that a page shows the score at once, the
+server also follows the retained snapshots (``viewer/snapshots.py``) and puts the club's
+current one into the page as a JSON data block, which live.js renders before mqtt.js has
+loaded; MQTT then takes over with the usual rule (newer rev or another match wins)."""
 
 from __future__ import annotations
 
@@ -12,7 +15,8 @@ import asyncio
 import hashlib
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +35,7 @@ from starlette.templating import Jinja2Templates
 from scorer import topics
 from scorer.config import Club, Settings, load_settings
 from viewer.i18n import LANG_COOKIE, STRINGS, browser_strings, pick_language
+from viewer.snapshots import RetainedSnapshots, viewer_broker_url
 
 log = logging.getLogger("rallycast.viewer")
 
@@ -155,7 +160,12 @@ class Viewer:
         default_factory=lambda: Jinja2Templates(directory=str(TEMPLATES_DIR))
     )
 
+    # The retained snapshots, followed while the app runs (its lifespan starts and stops it).
+    snapshots: RetainedSnapshots | None = None
+
     def __post_init__(self) -> None:
+        if self.snapshots is None:
+            self.snapshots = RetainedSnapshots(viewer_broker_url(self.settings))
         if MQTT_JS_NAME not in self.assets:
             log.warning("mqtt.js missing (%s): run ./dev up (npm ci in viewer/)", MQTT_JS)
 
@@ -176,8 +186,11 @@ class Viewer:
         browser: dict[str, Any] | None = None,
         status_code: int = 200,
         frame_ancestors: str = "'self'",
+        embed: tuple[str, ...] = (),
         **context: Any,
     ) -> Response:
+        """``embed``: the clubs whose current snapshot goes into the page (as
+        ``{"clubs/<id>/game": snapshot}`` in the ``rc-snapshot`` JSON block)."""
         language, remember = pick_language(request)
         config = {
             "page": page,
@@ -207,6 +220,8 @@ class Viewer:
                 "static_url": self.static_url,
                 "mqtt_js_missing": self.mqtt_js_missing,
                 "mqtt_js_name": MQTT_JS_NAME,
+                "snapshots": self.current_snapshots(embed),
+                "scorer_offline": self.snapshots is not None and self.snapshots.scorer_offline,
                 **context,
             },
             status_code=status_code,
@@ -215,6 +230,14 @@ class Viewer:
         if remember:
             response.set_cookie(LANG_COOKIE, language, max_age=365 * 86400, samesite="lax")
         return response
+
+    def current_snapshots(self, club_ids: tuple[str, ...]) -> dict[str, Any]:
+        """The clubs' snapshots the viewer holds now; empty when it is not following the broker
+        (then the page works from MQTT alone, as it always did)."""
+        if self.snapshots is None or self.mqtt_js_missing:
+            return {}
+        found = {topics.game(c): self.snapshots.snapshot(c) for c in club_ids}
+        return {topic: snapshot for topic, snapshot in found.items() if snapshot is not None}
 
     def club_or_404(self, request: Request) -> Club:
         club = self.settings.club(request.path_params["club_id"])
@@ -231,11 +254,12 @@ class Viewer:
             "index.html",
             page="index",
             browser={"clubs": clubs, "gamesTopic": topics.ALL_GAMES},
+            embed=tuple(c.id for c in self.settings.clubs),
         )
 
     async def club_page(self, request: Request) -> Response:
         club = self.club_or_404(request)
-        return self.render(request, "club.html", page="club", club=club)
+        return self.render(request, "club.html", page="club", club=club, embed=(club.id,))
 
     async def score_page(self, request: Request) -> Response:
         club = self.club_or_404(request)
@@ -244,7 +268,10 @@ class Viewer:
 
     async def display_page(self, request: Request) -> Response:
         club = self.club_or_404(request)
-        return self.render(request, "display.html", page="display", club=club, frame_ancestors="*")
+        return self.render(
+            request, "display.html", page="display", club=club, frame_ancestors="*",
+            embed=(club.id,),
+        )  # fmt: skip
 
     async def overlay_page(self, request: Request) -> Response:
         club = self.club_or_404(request)
@@ -256,7 +283,7 @@ class Viewer:
             )  # fmt: skip
         return self.render(
             request, "overlay.html", page="overlay", club=club, frame_ancestors="*",
-            browser={"overlay": options},
+            browser={"overlay": options}, embed=(club.id,),
         )  # fmt: skip
 
     async def static_file(self, request: Request) -> Response:
@@ -288,8 +315,21 @@ def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette
         Route("/clubs/{club_id}/overlay", viewer.overlay_page),
         Route("/static/{digest}/{name:path}", viewer.static_file),
     ]
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        # Follow the retained snapshots while serving; a broker that is not there (yet) only
+        # means pages without a server-side score until it is.
+        assert viewer.snapshots is not None
+        await viewer.snapshots.start_and_wait()
+        try:
+            yield
+        finally:
+            await viewer.snapshots.stop_soon()
+
     app = Starlette(
         routes=routes,
+        lifespan=lifespan,
         middleware=[Middleware(GZipMiddleware, minimum_size=500, compresslevel=6)],
         exception_handlers={HTTPException: viewer.not_found},
     )
@@ -327,7 +367,7 @@ def uvicorn_server(settings: Settings) -> uvicorn.Server:
         log_level=settings.log_level.lower(),
         log_config=None,  # the process's logging setup stays as it is (rallycast up embeds us)
         access_log=False,
-        lifespan="off",
+        lifespan="on",  # starts and stops the viewer's own MQTT client
         proxy_headers=True,
         timeout_graceful_shutdown=1,
     )

@@ -8,6 +8,9 @@
   const S = config.strings;
   const END_HIDE_MS = 3000; // the club page's live section hides 3 s after a match ends
   const AUTH_REFUSED = new Set([4, 5]); // CONNACK: bad user name or password / not authorised
+  // After the first subscription, how long the broker gets to send the retained snapshot of
+  // a topic whose snapshot came embedded in the page; none by then: the club has no match.
+  const RETAINED_GRACE_MS = 2000;
 
   const $ = (selector, root) => (root || document).querySelector(selector);
   const $$ = (selector, root) => Array.from((root || document).querySelectorAll(selector));
@@ -17,6 +20,27 @@
   }
 
   const brokerUrl = () => window.RallycastEarly.url; // preconnect.js works it out
+
+  function isSnapshot(value) {
+    return Boolean(value) && typeof value === 'object' && Boolean(value.game_data) && typeof value.game_data === 'object';
+  }
+
+  // The snapshots the server put into the page ({topic: snapshot}, viewer/snapshots.py keeps
+  // the retained ones): shown at once, through the same filter and render as MQTT's.
+  function embeddedSnapshots() {
+    const block = document.getElementById('rc-snapshot');
+    if (!block) return {};
+    try {
+      const found = JSON.parse(block.textContent);
+      const snapshots = {};
+      for (const topic of Object.keys(found || {})) {
+        if (isSnapshot(found[topic])) snapshots[topic] = found[topic];
+      }
+      return snapshots;
+    } catch (error) {
+      return {};
+    }
+  }
 
   // The socket preconnect.js opened, once, if it is still usable; later connections open their own.
   function earlySocket(url) {
@@ -69,6 +93,8 @@
       createWebsocket: (url, protocols) => earlySocket(url) || new WebSocket(url, protocols),
     });
     let subscribed = false;
+    const heard = new Set(); // game topics a message came on
+    const embedded = options.embedded || [];
     client.on('connect', () => {
       if (!performance.getEntriesByName('rallycast:connected').length) performance.mark('rallycast:connected');
       showBanner('connection-banner', '');
@@ -76,7 +102,15 @@
         subscribed = true;
         const wanted = {};
         for (const topic of options.topics.concat([config.statusTopic])) wanted[topic] = { qos: 1 };
-        client.subscribe(wanted);
+        client.subscribe(wanted, (error) => {
+          if (error || !embedded.length) return;
+          // An embedded snapshot the broker no longer retains (the match was deleted between
+          // the page's HTML and this subscription) would otherwise stay on screen.
+          setTimeout(() => {
+            if (!client.connected) return;
+            for (const topic of embedded) if (!heard.has(topic)) options.onSnapshot(topic, null);
+          }, RETAINED_GRACE_MS);
+        });
       }
       if (options.onConnect) options.onConnect();
     });
@@ -95,15 +129,29 @@
       }
       if (options.onMessage) options.onMessage(topic, text);
       if (!options.onSnapshot || !/^clubs\/[a-z0-9-]+\/game$/.test(topic)) return;
+      heard.add(topic);
       let snapshot = null;
       if (text.trim()) {
         try { snapshot = JSON.parse(text); } catch (error) { return; }
-        if (!snapshot || typeof snapshot !== 'object' || !snapshot.game_data) return;
+        if (!isSnapshot(snapshot)) return;
       }
       options.onSnapshot(topic, snapshot);
     });
     Rallycast.client = client;
     return client;
+  }
+
+  /* A spectator page: show the snapshots embedded in the page now, then connect (as soon as
+   * mqtt.js, loaded after this script, has run). MQTT's copies go through the same
+   * onSnapshot and filter, so an embedded snapshot older than the broker's is replaced and
+   * one that is not older is not shown twice. */
+  function follow(options) {
+    const embedded = embeddedSnapshots();
+    const shown = Object.keys(embedded);
+    for (const topic of shown) options.onSnapshot(topic, embedded[topic]);
+    const go = () => connect(Object.assign({}, options, { embedded: shown }));
+    if (typeof mqtt === 'undefined' && !domLoaded) document.addEventListener('DOMContentLoaded', go);
+    else go();
   }
 
   // --- rendering: elements say what they show with data-field / data-side / data-serve ---
@@ -175,7 +223,7 @@
 
   pages.index = function () {
     const filter = new SnapshotFilter();
-    connect({
+    follow({
       topics: [config.gamesTopic],
       onSnapshot(topic, snapshot) {
         const clubId = topic.split('/')[1];
@@ -207,7 +255,7 @@
       clearTimeout(hideTimer);
       hideTimer = null;
     }
-    connect({
+    follow({
       topics: [config.topics.game],
       onSnapshot(topic, snapshot) {
         if (!filter.accept('club', snapshot)) return;
@@ -252,7 +300,7 @@
       if (!wakeLock) keepAwake();
     });
 
-    connect({
+    follow({
       topics: [config.topics.game],
       onSnapshot(topic, snapshot) {
         if (!filter.accept('display', snapshot)) return;
@@ -271,7 +319,7 @@
     document.documentElement.style.setProperty('--scale', String(look.scale));
     bug.classList.add('pos-' + look.pos);
     const filter = new SnapshotFilter();
-    connect({
+    follow({
       topics: [config.topics.game],
       onSnapshot(topic, snapshot) {
         if (!filter.accept('overlay', snapshot)) return;
@@ -281,11 +329,18 @@
     });
   };
 
-  const Rallycast = { config, strings: S, format, randomHex, brokerUrl, connect, render, view, SnapshotFilter, pages, client: null, firstScoreAt: 0 };
+  const Rallycast = { config, strings: S, format, randomHex, brokerUrl, connect, follow, render, view, SnapshotFilter, pages, client: null, firstScoreAt: 0 };
   window.Rallycast = Rallycast;
 
-  document.addEventListener('DOMContentLoaded', () => {
+  // This script is deferred, so the document is parsed by now: the spectator pages start at
+  // once (their embedded score shows before mqtt.js runs); a page another script adds
+  // (score.js) starts when every deferred script has run.
+  let domLoaded = false;
+  document.addEventListener('DOMContentLoaded', () => { domLoaded = true; });
+  function startPage() {
     const page = pages[config.page];
     if (page) page();
-  });
+  }
+  if (pages[config.page] && document.readyState !== 'loading') startPage();
+  else document.addEventListener('DOMContentLoaded', startPage);
 })();
