@@ -8,10 +8,11 @@ Roles (identical to mosquitto.acl, which expresses the same table for a real mos
 - a club's scorer user, named after the club id (user ``riverside`` = club ``riverside``):
   write ``clubs/<id>/game/cmd``; read ``clubs/<id>/game``, ``.../reply``, ``.../events``,
   ``rallycast/status/#``; read+write the device topics of button boards.
-- the service user (``Settings.service_user``): read ``clubs/+/game/cmd``, ``clubs/+/game``
-  and the device topics; write ``clubs/+/game``, ``.../reply``, ``.../events``,
-  ``rallycast/status/#``.
-- any other named user: authenticated, but no rights.
+- the service user (``Settings.service_user``): read ``clubs/+/game/cmd``, ``clubs/+/game``;
+  write ``clubs/+/game``, ``.../reply``, ``.../events``, ``rallycast/status/#``. No device
+  topics: button boards are read by ``rallycast buttons``, logged in as the club's user.
+- any other named user: authenticated, but no rights (on mosquitto it gets what the ACL
+  file's ``pattern`` lines give every named user: see docs/broker.md).
 
 The club level of a ``clubs/...`` topic must be a valid club id (``[a-z0-9-]{1,64}``); in a
 subscription it may also be ``+`` where the role reads every club (spectators, the service).
@@ -27,6 +28,8 @@ import hmac
 import logging
 import os
 import secrets
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from functools import lru_cache
@@ -73,7 +76,6 @@ RULES: dict[Role, tuple[tuple[str, str], ...]] = {
         (WRITE, "clubs/+/game/reply"),
         (WRITE, "clubs/+/game/events"),
         (WRITE, "rallycast/status/#"),
-        *((READ, device) for device in DEVICE_TOPIC_FILTERS),
     ),
     Role.NONE: (),
 }
@@ -138,14 +140,30 @@ def allowed(user: str | None, role: Role, action: str, topic: str) -> bool:
     return False
 
 
+# Guards around argon2 (~0.2 s of CPU per check): club ids are public, so anyone can try logins.
+ARGON_SLOTS = 2  # argon2 checks running at once (worker threads)
+ARGON_QUEUE = 8  # logins waiting for a slot; beyond that a login needing argon2 is refused
+FAILED_CACHE_SIZE = 4096  # (user, password) pairs known to be wrong, most recent kept
+FREE_FAILURES = 3  # wrong passwords per user checked with argon2 before the backoff starts
+MAX_BACKOFF = 30.0  # seconds; the backoff doubles from 1 s after each further failure
+FORGET_FAILURES_AFTER = 600.0  # seconds without a failure: the user's count starts again
+
+
 class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
     """amqtt plugin: authenticates users against our PasswordFile and checks every subscribe,
-    publish and delivery against RULES.
+    publish and delivery against RULES. A CONNECT whose last will the user may not publish is
+    refused (CONNACK 5): amqtt would otherwise publish the will without any ACL check.
 
-    Argon2 costs ~0.2 s of CPU per check, so verification runs in a worker thread (at most two
-    at a time) and a success is remembered as an HMAC of the password under a per-process key,
-    valid while the user's stored hash is unchanged. The password file is re-read when its
-    mtime changes, so ``rallycast passwd`` takes effect without a restart.
+    Argon2 costs ~0.2 s of CPU per check, so verification runs in a worker thread (at most
+    ARGON_SLOTS at a time) and a success is remembered as an HMAC of the password under a
+    per-process key, valid while the user's stored hash is unchanged. Guards keep wrong
+    passwords from burning the CPU: a wrong (user, password) pair is remembered the same way
+    and refused without argon2; after FREE_FAILURES wrong passwords a user's new passwords are
+    refused for a backoff (1 s, doubling up to MAX_BACKOFF; a password already verified still
+    logs in); and when ARGON_QUEUE logins already wait for a slot, the next is refused at once.
+    The memory is bounded: FAILED_CACHE_SIZE pairs, and counters only for users in the file.
+    The password file is re-read when its mtime changes, so ``rallycast passwd`` takes effect
+    without a restart (and the caches and counters start afresh).
     """
 
     @dataclass
@@ -162,7 +180,12 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
         self._file_stamp: tuple[int, int] | None = None
         self._key = secrets.token_bytes(32)
         self._verified: dict[str, tuple[str, bytes]] = {}
-        self._argon_slots = asyncio.Semaphore(2)
+        # (user, HMAC of a wrong password) -> the hash it failed against; oldest first
+        self._failed: OrderedDict[tuple[str, bytes], str] = OrderedDict()
+        self._failures: dict[str, tuple[int, float]] = {}  # user -> (count, last failure)
+        self._argon_slots = asyncio.Semaphore(ARGON_SLOTS)
+        self._argon_pending = 0  # running + waiting for a slot
+        self.clock = time.monotonic  # tests replace it
 
     def _current_hashes(self) -> dict[str, str]:
         try:
@@ -178,6 +201,8 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
                 return self._hashes
             self._file_stamp = stamp
             self._verified.clear()
+            self._failed.clear()
+            self._failures.clear()
         return self._hashes
 
     async def authenticate(self, *, session: Session) -> bool | None:
@@ -186,9 +211,30 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
             if not self.config.allow_anonymous:
                 return False
             session.is_anonymous = True  # amqtt then keeps no offline queue for it
-            return True
+            return self._will_allowed(session, None)
         session.is_anonymous = False
-        password = session.password or ""
+        if not await self._password_ok(user, session.password or ""):
+            return False
+        return self._will_allowed(session, user)
+
+    def _will_allowed(self, session: Session, user: str | None) -> bool:
+        """amqtt publishes a will without asking the ACL: check it as a PUBLISH, here."""
+        if not session.will_flag:
+            return True
+        topic = session.will_topic or ""
+        if allowed(user, role_of(user, self._service_user), "publish", topic):
+            return True
+        who = repr(user) if user else "anonymous"
+        log.info("refused login for %s: last will on %r, which it may not publish", who, topic)
+        return False
+
+    def _backoff_left(self, user: str) -> float:
+        count, last = self._failures.get(user, (0, 0.0))
+        if count < FREE_FAILURES:
+            return 0.0
+        return last + min(2.0 ** (count - FREE_FAILURES), MAX_BACKOFF) - self.clock()
+
+    async def _password_ok(self, user: str, password: str) -> bool:
         hashed = self._current_hashes().get(user)
         if hashed is None or not password:
             log.info("refused login for user %r: unknown user or no password", user)
@@ -197,12 +243,35 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
         known = self._verified.get(user)
         if known is not None and known[0] == hashed and hmac.compare_digest(known[1], digest):
             return True
-        async with self._argon_slots:
-            ok = await asyncio.to_thread(self._passwords.verify_hash, hashed, password)
+        if self._failed.get((user, digest)) == hashed:
+            self._failed.move_to_end((user, digest))
+            log.debug("refused login for user %r: the same wrong password again", user)
+            return False
+        if self._backoff_left(user) > 0:
+            log.debug("refused login for user %r: too many wrong passwords, backing off", user)
+            return False
+        if self._argon_pending >= ARGON_SLOTS + ARGON_QUEUE:
+            log.warning("refused login for user %r: too many logins being checked", user)
+            return False
+        self._argon_pending += 1
+        try:
+            async with self._argon_slots:
+                ok = await asyncio.to_thread(self._passwords.verify_hash, hashed, password)
+        finally:
+            self._argon_pending -= 1
         if not ok:
+            self._failed[(user, digest)] = hashed
+            if len(self._failed) > FAILED_CACHE_SIZE:
+                self._failed.popitem(last=False)
+            now = self.clock()
+            count, last = self._failures.get(user, (0, now))
+            if now - last > FORGET_FAILURES_AFTER:
+                count = 0
+            self._failures[user] = (count + 1, now)
             log.info("refused login for user %r: wrong password", user)
             return False
         self._verified[user] = (hashed, digest)
+        self._failures.pop(user, None)
         return True
 
     async def topic_filtering(

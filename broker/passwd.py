@@ -18,8 +18,12 @@ import getpass
 import secrets
 import sys
 
+from broker.acl import Role, role_of
 from broker.auth import PasswordFile, PasswordFileError
-from scorer.config import CLUB_ID_RE, load_settings
+from scorer.config import load_settings
+
+# What `rallycast passwd list` prints for each role (a user in the file is never anonymous).
+ROLE_LABELS = {Role.SERVICE: "service", Role.CLUB: "club scorer", Role.NONE: "no role"}
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -55,14 +59,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         if args.action == "list":
             for user in passwords.users():
-                role = (
-                    "service"
-                    if user == settings.service_user
-                    else "club scorer"
-                    if CLUB_ID_RE.fullmatch(user)
-                    else "no role"
-                )
-                print(f"{user}\t{role}")
+                print(f"{user}\t{ROLE_LABELS[role_of(user, settings.service_user)]}")
             return 0
         if args.action == "remove":
             if not passwords.remove(args.user):
@@ -71,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
             print(f"removed {args.user}")
             return 0
         # add
-        if args.user != settings.service_user and not CLUB_ID_RE.fullmatch(args.user):
+        if role_of(args.user, settings.service_user) is Role.NONE:
             print(
                 f"note: {args.user!r} is neither a club id nor the service user:"
                 " it can log in but has no rights",

@@ -1,16 +1,25 @@
-"""The password file, `rallycast passwd`, and the role table (broker/acl.py) on its own."""
+"""The password file, `rallycast passwd`, the role table and the access plugin's login guards
+(broker/acl.py) on their own."""
 
 from __future__ import annotations
 
+import asyncio
+import os
 import stat
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+from amqtt.contexts import BaseContext
 from argon2 import PasswordHasher
 
-from broker.acl import Role, allowed, role_of
+from broker import acl as guards
+from broker import passwd as broker_passwd
+from broker.acl import RallycastAccessPlugin, Role, allowed, role_of
 from broker.auth import PasswordFile, PasswordFileError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -49,11 +58,41 @@ def test_password_file_set_replaces_and_remove_deletes(tmp_path):
     assert passwords.users() == ["beta"]
 
 
-def test_password_file_write_is_atomic_no_temp_files_left(tmp_path):
-    passwords = PasswordFile(tmp_path / "passwd", FAST)
-    for index in range(5):
-        passwords.set(f"club-{index}", "pw")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["passwd"]
+def test_password_file_write_is_atomic_a_reader_never_sees_a_partial_file(tmp_path):
+    path = tmp_path / "passwd"
+    passwords = PasswordFile(path, FAST)
+    passwords.set("club-0", "pw")
+    seen: list[int] = []  # number of users in each complete file a reader saw
+    problems: list[str] = []
+    done = threading.Event()
+
+    def reader() -> None:
+        while not done.is_set():
+            text = path.read_text()
+            lines = text.splitlines()
+            if not text.endswith("\n") or not all(
+                line.startswith("club-") and ":$argon2id$" in line for line in lines
+            ):
+                problems.append(text)
+            seen.append(len(lines))
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    try:
+        for index in range(1, 30):
+            with path.open() as before:  # held open: the old file stays, whole, unlinked
+                old_text = before.read()
+                passwords.set(f"club-{index}", "pw")
+                before.seek(0)
+                assert before.read() == old_text  # not rewritten in place...
+                assert os.fstat(before.fileno()).st_nlink == 0  # ...but replaced by a rename
+                assert path.stat().st_ino != os.fstat(before.fileno()).st_ino
+    finally:
+        done.set()
+        thread.join(10)
+    assert not problems, f"a reader saw a partial file: {problems[0]!r}"
+    assert seen == sorted(seen) and len(seen) > 1  # each read: an old or a newer whole file
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["passwd"]  # no temp file left
 
 
 def test_missing_password_file_means_no_users(tmp_path):
@@ -122,6 +161,27 @@ def test_passwd_generate_prints_the_new_password_once_and_it_verifies(tmp_path):
     assert PasswordFile(tmp_path / "passwd").verify("alpha", password)
 
 
+def test_passwd_list_labels_each_user_with_the_brokers_role(tmp_path, monkeypatch, capsys):
+    # the same decision as the broker's (broker.acl.role_of), not a copy of it
+    users = ["rallycast-service", "riverside", "Bob", "x" * 65]
+    passwords = PasswordFile(tmp_path / "passwd", FAST)
+    for user in users:
+        passwords.set(user, "pw")
+    decided = []
+
+    def spy(user, service_user):
+        decided.append(user)
+        return role_of(user, service_user)
+
+    monkeypatch.setattr(broker_passwd, "role_of", spy)
+    args = SimpleNamespace(data_dir=str(tmp_path), action="list", config=None)
+    assert broker_passwd.main(args) == 0
+    listed = dict(line.split("\t") for line in capsys.readouterr().out.splitlines())
+    assert sorted(decided) == sorted(users)
+    assert listed == {u: broker_passwd.ROLE_LABELS[role_of(u, S)] for u in users}
+    assert listed["x" * 65] == "no role"
+
+
 def test_passwd_warns_about_a_user_without_a_role(tmp_path):
     result = passwd(tmp_path, "add", "Bob", "--password-stdin", stdin="pw\n")
     assert result.returncode == 0
@@ -183,7 +243,8 @@ def test_roles_follow_the_user_name():
         (S, "subscribe", "clubs/+/game/cmd", True),
         (S, "subscribe", "clubs/+/game", True),
         (S, "subscribe", "clubs/#", False),
-        (S, "subscribe", "shellies/#", True),
+        (S, "subscribe", "shellies/#", False),  # device topics are for the club's user
+        (S, "receive", "tele/board/RESULT", False),
         (S, "publish", "clubs/riverside/game", True),
         (S, "publish", "clubs/riverside/game/reply", True),
         (S, "publish", "clubs/riverside/game/events", True),
@@ -204,3 +265,148 @@ def test_roles_follow_the_user_name():
 )
 def test_role_table(user, action, topic, expected):
     assert decide(user, action, topic) is expected
+
+
+# -- the access plugin's login guards --------------------------------------------------------
+
+
+class CountingPasswords(PasswordFile):
+    """A PasswordFile that counts argon2 verifications and can hold them (to fill the slots)."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, FAST)
+        self.checks = 0
+        self.release = threading.Event()
+        self.release.set()
+
+    def verify_hash(self, hashed: str, password: str) -> bool:
+        self.checks += 1
+        self.release.wait(10)
+        return super().verify_hash(hashed, password)
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def access_plugin(tmp_path: Path) -> tuple[RallycastAccessPlugin, CountingPasswords, FakeClock]:
+    passwords = CountingPasswords(tmp_path / "passwd")
+    passwords.set("alpha", "right")
+    context = BaseContext()
+    context.config = RallycastAccessPlugin.Config(password_file=str(passwords.path))
+    plugin = RallycastAccessPlugin(context)
+    plugin._passwords = passwords
+    plugin.clock = clock = FakeClock()
+    return plugin, passwords, clock
+
+
+def login(plugin: RallycastAccessPlugin, user: str | None, password: str | None = None, will=None):
+    session = SimpleNamespace(
+        username=user,
+        password=password,
+        is_anonymous=None,
+        will_flag=will is not None,
+        will_topic=will,
+    )
+    return plugin.authenticate(session=session)
+
+
+async def test_a_repeated_wrong_password_costs_one_argon2_check(tmp_path):
+    plugin, passwords, _clock = access_plugin(tmp_path)
+    for _ in range(50):
+        assert await login(plugin, "alpha", "wrong") is False
+    assert passwords.checks == 1
+    assert await login(plugin, "alpha", "right") is True  # right after, not locked out
+    assert passwords.checks == 2
+
+
+async def test_many_different_wrong_passwords_back_off_per_user(tmp_path):
+    plugin, passwords, clock = access_plugin(tmp_path)
+    for attempt in range(50):
+        assert await login(plugin, "alpha", f"wrong-{attempt}") is False
+    assert passwords.checks == guards.FREE_FAILURES
+    assert await login(plugin, "alpha", "right") is False  # still backing off: no check
+    assert passwords.checks == guards.FREE_FAILURES
+    clock.now += 1.0  # the first backoff is 1 s
+    assert await login(plugin, "alpha", "right") is True
+    assert await login(plugin, "alpha", "wrong-again") is False  # a success reset the count
+    assert passwords.checks == guards.FREE_FAILURES + 2
+
+
+async def test_a_password_already_verified_logs_in_during_a_backoff(tmp_path):
+    plugin, passwords, _clock = access_plugin(tmp_path)
+    assert await login(plugin, "alpha", "right") is True
+    for attempt in range(20):
+        await login(plugin, "alpha", f"wrong-{attempt}")
+    assert await login(plugin, "alpha", "right") is True
+    assert passwords.checks == 1 + guards.FREE_FAILURES
+
+
+async def test_backoff_doubles_up_to_its_maximum(tmp_path):
+    plugin, passwords, clock = access_plugin(tmp_path)
+    waits = []
+    for attempt in range(12):
+        assert await login(plugin, "alpha", f"wrong-{attempt}") is False
+        waits.append(round(plugin._backoff_left("alpha"), 3))
+        clock.now += max(waits[-1], 0.0)
+    assert waits == [0, 0, 1, 2, 4, 8, 16, 30, 30, 30, 30, 30]
+    assert passwords.checks == 12
+
+
+async def test_wrong_password_memory_is_bounded(tmp_path, monkeypatch):
+    monkeypatch.setattr(guards, "FAILED_CACHE_SIZE", 5)
+    monkeypatch.setattr(guards, "FREE_FAILURES", 1000)
+    plugin, _passwords, _clock = access_plugin(tmp_path)
+    for attempt in range(20):
+        await login(plugin, "alpha", f"wrong-{attempt}")
+    assert len(plugin._failed) == 5
+    assert len(plugin._failures) == 1
+
+
+async def test_logins_beyond_the_argon2_queue_are_refused_at_once(tmp_path):
+    plugin, passwords, clock = access_plugin(tmp_path)
+    passwords.release.clear()  # every argon2 check hangs until released
+    busy = guards.ARGON_SLOTS + guards.ARGON_QUEUE
+    waiting = [asyncio.ensure_future(login(plugin, "alpha", f"pw-{n}")) for n in range(busy)]
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    assert await login(plugin, "alpha", "right") is False
+    assert time.monotonic() - started < 0.05
+    assert passwords.checks == guards.ARGON_SLOTS  # the queued ones wait for a slot
+    passwords.release.set()
+    assert await asyncio.gather(*waiting) == [False] * busy
+    clock.now += guards.MAX_BACKOFF  # those were wrong passwords: past the backoff
+    assert await login(plugin, "alpha", "right") is True  # room again
+
+
+async def test_unknown_user_or_empty_password_never_reaches_argon2(tmp_path):
+    plugin, passwords, _clock = access_plugin(tmp_path)
+    assert await login(plugin, "nobody", "x") is False
+    assert await login(plugin, "alpha", "") is False
+    assert passwords.checks == 0
+
+
+@pytest.mark.parametrize(
+    ("user", "password", "will", "expected"),
+    [
+        (None, None, None, True),
+        (None, None, "clubs/alpha/game", False),
+        (None, None, "rallycast/status/scorer", False),
+        ("alpha", "right", "clubs/beta/game/cmd", False),
+        ("alpha", "right", "clubs/alpha/game", False),
+        ("alpha", "right", "clubs/alpha/game/cmd", True),
+        ("alpha", "right", "tele/board/LWT", True),
+        ("alpha", "wrong", "clubs/alpha/game/cmd", False),
+        (S, "svc", "rallycast/status/scorer", True),
+        (S, "svc", "clubs/alpha/game/cmd", False),
+        (S, "svc", "clubs/Bad_Id/game", False),
+    ],
+)
+async def test_a_last_will_is_checked_like_a_publish(tmp_path, user, password, will, expected):
+    plugin, passwords, _clock = access_plugin(tmp_path)
+    passwords.set(S, "svc")
+    assert await login(plugin, user, password, will) is expected

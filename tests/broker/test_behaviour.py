@@ -13,11 +13,13 @@ arrived, the refused message would have arrived before it.
 
 from __future__ import annotations
 
+import threading
 import time
 
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests.brokers import SERVICE_USER as SERVICE
 from tests.brokers import BrokerEndpoint, Recorder
 
 MAX_PAYLOAD = 16384  # Settings.max_payload_bytes and mosquitto.conf's message_size_limit
@@ -118,6 +120,81 @@ def test_service_last_will_marks_it_offline_for_current_and_later_spectators(any
     assert later.wait_for().payload == b"offline"
 
 
+def connack_then_vanish(broker: BrokerEndpoint, user: str | None, will: tuple) -> int | None:
+    """Connect with a last will and drop the socket without DISCONNECT (so the broker would
+    send the will). Returns the CONNACK code (MQTT 3 numbers), None when there was none."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+    if user is not None:
+        client.username_pw_set(user, broker.users[user])
+    client.will_set(*will)
+    codes: list[int] = []
+    done = threading.Event()
+
+    def on_connect(_c, _u, _f, reason, _p) -> None:
+        codes.append(int(getattr(reason, "value", reason)))
+        done.set()
+
+    client.on_connect = on_connect
+    client.on_disconnect = lambda *_a: done.set()
+    client.connect(broker.host, broker.mqtt_port, keepalive=10)
+    client.loop_start()
+    try:
+        done.wait(5)
+    finally:
+        client.loop_stop()
+        sock = client.socket()
+        if sock is not None:
+            sock.close()  # no DISCONNECT
+    # paho maps the 3.1.1 code 5 to its v5 reason "Not authorized" (135)
+    return {135: 5}.get(codes[0], codes[0]) if codes else None
+
+
+FORGED_WILLS = {
+    # (user, will topic): what the will would forge if the broker sent it
+    "spectator-snapshot": (None, "clubs/alpha/game"),
+    "spectator-status": (None, "rallycast/status/scorer"),
+    "club-scores-another-club": ("alpha", "clubs/beta/game/cmd"),
+    "club-snapshot": ("alpha", "clubs/alpha/game"),
+    "service-command": (SERVICE, "clubs/alpha/game/cmd"),
+}
+# What each broker does with a CONNECT whose will it may not publish: the embedded broker
+# refuses it (CONNACK 5); mosquitto 2.0.11 checks the will topic when it would publish it and
+# drops it silently, so the CONNECT is accepted (tests pin both; neither delivers the will).
+FORGED_WILL_CONNACK = {"amqtt": 5, "mosquitto": 0}
+
+
+@pytest.mark.parametrize("case", list(FORGED_WILLS))
+def test_last_will_the_user_may_not_publish_is_never_delivered_nor_retained(any_broker, case):
+    user, topic = FORGED_WILLS[case]
+    readers = any_broker.recorder(
+        ["clubs/+/game", "clubs/+/game/cmd", "rallycast/status/#"], user=any_broker.service_user
+    )
+    spectator = any_broker.recorder(["clubs/+/game", "rallycast/status/#"])
+    code = connack_then_vanish(any_broker, user, (topic, b"forged", 1, True))
+    assert code == FORGED_WILL_CONNACK[any_broker.kind]
+    time.sleep(GRACE)  # a will is sent when the broker notices the closed socket
+    publish(any_broker.client("alpha"), "clubs/alpha/game/cmd", b"sentinel")
+    only_sentinel_arrives(readers, b"sentinel")
+    spectator.assert_nothing(0)
+    late = any_broker.recorder(
+        ["clubs/+/game", "clubs/+/game/cmd", "rallycast/status/#"], user=any_broker.service_user
+    )
+    late.assert_nothing(GRACE)  # nothing forged was retained
+
+
+def test_last_will_with_a_malformed_club_id_is_refused(any_broker, request):
+    mark_mosquitto_difference(
+        any_broker, request, "mosquitto's ACL patterns cannot check a level's syntax"
+    )
+    spectator = any_broker.recorder(["clubs/+/game"])
+    code = connack_then_vanish(
+        any_broker, any_broker.service_user, ("clubs/Bad_Id/game", b"bad id", 1, True)
+    )
+    time.sleep(GRACE)
+    assert code == 5
+    spectator.assert_nothing(GRACE)
+
+
 # -- what spectators may not do --------------------------------------------------------------
 
 
@@ -204,37 +281,48 @@ def test_club_user_reads_its_own_club_but_not_another(any_broker):
     snooper.assert_nothing(GRACE)
 
 
-def test_button_boards_publish_device_topics_the_service_reads(any_broker):
-    service = any_broker.recorder(
-        ["tele/#", "stat/#", "zigbee2mqtt/#", "shellies/#", "boards/#"],
-        user=any_broker.service_user,
-    )
+DEVICE_FILTERS = ["tele/#", "stat/#", "zigbee2mqtt/#", "shellies/#", "boards/#"]
+DEVICE_TOPICS = [
+    "tele/b1/RESULT",
+    "stat/b1/POWER",
+    "zigbee2mqtt/btn",
+    "shellies/s1/input_event/0",
+    "boards/x/press",
+]
+
+
+def test_button_boards_publish_device_topics_their_clubs_user_reads(any_broker):
+    # `rallycast buttons` reads the boards' topics logged in as the club's user
+    bridge = any_broker.recorder(DEVICE_FILTERS, user="beta")
     board = any_broker.client("beta")  # boards log in with their club's credentials
-    for topic in (
-        "tele/b1/RESULT",
-        "stat/b1/POWER",
-        "zigbee2mqtt/btn",
-        "shellies/s1/input_event/0",
-        "boards/x/press",
-    ):
+    for topic in DEVICE_TOPICS:
         publish(board, topic, topic.encode())
-    for topic in (
-        "tele/b1/RESULT",
-        "stat/b1/POWER",
-        "zigbee2mqtt/btn",
-        "shellies/s1/input_event/0",
-        "boards/x/press",
-    ):
-        service.wait_for(lambda m, t=topic: m.topic == t)
+    for topic in DEVICE_TOPICS:
+        bridge.wait_for(lambda m, t=topic: m.topic == t)
 
 
 def test_spectator_cannot_publish_device_topics(any_broker):
-    service = any_broker.recorder(["tele/#"], user=any_broker.service_user)
+    bridge = any_broker.recorder(["tele/#"], user="alpha")
     publish(any_broker.client(None), "tele/b1/RESULT", b"fake press")
     publish(any_broker.client("alpha"), "tele/b1/RESULT", b"sentinel")
-    service.wait_for(lambda m: m.payload == b"sentinel")
+    only_sentinel_arrives(bridge, b"sentinel")
+
+
+def test_service_neither_reads_nor_publishes_device_topics(any_broker):
+    service = any_broker.recorder(DEVICE_FILTERS, user=any_broker.service_user)
+    if any_broker.kind == "amqtt":
+        assert service.granted == [128] * len(DEVICE_FILTERS)
+    bridge = any_broker.recorder(DEVICE_FILTERS, user="alpha")
+    for topic in DEVICE_TOPICS:
+        publish(service.client, topic, b"from the service")
+    board = any_broker.client("alpha")
+    for topic in DEVICE_TOPICS:
+        publish(board, topic, b"press")
+    publish(board, "tele/b1/RESULT", b"sentinel")
+    bridge.wait_for(lambda m: m.payload == b"sentinel")
     time.sleep(GRACE)
-    assert [m.payload for m in service.messages] == [b"sentinel"]
+    assert {m.payload for m in bridge.messages} == {b"press", b"sentinel"}
+    assert not service.messages
 
 
 # -- the scorer service ----------------------------------------------------------------------

@@ -62,6 +62,53 @@ def test_users_added_or_removed_while_running_take_effect_without_restart(amqtt_
     assert amqtt_broker.connack("alpha") == 5
 
 
+def raw_connack(port: int, user: str, password: str) -> int:
+    """The CONNACK return code of one MQTT 3.1.1 CONNECT (clean session, no client id) sent
+    over a plain socket (paho waits ~0.4 s after a refused CONNACK)."""
+
+    def field(text: str) -> bytes:
+        data = text.encode()
+        return len(data).to_bytes(2, "big") + data
+
+    body = field("MQTT") + bytes([4, 0xC2]) + (10).to_bytes(2, "big")
+    body += field("") + field(user) + field(password)
+    assert len(body) < 128
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(bytes([0x10, len(body)]) + body)
+        connack = b""
+        while len(connack) < 4:
+            chunk = sock.recv(4 - len(connack))
+            assert chunk, f"closed after {connack!r}"
+            connack += chunk
+    assert connack[:2] == b"\x20\x02", connack
+    return connack[3]
+
+
+def test_repeated_wrong_password_connects_cost_one_argon2_check(amqtt_broker, monkeypatch):
+    # a real-cost hash (~0.2 s of CPU per check), as `rallycast passwd` writes it
+    passwords = PasswordFile(amqtt_broker.data_dir / "passwd")
+    passwords.set("gamma", "pw-gamma")
+    hashed = passwords.hash_of("gamma")
+    started = time.monotonic()
+    assert not passwords.verify_hash(hashed, "wrong")
+    one_check = time.monotonic() - started
+    checks = []
+    real_verify = PasswordFile.verify_hash
+
+    def counting_verify(self, hashed, password):
+        checks.append(password)
+        return real_verify(self, hashed, password)
+
+    monkeypatch.setattr(PasswordFile, "verify_hash", counting_verify)
+    started = time.monotonic()
+    for _ in range(50):
+        assert raw_connack(amqtt_broker.mqtt_port, "gamma", "wrong") == 5
+    elapsed = time.monotonic() - started
+    assert checks == ["wrong"]
+    assert elapsed < 10 * one_check + 1.0  # 50 checks would take 50 * one_check
+    assert raw_connack(amqtt_broker.mqtt_port, "gamma", "pw-gamma") == 0  # right after
+
+
 def test_binary_retained_payload_survives_restart_byte_for_byte(amqtt_broker):
     payload = bytes(range(256)) * 4
     service = amqtt_broker.client(amqtt_broker.service_user)
