@@ -13,7 +13,7 @@ import ssl
 import threading
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -21,9 +21,13 @@ import paho.mqtt.client as mqtt
 
 from scorer import topics
 from scorer.config import Settings
+from scorer.engine import SHORTHANDS
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
 WS_DEFAULT_PATH = "/mqtt"
+# ScoreClient's reconnect backoff (seconds): a restarted broker is found again within seconds.
+RECONNECT_MIN_DELAY = 1
+RECONNECT_MAX_DELAY = 4
 
 
 class BrokerUrlError(ValueError):
@@ -38,6 +42,11 @@ class NoReply(TimeoutError):
     """The scorer service did not answer a command in time (is it running?)."""
 
 
+class NotConnected(NoReply):
+    """The connection to the broker is down: the command is queued (QoS 1) and paho sends
+    it once the connection is back; no reply came meanwhile."""
+
+
 @dataclass(frozen=True)
 class BrokerAddress:
     scheme: str  # mqtt | mqtts | ws | wss
@@ -45,7 +54,7 @@ class BrokerAddress:
     port: int
     path: str = WS_DEFAULT_PATH  # WebSocket only
     user: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)
 
     @property
     def transport(self) -> str:
@@ -65,7 +74,12 @@ class BrokerAddress:
                 + "@"
             )
         path = self.path if self.transport == "websockets" else ""
-        return f"{self.scheme}://{auth}{self.host}:{self.port}{path}"
+        return f"{self.scheme}://{auth}{url_host(self.host)}:{self.port}{path}"
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL: an IPv6 address in brackets (``[::1]``)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
@@ -210,19 +224,22 @@ class ScoreClient:
         self._waiting: dict[str, queue.Queue[dict[str, Any]]] = {}
         self._lock = threading.Lock()
         self._first_snapshot = threading.Event()
+        self._filters = [(topics.replies(club_id), 1)]
+        if watch_snapshot:
+            self._filters.append((topics.game(club_id), 1))
         self._client = make_client(
             self.address, client_id=f"rallycast-score-{new_command_id()[:12]}"
         )
+        self._client.reconnect_delay_set(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY)
         self._client.on_message = self._on_message
         self._subscribed: queue.Queue[list[Any]] = queue.Queue()
         self._client.on_subscribe = lambda c, u, mid, codes, props: self._subscribed.put(codes)
+        # A clean session forgets the subscriptions on every reconnect (and paho does not
+        # renew them): subscribe on each connect.
+        self._client.on_connect = self._on_connect
         connect_and_wait(self._client, self.address, timeout)
-        filters = [(topics.replies(club_id), 1)]
-        if watch_snapshot:
-            filters.append((topics.game(club_id), 1))
-        result, _mid = self._client.subscribe(filters)
         try:
-            codes = self._subscribed.get(timeout=timeout) if result == mqtt.MQTT_ERR_SUCCESS else []
+            codes = self._subscribed.get(timeout=timeout)
         except queue.Empty:
             codes = []
         if not codes or any(code.is_failure for code in codes):
@@ -241,6 +258,13 @@ class ScoreClient:
     def close(self) -> None:
         self._client.disconnect()
         self._client.loop_stop()
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
+        if reason_code.is_failure:
+            return
+        result, _mid = client.subscribe(self._filters)
+        if result != mqtt.MQTT_ERR_SUCCESS:
+            self._subscribed.put([])
 
     def wait_for_snapshot(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The current snapshot, waiting up to ``timeout`` for the retained one to arrive."""
@@ -261,12 +285,20 @@ class ScoreClient:
             self._waiting[key] = waiter
         try:
             info = self._client.publish(topics.commands(self.club_id), json.dumps(command), qos=1)
-            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+            # NO_CONN: the connection is down, paho keeps the message and sends it on
+            # reconnect (it keeps trying): the reply may still come.
+            queued = info.rc == mqtt.MQTT_ERR_NO_CONN
+            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
                 raise ConnectFailed(f"could not publish the command: {mqtt.error_string(info.rc)}")
             limit = self.timeout if timeout is None else timeout
             try:
                 return waiter.get(timeout=limit)
             except queue.Empty:
+                if queued:
+                    raise NotConnected(
+                        "not connected to the broker: the command is queued and will be sent "
+                        "when the connection is back (no reply yet)"
+                    ) from None
                 raise NoReply(
                     f"no reply from the scorer service within {limit:g} s (is it running?)"
                 ) from None
@@ -296,15 +328,6 @@ class ScoreClient:
             waiter.put(reply)
         if self.on_reply is not None:
             self.on_reply(reply)
-
-
-SHORTHANDS: dict[str, dict[str, Any]] = {
-    "1+": {"cmd": "point", "side": 1},
-    "1-": {"cmd": "point", "side": 1, "delta": -1},
-    "2+": {"cmd": "point", "side": 2},
-    "2-": {"cmd": "point", "side": 2, "delta": -1},
-    "undo": {"cmd": "undo"},
-}
 
 
 def shorthand_to_command(text: str) -> dict[str, Any]:

@@ -50,6 +50,7 @@ IN_PROGRESS = "in_progress"
 BETWEEN_GAMES = "between_games"
 FINISHED = "finished"
 ABANDONED = "abandoned"
+ENDED_STATUSES = frozenset({FINISHED, ABANDONED})
 
 
 class Refused(Exception):
@@ -92,7 +93,7 @@ def parse_command(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
     command: dict[str, Any] = {"cmd": name}
     command.update(normalize(raw))
     if "id" in raw:
-        command["id"] = _command_id(raw["id"])
+        command["id"] = check_command_id(raw["id"])
     return command
 
 
@@ -114,7 +115,9 @@ def _parse_text(text: str) -> Any:
         ) from None
 
 
-def _command_id(value: Any) -> str | int:
+def check_command_id(value: Any) -> str | int:
+    """A command's ``"id"``: a string of 1 to MAX_ID_CHARS characters or an integer (not a
+    bool). Raises Refused."""
     if isinstance(value, bool) or not isinstance(value, str | int):
         raise Refused('"id" must be a string or an integer')
     if isinstance(value, str) and not 1 <= len(value) <= MAX_ID_CHARS:
@@ -314,7 +317,7 @@ class Match:
     def __init__(self, match_id: str) -> None:
         self.match_id = match_id
         self._log: list[dict[str, Any]] = []
-        self._seen_ids: set[str | int] = set()
+        self._rev_by_id: dict[str | int, int] = {}  # command id -> rev that accepted it
         self._setup: Setup | None = None
         self._games: list[Game] = []
         self._timeouts = [0, 0]
@@ -349,6 +352,17 @@ class Match:
         return len(self._log)
 
     @property
+    def latest(self) -> dict[str, Any] | None:
+        """The latest log entry (a copy, like ``log``), without copying the whole log."""
+        return dict(self._log[-1]) if self._log else None
+
+    def rev_of(self, command_id: str | int) -> int | None:
+        """The rev at which the command with this id was accepted (None: not seen)."""
+        if isinstance(command_id, bool):  # True == 1 as a dict key; never a command id
+            return None
+        return self._rev_by_id.get(command_id)
+
+    @property
     def status(self) -> str | None:
         if self._setup is None:
             return None
@@ -365,7 +379,7 @@ class Match:
         leaves the match unchanged when the rules do not allow it."""
         parsed = parse_command(command)
         command_id = parsed.get("id")
-        if command_id is not None and command_id in self._seen_ids:
+        if command_id is not None and command_id in self._rev_by_id:
             snapshot = self.snapshot()
             assert snapshot is not None  # an accepted command carried this id
             return Outcome(snapshot=snapshot, event=None, duplicate=True)
@@ -373,7 +387,7 @@ class Match:
         event = handler(parsed)  # checks everything before it changes anything
         self._log.append({**parsed, "at": float(now)})
         if command_id is not None:
-            self._seen_ids.add(command_id)
+            self._rev_by_id[command_id] = self.rev
         event = {"kind": event.pop("kind"), **event, "rev": self.rev, "match_id": self.match_id}
         snapshot = self.snapshot()
         assert snapshot is not None

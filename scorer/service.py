@@ -29,7 +29,7 @@ import paho.mqtt.client as mqtt
 from scorer import topics
 from scorer.client import BrokerAddress, make_client, resolve_address
 from scorer.config import Settings, load_settings
-from scorer.engine import Match, Refused, parse_command
+from scorer.engine import ENDED_STATUSES, Match, Refused, check_command_id, parse_command
 from scorer.store import MatchStore, StoreError, new_match_id
 
 log = logging.getLogger("rallycast.scorer")
@@ -43,7 +43,6 @@ RECONNECT_MAX_DELAY = 4
 # How long after connecting retained snapshots are compared with the store (stale ones fixed).
 RECONCILE_SECONDS = 3.0
 DELETE_COMMANDS = frozenset({"delete", "clear"})
-ENDED_STATUSES = frozenset({"finished", "abandoned"})
 RECENT_DELETE_IDS = 32  # per club: a resent delete must not remove the next match
 
 
@@ -71,13 +70,6 @@ def ensure_service_secret(data_dir: Path) -> str:
     return secret
 
 
-def _command_id(value: Any) -> str | int | None:
-    """The id a reply should carry: a string or an integer (not a bool), else none."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        return None
-    return value
-
-
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
 
@@ -89,15 +81,7 @@ class ClubMatch:
 
     @property
     def rev(self) -> int:
-        return len(self.match.log)
-
-    def rev_of(self, command_id: str | int) -> int | None:
-        """The rev at which the command with this id was accepted (None: not seen)."""
-        for rev, entry in enumerate(self.match.log, start=1):
-            seen = entry.get("id")
-            if seen == command_id and type(seen) is type(command_id):
-                return rev
-        return None
+        return self.match.rev
 
 
 class ScorerService:
@@ -128,6 +112,7 @@ class ScorerService:
         self._subscribe_mid: int | None = None
         self._store: MatchStore | None = None
         self._client: mqtt.Client | None = None
+        self._stopping = False
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -147,6 +132,7 @@ class ScorerService:
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
         self._client = client
+        self._stopping = False
         log.info("connecting to %s", self.address.url())
         client.connect_async(self.address.host, self.address.port, keepalive=30)
         client.loop_start()
@@ -155,8 +141,9 @@ class ScorerService:
         return self.connected.wait(timeout)
 
     def stop(self, timeout: float = 1.0) -> None:
-        client, self._client = self._client, None
+        client = self._client
         if client is not None:
+            self._stopping = True
             if client.is_connected():
                 info = client.publish(topics.SCORER_STATUS, "offline", qos=1, retain=True)
                 try:
@@ -164,7 +151,9 @@ class ScorerService:
                 except (RuntimeError, ValueError):
                     pass  # connection went away meanwhile: the last will says offline
             client.disconnect()
+            # A command paho is handling right now still finds the client (and the store).
             client.loop_stop()
+            self._client = None
         self.connected.clear()
         if self._store is not None:
             self._store.close()
@@ -218,7 +207,7 @@ class ScorerService:
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self.connected.clear()
-        if self._client is not None:
+        if not self._stopping:
             log.warning("lost the broker (%s); reconnecting", reason_code)
 
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
@@ -246,7 +235,7 @@ class ScorerService:
         reply ``{"id", "ok", "error", "rev"}``."""
         current = self.matches.get(club_id)
         limit = self.settings.max_payload_bytes
-        if len(payload) > limit:
+        if limit and len(payload) > limit:  # 0: no limit (as for the broker)
             return self._refuse(
                 club_id, None, f"the command is too large ({len(payload)} bytes; limit {limit})"
             )
@@ -261,9 +250,16 @@ class ScorerService:
                 decoded = json.loads(text)
             except ValueError as exc:
                 return self._refuse(club_id, None, f"the command is not valid JSON ({exc})")
+            except RecursionError:
+                return self._refuse(
+                    club_id, None, "the command is not valid JSON (nested too deep)"
+                )
             if isinstance(decoded, dict):
                 raw = decoded
-                command_id = _command_id(decoded.get("id"))
+                try:
+                    command_id = check_command_id(decoded.get("id"))
+                except Refused:  # no usable id: the reply carries none
+                    command_id = None
                 name = decoded.get("cmd")
                 if isinstance(name, str) and name in DELETE_COMMANDS:
                     return self._delete(club_id, decoded, command_id)
@@ -271,10 +267,10 @@ class ScorerService:
             command = parse_command(raw)
         except Refused as exc:
             return self._refuse(club_id, command_id, str(exc))
-        command_id = _command_id(command.get("id"))
+        command_id = command.get("id")
 
         if command_id is not None and current is not None:
-            accepted_at = current.rev_of(command_id)
+            accepted_at = current.match.rev_of(command_id)
             if accepted_at is not None:  # a resent command: nothing changes, same answer
                 return self._reply(command_id, accepted_at)
         if command.get("cmd") == "start" and (
@@ -292,7 +288,7 @@ class ScorerService:
         if outcome.duplicate:  # (caught above already; kept in case the engine knows more)
             return self._reply(command_id, current.rev)
         try:
-            self._require_store().append(current.match_id, current.rev, current.match.log[-1])
+            self._require_store().append(current.match_id, current.rev, current.match.latest)
         except StoreError as exc:
             # Not saved = not accepted: rebuild the match without it.
             log.error("club %s: %s", club_id, exc)
@@ -314,7 +310,7 @@ class ScorerService:
         except Refused as exc:
             return self._refuse(club_id, command_id, str(exc))
         try:
-            self._require_store().start_match(club_id, match_id, match.log[-1])
+            self._require_store().start_match(club_id, match_id, match.latest)
         except StoreError as exc:
             log.error("club %s: %s", club_id, exc)
             return self._refuse(club_id, command_id, "the service could not save the command")
@@ -403,7 +399,7 @@ class ScorerService:
         try:
             shown = json.loads(message.payload)
             shown_key = (shown.get("match_id"), shown.get("rev"))
-        except (ValueError, AttributeError):
+        except (ValueError, AttributeError, RecursionError):
             shown_key = None
         current = self.matches.get(club_id)
         if current is None:

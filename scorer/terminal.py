@@ -20,8 +20,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, TextIO
 
-from scorer.client import ConnectFailed, NoReply, ScoreClient, resolve_address, shorthand_to_command
+from scorer.client import (
+    ConnectFailed,
+    NoReply,
+    NotConnected,
+    ScoreClient,
+    resolve_address,
+    shorthand_to_command,
+)
 from scorer.config import load_settings
+from scorer.engine import ENDED_STATUSES
+from scorer.rules import BEST_OF_CHOICES
 
 PASSWORD_ENV = "RALLYCAST_PASSWORD"
 
@@ -40,7 +49,6 @@ KEYS: dict[str, tuple[dict[str, Any], str]] = {
 QUIT_KEYS = {"q", "\x04"}  # q or Ctrl-D
 NEW_MATCH_KEY = "n"
 HELP_KEYS = {"h", "?"}
-ENDED_STATUSES = {"finished", "abandoned"}
 
 
 def help_text() -> str:
@@ -106,6 +114,19 @@ def ask(prompt: str, default: str = "") -> str:
     return answer or default
 
 
+def ask_choice(prompt: str, choices: tuple[int, ...], default: int) -> int:
+    """One of ``choices``, asked again until the answer is one."""
+    while True:
+        answer = ask(f"{prompt} ({', '.join(map(str, choices))})", str(default))
+        try:
+            value = int(answer)
+        except ValueError:
+            value = None
+        if value in choices:
+            return value
+        print(f"{answer!r} is not one of {', '.join(map(str, choices))}; try again")
+
+
 def prompt_start(args: argparse.Namespace) -> dict[str, Any] | None:
     """Ask for a new match's players (terminal only); None when the scorer declines."""
     if ask("start a new match? (y/n)", "y").lower() not in ("y", "yes"):
@@ -114,8 +135,8 @@ def prompt_start(args: argparse.Namespace) -> dict[str, Any] | None:
     hint = " (two names: Ann / Ada)" if args.doubles else ""
     player1 = ask(f"side 1{hint}")
     player2 = ask(f"side 2{hint}")
-    args.best_of = int(ask("best of (1, 3, 5, 7)", str(args.best_of)))
-    args.first_server = int(ask("first server (1 or 2)", str(args.first_server)))
+    args.best_of = ask_choice("best of", BEST_OF_CHOICES, args.best_of)
+    args.first_server = ask_choice("first server", (1, 2), args.first_server)
     return start_command(args, player1, player2)
 
 
@@ -210,6 +231,9 @@ def main(args: argparse.Namespace) -> int:
     def send(command: dict[str, Any], label: str | None = None) -> bool:
         try:
             reply = client.send(command)
+        except NotConnected as exc:
+            screen.say(f"not sent yet: {exc}")
+            return False
         except NoReply as exc:
             screen.say(f"no reply: {exc}")
             return False

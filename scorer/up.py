@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
 import logging
 import os
 import secrets
@@ -19,10 +20,13 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scorer.config import Settings, load_settings
 from scorer.service import ScorerService, ensure_service_secret, setup_logging
+
+if TYPE_CHECKING:
+    from broker.server import RunningBroker
 
 log = logging.getLogger("rallycast.up")
 
@@ -65,24 +69,56 @@ def _rallycast_command() -> str:
     return started_as if os.path.basename(started_as) == "rallycast" else "rallycast"
 
 
-def _public_host(settings: Settings) -> str:
-    return "127.0.0.1" if settings.bind in ("", "0.0.0.0", "::") else settings.bind
+class StartFailed(Exception):
+    """``rallycast up`` cannot start; the message says why and what to do."""
+
+
+def _os_error(exc: BaseException) -> OSError | None:
+    """``exc`` or the OSError behind it (amqtt wraps it in its BrokerError)."""
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, OSError):
+        cause = cause.__cause__ or cause.__context__
+    return cause
+
+
+def listen_failure(error: OSError, port: int, flag: str, other: str) -> StartFailed:
+    if error.errno == errno.EADDRINUSE:
+        return StartFailed(f"port {port} is in use: stop the other {other} or pass {flag}")
+    return StartFailed(f"cannot listen on port {port}: {error.strerror or error} (see {flag})")
+
+
+def broker_listen_failure(exc: BaseException, settings: Settings) -> StartFailed | None:
+    """What to tell the user when the broker could not open its listeners (None: another
+    fault). The OSError names the address, e.g. ``('0.0.0.0', 9001)``."""
+    error = _os_error(exc)
+    if error is None:
+        return None
+    if settings.ws_port and f", {settings.ws_port})" in str(error):
+        return listen_failure(error, settings.ws_port, "--ws-port", "broker")
+    return listen_failure(error, settings.mqtt_port, "--mqtt-port", "broker")
+
+
+def _without_traceback(record: logging.LogRecord) -> bool:
+    record.exc_info = record.exc_text = None
+    return True
+
+
+def new_passwords_notice(credentials: Credentials) -> str:
+    """The club passwords created now, printed at once: they exist only here and in the
+    output, so they must be shown even if starting fails afterwards."""
+    lines = ["New scorer passwords (shown only once: write them down):"]
+    for club_id, password in sorted(credentials.new_club_passwords.items()):
+        lines.append(f"  scorer login: user {club_id} password {password}")
+    return "\n".join(lines)
 
 
 def banner(
-    settings: Settings,
-    credentials: Credentials,
-    *,
-    host: str,
-    mqtt_port: int,
-    ws_port: int,
-    http_url: str | None,
+    settings: Settings, credentials: Credentials, broker: RunningBroker, http_url: str | None
 ) -> str:
     rallycast = _rallycast_command()
+    host, mqtt_port = broker.host, broker.mqtt_port  # mosquitto_pub -h takes IPv6 bare
     lines = ["", "Rallycast is running.", ""]
-    lines.append(
-        f"  MQTT broker:  mqtt://{host}:{mqtt_port}   WebSocket: ws://{host}:{ws_port}/mqtt"
-    )
+    lines.append(f"  MQTT broker:  {broker.mqtt_url}   WebSocket: {broker.ws_url}")
     lines.append(f"  Data dir:     {settings.data_dir}")
     if http_url is None:
         lines.append("  Live pages:   not available (the viewer package is not installed)")
@@ -111,7 +147,7 @@ def banner(
             shown = "PASSWORD"
         lines.append("  score from a terminal:")
         lines.append(
-            f"    {rallycast} score --club {club.id} --url mqtt://{host}:{mqtt_port} "
+            f"    {rallycast} score --club {club.id} --url {broker.mqtt_url} "
             f"--user {club.id} --password '{shown}'"
         )
         lines.append("  or with mosquitto-clients:")
@@ -142,7 +178,19 @@ async def run_up(settings: Settings, stop: asyncio.Event) -> int:
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     credentials = await asyncio.to_thread(ensure_credentials, settings)
-    broker = await start_broker(settings)
+    if credentials.new_club_passwords:
+        print(new_passwords_notice(credentials), flush=True)
+    amqtt_log = logging.getLogger("amqtt.broker")
+    amqtt_log.addFilter(_without_traceback)  # a listener that cannot start: said plainly below
+    try:
+        broker = await start_broker(settings)
+    except Exception as exc:
+        failure = broker_listen_failure(exc, settings)
+        if failure is None:
+            raise
+        raise failure from exc
+    finally:
+        amqtt_log.removeFilter(_without_traceback)
     # The real ports (settings may say 0); the pages need the real WebSocket port.
     settings = replace(settings, mqtt_port=broker.mqtt_port, ws_port=broker.ws_port)
     service = ScorerService(
@@ -162,16 +210,12 @@ async def run_up(settings: Settings, stop: asyncio.Event) -> int:
         except ImportError as exc:
             log.warning("live pages not available: %s", exc)
         else:
-            viewer = await start_viewer(settings)
+            try:
+                viewer = await start_viewer(settings)
+            except OSError as exc:
+                raise listen_failure(exc, settings.http_port, "--http-port", "web server") from exc
         print(
-            banner(
-                settings,
-                credentials,
-                host=broker.host,
-                mqtt_port=broker.mqtt_port,
-                ws_port=broker.ws_port,
-                http_url=viewer.url if viewer is not None else None,
-            ),
+            banner(settings, credentials, broker, viewer.url if viewer is not None else None),
             flush=True,
         )
         await stop.wait()
@@ -226,7 +270,14 @@ def main(args: argparse.Namespace) -> int:
             loop.add_signal_handler(signum, stop.set)
         return await run_up(settings, stop)
 
-    code = asyncio.run(run())
+    try:
+        code = asyncio.run(run())
+    except StartFailed as exc:
+        print(f"rallycast up: {exc}", file=sys.stderr, flush=True)
+        code = 1
+    except OSError as exc:
+        print(f"rallycast up: cannot start: {exc}", file=sys.stderr, flush=True)
+        code = 1
     # Everything is stopped and saved now. The interpreter's own teardown of the broker's,
     # web server's and SQLAlchemy's objects takes seconds on a loaded machine and would break
     # the "stops within 2 s" promise: flush what is buffered and leave.

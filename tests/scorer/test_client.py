@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import queue
+
 import pytest
 
 from scorer.client import (
     BrokerUrlError,
     ConnectFailed,
     NoReply,
+    NotConnected,
     ScoreClient,
     make_client,
     parse_broker_url,
@@ -16,7 +19,10 @@ from scorer.client import (
     shorthand_to_command,
 )
 from scorer.config import Settings
-from tests.scorer.servicekit import current_snapshot, service_running
+from scorer.engine import SHORTHANDS, parse_command
+from tests.scorer.servicekit import current_snapshot, service_running, wait_for
+
+START = {"cmd": "start", "player1": "Ann", "player2": "Bob"}
 
 
 @pytest.mark.parametrize(
@@ -51,6 +57,18 @@ def test_credentials_in_a_url_are_percent_decoded_and_masked_when_shown():
     assert (address.user, address.password) == ("riverside", "p@ss:word")
     assert "p@ss" not in address.url()
     assert address.url(with_password=True) == "mqtt://riverside:p@ss:word@127.0.0.1:1883"
+    assert "p@ss" not in repr(address) and "password" not in repr(address)
+
+
+@pytest.mark.parametrize(
+    "url",
+    ["mqtt://[::1]:1883", "mqtt://u:***@[2001:db8::7]:1884", "ws://[::1]:9001/mqtt"],
+)
+def test_ipv6_hosts_are_bracketed_so_the_url_parses_again(url):
+    address = parse_broker_url(url)
+    assert ":" in address.host and "[" not in address.host
+    assert address.url() == url
+    assert parse_broker_url(address.url()).host == address.host
 
 
 @pytest.mark.parametrize(
@@ -88,11 +106,14 @@ def test_websocket_clients_use_the_url_path_and_mqtt_311():
 
 
 def test_shorthands_become_json_commands_so_they_can_carry_an_id():
-    assert shorthand_to_command(" 1+ ") == {"cmd": "point", "side": 1}
+    assert shorthand_to_command(" 1+ ") == {"cmd": "point", "side": 1, "delta": 1}
     assert shorthand_to_command("2-") == {"cmd": "point", "side": 2, "delta": -1}
     assert shorthand_to_command("UNDO") == {"cmd": "undo"}
     with pytest.raises(ValueError, match="unknown shorthand"):
         shorthand_to_command("3+")
+    # The engine's shorthands, so they mean exactly what the text means to the service.
+    for text in SHORTHANDS:
+        assert shorthand_to_command(text) == parse_command(text)
 
 
 # -- against a real broker ------------------------------------------------------------------
@@ -174,3 +195,33 @@ def test_commands_also_go_over_websocket(any_broker, running_service):
     )
     assert reply["ok"] is True and reply["rev"] == 1
     assert current_snapshot(any_broker, "alpha")["game_data"]["player2"] == "Bob"
+
+
+def test_a_score_client_follows_the_club_again_after_the_broker_restarts(
+    any_broker, running_service
+):
+    # A clean session loses its subscriptions with the connection: the client subscribes
+    # again on each reconnect, or it never sees a reply nor a snapshot again.
+    snapshots: queue.Queue = queue.Queue()
+    with ScoreClient(any_broker.url("alpha"), "alpha", on_snapshot=snapshots.put) as scorer:
+        assert scorer.send(START)["rev"] == 1
+        assert wait_for(lambda: snapshots.get(timeout=5)["rev"] == 1)
+        any_broker.restart()
+        again = snapshots.get(timeout=20)  # retained: comes with the new subscription
+        assert again["rev"] == 1
+        reply = scorer.send({"cmd": "point", "side": 1}, timeout=15)
+        assert reply["ok"] is True and reply["rev"] == 2
+
+
+def test_a_command_sent_while_the_broker_is_away_is_queued_then_sent(any_broker, running_service):
+    with ScoreClient(any_broker.url("alpha"), "alpha") as scorer:
+        assert scorer.send(START)["rev"] == 1
+        any_broker.stop()
+        wait_for(lambda: not scorer._client.is_connected())
+        with pytest.raises(NotConnected, match="queued"):
+            scorer.send({"id": "while-away", "cmd": "point", "side": 2}, timeout=0.5)
+        any_broker.start()
+        # paho kept the QoS 1 command and sent it after reconnecting: the service applied it.
+        shown = wait_for(lambda: (scorer.snapshot or {}).get("rev") == 2 and scorer.snapshot, 20)
+        assert (shown["game_data"]["score1"], shown["game_data"]["score2"]) == (0, 1)
+        assert scorer.send({"id": "while-away", "cmd": "point", "side": 2})["rev"] == 2  # once

@@ -5,18 +5,23 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 
 import paho.mqtt.client as mqtt
 import pytest
 
 from scorer import topics
 from scorer.engine import Match
+from scorer.service import ScorerService
 from scorer.store import MatchStore
 from tests.scorer.servicekit import (
+    WAIT,
     Scorer,
     Watcher,
     current_snapshot,
     service_running,
+    service_settings,
     wait_for,
 )
 
@@ -236,6 +241,11 @@ def test_the_status_topic_says_online_then_offline(any_broker, tmp_path):
         (b'{"id": "t", "cmd": "timeout"}', "side", "t"),
         (b'{"id": true, "cmd": "undo"}', "id", None),
         (b"3+", "not a command", None),
+        # An id the engine refuses (over 128 characters) is not echoed back either.
+        (b'{"id": "' + b"x" * 129 + b'", "cmd": "undo"}', "id", None),
+        # Nested too deep for Python's JSON parser (RecursionError), and too long.
+        (b'{"a": ' + b"[" * 10_000, "not valid JSON", None),
+        (b"[" * 10_000, "too long", None),
     ],
 )
 def test_malformed_commands_get_a_reason_and_change_nothing(
@@ -258,6 +268,98 @@ def test_a_command_over_the_size_limit_is_refused(any_broker, tmp_path, alpha):
         alpha.send_raw(big)
         reply = alpha.watcher.next_json(topics.replies("alpha"))
         assert reply["ok"] is False and "too large" in reply["error"] and reply["rev"] == 1
+
+
+def test_a_size_limit_of_0_means_no_limit(any_broker, tmp_path, alpha):
+    # As for the broker: 0 = no limit (it used to refuse every command).
+    with service_running(any_broker, tmp_path / "service", max_payload_bytes=0):
+        reply = alpha.send(START)
+        assert reply["ok"] is True and reply["rev"] == 1
+
+
+def test_deeply_nested_json_is_refused_as_malformed_without_a_traceback(
+    any_broker, service, alpha, caplog
+):
+    caplog.set_level(logging.INFO, logger="rallycast.scorer")
+    alpha.send(START)
+    for payload in (
+        '{"a": ' + "[" * 10_000,
+        '{"id": "deep", "cmd": "point", "side": ' + "[" * 5_000 + "]" * 5_000 + "}",
+    ):
+        alpha.send_raw(payload)
+        reply = alpha.watcher.next_json(topics.replies("alpha"))
+        assert reply["ok"] is False and "not valid JSON" in reply["error"], reply
+        assert reply["rev"] == 1
+    assert alpha.send("1+")["rev"] == 2  # still serving
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+
+
+def test_a_command_handled_while_the_service_stops_is_saved_and_published(
+    any_broker, tmp_path, alpha, caplog
+):
+    # stop() used to forget the client before paho's thread had finished the command in
+    # hand: the command was saved, then publishing it raised ("internal error" + traceback).
+    caplog.set_level(logging.DEBUG, logger="rallycast.scorer")
+    slow, handling = threading.Event(), threading.Event()
+
+    def clock() -> float:
+        if slow.is_set():
+            slow.clear()
+            handling.set()
+            time.sleep(0.5)  # stop() runs meanwhile
+        return time.time()
+
+    data_dir = tmp_path / "service"
+    service = ScorerService(
+        service_settings(any_broker, data_dir),
+        password=any_broker.users[any_broker.service_user],
+        clock=clock,
+    )
+    service.start()
+    try:
+        assert service.wait_until_connected(WAIT)
+        alpha.send(START)
+        slow.set()
+        alpha.send_raw(json.dumps({"id": "last", "cmd": "point", "side": 1}))
+        assert handling.wait(WAIT)
+        service.stop()
+    finally:
+        service.stop()
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR or r.exc_info]
+    assert "accepted point -> rev 2" in caplog.text
+    # (The broker may drop what arrives just before the DISCONNECT; what it passes on is
+    # the answer to the command, never an error.)
+    time.sleep(0.3)
+    for message in alpha.watcher.pending(topics.replies("alpha")):
+        assert json.loads(message.payload) == {"id": "last", "ok": True, "error": None, "rev": 2}
+    store = MatchStore(data_dir)
+    try:
+        (stored,) = store.current_matches()
+    finally:
+        store.close()
+    assert [entry["cmd"] for entry in stored.log] == ["start", "point"]
+
+
+def test_commands_do_not_copy_the_match_log(service, alpha, monkeypatch):
+    # Match.log copies every entry: reading it per command made each command cost O(log).
+    reads = []
+    copy_log = Match.log.fget
+    monkeypatch.setattr(Match, "log", property(lambda match: reads.append(1) or copy_log(match)))
+    alpha.send(START)
+    for number in range(20):
+        assert alpha.send({"id": f"p{number}", "cmd": "point", "side": 1})["ok"]
+    assert alpha.send({"id": "p3", "cmd": "point", "side": 1})["rev"] == 5  # resent: seen
+    assert reads == []
+
+
+def test_the_engine_knows_the_rev_of_each_command_id():
+    match = Match("m")
+    match.apply({"id": 1, **START}, now=0.0)
+    match.apply({"id": "1", "cmd": "point", "side": 1}, now=1.0)
+    match.apply("2+", now=2.0)
+    assert (match.rev_of(1), match.rev_of("1"), match.rev_of("nope")) == (1, 2, None)
+    assert match.rev_of(True) is None  # True == 1, but it is never a command id
+    assert match.latest == match.log[-1] and match.latest is not match.latest
 
 
 def test_messages_on_bad_club_topics_are_logged_not_fatal(service, alpha, caplog):

@@ -3,15 +3,19 @@ snapshots and refusals shown. Through the real command line against a real broke
 
 from __future__ import annotations
 
+import argparse
 import os
 import subprocess
 import sys
 
 import pytest
 
+from scorer import terminal
+from scorer.cli import build_parser
+from scorer.client import ScoreClient
 from scorer.engine import Match
-from scorer.terminal import KEYS, command_for, format_snapshot
-from tests.scorer.servicekit import ROOT, current_snapshot, service_running
+from scorer.terminal import KEYS, command_for, format_snapshot, prompt_start
+from tests.scorer.servicekit import ROOT, current_snapshot, service_running, wait_for
 
 
 def run_score(
@@ -86,7 +90,7 @@ def test_every_key_maps_to_a_command_the_engine_accepts_the_shape_of():
 
     for key, (command, _what) in KEYS.items():
         assert parse_command(command_for(key)) == parse_command(command), key
-    assert command_for("1+") == {"cmd": "point", "side": 1}
+    assert command_for("1+") == {"cmd": "point", "side": 1, "delta": 1}
     assert command_for('{"cmd": "undo"}') == {"cmd": "undo"}
     assert command_for("{oops").startswith("not valid JSON")
     assert command_for("w") is None
@@ -101,3 +105,80 @@ def test_the_snapshot_line_shows_score_games_and_server():
     assert line.startswith("Ann 0 : 11 Bob")
     assert "game 1 of best of 3, games 0-1" in line and "(next game)" in line
     assert format_snapshot(None) == "no match"
+
+
+def test_a_number_that_is_not_one_is_asked_again(monkeypatch, capsys):
+    answers = iter(["y", "s", "Ann", "Bob", "three", "4", "3", "x", "2"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    args = argparse.Namespace(best_of=1, first_server=1, doubles=False, force=False)
+    command = prompt_start(args)
+    assert command is not None
+    assert (command["best_of"], command["first_server"]) == (3, 2)
+    assert (command["player1"], command["player2"]) == ("Ann", "Bob")
+    assert capsys.readouterr().out.count("try again") == 3  # "three", "4" and "x"
+    assert next(answers, None) is None
+
+
+class Keys:
+    """stdin from a pipe whose lines come one by one; a callable in ``steps`` runs between
+    two lines (the program has handled every line before it by then)."""
+
+    def __init__(self, *steps) -> None:
+        self.steps = steps
+
+    def isatty(self) -> bool:
+        return False
+
+    def __iter__(self):
+        for step in self.steps:
+            if callable(step):
+                step()
+            else:
+                yield step + "\n"
+
+
+def test_a_key_pressed_while_the_broker_is_away_is_queued_not_a_crash(
+    amqtt_broker, service, monkeypatch, capsys
+):
+    for name in [name for name in os.environ if name.startswith("RALLYCAST_")]:
+        monkeypatch.delenv(name)
+    clients: list[ScoreClient] = []
+
+    class Recorded(ScoreClient):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            clients.append(self)
+
+    def broker_away() -> None:
+        amqtt_broker.stop()
+        wait_for(lambda: not clients[0]._client.is_connected())
+
+    def broker_back() -> None:
+        amqtt_broker.start()
+        wait_for(lambda: (clients[0].snapshot or {}).get("rev") == 3, timeout=20)
+
+    monkeypatch.setattr(terminal, "ScoreClient", Recorded)
+    monkeypatch.setattr(sys, "stdin", Keys("a", broker_away, "k", broker_back, "a", "q"))
+    args = build_parser("score").parse_args(
+        [
+            "score",
+            "--club",
+            "alpha",
+            "--url",
+            f"mqtt://{amqtt_broker.host}:{amqtt_broker.mqtt_port}",
+            "--password",
+            amqtt_broker.users["alpha"],
+            "--player1",
+            "Ann",
+            "--player2",
+            "Bob",
+            "--timeout",
+            "1",
+        ]
+    )
+    assert terminal.main(args) == 0
+    out = capsys.readouterr().out
+    assert "not sent yet: " in out and "queued" in out  # "k", while away
+    assert "ok (+1 side 1, rev 4)" in out  # the "a" after the broker came back
+    snapshot = current_snapshot(amqtt_broker, "alpha")
+    assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (2, 1)

@@ -7,46 +7,48 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
+from scorer import topics
+from scorer.client import parse_broker_url
 from tests.conftest import require_program
-from tests.scorer.servicekit import ROOT
+from tests.scorer.servicekit import ROOT, Watcher
 
 READY_TIMEOUT = 30.0  # seconds: first start hashes passwords (argon2) on a busy machine
 STOP_PROMISE = 2.0
 
 
+def up_command(data_dir: Path, bind: str = "127.0.0.1", **ports: int) -> list[str]:
+    """``rallycast up`` on ``bind``; every port 0 (any free one) unless given."""
+    command = [sys.executable, "-m", "scorer.cli", "up", "--data-dir", str(data_dir)]
+    command += ["--bind", bind]
+    for name, port in {"mqtt_port": 0, "ws_port": 0, "http_port": 0, **ports}.items():
+        command += [f"--{name.replace('_', '-')}", str(port)]
+    return command
+
+
+def up_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
+    env["HOME"] = str(tmp_path / "home")  # nothing from the developer's own data dir
+    return env
+
+
 class Up:
-    def __init__(self, data_dir: Path, tmp_path: Path) -> None:
-        env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
-        env["HOME"] = str(tmp_path / "home")  # nothing from the developer's own data dir
+    def __init__(self, data_dir: Path, tmp_path: Path, bind: str = "127.0.0.1") -> None:
         self.output_path = tmp_path / f"up-{time.monotonic_ns()}.log"
         self._output = self.output_path.open("w")
         self.process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "scorer.cli",
-                "up",
-                "--data-dir",
-                str(data_dir),
-                "--bind",
-                "127.0.0.1",
-                "--mqtt-port",
-                "0",
-                "--ws-port",
-                "0",
-                "--http-port",
-                "0",
-            ],
+            up_command(data_dir, bind),
             cwd=ROOT,
-            env=env,
+            env=up_env(tmp_path),
             stdout=self._output,
             stderr=subprocess.STDOUT,
             text=True,
@@ -57,7 +59,7 @@ class Up:
                 self.process.kill()
                 raise AssertionError(f"rallycast up did not start:\n{self.output()}")
             time.sleep(0.05)
-        self.mqtt_port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", self.output()).group(1))
+        self.mqtt_port = int(re.search(r"mqtt://(?:\[[^]]+\]|[^:/\s]+):(\d+)", self.output())[1])
         self.http_url = re.search(r"club page:\s+(http://\S+)/clubs/demo", self.output()).group(1)
 
     def output(self) -> str:
@@ -190,12 +192,95 @@ def test_up_scores_with_mosquitto_clients_and_stops_on_ctrl_c(tmp_path, data_dir
         again.kill()
 
 
-def test_sigterm_stops_up_cleanly(tmp_path, data_dir):
+def retained_status(data_dir: Path) -> tuple[bytes, bool]:
+    """The retained scorer status in the broker's store: run the broker alone on the data dir
+    (rallycast up is stopped) and read it like a page would."""
+    broker = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "broker.cli",
+            "--bind",
+            "127.0.0.1",
+            "--mqtt-port",
+            "0",
+            "--ws-port",
+            "0",
+            "--data-dir",
+            str(data_dir),
+        ],  # fmt: skip
+        cwd=ROOT,
+        env=up_env(data_dir.parent),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        line = broker.stdout.readline()  # "listening mqtt://127.0.0.1:PORT"
+        port = int(re.search(r"mqtt://127\.0\.0\.1:(\d+)", line)[1])
+        watcher = Watcher(SimpleNamespace(host="127.0.0.1", mqtt_port=port), topics.SCORER_STATUS)
+        try:
+            message = watcher.next(topics.SCORER_STATUS)
+        finally:
+            watcher.close()
+        return message.payload, message.retain
+    finally:
+        broker.send_signal(signal.SIGTERM)
+        broker.wait(10)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_stop_signal_stops_up_cleanly_and_leaves_the_scorer_offline(tmp_path, data_dir, signum):
     up = Up(data_dir, tmp_path)
     try:
         started = time.monotonic()
-        up.process.send_signal(signal.SIGTERM)
+        up.process.send_signal(signum)
         assert up.process.wait(10) == 0
         assert time.monotonic() - started < STOP_PROMISE
     finally:
         up.kill()
+    # The service said so before the broker stopped: pages show "scorer offline".
+    assert retained_status(data_dir) == (b"offline", True)
+
+
+@pytest.mark.parametrize("flag", ["--mqtt-port", "--ws-port"])
+def test_a_taken_port_is_said_plainly_and_the_new_password_is_not_lost(tmp_path, data_dir, flag):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            up_command(data_dir, **{flag[2:].replace("-", "_"): port}),
+            cwd=ROOT,
+            env=up_env(tmp_path),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert f"port {port} is in use: stop the other broker or pass {flag}" in result.stderr
+    assert "Traceback" not in output
+    # The club's password was created (only its hash is kept): it was shown all the same.
+    password = re.search(r"scorer login: user demo password (\S+)", result.stdout)[1]
+    from broker.auth import PasswordFile
+
+    assert PasswordFile(data_dir / "passwd").verify("demo", password)
+
+
+def test_on_ipv6_the_printed_urls_parse(tmp_path):
+    # (Not through `rallycast up --bind ::1`: amqtt does not listen on IPv6 literals yet.)
+    from broker.server import RunningBroker
+    from scorer.config import Settings
+    from scorer.up import Credentials, banner
+
+    settings = Settings(data_dir=tmp_path, bind="::1")
+    broker = RunningBroker(None, "::1", "::1", 1883, 9001, settings)
+    text = banner(settings, Credentials("secret", {"demo": "pw"}), broker, None)
+    assert "mqtt://[::1]:1883" in text and "ws://[::1]:9001/mqtt" in text
+    url = re.search(r"score --club demo --url (\S+)", text)[1]
+    address = parse_broker_url(url)
+    assert (address.host, address.port) == ("::1", 1883)
+    for shown in re.findall(r"(?:mqtt|ws)://\S+", text):
+        parse_broker_url(shown)  # every URL shown is usable
+    assert "-h ::1 -p 1883" in text  # mosquitto_pub/sub take the address bare
