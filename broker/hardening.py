@@ -502,6 +502,14 @@ class RallycastBroker(Broker):
 
     # -- listeners
 
+    @classmethod
+    def _split_bindaddr_port(cls, port_str: str, default_port: int) -> tuple[str | None, int]:
+        # amqtt keeps the brackets of "[::1]:1883", which asyncio cannot resolve.
+        address, port = super()._split_bindaddr_port(port_str, default_port)
+        if address and address.startswith("[") and address.endswith("]"):
+            address = address[1:-1]
+        return address, port
+
     async def _create_server_instance(
         self,
         listener_name: str,

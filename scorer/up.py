@@ -192,7 +192,9 @@ async def run_up(settings: Settings, stop: asyncio.Event) -> int:
     finally:
         amqtt_log.removeFilter(_without_traceback)
     # The real ports (settings may say 0); the pages need the real WebSocket port.
-    settings = replace(settings, mqtt_port=broker.mqtt_port, ws_port=broker.ws_port)
+    settings = replace(
+        settings, mqtt_port=broker.mqtt_port, ws_port=broker.ws_port, broker_url=broker.mqtt_url
+    )
     service = ScorerService(
         settings,
         url=broker.mqtt_url,

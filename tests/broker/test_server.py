@@ -202,3 +202,14 @@ def test_ordinary_disconnects_leave_no_tracebacks_in_the_log(tmp_path):
         _out, err = process.communicate(timeout=5)
     noisy = [line for line in err.splitlines() if re.search(r"Traceback|WARNING|ERROR", line)]
     assert not noisy, err
+
+
+async def test_broker_binds_an_ipv6_address(tmp_path):
+    running = await start_broker(settings_for(tmp_path, bind="::1"))
+    try:
+        assert running.mqtt_url == f"mqtt://[::1]:{running.mqtt_port}"
+        for port in (running.mqtt_port, running.ws_port):
+            with socket.create_connection(("::1", port), timeout=2):
+                pass
+    finally:
+        await running.stop()
