@@ -121,19 +121,29 @@ class EmbeddedBroker(RallycastBroker):
         return await super()._handle_message_delivery(client_session, handler, wait_deliver)
 
     async def _publish_session_retained_messages(self, session: Session) -> None:
-        # Called once the session is connected again: nothing new is queued meanwhile.
+        # Despite its name, this queue holds what matched the session's subscriptions while it
+        # was away. Called once the session is connected again: nothing new is queued meanwhile.
         queue = session.retained_messages
         waiting = [queue.get_nowait() for _ in range(queue.qsize())]
+        handler = self._get_handler(session)
+        deliveries = []
         for message in waiting:
-            if await self._topic_filtering(session, message.topic, Action.RECEIVE):
-                queue.put_nowait(message)
-            else:
+            if not await self._topic_filtering(session, message.topic, Action.RECEIVE):
                 log.info(
                     "dropped a message queued on %r: %s may not read it",
                     message.topic,
                     session.username or "anonymous",
                 )
-        await super()._publish_session_retained_messages(session)
+            elif handler is not None:
+                # RETAIN 0: it matched an established subscription (MQTT 3.1.1, 3.3.1.3);
+                # amqtt sends these with RETAIN 1.
+                deliveries.append(
+                    asyncio.ensure_future(
+                        handler.mqtt_publish(message.topic, message.data, message.qos, retain=False)
+                    )
+                )
+        if deliveries:
+            await asyncio.wait(deliveries)
 
 
 def listening_port(broker: Broker, listener: str) -> int:

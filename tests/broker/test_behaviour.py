@@ -488,3 +488,13 @@ def test_another_user_resuming_the_services_session_gets_none_of_its_messages(an
         publish(any_broker.client("alpha"), "clubs/alpha/game/cmd", b"live command")
         thief.assert_nothing(0.5)
         leave(thief)
+
+
+def test_messages_queued_for_an_offline_session_arrive_without_the_retain_flag(any_broker):
+    # MQTT 3.1.1, 3.3.1.3: a message delivered because it matched an established subscription
+    # has RETAIN 0; a service that ignores retained messages must not lose what was queued.
+    leave(persistent_service(any_broker, subscribe=True))
+    publish(any_broker.client("alpha"), "clubs/alpha/game/cmd", b"queued while away")
+    service = persistent_service(any_broker, subscribe=False)
+    message = service.wait_for(lambda m: m.payload == b"queued while away")
+    assert message.retain is False
