@@ -56,7 +56,8 @@ def test_the_display_puts_the_names_where_the_players_stand_after_a_change_of_en
     for _ in range(11):
         assert scorer.send({"cmd": "point", "side": 1})["ok"]  # game 2 11-0: Lena wins 2-0
     display.wait_for_selector("#board[data-state=finished]")
-    assert "Match won by Lena" in display.inner_text(".board-message")
+    # After a best-of-3 the message gives the games (2–0), not the last game's 11–0.
+    assert display.inner_text(".board-message") == "Match won by Lena 2–0"
     display.screenshot(path=str(artifacts_dir / "display-match-won.png"))
 
 

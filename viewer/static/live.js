@@ -179,7 +179,11 @@
       status: statusText(s),
       serving: s.status === 'in_progress' && s.server_player ? s.server_player + ' ' + S.serves : '',
       game_list: games.length ? games.map((pair) => pair[0] + '–' + pair[1]).join(', ') : '—',
-      last_game: last ? last[0] + '–' + last[1] : '',
+      // After a best-of-N match the games tell who won; otherwise the last game's score.
+      result:
+        s.status === 'finished' && (s.best_of || 1) > 1
+          ? won[0] + '–' + won[1]
+          : last ? last[0] + '–' + last[1] : '',
       server: s.status === 'finished' || s.status === 'abandoned' ? 0 : g.server,
       left: s.left_side === 2 ? 2 : 1,
     };
