@@ -22,7 +22,7 @@ from amqtt.contexts import Action
 from amqtt.session import Session
 
 from broker.hardening import RallycastBroker
-from scorer.config import Settings
+from scorer.config import Settings, url_host
 
 log = logging.getLogger("rallycast.broker")
 
@@ -63,7 +63,7 @@ def quiet_library_loggers(level: str = "INFO") -> None:
 
 
 def _bind(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    return f"{url_host(host)}:{port}"
 
 
 def broker_config(settings: Settings) -> dict[str, Any]:
@@ -160,15 +160,6 @@ def listening_port(broker: Broker, listener: str) -> int:
     return int(sockets[0].getsockname()[1])
 
 
-def _connect_host(bind: str) -> str:
-    """Where a client on this machine reaches a listener bound to ``bind``."""
-    if bind in ("", "0.0.0.0"):
-        return "127.0.0.1"
-    if bind == "::":
-        return "::1"
-    return bind
-
-
 @dataclass
 class RunningBroker:
     broker: Broker
@@ -179,16 +170,12 @@ class RunningBroker:
     settings: Settings = field(repr=False)
 
     @property
-    def _url_host(self) -> str:
-        return f"[{self.host}]" if ":" in self.host else self.host
-
-    @property
     def mqtt_url(self) -> str:
-        return f"mqtt://{self._url_host}:{self.mqtt_port}"
+        return f"mqtt://{url_host(self.host)}:{self.mqtt_port}"
 
     @property
     def ws_url(self) -> str:
-        return f"ws://{self._url_host}:{self.ws_port}/mqtt"
+        return f"ws://{url_host(self.host)}:{self.ws_port}/mqtt"
 
     async def stop(self) -> None:
         """Stop the listeners and close every connection (within STOP_TIMEOUT seconds)."""
@@ -210,7 +197,7 @@ async def start_broker(settings: Settings) -> RunningBroker:
     running = RunningBroker(
         broker=broker,
         bind=settings.bind,
-        host=_connect_host(settings.bind),
+        host=settings.local_host,
         mqtt_port=listening_port(broker, TCP_LISTENER),
         ws_port=listening_port(broker, WS_LISTENER),
         settings=settings,

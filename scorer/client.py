@@ -20,7 +20,7 @@ from urllib.parse import unquote, urlsplit
 import paho.mqtt.client as mqtt
 
 from scorer import topics
-from scorer.config import Settings
+from scorer.config import Settings, url_host
 from scorer.engine import SHORTHANDS
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
@@ -75,11 +75,6 @@ class BrokerAddress:
             )
         path = self.path if self.transport == "websockets" else ""
         return f"{self.scheme}://{auth}{url_host(self.host)}:{self.port}{path}"
-
-
-def url_host(host: str) -> str:
-    """``host`` as it goes into a URL: an IPv6 address in brackets (``[::1]``)."""
-    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 def parse_broker_url(url: str) -> BrokerAddress:

@@ -82,6 +82,10 @@ class Settings:
     buttons: dict[str, Any] = field(default_factory=dict, hash=False)
 
     @property
+    def local_host(self) -> str:
+        return local_host(self.bind)
+
+    @property
     def password_file(self) -> Path:
         return self.data_dir / "passwd"
 
@@ -91,6 +95,16 @@ class Settings:
     def with_overrides(self, **overrides: Any) -> Settings:
         # Only the given overrides: the file and the environment were read into self already.
         return load_settings(env={}, overrides=overrides, base=self)
+
+
+def local_host(bind: str) -> str:
+    """Where a client on this machine reaches a listener bound to ``bind``."""
+    return {"": "127.0.0.1", "0.0.0.0": "127.0.0.1", "::": "::1"}.get(bind, bind)
+
+
+def url_host(host: str) -> str:
+    """``host`` as it goes into a URL: an IPv6 address in brackets (``[::1]``)."""
+    return f"[{host}]" if ":" in host and not host.startswith("[") else host
 
 
 _ENV_PREFIX = "RALLYCAST_"

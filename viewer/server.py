@@ -33,7 +33,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from scorer import topics
-from scorer.config import Club, Settings, load_settings
+from scorer.config import Club, Settings, load_settings, local_host, url_host
 from viewer.i18n import LANG_COOKIE, STRINGS, browser_strings, pick_language
 from viewer.snapshots import RetainedSnapshots, viewer_broker_url
 
@@ -122,8 +122,7 @@ def websocket_sources(settings: Settings, request: Request) -> str:
     host = request.url.hostname or ""
     if not HOST_RE.fullmatch(host):
         return "ws: wss:"
-    if ":" in host:
-        host = f"[{host}]"
+    host = url_host(host)
     return f"ws://{host}:{settings.ws_port} wss://{host}:{settings.ws_port}"
 
 
@@ -351,8 +350,7 @@ class RunningViewer:
 
     @property
     def url(self) -> str:
-        host = "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
-        return f"http://{host}:{self.port}"
+        return f"http://{url_host(local_host(self.host))}:{self.port}"
 
     async def stop(self) -> None:
         self.server.should_exit = True

@@ -21,7 +21,7 @@ from typing import Any
 
 from scorer import topics
 from scorer.client import BrokerAddress, BrokerUrlError, make_client, parse_broker_url
-from scorer.config import Settings
+from scorer.config import Settings, url_host
 
 log = logging.getLogger("rallycast.viewer")
 
@@ -40,9 +40,7 @@ def viewer_broker_url(settings: Settings) -> str:
     port = settings.mqtt_port
     if settings.broker_url != _DEFAULT_BROKER_URL or port in (0, _DEFAULT_MQTT_PORT):
         return settings.broker_url
-    host = "127.0.0.1" if settings.bind in ("", "0.0.0.0") else settings.bind
-    host = "::1" if host == "::" else host
-    return f"mqtt://[{host}]:{port}" if ":" in host else f"mqtt://{host}:{port}"
+    return f"mqtt://{url_host(settings.local_host)}:{port}"
 
 
 def valid_snapshot(payload: bytes) -> dict[str, Any] | None:

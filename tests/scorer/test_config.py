@@ -79,3 +79,18 @@ def test_config_flag_works_before_and_after_the_subcommand(tmp_path: Path):
         build_parser("replay").parse_args(["replay", "x", "--config", "b.toml"]).config == "b.toml"
     )
     assert build_parser("replay").parse_args(["replay", "x"]).config is None
+
+
+@pytest.mark.parametrize(
+    "bind, host",
+    [("0.0.0.0", "127.0.0.1"), ("", "127.0.0.1"), ("::", "::1"), ("10.0.0.5", "10.0.0.5")],
+)
+def test_local_host_is_where_this_machine_reaches_a_listener(bind, host):
+    assert Settings(bind=bind).local_host == host
+
+
+def test_url_host_brackets_ipv6_once():
+    from scorer.config import url_host
+
+    assert url_host("::1") == "[::1]" and url_host("[::1]") == "[::1]"
+    assert url_host("127.0.0.1") == "127.0.0.1"
