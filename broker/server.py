@@ -22,7 +22,7 @@ from amqtt.contexts import Action
 from amqtt.session import Session
 
 from broker.hardening import RallycastBroker
-from scorer.config import Settings, url_host
+from scorer.config import Settings, bind_description, url_host
 
 log = logging.getLogger("rallycast.broker")
 
@@ -177,6 +177,16 @@ class RunningBroker:
     def ws_url(self) -> str:
         return f"ws://{url_host(self.host)}:{self.ws_port}/mqtt"
 
+    @property
+    def listening(self) -> str:
+        """Where it really listens, then the URLs for this machine: ``listening on all IPv4
+        interfaces (0.0.0.0), MQTT port 1883 and WebSocket port 9001 (mqtt://127.0.0.1:1883
+        and ws://127.0.0.1:9001/mqtt from this machine)``."""
+        return (
+            f"listening on {bind_description(self.bind)}, MQTT port {self.mqtt_port} and "
+            f"WebSocket port {self.ws_port} ({self.mqtt_url} and {self.ws_url} from this machine)"
+        )
+
     async def stop(self) -> None:
         """Stop the listeners and close every connection (within STOP_TIMEOUT seconds)."""
         try:
@@ -202,5 +212,5 @@ async def start_broker(settings: Settings) -> RunningBroker:
         ws_port=listening_port(broker, WS_LISTENER),
         settings=settings,
     )
-    log.info("broker listening on %s and %s", running.mqtt_url, running.ws_url)
+    log.info("broker %s", running.listening)
     return running

@@ -41,6 +41,13 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
         except ImportError:
             continue  # listed, but "not available" when run
         module.configure(sub_parser)
+        # Nested verbs take it too (`rallycast passwd list --config F`).
+        for action in sub_parser._actions:  # argparse has no public list of subparsers
+            if isinstance(action, argparse._SubParsersAction):
+                for verb_parser in action.choices.values():
+                    verb_parser.add_argument(
+                        "--config", default=argparse.SUPPRESS, help=CONFIG_HELP
+                    )
     return parser
 
 

@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -22,8 +23,9 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
-from scorer.config import Settings, load_settings
-from scorer.service import ScorerService, ensure_service_secret, setup_logging
+from scorer.config import Settings, bind_description, default_data_dir, load_settings
+from scorer.logs import setup_logging
+from scorer.service import ScorerService, ensure_service_secret
 
 if TYPE_CHECKING:
     from broker.server import RunningBroker
@@ -103,6 +105,16 @@ def _without_traceback(record: logging.LogRecord) -> bool:
     return True
 
 
+def passwd_command(settings: Settings, club_id: str, rallycast: str = "rallycast") -> str:
+    """The command that gives ``club_id`` a new password in THIS data dir: ``rallycast passwd``
+    alone writes to the default one, which is not the one a ``--data-dir``, ``--config`` or
+    ``RALLYCAST_DATA_DIR`` start uses."""
+    command = f"{rallycast} passwd add {club_id} --generate"
+    if settings.data_dir.expanduser().resolve() != default_data_dir().resolve():
+        command += f" --data-dir {shlex.quote(str(settings.data_dir))}"
+    return command
+
+
 def new_passwords_notice(credentials: Credentials) -> str:
     """The club passwords created now, printed at once: they exist only here and in the
     output, so they must be shown even if starting fails afterwards."""
@@ -119,6 +131,10 @@ def banner(
     host, mqtt_port = broker.host, broker.mqtt_port  # mosquitto_pub -h takes IPv6 bare
     lines = ["", "Rallycast is running.", ""]
     lines.append(f"  MQTT broker:  {broker.mqtt_url}   WebSocket: {broker.ws_url}")
+    ports = f"MQTT {broker.mqtt_port}, WebSocket {broker.ws_port}"
+    if http_url is not None:
+        ports += f", pages {http_url.rsplit(':', 1)[1]}"
+    lines.append(f"  Listening on: {bind_description(settings.bind)} (ports {ports})")
     lines.append(f"  Data dir:     {settings.data_dir}")
     if http_url is None:
         lines.append("  Live pages:   not available (the viewer package is not installed)")
@@ -135,14 +151,14 @@ def banner(
         if password is not None:
             lines.append(f"  scorer login: user {club.id} password {password}")
             lines.append(
-                f"  (shown only now: write it down; a new one: {rallycast} passwd add "
-                f"{club.id} --generate)"
+                f"  (shown only now: write it down; a new one: "
+                f"{passwd_command(settings, club.id, rallycast)})"
             )
             shown = password
         else:
             lines.append(
                 f"  scorer login: user {club.id}, password set at first start "
-                f"(forgotten? {rallycast} passwd add {club.id} --generate)"
+                f"(forgotten? {passwd_command(settings, club.id, rallycast)})"
             )
             shown = "PASSWORD"
         lines.append("  score from a terminal:")
@@ -263,7 +279,7 @@ def main(args: argparse.Namespace) -> int:
             "http_port": args.http_port,
         },
     )
-    setup_logging(settings)
+    setup_logging(settings.log_level)
 
     async def run() -> int:
         stop = asyncio.Event()

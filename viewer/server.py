@@ -33,7 +33,15 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from scorer import topics
-from scorer.config import Club, Settings, load_settings, local_host, url_host
+from scorer.config import (
+    Club,
+    Settings,
+    bind_description,
+    load_settings,
+    local_host,
+    url_host,
+)
+from scorer.logs import setup_logging
 from viewer.i18n import LANG_COOKIE, STRINGS, browser_strings, pick_language
 from viewer.snapshots import RetainedSnapshots, viewer_broker_url
 
@@ -401,7 +409,12 @@ async def start_viewer(settings: Settings) -> RunningViewer:
             raise OSError("the viewer stopped before it started")
         await asyncio.sleep(0.01)
     running = RunningViewer(server, task, settings.bind, bound_port(server))
-    log.info("viewer on %s", running.url)
+    log.info(
+        "pages listening on %s, port %d (%s from this machine)",
+        bind_description(settings.bind),
+        running.port,
+        running.url,
+    )
     return running
 
 
@@ -432,11 +445,15 @@ def main(args: argparse.Namespace) -> int:
         "public_ws_url": args.public_ws_url,
     }
     settings = load_settings(args.config, overrides=overrides)
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level)
 
     async def run() -> None:
         running = await start_viewer(settings)
-        print(f"Rallycast pages on {running.url}/", flush=True)
+        print(
+            f"Rallycast pages on {running.url}/ (listening on {bind_description(settings.bind)},"
+            f" port {running.port})",
+            flush=True,
+        )
         for club in settings.clubs:
             print(f"  {club.name}: {running.url}/clubs/{club.id}", flush=True)
         await running.task
