@@ -292,9 +292,16 @@ def _where_brief(source: str) -> str:
 
 
 def _club_lines(text: str, club_id: str) -> list[int]:
-    """Line numbers of ``id = "<club_id>"`` in the TOML text (tomllib keeps no positions)."""
-    pattern = re.compile(r"^\s*id\s*=\s*[\"']" + re.escape(club_id) + r"[\"']")
-    return [n for n, line in enumerate(text.splitlines(), 1) if pattern.match(line)]
+    """Line numbers of ``id = "<club_id>"`` inside ``[[clubs]]`` tables of the TOML text
+    (tomllib keeps no positions)."""
+    pattern = re.compile(r"^\s*id\s*=\s*[\"']" + re.escape(club_id) + r"[\"']\s*(#.*)?$")
+    found, in_clubs = [], False
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.lstrip().startswith("["):
+            in_clubs = line.strip().startswith("[[clubs]]")
+        elif in_clubs and pattern.match(line):
+            found.append(number)
+    return found
 
 
 def _check_together(settings: Settings, sources: dict[str, str], text: str | None) -> None:

@@ -83,9 +83,13 @@ def _os_error(exc: BaseException) -> OSError | None:
     return cause
 
 
-def listen_failure(error: OSError, port: int, flag: str, other: str) -> StartFailed:
+def listen_failure(
+    error: OSError, port: int, flag: str, other: str, bind: str | None = None
+) -> StartFailed:
     if error.errno == errno.EADDRINUSE:
         return StartFailed(f"port {port} is in use: stop the other {other} or pass {flag}")
+    if error.errno == errno.EADDRNOTAVAIL and bind is not None:
+        return StartFailed(f"cannot listen on {bind}: not an address of this machine (see --bind)")
     return StartFailed(f"cannot listen on port {port}: {error.strerror or error} (see {flag})")
 
 
@@ -96,8 +100,8 @@ def broker_listen_failure(exc: BaseException, settings: Settings) -> StartFailed
     if error is None:
         return None
     if settings.ws_port and f", {settings.ws_port})" in str(error):
-        return listen_failure(error, settings.ws_port, "--ws-port", "broker")
-    return listen_failure(error, settings.mqtt_port, "--mqtt-port", "broker")
+        return listen_failure(error, settings.ws_port, "--ws-port", "broker", settings.bind)
+    return listen_failure(error, settings.mqtt_port, "--mqtt-port", "broker", settings.bind)
 
 
 def _without_traceback(record: logging.LogRecord) -> bool:
@@ -231,7 +235,9 @@ async def run_up(settings: Settings, stop: asyncio.Event) -> int:
             try:
                 viewer = await start_viewer(settings)
             except OSError as exc:
-                raise listen_failure(exc, settings.http_port, "--http-port", "web server") from exc
+                raise listen_failure(
+                    exc, settings.http_port, "--http-port", "web server", settings.bind
+                ) from exc
         print(
             banner(settings, credentials, broker, viewer.url if viewer is not None else None),
             flush=True,
