@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import websockets
 from amqtt.broker import Broker
 from amqtt.contexts import Action
+from amqtt.errors import ProtocolHandlerError
 from amqtt.session import Session
 
 from broker.hardening import RallycastBroker
@@ -47,17 +50,67 @@ class _DropProbeNoise(logging.Filter):
 _PROBE_FILTER = _DropProbeNoise()
 
 
+def closed_normally(exc: BaseException | None) -> bool:
+    """The WebSocket peer closed the connection cleanly (close code 1000 "OK" or 1001 "going
+    away": what a browser sends when a tab closes or navigates away)."""
+    return isinstance(exc, websockets.ConnectionClosedOK)
+
+
+def cancelled_answer(exc: BaseException | None) -> bool:
+    """amqtt cancels a connection's pending ``handle_*`` tasks when the connection ends;
+    its ``_send_packet`` turns that cancellation into ``ProtocolHandlerError("Packet handling
+    was cancelled")``: an answer nobody is left to read, not a fault."""
+    return isinstance(exc, ProtocolHandlerError) and isinstance(
+        exc.__cause__, asyncio.CancelledError
+    )
+
+
+class _DropNormalClose(logging.Filter):
+    """A browser tab that closes while amqtt still answers its last packets (SUBACK, PINGRESP,
+    PUBACK) makes the write fail with ``ConnectionClosedOK``. amqtt 0.12.1 logs that as
+    ``Unhandled exception: received 1001 (going away); ...`` (``_send_packet``, logger
+    ``amqtt.mqtt.protocol.handler``) and re-raises it into the ``handle_*`` task, which its
+    reader loop drops unread: asyncio then logs ``Task exception was never retrieved`` with a
+    traceback. Both are the ordinary end of a page view. Any other exception, including an
+    abnormal close (``ConnectionClosedError``: the network dropped), stays visible. The
+    same reader loop cancels the answers still waiting for the write lock: those tasks end in
+    :func:`cancelled_answer` errors, reported unread the same way, and dropped too."""
+
+    def __init__(self, while_handling: bool) -> None:
+        super().__init__()
+        # amqtt logs its warning inside the `except` block, without exc_info: look there too.
+        self.while_handling = while_handling
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if exc is None and self.while_handling:
+            exc = sys.exc_info()[1]
+        return not (closed_normally(exc) or cancelled_answer(exc))
+
+
+_HANDLER_CLOSE_FILTER = _DropNormalClose(while_handling=True)
+_ASYNCIO_CLOSE_FILTER = _DropNormalClose(while_handling=False)
+
+
+def _add_filter(logger_name: str, log_filter: logging.Filter) -> None:
+    logger = logging.getLogger(logger_name)
+    if log_filter not in logger.filters:
+        logger.addFilter(log_filter)
+
+
 def quiet_library_loggers(level: str = "INFO") -> None:
     """amqtt logs every connection at INFO and websockets logs failed handshakes as errors
     with tracebacks. Keep amqtt's warnings (refused logins, slow clients, ...) minus the
-    probe noise, and nothing from websockets. With level DEBUG everything stays visible.
-    Idempotent; changes only these libraries' loggers."""
+    probe noise and the noise of a browser tab closing (:class:`_DropNormalClose`), and
+    nothing from websockets. With level DEBUG everything stays visible. Idempotent; changes
+    only these libraries' loggers (and drops asyncio's "never retrieved" report only for a
+    clean WebSocket close)."""
     if level.upper() == "DEBUG":
         return
     logging.getLogger("amqtt").setLevel(logging.WARNING)
-    amqtt_broker_log = logging.getLogger("amqtt.broker")
-    if _PROBE_FILTER not in amqtt_broker_log.filters:
-        amqtt_broker_log.addFilter(_PROBE_FILTER)
+    _add_filter("amqtt.broker", _PROBE_FILTER)
+    _add_filter("amqtt.mqtt.protocol.handler", _HANDLER_CLOSE_FILTER)
+    _add_filter("asyncio", _ASYNCIO_CLOSE_FILTER)
     logging.getLogger("transitions").setLevel(logging.WARNING)
     logging.getLogger("websockets").setLevel(logging.CRITICAL)
 
