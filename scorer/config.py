@@ -106,17 +106,13 @@ def local_host(bind: str) -> str:
 
 def bind_description(bind: str) -> str:
     """What a listener bound to ``bind`` really listens on, in words for a log line:
-    ``all IPv4 interfaces (0.0.0.0)``, ``127.0.0.1 only (this machine only)``,
-    ``10.0.0.5 only``."""
-    if bind == "0.0.0.0":
-        return "all IPv4 interfaces (0.0.0.0)"
-    if bind == "":
-        return "all interfaces"
-    if bind == "::":
-        return "all interfaces (::)"
-    if bind in ("localhost", "::1") or bind.startswith("127."):
-        return f"{bind} only (this machine only)"
-    return f"{bind} only"
+    ``all IPv4 interfaces`` (0.0.0.0), ``all interfaces`` (""), ``all IPv6 interfaces`` (::),
+    else ``<bind> only`` (e.g. ``127.0.0.1 only``)."""
+    return {
+        "0.0.0.0": "all IPv4 interfaces",
+        "": "all interfaces",
+        "::": "all IPv6 interfaces",
+    }.get(bind, f"{bind} only")
 
 
 def url_host(host: str) -> str:

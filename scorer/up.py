@@ -187,6 +187,12 @@ def banner(
             f"From other devices use this machine's address instead of {host} "
             f"(e.g. {socket.gethostname()})."
         )
+    elif settings.local_host.startswith("127.") or settings.local_host in ("::1", "localhost"):
+        lines.append("")
+        lines.append(
+            f"Other devices cannot connect: it listens on {settings.bind} only "
+            "(--bind 0.0.0.0 listens on all interfaces)."
+        )
     lines.append("")
     lines.append("Stop with Ctrl-C.")
     return "\n".join(lines)

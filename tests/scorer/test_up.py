@@ -161,12 +161,18 @@ def test_up_scores_with_mosquitto_clients_and_stops_on_ctrl_c(tmp_path, data_dir
             assert f"{up.http_url}/clubs/demo{page}" in up.output()
         # Where it listens, in words: bound to 127.0.0.1 here, so this machine only.
         http_port = int(up.http_url.rsplit(":", 1)[1])
-        assert "broker listening on 127.0.0.1 only (this machine only), MQTT port" in up.output()
+        assert re.search(
+            r"\d\d:\d\d:\d\d,\d{3} INFO rallycast.broker: broker listening on 127.0.0.1 only, "
+            rf"MQTT port {up.mqtt_port} and WebSocket port \d+ \(mqtt://127.0.0.1:{up.mqtt_port} "
+            r"and ws://127.0.0.1:\d+/mqtt from this machine\)",
+            up.output(),
+        ), up.output()
         assert (
-            f"pages listening on 127.0.0.1 only (this machine only), port {http_port} "
+            f"INFO rallycast.viewer: pages listening on 127.0.0.1 only, port {http_port} "
             f"({up.http_url} from this machine)" in up.output()
         )
-        assert "Listening on: 127.0.0.1 only (this machine only) (ports MQTT" in up.output()
+        assert f"Listening on: 127.0.0.1 only (ports MQTT {up.mqtt_port}," in up.output()
+        assert "Other devices cannot connect: it listens on 127.0.0.1 only" in up.output()
         assert f"passwd add demo --generate --data-dir {data_dir}" in up.output()
         with urllib.request.urlopen(f"{up.http_url}/clubs/demo", timeout=5) as response:
             assert response.status == 200
@@ -383,9 +389,10 @@ def test_the_password_hint_has_no_data_dir_for_the_default_one(tmp_path, monkeyp
 @pytest.mark.parametrize(
     "bind, words",
     [
-        ("0.0.0.0", "all IPv4 interfaces (0.0.0.0)"),
+        ("0.0.0.0", "all IPv4 interfaces"),
         ("", "all interfaces"),
-        ("127.0.0.1", "127.0.0.1 only (this machine only)"),
+        ("::", "all IPv6 interfaces"),
+        ("127.0.0.1", "127.0.0.1 only"),
         ("10.0.0.5", "10.0.0.5 only"),
     ],
 )
