@@ -270,8 +270,8 @@ def _coerce(name: str, value: Any, source: str = "") -> Any:
                 raise ValueError(str(exc).replace(f"broker URL {text!r}", "").strip(": ")) from None
         if name == "public_ws_url" and text and not re.match(r"^wss?://[^/\s]+", text):
             raise ValueError("must be empty or a ws:// or wss:// URL, e.g. wss://example.org/mqtt")
-        if name == "service_user" and not re.fullmatch(r"[^\s/#+]{1,64}", text):
-            raise ValueError("must be 1-64 characters without spaces, '/', '#' or '+'")
+        if name == "service_user" and not re.fullmatch(r"[^\s/#+:]{1,64}", text):
+            raise ValueError("must be 1-64 characters without spaces, '/', '#', '+' or ':'")
         return text
     except (TypeError, ValueError, KeyError) as exc:  # ConfigError too (a club's id)
         shown = "" if name in ("clubs", "boards", "buttons") else f" = {_short(value)}"

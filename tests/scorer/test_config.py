@@ -121,7 +121,7 @@ OUT_OF_RANGE = {
     "bind": ["'not an address!'", "'a b'"],
     "broker_url": ["'http://127.0.0.1'", "'mqtt://'", "'mqtt://host:99999'", "'127.0.0.1'"],
     "public_ws_url": ["'http://example.org/mqtt'", "'example.org'"],
-    "service_user": ["''", "'a b'", "'a/b'"],
+    "service_user": ["''", "'a b'", "'a/b'", "'a:b'"],
     "data_dir": ["''", "'{file}'"],
     "clubs": [
         "'riverside'",
@@ -219,11 +219,11 @@ def test_an_unknown_setting_suggests_the_near_name(tmp_path: Path):
 def test_duplicate_club_ids_are_refused_with_their_lines(tmp_path: Path):
     config = tmp_path / "r.toml"
     config.write_text(
-        '[[clubs]]\nid = "a"\n\n[[clubs]]\nid = "b"\n\n[[clubs]]\nid = "a"\nname = "A again"\n'
+        '[[clubs]]\nid = "a"\n\n[[boards]]\nid = "a"\n\n[[clubs]]\nid = "a"  # again\n'
     )
     with pytest.raises(
         ConfigError,
-        match=r"club id 'a' is given twice \(\[\[clubs\]\] #1 and #3, "
+        match=r"club id 'a' is given twice \(\[\[clubs\]\] #1 and #2, "
         r"lines 2 and 8\)",
     ):
         load_settings(config, env={})
