@@ -37,9 +37,9 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 async def serve(settings: Settings) -> None:
-    from broker.server import start_broker
+    from broker.startup import start_broker_plainly
 
-    running = await start_broker(settings)
+    running = await start_broker_plainly(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -63,10 +63,15 @@ async def serve(settings: Settings) -> None:
 def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
     setup_logging(settings.log_level)
+    from broker.startup import StartFailed
+
     try:
         asyncio.run(serve(settings))
-    except OSError as exc:  # e.g. the port is taken
-        print(f"rallycast broker: cannot listen: {exc}", file=sys.stderr)
+    except StartFailed as exc:  # e.g. the port is taken
+        print(f"rallycast broker: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"rallycast broker: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 

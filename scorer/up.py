@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import logging
 import os
 import secrets
@@ -23,6 +22,7 @@ import time
 from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING, Any
 
+from broker.startup import StartFailed, listen_failure, start_broker_plainly
 from scorer.config import Settings, bind_description, default_data_dir, load_settings
 from scorer.logs import setup_logging
 from scorer.service import ScorerService, ensure_service_secret
@@ -69,44 +69,6 @@ def _rallycast_command() -> str:
     if on_path and os.path.samefile(on_path, started_as):
         return "rallycast"
     return started_as if os.path.basename(started_as) == "rallycast" else "rallycast"
-
-
-class StartFailed(Exception):
-    """``rallycast up`` cannot start; the message says why and what to do."""
-
-
-def _os_error(exc: BaseException) -> OSError | None:
-    """``exc`` or the OSError behind it (amqtt wraps it in its BrokerError)."""
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, OSError):
-        cause = cause.__cause__ or cause.__context__
-    return cause
-
-
-def listen_failure(
-    error: OSError, port: int, flag: str, other: str, bind: str | None = None
-) -> StartFailed:
-    if error.errno == errno.EADDRINUSE:
-        return StartFailed(f"port {port} is in use: stop the other {other} or pass {flag}")
-    if error.errno == errno.EADDRNOTAVAIL and bind is not None:
-        return StartFailed(f"cannot listen on {bind}: not an address of this machine (see --bind)")
-    return StartFailed(f"cannot listen on port {port}: {error.strerror or error} (see {flag})")
-
-
-def broker_listen_failure(exc: BaseException, settings: Settings) -> StartFailed | None:
-    """What to tell the user when the broker could not open its listeners (None: another
-    fault). The OSError names the address, e.g. ``('0.0.0.0', 9001)``."""
-    error = _os_error(exc)
-    if error is None:
-        return None
-    if settings.ws_port and f", {settings.ws_port})" in str(error):
-        return listen_failure(error, settings.ws_port, "--ws-port", "broker", settings.bind)
-    return listen_failure(error, settings.mqtt_port, "--mqtt-port", "broker", settings.bind)
-
-
-def _without_traceback(record: logging.LogRecord) -> bool:
-    record.exc_info = record.exc_text = None
-    return True
 
 
 def passwd_command(settings: Settings, club_id: str, rallycast: str = "rallycast") -> str:
@@ -200,23 +162,11 @@ def banner(
 
 async def run_up(settings: Settings, stop: asyncio.Event) -> int:
     """Run everything until ``stop`` is set; returns the exit code."""
-    from broker.server import start_broker
-
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     credentials = await asyncio.to_thread(ensure_credentials, settings)
     if credentials.new_club_passwords:
         print(new_passwords_notice(credentials), flush=True)
-    amqtt_log = logging.getLogger("amqtt.broker")
-    amqtt_log.addFilter(_without_traceback)  # a listener that cannot start: said plainly below
-    try:
-        broker = await start_broker(settings)
-    except Exception as exc:
-        failure = broker_listen_failure(exc, settings)
-        if failure is None:
-            raise
-        raise failure from exc
-    finally:
-        amqtt_log.removeFilter(_without_traceback)
+    broker = await start_broker_plainly(settings)  # StartFailed: said plainly by main()
     # The real ports (settings may say 0); the pages need the real WebSocket port.
     settings = replace(
         settings, mqtt_port=broker.mqtt_port, ws_port=broker.ws_port, broker_url=broker.mqtt_url

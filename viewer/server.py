@@ -15,6 +15,8 @@ import asyncio
 import hashlib
 import logging
 import re
+import socket
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -395,8 +397,20 @@ async def _run_uvicorn(server: uvicorn.Server, where: str) -> None:
         await server.serve()
     except SystemExit:
         # uvicorn calls sys.exit when it cannot start (e.g. the port is taken); a SystemExit
-        # escaping a task would stop the whole event loop of `rallycast up`.
-        raise OSError(f"the viewer could not listen on {where}") from None
+        # escaping a task would stop the whole event loop of `rallycast up`. uvicorn keeps
+        # the OSError to itself: binding again tells which (port in use, no such address).
+        raise _bind_error(server.config.host, server.config.port, where) from None
+
+
+def _bind_error(host: str, port: int, where: str) -> OSError:
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        return OSError(exc.errno, f"the viewer could not listen on {where}: {exc.strerror}")
+    return OSError(f"the viewer could not listen on {where}")
 
 
 async def start_viewer(settings: Settings) -> RunningViewer:
@@ -462,4 +476,12 @@ def main(args: argparse.Namespace) -> int:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
+    except OSError as exc:
+        from broker.startup import listen_failure
+
+        failure = listen_failure(
+            exc, settings.http_port, "--http-port", "web server", settings.bind
+        )
+        print(f"rallycast viewer: {failure}", file=sys.stderr)
+        return 1
     return 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,28 @@ def test_a_bad_setting_from_the_command_line_is_one_line_and_exit_2(tmp_path: Pa
         "must be a port number 0-65535\n"
     )
     assert not (tmp_path / "data").exists()
+
+
+@pytest.mark.parametrize(
+    "command, flag, what",
+    [
+        (["broker", "--mqtt-port", "{port}", "--ws-port", "0"], "--mqtt-port", "broker"),
+        (["broker", "--ws-port", "{port}", "--mqtt-port", "0"], "--ws-port", "broker"),
+        (["viewer", "--http-port", "{port}"], "--http-port", "web server"),
+    ],
+    ids=["broker-mqtt", "broker-ws", "viewer"],
+)
+def test_a_taken_port_is_one_sentence_not_a_traceback(tmp_path: Path, command, flag, what):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        words = [word.format(port=port) for word in command]
+        if words[0] == "broker":
+            words += ["--data-dir", str(tmp_path / "data")]
+        result = rallycast(*words, "--bind", "127.0.0.1", env={"HOME": str(tmp_path)})
+    assert result.returncode == 1, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"rallycast {words[0]}: port {port} is in use: stop the other {what} or pass {flag}"
+    )
