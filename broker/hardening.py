@@ -17,9 +17,17 @@ against both the stock class and this one.
 4. ``max_connections`` hang: the stock broker parks the extra client on a semaphore, without
    CONNACK, for as long as the others stay. Here it gets CONNACK 3 (server unavailable).
 5. Unbounded queue for a subscriber that stops reading: the stock broker starts one task per
-   delivery, which piles up behind the blocked socket. Here each connection has an
-   :class:`Outbox` capped at ``max_queued_messages``; a client that overflows it is logged
-   and disconnected (it gets the retained snapshot again when it comes back).
+   delivery, which piles up behind the blocked socket. Here each session has an
+   :class:`Outbox` bounded in messages and bytes (:class:`QueueLimits`); a connected client
+   that overflows it is logged and disconnected (it gets the retained snapshot again when it
+   comes back).
+
+Delivery to persistent sessions (docs/broker.md, "Delivery guarantees"): the Outbox outlives
+the connection, so a backlog drains through the same in-flight window as live messages, and
+messages sent but not acknowledged are resent on reconnect with DUP=1 [MQTT-4.4.0-1]; copies
+for persistent sessions are written to the store (broker/persistence.py) and a publisher's
+PUBACK waits for that write; the new CONNECT's clean-session flag decides whether the old
+session goes on [MQTT-3.1.2-4, 3.1.2-6].
 
 The outbox is also the cheap delivery path: a PUBLISH is encoded once per message (and once
 more as a WebSocket frame) and written straight to each subscriber's transport, with no task,

@@ -52,11 +52,11 @@ class RawSession:
         self._buffer = b""
 
     def connect(
-        self, client_id: str, user: str | None = None, clean: bool = False
+        self, client_id: str, user: str | None = None, clean: bool = False, keepalive: int = 60
     ) -> tuple[int, int]:
         """(session present, return code) of the CONNACK."""
         password = self.endpoint.users[user] if user else None
-        self.sock.sendall(connect_packet(client_id, user, password, clean=clean, keepalive=60))
+        self.sock.sendall(connect_packet(client_id, user, password, clean, keepalive))
         kind, _flags, body = self.packet(5.0)
         assert kind == 2, f"expected CONNACK, got {kind}"
         return body[0] & 1, body[1]
@@ -348,6 +348,32 @@ def test_unacknowledged_qos1_backlog_is_resent_in_order_before_newer_messages(am
         f"m{i}".encode() for i in range(MAX_INFLIGHT, MAX_INFLIGHT + 10)
     ]
     assert not any(d for _i, _q, d, _t, _p in rest)
+    raw.close()
+
+
+def test_a_window_full_for_longer_than_the_keep_alive_is_logged_then_drains(amqtt_broker, caplog):
+    caplog.set_level(logging.WARNING)
+    raw = RawSession(amqtt_broker)
+    assert raw.connect("board-slow", "alpha", clean=False, keepalive=1) == (0, 0)
+    assert raw.subscribe("boards/#", 1) == 1
+    board = amqtt_broker.client("alpha")
+    for i in range(MAX_INFLIGHT + 5):
+        publish(board, "boards/t/x", f"m{i}".encode())
+    window = raw.publishes(MAX_INFLIGHT, 5.0)
+    deadline = time.monotonic() + 6
+    while time.monotonic() < deadline:
+        if any("board-slow has acknowledged none" in r.getMessage() for r in caplog.records):
+            break
+        raw.sock.sendall(b"\xc0\x00")  # PINGREQ: alive, just not acknowledging
+        time.sleep(0.4)
+    else:
+        raise AssertionError("a window full past the keep-alive was not logged")
+    for packet_id, *_rest in window:
+        raw.send(PUBACK, packet_id)
+    rest = raw.publishes(5, 5.0)
+    assert [p for *_x, p in rest] == [
+        f"m{i}".encode() for i in range(MAX_INFLIGHT, MAX_INFLIGHT + 5)
+    ]
     raw.close()
 
 
