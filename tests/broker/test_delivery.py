@@ -277,9 +277,6 @@ def test_any_backlog_and_live_mix_arrives_complete_and_in_order(amqtt_broker, ba
 def receive_unacknowledged(broker: BrokerEndpoint, client_id: str) -> list[tuple]:
     """A persistent QoS 2 subscriber gets a QoS 1 and a QoS 2 message and acks neither."""
     raw = RawSession(broker)
-    assert raw.connect(client_id, "alpha", clean=True) == (0, 0)  # start from nothing
-    raw.disconnect()
-    raw = RawSession(broker)
     assert raw.connect(client_id, "alpha", clean=False) == (0, 0)
     assert raw.subscribe("boards/#", 2) == 2
     board = broker.client("alpha")
@@ -314,11 +311,13 @@ def test_unacknowledged_deliveries_are_resent_with_dup_on_reconnect(any_broker):
 
 
 @pytest.mark.parametrize("kill", [False, True], ids=["graceful", "kill-9"])
-def test_unacknowledged_deliveries_survive_a_broker_restart(any_broker_process, kill):
+def test_unacknowledged_deliveries_survive_a_broker_restart(any_broker_process, kill, request):
     broker = any_broker_process
+    if broker.kind == "mosquitto" and kill:
+        # Measured: not saved even 4 s later (autosave_on_changes does not count them).
+        reason = "mosquitto loses in-flight deliveries on kill -9"
+        request.applymarker(pytest.mark.xfail(strict=True, reason=reason))
     first = receive_unacknowledged(broker, "board-raw")
-    if broker.kind == "mosquitto":
-        time.sleep(1.5)  # mosquitto saves on its autosave schedule
     broker.close_clients()
     broker.restart(kill=kill)
     raw = RawSession(broker)
