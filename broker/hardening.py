@@ -365,6 +365,7 @@ class Outbox:
         self.pending = ()
         self.pending_bytes = 0
         self.inflight.clear()
+        self.dropped = 0
 
     def restore(self, entries: list[Any]) -> None:
         """Messages loaded from the store (``StoredMessage``: row, topic, payload, qos,
@@ -417,9 +418,7 @@ class Outbox:
 
     def _overflow(self, size: int) -> None:
         self.dropped += 1
-        if self.handler is not None:
-            self._on_overflow(self)  # connected and not reading: disconnect it (fault 5)
-        if self.dropped == 1:
+        if self.dropped == 1 and self._persistent():
             logger.warning(
                 "queue of %s is full (%d messages, %d bytes; max %d messages, %d bytes): "
                 "dropping new messages for it until it drains",
@@ -429,6 +428,8 @@ class Outbox:
                 self.limit,
                 self.limit_bytes,
             )
+        if self.handler is not None:
+            self._on_overflow(self)  # connected and not reading: disconnect it (fault 5)
 
     def _end_of_burst(self) -> None:
         logger.warning(
