@@ -585,3 +585,22 @@ def test_store_loads_at_most_the_bound_of_each_session(tmp_path):
     with sqlite3.connect(tmp_path / "broker.db") as db:
         assert db.execute("SELECT COUNT(*) FROM queued").fetchone()[0] == 50  # nothing deleted
     store.close()
+
+
+def test_a_stored_queue_over_its_bound_is_cut_to_the_oldest_at_start(amqtt_broker, caplog):
+    caplog.set_level(logging.WARNING)
+    (client_id,) = _offline_sessions(amqtt_broker, 1)
+    amqtt_broker.close_clients()
+    amqtt_broker.stop()
+    limit = 1000  # Settings.max_queued_messages
+    with sqlite3.connect(amqtt_broker.data_dir / "broker.db") as db:
+        db.executemany(
+            "INSERT INTO queued (client_id, topic, payload, qos) VALUES (?, ?, ?, ?)",
+            [(client_id, "boards/t/x", f"m{i}".encode(), 1) for i in range(limit + 200)],
+        )
+    amqtt_broker.start()
+    assert any(
+        client_id in r.getMessage() and "dropped the 200 newest" in r.getMessage()
+        for r in caplog.records
+    )
+    assert _drain(amqtt_broker, client_id) == [f"m{i}".encode() for i in range(limit)]
