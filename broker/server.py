@@ -20,11 +20,9 @@ from typing import Any
 
 import websockets
 from amqtt.broker import Broker
-from amqtt.contexts import Action
 from amqtt.errors import ProtocolHandlerError
-from amqtt.session import Session
 
-from broker.hardening import RallycastBroker
+from broker.hardening import QueueLimits, RallycastBroker
 from scorer.config import Settings, bind_description, url_host
 
 log = logging.getLogger("rallycast.broker")
@@ -119,6 +117,17 @@ def _bind(host: str, port: int) -> str:
     return f"{url_host(host)}:{port}"
 
 
+def queue_limits(settings: Settings) -> QueueLimits:
+    """The bounds of every session's queue (docs/broker.md, "Delivery guarantees")."""
+    return QueueLimits(
+        messages=settings.max_queued_messages,
+        bytes=settings.max_queued_bytes,
+        service_user=settings.service_user,
+        service_messages=settings.service_max_queued_messages,
+        service_bytes=settings.service_max_queued_bytes,
+    )
+
+
 def broker_config(settings: Settings) -> dict[str, Any]:
     """The amqtt config dict for these settings (also what RallycastBroker receives)."""
     return {
@@ -141,7 +150,14 @@ def broker_config(settings: Settings) -> dict[str, Any]:
                 "password_file": str(settings.password_file),
                 "service_user": settings.service_user,
             },
-            PERSISTENCE_PLUGIN: {"file": str(Path(settings.data_dir) / STORE_FILE)},
+            PERSISTENCE_PLUGIN: {
+                "file": str(Path(settings.data_dir) / STORE_FILE),
+                "max_queued_messages": settings.max_queued_messages,
+                "max_queued_bytes": settings.max_queued_bytes,
+                "service_user": settings.service_user,
+                "service_max_queued_messages": settings.service_max_queued_messages,
+                "service_max_queued_bytes": settings.service_max_queued_bytes,
+            },
         },
     }
 
@@ -152,9 +168,9 @@ class EmbeddedBroker(RallycastBroker):
     - publishes whose payload is larger than Settings.max_payload_bytes are dropped, like
       mosquitto's ``message_size_limit``: not forwarded, not retained, the client stays
       connected (the plugins never see a payload before the broadcast);
-    - a persistent session resumed by ANOTHER user (MQTT allows it) does not hand that user
-      the messages queued for the previous one: each is checked against the new user's read
-      rights first, as mosquitto does.
+    - (a persistent session resumed by ANOTHER user does not hand that user the messages
+      queued for the previous one: RallycastBroker checks each against the new user's read
+      rights first, as mosquitto does.)
     """
 
     max_payload_bytes = 0  # 0 = no limit; set per instance by start_broker
@@ -172,31 +188,6 @@ class EmbeddedBroker(RallycastBroker):
             )
             return True
         return await super()._handle_message_delivery(client_session, handler, wait_deliver)
-
-    async def _publish_session_retained_messages(self, session: Session) -> None:
-        # Despite its name, this queue holds what matched the session's subscriptions while it
-        # was away. Called once the session is connected again: nothing new is queued meanwhile.
-        queue = session.retained_messages
-        waiting = [queue.get_nowait() for _ in range(queue.qsize())]
-        handler = self._get_handler(session)
-        deliveries = []
-        for message in waiting:
-            if not await self._topic_filtering(session, message.topic, Action.RECEIVE):
-                log.info(
-                    "dropped a message queued on %r: %s may not read it",
-                    message.topic,
-                    session.username or "anonymous",
-                )
-            elif handler is not None:
-                # RETAIN 0: it matched an established subscription (MQTT 3.1.1, 3.3.1.3);
-                # amqtt sends these with RETAIN 1.
-                deliveries.append(
-                    asyncio.ensure_future(
-                        handler.mqtt_publish(message.topic, message.data, message.qos, retain=False)
-                    )
-                )
-        if deliveries:
-            await asyncio.wait(deliveries)
 
 
 def listening_port(broker: Broker, listener: str) -> int:
@@ -252,9 +243,7 @@ async def start_broker(settings: Settings) -> RunningBroker:
     """Start the embedded broker in the running event loop."""
     await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
     quiet_library_loggers(settings.log_level)
-    broker = EmbeddedBroker(
-        broker_config(settings), max_queued_messages=settings.max_queued_messages
-    )
+    broker = EmbeddedBroker(broker_config(settings), queue_limits=queue_limits(settings))
     broker.max_payload_bytes = settings.max_payload_bytes
     await broker.start()
     running = RunningBroker(

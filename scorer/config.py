@@ -75,6 +75,12 @@ class Settings:
     max_connections: int = 5000
     max_payload_bytes: int = 16384
     max_queued_messages: int = 1000
+    # Payload bytes that may wait for one session (embedded broker only; docs/broker.md).
+    max_queued_bytes: int = 2 * 1024 * 1024
+    # The scorer service's own persistent session holds every club's commands while the
+    # service is away: its own, larger bounds (embedded broker only).
+    service_max_queued_messages: int = 20_000
+    service_max_queued_bytes: int = 32 * 1024 * 1024
     # The scorer service's MQTT user (role: service).
     service_user: str = "rallycast-service"
     clubs: tuple[Club, ...] = (Club("demo", "Demo club"),)
