@@ -861,7 +861,9 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["serve-stock"]:
         import logging
 
-        logging.basicConfig(level=logging.WARNING)
+        from scorer.logs import setup_logging
+
+        setup_logging("WARNING")
         logging.getLogger("amqtt").setLevel(logging.ERROR)
         stock = argparse.ArgumentParser(prog="broker.bench serve-stock")
         stock.add_argument("--bind", default="127.0.0.1")
