@@ -123,9 +123,14 @@ def test_static_files_are_compressed_and_cached_under_a_content_hash(client: Tes
 
 
 def test_our_own_page_scripts_stay_small() -> None:
+    # What travels is gzipped (GZipMiddleware): 8 KB each keeps the first score one round trip
+    # away on a phone; the raw limit catches a pasted-in library.
+    import gzip
+
     assets = collect_assets()
     for name in ("live.js", "score.js", "rallycast.css"):
-        assert assets[name].path.stat().st_size < 16_000, name
+        data = assets[name].path.read_bytes()
+        assert len(data) < 32_000 and len(gzip.compress(data, 6)) < 8_000, name
 
 
 @pytest.mark.parametrize(
@@ -143,7 +148,7 @@ def test_the_language_follows_accept_language(
 
 def test_the_language_switch_is_remembered_in_a_cookie(client: TestClient) -> None:
     response = client.get("/clubs/alpha?lang=ru", headers={"accept-language": "en"})
-    assert '<html lang="ru" ' in response.text and "Идёт товарищеская партия" in response.text
+    assert '<html lang="ru" ' in response.text and "Параметры оверлея" in response.text
     assert "rallycast_lang=ru" in response.headers["set-cookie"]
     again = client.get("/clubs/alpha", headers={"accept-language": "en"})  # cookie kept
     assert '<html lang="ru" ' in again.text
