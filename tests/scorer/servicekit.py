@@ -195,6 +195,7 @@ class Scorer:
 
     def __init__(self, endpoint: Any, club_id: str, user: str | None = None) -> None:
         self.club_id = club_id
+        self.watcher_endpoint = endpoint
         self.watcher = Watcher(
             endpoint,
             topics.replies(club_id),

@@ -219,8 +219,9 @@ def test_a_key_shows_pending_until_the_service_answers_then_done(amqtt_broker, t
     )
     import unittest.mock as mock
 
-    with mock.patch.object(terminal, "Screen", Watching), mock.patch.object(
-        sys, "stdin", Keys("a", "q")
+    with (
+        mock.patch.object(terminal, "Screen", Watching),
+        mock.patch.object(sys, "stdin", Keys("a", "q")),
     ):
         try:
             assert terminal.main(args) == 0
