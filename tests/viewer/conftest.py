@@ -256,7 +256,9 @@ def publish_snapshot(stack: Any, snapshot: dict[str, Any], club: str = "alpha") 
     import json
 
     service = stack.endpoint.client(stack.endpoint.service_user)
-    service.publish(f"clubs/{club}/game", json.dumps(snapshot), qos=1, retain=True).wait_for_publish(5)
+    service.publish(
+        f"clubs/{club}/game", json.dumps(snapshot), qos=1, retain=True
+    ).wait_for_publish(5)
 
 
 def iso_ago(seconds: float) -> str:

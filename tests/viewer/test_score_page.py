@@ -138,11 +138,11 @@ def test_starting_over_a_match_in_progress_needs_the_new_match_button(
     phone.wait_for_selector("#match", state="visible")
     first = stack.service.matches["alpha"].match_id
 
-    phone.click("button[data-cmd=new]")
+    phone.click(".tools button[data-cmd=new]")
     phone.wait_for_selector("#force-note", state="visible")
     phone.click("button[data-cmd=back]")  # changed their mind: the match is still there
     phone.wait_for_selector("#match", state="visible")
-    phone.click("button[data-cmd=new]")
+    phone.click(".tools button[data-cmd=new]")
     phone.wait_for_selector("#force-note", state="visible")
     phone.check("input[name=game_type][value=double]")
     for name, value in (("p1a", "Ann"), ("p1b", "Ada"), ("p2a", "Bob"), ("p2b", "Ben")):
@@ -150,7 +150,7 @@ def test_starting_over_a_match_in_progress_needs_the_new_match_button(
     phone.click("#start-form button[type=submit]")
     phone.wait_for_selector("#match", state="visible")
     phone.wait_for_function(
-        "() => document.querySelector('[data-field=name][data-side=\"1\"]').textContent === 'Ann / Ada'"
+        "() => document.querySelector('[data-field=name][data-side=left]').textContent === 'Ann / Ada'"
     )
     assert stack.service.matches["alpha"].match_id != first
 
