@@ -28,6 +28,7 @@
     const queueKey = 'rallycast.queue.' + clubId;
     const scorer = document.getElementById('scorer');
     const replyLine = document.getElementById('reply');
+    const startReply = document.getElementById('start-reply');
     const signinForm = document.getElementById('signin-form');
     const signinMessage = document.getElementById('signin-message');
     const startForm = document.getElementById('start-form');
@@ -81,9 +82,12 @@
       forceNote.hidden = !(view === 'start' && matchInProgress());
     }
 
+    // The latest outcome, on the match screen and under the start form.
     function say(text, kind) {
-      replyLine.textContent = text;
-      replyLine.dataset.kind = kind || '';
+      for (const line of [replyLine, startReply]) {
+        line.textContent = text;
+        line.dataset.kind = kind || '';
+      }
     }
 
     function refusalText(reply) {
