@@ -109,7 +109,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "accepted": "OK",
         "refused": "Refused: {reason}",
         "no_reply": "No answer from the scorer service yet…",
-        "tap_fullscreen": "Tap for full screen",
         "language": "Language",
     },
     "ru": {
@@ -206,7 +205,6 @@ STRINGS: dict[str, dict[str, str]] = {
         "accepted": "Принято",
         "refused": "Отклонено: {reason}",
         "no_reply": "Сервис счёта пока не ответил…",
-        "tap_fullscreen": "Нажмите для полного экрана",
         "language": "Язык",
     },
 }

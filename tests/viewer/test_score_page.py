@@ -174,6 +174,10 @@ def test_undo_timeout_and_a_two_tap_end_send_their_commands(stack: Any, open_pag
     press(pad(phone, 2, "timeout"))
     snapshot = stack.service.matches["alpha"].match.snapshot()
     assert (snapshot["game_data"]["score1"], snapshot["timeouts_used"]) == (1, [0, 1])
+    # The timeout shows with its 1-minute countdown until the next point.
+    phone.wait_for_selector("[data-show-if=timeout]", state="visible")
+    assert phone.inner_text("#match [data-field=timeout]") == "Timeout – Bob"
+    assert phone.inner_text("#match [data-clock=timeout]") in ("1:00", "0:59", "0:58")
     # Side 2 has had its timeout: its button is off, side 1's is not.
     assert phone.is_disabled(pad(phone, 2, "timeout"))
     assert phone.is_enabled(pad(phone, 1, "timeout"))
