@@ -301,8 +301,9 @@
         // Refused here, before sending: a pair with an empty name is a typing slip.
         if (command.players1.concat(command.players2).some((name) => !name)) {
           startMessage.textContent = S.partner_missing;
-          const empty = ['p1a', 'p1b', 'p2a', 'p2b'].find((key) => !f[key].value.trim());
-          if (empty) f[empty].focus();
+          const empty = ['p1a', 'p1b', 'p2a', 'p2b'].filter((key) => !f[key].value.trim());
+          for (const key of ['p1a', 'p1b', 'p2a', 'p2b']) f[key].setAttribute('aria-invalid', String(empty.includes(key)));
+          f[empty[0]].focus();
           return;
         }
       } else {
@@ -310,6 +311,7 @@
         command.player2 = f.p2a.value.trim();
       }
       startMessage.textContent = '';
+      for (const key of ['p1a', 'p1b', 'p2a', 'p2b']) f[key].removeAttribute('aria-invalid');
       if (matchInProgress()) command.force = true; // the scorer asked for a new match
       enqueue(command, S.press_start);
     });
