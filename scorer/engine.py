@@ -680,6 +680,21 @@ def _derive(start: State, changes: list[Change], first: int, struck: set[int]) -
     return state
 
 
+def _replay_from(changes: list[Change], target: int) -> int:
+    """The earliest change from which a new strike of ``changes[target]`` must be derived
+    again: the state kept before it must not hold a point that a later -1 strikes (that state
+    was kept before the -1 was made)."""
+    first = target
+    moved = True
+    while moved:
+        moved = False
+        for index in range(first + 1, len(changes)):
+            strike = changes[index].strike
+            if strike is not None and strike < first:
+                first, moved = strike, True
+    return first
+
+
 def _event_fields(change: Change) -> dict[str, Any]:
     command = change.command
     what = "point_removed" if change.strike is not None else command["cmd"]
@@ -816,7 +831,8 @@ class History:
         struck = {each.strike for each in changes if each.strike is not None}
         try:
             if self.incremental:
-                derived = _derive(self._state_before(target), changes, target + 1, struck)
+                first = _replay_from(changes, target)
+                derived = _derive(self._state_before(first), changes, first, struck)
             else:
                 derived = self._from_scratch(changes)
         except Refused as exc:
