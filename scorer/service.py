@@ -51,9 +51,11 @@ RECONNECT_MAX_DELAY = 4
 RECONCILE_SECONDS = 3.0
 DELETE_COMMANDS = frozenset({"delete", "clear"})
 # Liveness probe (docs/protocol.md, "Status"): every PROBE_INTERVAL seconds the service
-# publishes a probe to a topic only it follows; none back within PROBE_TIMEOUT = stalled.
-PROBE_INTERVAL = 2.0
-PROBE_TIMEOUT = 5.0
+# publishes a probe to a topic only it follows; one not back within PROBE_TIMEOUT = stalled
+# (so a stall is said within PROBE_INTERVAL + PROBE_TIMEOUT + PROBE_CHECK, about 5.3 s).
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = 4.0
+PROBE_CHECK = 0.25
 PROBE_PREFIX = f"{topics.SCORER_STATUS}/probe/"
 RETAINED_LOGGED = 256  # retained commands logged once each (per run), at most this many
 
@@ -305,24 +307,29 @@ class ScorerService:
         client.publish(topics.SCORER_STATUS, status, qos=1, retain=True)
 
     def _probe_loop(self) -> None:
-        """Every PROBE_INTERVAL: send a probe; no probe back within PROBE_TIMEOUT = stalled.
+        """Every PROBE_INTERVAL: send a probe; one not back within PROBE_TIMEOUT = stalled.
         A probe comes back through paho's thread behind the commands, so a backlog the
         service cannot keep up with makes it late too."""
         sequence = 0
-        while not self._probe_stop.wait(PROBE_INTERVAL):
+        last_sent = 0.0
+        while not self._probe_stop.wait(PROBE_CHECK):
             client = self._client
             if client is None or not self.connected.is_set() or not self._probe_enabled:
                 continue
             try:
                 now = time.monotonic()
+                with self._probe_lock:
+                    oldest = min(self._probe_sent.values(), default=None)
+                if oldest is not None and now - oldest > PROBE_TIMEOUT:
+                    self._set_status("stalled")
+                if now - last_sent < PROBE_INTERVAL:
+                    continue
+                last_sent = now
                 sequence += 1
                 payload = f"{sequence}"
                 with self._probe_lock:
-                    oldest = min(self._probe_sent.values(), default=None)
                     if len(self._probe_sent) < 64:  # (stalled for minutes: keep the oldest)
                         self._probe_sent[payload] = now
-                if oldest is not None and now - oldest > PROBE_TIMEOUT:
-                    self._set_status("stalled")
                 client.publish(self._probe_topic, payload, qos=1)
             except Exception:  # the probe must never stop; the status stays as it was
                 log.exception("the liveness probe failed")
