@@ -3,9 +3,9 @@
  *
  * Delivery (docs/protocol.md, "Ids make retries safe"): a press is done when the service's
  * reply for its id arrives. Every press gets a fresh id and joins a queue shown on the page;
- * only the first press of the queue is on the wire, and it is resent with the SAME id (1 s,
- * 2 s, 4 s, ... at most MAX_TRIES times, and at once after each reconnect) until its reply
- * arrives; then the next one goes. So a tap during a blip is one more press in the list, in
+ * only the first press of the queue is on the wire, and it is resent with the SAME id (after
+ * 0.5 s, then doubling up to 4 s, for 30 s in all, and at once after each reconnect: the
+ * algorithm of docs/protocol.md) until its reply arrives; then the next one goes. So a tap during a blip is one more press in the list, in
  * order, never a silent double point: a scorer who taps +1 twice meant two points (as on a
  * paper score sheet), and one who did not sees the second press queued and can take it back
  * with -1 or Undo once it is applied. The queue is kept in localStorage, so a reload (or a
@@ -16,9 +16,9 @@
   const R = window.Rallycast;
   const S = R.strings;
   const END_CONFIRM_MS = 3000;
-  const FIRST_RESEND_MS = 1000; // then doubling, at most MAX_RESEND_MS
-  const MAX_RESEND_MS = 8000;
-  const MAX_TRIES = 8; // about 40 s of trying; a reconnect starts a new round
+  const FIRST_RESEND_MS = 500; // then doubling, at most MAX_RESEND_MS
+  const MAX_RESEND_MS = 4000;
+  const GIVE_UP_MS = 30000; // a round of resends; a reconnect or "Send again" starts a new one
   const WATCHDOG_MS = 3000; // no reply this long while connected: say so
 
   R.pages.score = function () {
@@ -110,7 +110,7 @@
         return li;
       });
       queueList.replaceChildren(...items);
-      retryButton.hidden = !(queue.length && queue[0].tries >= MAX_TRIES);
+      retryButton.hidden = !(queue.length && queue[0].gaveUp);
     }
 
     function clearResend() {
@@ -123,13 +123,25 @@
       clearResend();
       if (!queue.length || !client || !client.connected) return;
       const press = queue[0];
-      if (press.tries >= MAX_TRIES) { say(R.format(S.gave_up, { n: MAX_TRIES }), 'refused'); return; }
-      press.tries += 1;
       if (!sentAt) sentAt = Date.now();
+      if (Date.now() - sentAt >= GIVE_UP_MS) {
+        press.gaveUp = true;
+        renderQueue();
+        say(R.format(S.gave_up, { s: GIVE_UP_MS / 1000 }), 'refused');
+        return;
+      }
+      press.tries += 1;
       client.publish(config.topics.cmd, JSON.stringify(press.command), { qos: 1 });
       const wait = Math.min(FIRST_RESEND_MS * 2 ** (press.tries - 1), MAX_RESEND_MS);
       resendTimer = setTimeout(transmit, wait);
       renderQueue();
+    }
+
+    function newRound() {
+      queue[0].tries = 0;
+      queue[0].gaveUp = false;
+      sentAt = 0;
+      transmit();
     }
 
     function enqueue(command, label) {
@@ -167,7 +179,7 @@
     }, 500);
 
     retryButton.addEventListener('click', () => {
-      if (queue.length) { queue[0].tries = 0; transmit(); }
+      if (queue.length) newRound();
     });
     // Forget the presses that wait. The one on the wire may still be applied: the snapshot
     // will show it, and Undo takes it back.
@@ -212,7 +224,7 @@
           signinMessage.textContent = '';
           setView();
           // Right after a (re)connect the first press goes again, same id, a fresh round.
-          if (queue.length) { queue[0].tries = 0; transmit(); }
+          if (queue.length) newRound();
         },
         onOffline() { clearResend(); },
         onAuthRefused() {
