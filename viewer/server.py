@@ -220,7 +220,7 @@ class Viewer:
                 "mqtt_js_missing": self.mqtt_js_missing,
                 "mqtt_js_name": MQTT_JS_NAME,
                 "snapshots": self.current_snapshots(embed),
-                "scorer_offline": self.snapshots is not None and self.snapshots.scorer_offline,
+                "scorer_status": self.snapshots.scorer_status if self.snapshots else None,
                 **context,
             },
             status_code=status_code,
