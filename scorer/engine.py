@@ -977,7 +977,7 @@ class Match:
             if isinstance(at, bool) or not isinstance(at, int | float):
                 raise _bad(f'log entry {number} has no "at" time', field="at")
             try:
-                match.apply(command, float(at))
+                match._accept(parse_command(command), float(at))
             except Refused as exc:
                 raise Refused(f"log entry {number}: {exc}", exc.code, **exc.params) from None
         return match
@@ -1011,20 +1011,21 @@ class Match:
     def apply(self, command: bytes | str | dict[str, Any], now: float) -> Outcome:
         """Apply one command at time ``now`` (seconds since the epoch). Raises Refused and
         leaves the match unchanged when the rules do not allow it."""
-        parsed = parse_command(command)
+        event = self._accept(parse_command(command), float(now))
+        snapshot = self.snapshot()
+        assert snapshot is not None  # a command was accepted, so the match has started
+        return Outcome(snapshot=snapshot, event=event, duplicate=event is None)
+
+    def _accept(self, parsed: dict[str, Any], now: float) -> dict[str, Any] | None:
+        """Apply a parsed command: its event, or None for a duplicate id. Raises Refused."""
         command_id = parsed.get("id")
         if command_id is not None and command_id in self._rev_by_id:
-            snapshot = self.snapshot()
-            assert snapshot is not None  # an accepted command carried this id
-            return Outcome(snapshot=snapshot, event=None, duplicate=True)
-        event = self._history.step(parsed, float(now))
-        self._log.append({**parsed, "at": float(now)})
+            return None
+        event = self._history.step(parsed, now)
+        self._log.append({**parsed, "at": now})
         if command_id is not None:
             self._rev_by_id[command_id] = self.rev
-        event = {"kind": event.pop("kind"), **event, "rev": self.rev, "match_id": self.match_id}
-        snapshot = self.snapshot()
-        assert snapshot is not None
-        return Outcome(snapshot=snapshot, event=event, duplicate=False)
+        return {"kind": event.pop("kind"), **event, "rev": self.rev, "match_id": self.match_id}
 
     def snapshot(self) -> dict[str, Any] | None:
         """What a scoreboard shows (None before the start). See docs/rules.md."""
