@@ -27,7 +27,6 @@ from typing import Any
 
 from scorer.rules import (
     BEST_OF_CHOICES,
-    ENDS_CHANGE_AT,
     EXPEDITE_MAX_TOTAL,
     Player,
     game_over,
@@ -37,6 +36,7 @@ from scorer.rules import (
     pairing_at,
     partner,
     service_turn,
+    switch_point,
 )
 
 SCHEMA = 1
@@ -517,7 +517,7 @@ def _point(state: State, side: int, index: int, at: float) -> tuple[State, dict[
     game = replace(game, score=after, points=(*game.points, (index, side)))
     doubles = state.setup.doubles
     event = {"kind": "point", "side": side, "game_no": game.number, "score": list(after)}
-    if game.number == state.setup.best_of and max(before) < ENDS_CHANGE_AT <= max(after):
+    if game.number == state.setup.best_of and switch_point(before, after):
         # R8: a pair first reached 5 in the last possible game: the pair due to receive
         # changes its order (the receiver's partner receives from the same server).
         server, receiver = _pairing_at_total(game, game.total, doubles)
