@@ -676,7 +676,11 @@ def _derive(start: State, changes: list[Change], first: int, struck: set[int]) -
     for index in range(first, len(changes)):
         change = changes[index]
         if change.strike is None and index not in struck:
-            state, _ = _apply(state, change, index)
+            try:
+                state, _ = _apply(state, change, index)
+            except Refused as exc:
+                exc.params.setdefault("cmd", change.command["cmd"])  # which change broke
+                raise
     return state
 
 
@@ -836,11 +840,11 @@ class History:
             else:
                 derived = self._from_scratch(changes)
         except Refused as exc:
-            if exc.code == "match_over":
+            if exc.code == "match_over" and exc.params.get("cmd") == "point":
                 raise Refused(
-                    f"taking back side {side}'s point would end game {game_no} earlier and "
-                    "leave later points after the end of the match: use undo to take back the "
-                    "latest presses first",
+                    f"taking back side {side}'s point in game {game_no} would end the match "
+                    "before points that come after it: use undo to take back the latest "
+                    "presses first",
                     code="points_after_match_end",
                     side=side,
                     game_no=game_no,
