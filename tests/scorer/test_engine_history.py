@@ -403,7 +403,7 @@ def test_every_code_the_engine_raises_is_listed_in_docs_rules_md_and_pinned_here
     source = (root / "scorer" / "engine.py").read_text("utf-8")
     raised = set(re.findall(r'code="([a-z_]+)"', source))
     table = (root / "docs" / "rules.md").read_text("utf-8").split("## Refusals")[1]
-    table = table.split("\n## ")[0].split("|---|")[1]  # the rows, not the header
+    table = table.split("\n## ")[0].split("|---|---|---|")[1]  # the rows
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE))
     assert raised == documented == set(REFUSALS)
 
