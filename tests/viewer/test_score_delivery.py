@@ -466,3 +466,36 @@ def test_closing_a_page_ends_its_mqtt_session_with_a_disconnect(
     # mosquitto: "disconnected." after an MQTT DISCONNECT; "closed its connection." (or a
     # socket error) when the socket just went away, which amqtt logs as a 1001 traceback.
     assert f"Client {client_id} disconnected." in log, log[-2000:]
+
+
+def test_resends_stop_after_30_s_and_the_press_stays_queued_until_sent_again(
+    stack: Any, open_page: Any, away: Any
+) -> None:
+    accepted(stack.scorer("alpha"), START)
+    commands = stack.endpoint.recorder(["clubs/alpha/game/cmd"], user=stack.endpoint.service_user)
+    phone = signed_in_phone(stack, open_page, "en")
+    phone.wait_for_selector("#match", state="visible")
+    service = away()
+    phone.tap(pad(phone, 1))
+    phone.wait_for_selector("#retry", state="visible", timeout=40000)
+    assert phone.inner_text("#reply").startswith("No answer for 30 s")
+    copies = len(commands.messages)
+    # 0, 0.5, 1.5, 3.5, 7.5, then every 4 s up to 30 s: about ten copies, not a flood.
+    assert 8 <= copies <= 12, copies
+    time.sleep(1.5)
+    assert len(commands.messages) == copies  # bounded: nothing more once given up
+    assert [li["state"] for li in phone.evaluate(
+        "() => Array.from(document.querySelectorAll('#queue li')).map((li) => li.dataset)"
+    )] == ["pending"]  # fmt: skip
+    phone.click("#retry")  # a new round, same id
+    deadline = time.monotonic() + 3
+    while len(commands.messages) == copies:
+        assert time.monotonic() < deadline, "Send again sent nothing"
+        time.sleep(0.02)
+    assert {json.loads(m.payload)["id"] for m in commands.messages} == {
+        json.loads(commands.messages[0].payload)["id"]
+    }
+    service.back()
+    wait_queue_empty(phone)
+    snapshot = service.again.matches["alpha"].match.snapshot()
+    assert snapshot["game_data"]["score1"] == 1 and snapshot["rev"] == 2
