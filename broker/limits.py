@@ -127,7 +127,11 @@ def _check_connect(flags: int, body: _Body) -> None:
     body.u16("keep alive")
     if connect_flags & 0x01:
         raise Violation("CONNECT reserved flag set [MQTT-3.1.2-3]")
-    will, will_qos, will_retain = connect_flags & 0x04, (connect_flags >> 3) & 3, connect_flags & 0x20
+    will, will_qos, will_retain = (
+        connect_flags & 0x04,
+        (connect_flags >> 3) & 3,
+        connect_flags & 0x20,
+    )
     if will_qos == 3:
         raise Violation("will QoS 3 [MQTT-3.1.2-14]")
     if not will and (will_qos or will_retain):
@@ -230,7 +234,8 @@ class FramedReader(ReaderAdapter):
     """A reader adapter that hands amqtt one checked packet at a time.
 
     When amqtt asks for the first byte of a packet, the whole packet is read here: its fixed
-    header, then (only if ``remaining length + header <= max_packet_bytes``) its body, which
+    header, then (only if ``remaining length + 1 <= max_packet_bytes``, mosquitto's way of
+    counting max_packet_size) its body, which
     :func:`packet_violation` checks. amqtt then parses from that buffer; since the check
     demands that the fields fill the remaining length exactly, amqtt consumes exactly one
     packet. A violation is logged once (INFO, with the client id) and ends the stream: amqtt
@@ -293,11 +298,12 @@ class FramedReader(ReaderAdapter):
             if shift >= 28:  # a fifth length byte [MQTT-2.2.3]
                 self._refuse("malformed remaining length (more than 4 bytes)")
                 return None
-        if length + len(header) > self.max_packet_bytes:
+        # Counted as mosquitto counts max_packet_size: remaining length + the type byte.
+        if length + 1 > self.max_packet_bytes:
             kind = PACKET_NAMES[header[0] >> 4]
             self._refuse(
-                f"{kind} of {length + len(header)} bytes exceeds max_packet_bytes"
-                f" ({self.max_packet_bytes})"
+                f"{kind} of {length + 1} bytes (remaining length + 1) exceeds"
+                f" max_packet_bytes ({self.max_packet_bytes})"
             )
             return None
         body = await _read_exactly(self.inner, length) if length else b""

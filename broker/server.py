@@ -203,6 +203,8 @@ async def start_broker(settings: Settings) -> RunningBroker:
         service_user=settings.service_user,
     )
     await broker.start()
+    # The store's files were just created (umask permitting 0644): owner only.
+    await asyncio.to_thread(private_data_dir, settings.data_dir)
     running = RunningBroker(
         broker=broker,
         bind=settings.bind,
