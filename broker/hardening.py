@@ -563,12 +563,23 @@ class RallycastBroker(Broker):
             msg = f"Invalid listener name '{listener_name}'"
             raise BrokerError(msg)
         if server.semaphore is not None and server.semaphore.locked():
-            await self._refuse_over_capacity(server, reader, writer)
-            return
-        await server.acquire_connection()  # a free slot: does not wait
+            # Full: drop the oldest connection still silent before its CONNECT (broker/limits.py,
+            # PendingSockets) and take its slot once it is released; else CONNACK 3.
+            if not limits.pending_sockets(self, listener_name).evict_oldest():
+                await self._refuse_over_capacity(server, reader, writer)
+                return
+            try:
+                await asyncio.wait_for(server.acquire_connection(), CLOSE_GRACE * 2)
+            except TimeoutError:
+                await self._refuse_over_capacity(server, reader, writer)
+                return
+        else:
+            await server.acquire_connection()  # a free slot: does not wait
         # Every packet is checked (size from its fixed header, MQTT 3.1.1 rules) before amqtt
         # parses it; a violation closes the connection (broker/limits.py).
-        reader = limits.FramedReader(reader, self.client_limits.max_packet_bytes, writer.get_peer_info())
+        reader = limits.FramedReader(
+            reader, self.client_limits.max_packet_bytes, writer.get_peer_info()
+        )
         try:
             await self._serve_connection(listener_name, reader, writer)
         finally:
@@ -610,6 +621,8 @@ class RallycastBroker(Broker):
             await self._close_writer(writer)
             return
         address, port = remote
+        pending = limits.pending_sockets(self, listener_name)
+        pending.add(id(writer), partial(_abort, writer))
         try:
             handler, incoming = await asyncio.wait_for(
                 RallycastProtocolHandler.init_from_connect(
@@ -631,6 +644,8 @@ class RallycastBroker(Broker):
             )
             await self._close_writer(writer)
             return
+        finally:
+            pending.discard(id(writer))
         try:
             await self._run_session(listener_name, handler, incoming, reader, writer)
         except (AMQTTError, MQTTError, NoDataError) as exc:

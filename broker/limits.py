@@ -421,6 +421,47 @@ def admission_refusal(
     return None
 
 
+class PendingSockets:
+    """One listener's connections that have not completed their CONNECT yet, oldest first.
+
+    When the listener is full, the oldest of them is dropped to make room for a newcomer: a
+    real client sends its CONNECT within milliseconds of connecting, so sockets that sit
+    silent (a flood that never sends CONNECT) evict each other instead of locking the
+    service and the scorers out for CONNECT_TIMEOUT.
+    """
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[int, Callable[[], None]] = OrderedDict()
+        self.evicted = 0
+
+    def add(self, key: int, abort: Callable[[], None]) -> None:
+        self._items[key] = abort
+
+    def discard(self, key: int) -> None:
+        self._items.pop(key, None)
+
+    def evict_oldest(self) -> bool:
+        """Abort the oldest silent connection; False when there is none."""
+        if not self._items:
+            return False
+        _key, abort = self._items.popitem(last=False)
+        self.evicted += 1
+        abort()
+        return True
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+def pending_sockets(broker: Any, listener_name: str) -> PendingSockets:
+    """The PendingSockets of ``broker``'s listener (created on first use)."""
+    table: dict[str, PendingSockets] = broker.__dict__.setdefault("_rallycast_pending", {})
+    pending = table.get(listener_name)
+    if pending is None:
+        pending = table[listener_name] = PendingSockets()
+    return pending
+
+
 # -- client ids ------------------------------------------------------------------------------
 
 

@@ -515,6 +515,23 @@ def test_slots_are_kept_for_the_service_and_scorers_when_spectators_fill_the_lis
             spectator.close()
 
 
+def test_idle_sockets_filling_the_listener_make_room_for_a_login(small_broker):
+    broker = small_broker
+    port = broker.mqtt_port
+    idle = [Raw(port) for _ in range(8)]  # more than max_connections, none sends CONNECT
+    try:
+        for _round in range(2):
+            started = time.monotonic()
+            with raw(port) as service:
+                user = broker.service_user
+                service.send(connect_packet("svc", user, broker.users[user]))
+                assert service.connack() == 0
+            assert time.monotonic() - started < 1.5
+    finally:
+        for sock in idle:
+            sock.close()
+
+
 # -- 6. protocol violations close the connection ----------------------------------------------
 
 
