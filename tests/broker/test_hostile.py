@@ -800,3 +800,32 @@ def test_command_topics():
     assert is_command_topic("clubs/alpha/game/cmd")
     assert not is_command_topic("clubs/alpha/game")
     assert not is_command_topic("clubs/alpha/game/cmd/x")
+
+
+# -- 9. the benchmark -------------------------------------------------------------------------
+
+
+@pytest.mark.mosquitto
+@pytest.mark.timeout(180)
+def test_bench_hostile_prints_a_row_per_attack_and_broker(capsys):
+    from scorer.cli import main as rallycast
+    from tests.conftest import require_program
+
+    require_program("mosquitto")
+    require_program("mosquitto_passwd")
+    status = rallycast(
+        ["bench", "hostile", "--attacks", "takeover", "retained", "--attack-seconds", "1"]
+    )
+    out = capsys.readouterr().out
+    assert status == 0, out
+    rows = [line.split() for line in out.splitlines() if line.startswith(("takeover", "retained"))]
+    assert {(row[0], row[1]) for row in rows} == {
+        (attack, kind) for attack in ("takeover", "retained") for kind in ("embedded", "mosquitto")
+    }
+    for row in rows:
+        float(row[2]), float(row[3])  # RSS growth, CPU per command: numbers
+        commands, lost = int(row[4]), int(row[5])
+        assert commands > 0 and 0 <= lost <= commands
+    embedded = {row[0]: row for row in rows if row[1] == "embedded"}
+    assert embedded["takeover"][5] == "0"  # no command lost
+    assert embedded["retained"][-1] == "0"  # no retained command replayed
