@@ -829,3 +829,25 @@ def test_bench_hostile_prints_a_row_per_attack_and_broker(capsys):
     embedded = {row[0]: row for row in rows if row[1] == "embedded"}
     assert embedded["takeover"][5] == "0"  # no command lost
     assert embedded["retained"][-1] == "0"  # no retained command replayed
+
+
+# -- settings ---------------------------------------------------------------------------------
+
+
+def test_limit_settings_have_defaults_and_are_checked():
+    from scorer.config import ConfigError, load_settings
+
+    settings = load_settings(env={})
+    assert (settings.max_packet_bytes, settings.max_subscriptions) == (20480, 32)
+    assert (settings.reserved_connections, settings.login_attempts_per_minute) == (16, 30)
+    env = {"RALLYCAST_MAX_SUBSCRIPTIONS": "5", "RALLYCAST_LOGIN_ATTEMPTS_PER_MINUTE": "0"}
+    assert load_settings(env=env).max_subscriptions == 5
+    for bad in (
+        {"max_packet_bytes": 512},
+        {"max_payload_bytes": 30000},  # more than a packet may carry
+        {"max_subscriptions": 0},
+        {"reserved_connections": 10, "max_connections": 10},
+    ):
+        with pytest.raises(ConfigError) as error:
+            load_settings(env={}, overrides=bad)
+        assert next(iter(bad)) in str(error.value) or "max_packet_bytes" in str(error.value)
