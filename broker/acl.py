@@ -162,7 +162,7 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
     passwords from burning the CPU without locking the real user out: a wrong (user,
     password) pair is remembered the same way and refused without argon2; every other login
     that needs argon2 takes a token from its SOURCE ADDRESS's bucket (:class:`LoginThrottle`:
-    a burst of 10, then ``login_attempts_per_minute``), so a flood from one address is
+    a burst of 5, then ``login_attempts_per_minute``), so a flood from one address is
     refused at once while the scorer on another address logs in; and when ARGON_QUEUE logins
     already wait for a slot, the next is refused at once (a bound on argon2 CPU whatever the
     number of addresses). The memory is bounded: FAILED_CACHE_SIZE pairs, LoginThrottle's

@@ -77,7 +77,7 @@ class Settings:
     # max_packet_bytes (fixed header included) closes its connection, as mosquitto's
     # max_packet_size; subscriptions per client; connections per listener kept for logged-in
     # users (anonymous ones are refused past max_connections - reserved_connections);
-    # logins needing a password check per source address and minute (after a burst of 10).
+    # logins needing a password check per source address and minute (after a burst of 5).
     max_packet_bytes: int = 20480
     max_subscriptions: int = 32
     reserved_connections: int = 16
