@@ -531,18 +531,25 @@ def log_retained_command_once(session: Any, topic: str) -> None:
 # -- files -----------------------------------------------------------------------------------
 
 
+# Rallycast's own files in the data directory (and their SQLite -wal/-shm companions).
+PRIVATE_FILE_PREFIXES = ("passwd", ".passwd-", "broker.db", "matches.sqlite3", "service.secret")
+
+
 def private_data_dir(path: str | os.PathLike[str]) -> Path:
-    """Create ``path`` (mode 0700) or tighten it: the directory 0700, and each regular file
-    directly in it readable and writable by its owner only (0600). Returns the path.
+    """Create ``path`` (mode 0700) or tighten it: the directory 0700, and Rallycast's own files
+    in it (PRIVATE_FILE_PREFIXES) readable and writable by their owner only (0600); other
+    files are left alone. Returns the path.
 
     The data directory holds the password hashes, the broker store and the scorer's match
     logs, whose client id lets anyone who reads it pose as the service on mosquitto. Call it
-    where the data directory is created, before files are written in it.
+    where the data directory is created, and again once the files exist.
     """
     directory = Path(path)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
     os.chmod(directory, 0o700)
     for entry in directory.iterdir():
+        if not entry.name.startswith(PRIVATE_FILE_PREFIXES):
+            continue
         try:
             mode = entry.lstat().st_mode
         except FileNotFoundError:

@@ -401,11 +401,14 @@ def test_client_id_ownership_rules(client_id, user, holder, refused):
 def test_the_data_dir_and_its_files_are_private(tmp_path):
     data = tmp_path / "data"
     data.mkdir(mode=0o755)
-    (data / "matches.sqlite3").write_bytes(b"x")
-    os.chmod(data / "matches.sqlite3", 0o644)
+    for name in ("matches.sqlite3", "matches.sqlite3-wal", "notes.txt"):
+        (data / name).write_bytes(b"x")
+        os.chmod(data / name, 0o644)
     private_data_dir(data)
     assert stat.S_IMODE(data.stat().st_mode) == 0o700
     assert stat.S_IMODE((data / "matches.sqlite3").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data / "matches.sqlite3-wal").stat().st_mode) == 0o600
+    assert stat.S_IMODE((data / "notes.txt").stat().st_mode) == 0o644  # not ours: untouched
     fresh = private_data_dir(tmp_path / "new" / "dir")
     assert stat.S_IMODE(fresh.stat().st_mode) == 0o700
 
