@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import stat
 import threading
@@ -756,7 +757,7 @@ def test_the_check_never_raises_on_any_bytes(first, rest, is_first):
 
 
 def test_garbage_after_connect_never_takes_the_broker_down(amqtt_broker):
-    rng = __import__("random").Random(9)
+    rng = random.Random(9)
     for _ in range(40):
         client = logged_in(amqtt_broker)
         try:
