@@ -474,6 +474,106 @@ def pending_sockets(broker: Any, listener_name: str) -> PendingSockets:
     return pending
 
 
+# -- matching a topic against many filters ---------------------------------------------------
+
+
+class FilterIndex(dict):  # type: ignore[type-arg]
+    """A drop-in for amqtt's ``Broker._subscriptions`` (filter -> subscribers) that also keeps
+    the filters in a tree of their levels, so :meth:`matching` finds the filters a topic name
+    matches by walking the topic's levels, without looking at any other filter: the cost of
+    a delivery then depends on the filters that can match it, not on how many filters other
+    clients hold (issue 9, item 4). Matching follows MQTT 3.1.1 section 4.7 as amqtt's
+    ``Broker._matches`` does: ``+`` one level, ``#`` this level and every level below (also
+    the parent: ``a/#`` matches ``a``), no ``+``/``#`` first-level match for ``$`` topics.
+
+    Not wired in yet: ``RallycastBroker.__init__`` would set ``self._subscriptions =
+    FilterIndex()`` and ``_run_broadcast`` use ``self._subscriptions.matching(topic)``.
+    """
+
+    __slots__ = ("_root",)
+    _END = "\x00end"  # a key no topic level can be (U+0000 is refused in topics)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self._root: dict[str, Any] = {}
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def __setitem__(self, a_filter: str, subscribers: Any) -> None:
+        if a_filter not in self:
+            node = self._root
+            for level in a_filter.split("/"):
+                node = node.setdefault(level, {})
+            node[self._END] = a_filter
+        super().__setitem__(a_filter, subscribers)
+
+    def __delitem__(self, a_filter: str) -> None:
+        super().__delitem__(a_filter)
+        path = [self._root]
+        levels = a_filter.split("/")
+        for level in levels:
+            path.append(path[-1][level])
+        path[-1].pop(self._END, None)
+        for depth in range(len(levels), 0, -1):  # prune empty branches
+            if path[depth]:
+                break
+            del path[depth - 1][levels[depth - 1]]
+
+    def pop(self, a_filter: str, *default: Any) -> Any:
+        if a_filter in self:
+            value = self[a_filter]
+            del self[a_filter]
+            return value
+        if default:
+            return default[0]
+        raise KeyError(a_filter)
+
+    def setdefault(self, a_filter: str, default: Any = None) -> Any:
+        if a_filter not in self:
+            self[a_filter] = default
+        return self[a_filter]
+
+    def clear(self) -> None:
+        super().clear()
+        self._root = {}
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for key, value in dict(*args, **kwargs).items():
+            self[key] = value
+
+    def matching(self, topic: str) -> list[str]:
+        """The filters held that ``topic`` (a topic name) matches."""
+        levels = topic.split("/")
+        found: list[str] = []
+        end = self._END
+        nodes = [self._root]
+        for index, level in enumerate(levels):
+            following = []
+            for node in nodes:
+                wild_ok = index > 0 or not topic.startswith("$")
+                if wild_ok:
+                    rest = node.get("#")
+                    if rest is not None and end in rest:
+                        found.append(rest[end])
+                child = node.get(level)
+                if child is not None:
+                    following.append(child)
+                if wild_ok and level != "+":
+                    child = node.get("+")
+                    if child is not None:
+                        following.append(child)
+            nodes = following
+            if not nodes:
+                return found
+        for node in nodes:
+            if end in node:
+                found.append(node[end])
+            rest = node.get("#")  # "a/#" also matches "a"
+            if rest is not None and end in rest:
+                found.append(rest[end])
+        return found
+
+
 # -- client ids ------------------------------------------------------------------------------
 
 

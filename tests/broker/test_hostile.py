@@ -857,3 +857,60 @@ def test_limit_settings_have_defaults_and_are_checked():
         with pytest.raises(ConfigError) as error:
             load_settings(env={}, overrides=bad)
         assert next(iter(bad)) in str(error.value) or "max_packet_bytes" in str(error.value)
+
+
+# -- 4 (cont.): matching without scanning every filter -----------------------------------------
+
+
+def amqtt_matches(topic: str, a_filter: str) -> bool:
+    """amqtt 0.12.1's Broker._matches, the reference FilterIndex must agree with."""
+    from amqtt.broker import Broker
+
+    probe = Broker.__new__(Broker)
+    probe.logger = logging.getLogger("test")
+    return Broker._matches(probe, topic, a_filter)
+
+
+LEVEL = st.sampled_from(["a", "b", "clubs", "x1", "", "$SYS"])
+FILTER_LEVEL = st.one_of(LEVEL, st.just("+"))
+
+
+@st.composite
+def a_filter(draw: Any) -> str:
+    levels = draw(st.lists(FILTER_LEVEL, min_size=1, max_size=4))
+    if draw(st.booleans()):
+        levels.append("#")
+    return "/".join(levels)
+
+
+@settings(max_examples=300)
+@given(
+    filters=st.lists(a_filter(), max_size=12, unique=True),
+    removed=st.data(),
+    topic=st.lists(LEVEL, min_size=1, max_size=5).map("/".join),
+)
+def test_filter_index_matches_exactly_what_amqtt_matches(filters, removed, topic):
+    from broker.limits import FilterIndex
+
+    index = FilterIndex()
+    for f in filters:
+        index[f] = [f]
+    gone = removed.draw(st.lists(st.sampled_from(filters), unique=True) if filters else st.just([]))
+    for f in gone:
+        del index[f]
+    kept = [f for f in filters if f not in gone]
+    assert sorted(index.matching(topic)) == sorted(f for f in kept if amqtt_matches(topic, f))
+    assert sorted(index) == sorted(kept)
+
+
+def test_filter_index_cost_does_not_depend_on_other_filters():
+    from broker.limits import FilterIndex
+
+    index = FilterIndex({f"clubs/x{n}/game": [] for n in range(100_000)})
+    index["clubs/+/game/cmd"] = []
+    started = time.perf_counter()
+    for _ in range(1000):
+        assert index.matching("clubs/alpha/game/cmd") == ["clubs/+/game/cmd"]
+    assert time.perf_counter() - started < 0.5  # a scan of 100,000 filters takes ~30 ms each
+    index.clear()
+    assert index.matching("clubs/alpha/game/cmd") == []
