@@ -81,6 +81,8 @@ RULES: dict[Role, tuple[tuple[str, str], ...]] = {
         (WRITE, "clubs/+/game/reply"),
         (WRITE, "clubs/+/game/events"),
         (WRITE, "rallycast/status/#"),
+        # The liveness probe comes back to the service the way commands do (docs/protocol.md).
+        (READ, "rallycast/status/scorer/probe/#"),
     ),
     Role.NONE: (),
 }

@@ -861,6 +861,9 @@ class RallycastBroker(Broker):
         queue_limits: QueueLimits | None = None,
     ) -> None:
         super().__init__(config, loop, plugin_namespace)
+        # Filters indexed by level: a delivery's cost depends on the filters that can match
+        # it, not on how many filters other clients hold (broker/limits.py).
+        self._subscriptions = limits.FilterIndex()
         self.queue_limits = queue_limits or QueueLimits(messages=max_queued_messages)
         # Clients disconnected because they stopped reading (fault 5), for logs and tests.
         self.slow_clients_disconnected = 0
@@ -1382,11 +1385,8 @@ class RallycastBroker(Broker):
         forced_qos = broadcast.get("qos")
         published_qos = broadcast.get("published_qos")
         message = OutgoingMessage(topic, data)
-        matching = [
-            subscribers
-            for a_filter, subscribers in self._subscriptions.items()
-            if self._matches(topic, a_filter)
-        ]
+        index = self._subscriptions
+        matching = [index[a_filter] for a_filter in index.matching(topic)]
         for subscribers in matching:
             for target, granted_qos in tuple(subscribers):
                 if forced_qos is not None:

@@ -486,8 +486,7 @@ class FilterIndex(dict):  # type: ignore[type-arg]
     ``Broker._matches`` does: ``+`` one level, ``#`` this level and every level below (also
     the parent: ``a/#`` matches ``a``), no ``+``/``#`` first-level match for ``$`` topics.
 
-    Not wired in yet: ``RallycastBroker.__init__`` would set ``self._subscriptions =
-    FilterIndex()`` and ``_run_broadcast`` use ``self._subscriptions.matching(topic)``.
+    ``RallycastBroker.__init__`` installs it and ``_run_broadcast`` asks :meth:`matching`.
     """
 
     __slots__ = ("_root",)
