@@ -268,6 +268,15 @@ def test_the_doc_shows_the_setup_script_word_for_word():
     )
 
 
+def test_the_header_of_mosquitto_conf_gives_the_same_steps_as_the_doc():
+    header = (REPO / "mosquitto.conf").read_text(encoding="utf-8").split("\n\n# Settings")[0]
+    steps = [line.split("#")[0].split() for line in doc_block_with("apt-get install mosquitto")]
+    in_header = [
+        line[1:].split("#")[0].split() for line in header.splitlines() if line.startswith("#   ")
+    ]
+    assert all(step in in_header for step in steps), (steps, in_header)
+
+
 def test_our_file_in_conf_d_makes_a_stock_debian_mosquitto_refuse_to_start_without_the_script():
     """Why the script exists: `cp mosquitto.conf conf.d/` beside Debian's main file fails."""
     requires_a_debian_root()
