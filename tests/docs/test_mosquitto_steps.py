@@ -348,11 +348,16 @@ def test_a_match_scored_on_the_documented_mosquitto_reaches_the_club_page(
     url = f"mqtt://127.0.0.1:{broker.mqtt_port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
     env["RALLYCAST_CLUBS"] = "riverside:Riverside TTC"  # the [[clubs]] the pages serve
-    scorer_env = dict(env, RALLYCAST_SERVICE_PASSWORD=broker.passwords["rallycast-service"])
+    # The service's password in data_dir/service.secret, as the systemd layout keeps it.
+    scorer_dir = tmp_path / "scorer"
+    scorer_dir.mkdir(mode=0o700)
+    secret = scorer_dir / "service.secret"
+    secret.write_text(broker.passwords["rallycast-service"] + "\n")
+    secret.chmod(0o600)
     # As docs/broker.md says: rallycast scorer --url ..., rallycast viewer --url ...
     service = start_rallycast(
-        ["scorer", "--url", url, "--data-dir", str(tmp_path / "scorer")],
-        scorer_env,
+        ["scorer", "--url", url, "--data-dir", str(scorer_dir)],
+        env,
         tmp_path / "scorer.log",
     )
     viewer_log = tmp_path / "viewer.log"
