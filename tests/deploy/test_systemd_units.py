@@ -6,8 +6,10 @@ a command line ``rallycast`` accepts."""
 from __future__ import annotations
 
 import configparser
+import os
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -117,3 +119,37 @@ def test_the_readme_installs_every_unit_and_the_sample_config():
     assert "deploy/rallycast.toml /etc/rallycast/rallycast.toml" in readme
     for path in UNITS:
         assert path.stem in readme, f"README.md does not mention {path.stem}"
+
+
+def test_rallycast_service_as_systemd_starts_it_keeps_new_passwords_out_of_the_journal(tmp_path):
+    """The unit's ExecStart with its Environment= (config and data dir moved to the test's,
+    ports any free one) and $INVOCATION_ID, which systemd sets: it starts, and the club's new
+    password is in data_dir/new-passwords (0600), not in what would go to the journal."""
+    from tests.scorer.test_up_systemd import password_lines, run_up_until_ready, verify
+
+    path = REPO / "deploy" / "systemd" / "rallycast.service"
+    words = shlex.split(service_section(path)["ExecStart"])
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
+    env |= environment(path)
+    data_dir = tmp_path / "var-lib-rallycast"
+    moved = {
+        "/etc/rallycast/rallycast.toml": str(REPO / "deploy" / "rallycast.toml"),
+        "/var/lib/rallycast": str(data_dir),
+    }
+    env = {name: moved.get(value, value) for name, value in env.items()}
+    env |= {
+        "INVOCATION_ID": "f" * 32,
+        "HOME": str(tmp_path / "home"),
+        "RALLYCAST_BIND": "127.0.0.1",
+        "RALLYCAST_MQTT_PORT": "0",
+        "RALLYCAST_WS_PORT": "0",
+        "RALLYCAST_HTTP_PORT": "0",
+    }
+    command = [sys.executable, "-m", "scorer.cli", *words[1:]]
+    journal = run_up_until_ready(command, env, tmp_path / "journal.log")
+
+    passwords = password_lines(data_dir / "new-passwords")
+    assert list(passwords) == ["riverside"]  # the sample config's club
+    assert verify(data_dir, "riverside", passwords["riverside"])
+    assert stat.S_IMODE((data_dir / "new-passwords").stat().st_mode) == 0o600
+    assert passwords["riverside"] not in journal
