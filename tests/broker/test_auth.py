@@ -41,6 +41,19 @@ def test_password_file_stores_argon2_hashes_never_the_password(tmp_path):
     assert not passwords.verify("nobody", "s3cret-Pass")
 
 
+def test_new_hashes_use_a_profile_whose_check_stays_under_20_mib(tmp_path):
+    # Each argon2 check holds its memory cost while it runs: a login flood must not grow the
+    # broker by more than ARGON_SLOTS x this (docs/security.md).
+    from argon2 import extract_parameters
+
+    passwords = PasswordFile(tmp_path / "passwd")
+    passwords.set("riverside", "s3cret-Pass")
+    parameters = extract_parameters(passwords.hash_of("riverside"))
+    assert parameters.memory_cost <= 20 * 1024  # KiB
+    assert parameters.time_cost >= 2
+    assert passwords.verify("riverside", "s3cret-Pass")
+
+
 def test_password_file_is_private_to_its_owner(tmp_path):
     passwords = PasswordFile(tmp_path / "passwd", FAST)
     passwords.set("alpha", "pw")
@@ -119,10 +132,10 @@ def test_malformed_line_names_the_file_and_line(tmp_path):
         PasswordFile(tmp_path / "passwd").users()
 
 
-def test_default_hasher_is_argon2id_with_rfc9106_parameters(tmp_path):
+def test_default_hasher_is_argon2id_with_the_owasp_profile(tmp_path):
     passwords = PasswordFile(tmp_path / "passwd")
     passwords.set("alpha", "pw")
-    assert passwords.hash_of("alpha").startswith("$argon2id$v=19$m=65536,t=3,p=4$")
+    assert passwords.hash_of("alpha").startswith("$argon2id$v=19$m=19456,t=2,p=1$")
 
 
 # -- rallycast passwd ------------------------------------------------------------------------
