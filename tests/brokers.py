@@ -10,10 +10,11 @@ Fixtures (all function-scoped; each yields a :class:`BrokerEndpoint`):
 - ``mosquitto_broker``: a real ``mosquitto`` run from OUR ``mosquitto.conf`` + ``mosquitto.acl``
   (only ports, paths and the run-as user rewritten). Skipped locally / failed under CI when the
   binary is missing (``require_program``).
-- ``any_broker``: parametrized over ``amqtt_broker`` and ``mosquitto_broker`` (test ids
-  ``[amqtt]`` / ``[mosquitto]``): write a test once, it runs on both.
-- ``any_broker_process``: parametrized over ``amqtt_broker_process`` and ``mosquitto_broker``
-  (both can be killed with SIGKILL).
+- ``nats_broker`` (tests/cluster.py): a 3-node NATS cluster; clients go to the nodes in turn.
+- ``any_broker``: parametrized over ``amqtt_broker``, ``mosquitto_broker`` and ``nats_broker``
+  (test ids ``[amqtt]`` / ``[mosquitto]`` / ``[nats]``): write a test once, it runs on all.
+- ``any_broker_process``: parametrized over ``amqtt_broker_process``, ``mosquitto_broker`` and
+  ``nats_broker`` (all can be killed with SIGKILL).
 
 Every broker has the same users (``endpoint.users``: user -> clear password, test only):
 the service user ``rallycast-service`` (``endpoint.service_user``) and the club users
@@ -21,7 +22,7 @@ the service user ``rallycast-service`` (``endpoint.service_user``) and the club 
 
 ``BrokerEndpoint``::
 
-    endpoint.kind                      # "amqtt" | "mosquitto"
+    endpoint.kind                      # "amqtt" | "mosquitto" | "nats"
     endpoint.host, .mqtt_port, .ws_port, .data_dir, .users, .service_user
     endpoint.url(user=None, transport="tcp")   # "mqtt://alpha:pw@127.0.0.1:PORT", "ws://.../mqtt"
     endpoint.settings(**overrides)     # scorer.config.Settings pointing at this broker (no creds)
@@ -637,12 +638,13 @@ def mosquitto_broker(tmp_path: Path, broker_test_users: TestUsers) -> Iterator[B
     yield from serve_mosquitto(tmp_path / "broker", broker_test_users)
 
 
-@pytest.fixture(params=["amqtt", "mosquitto"])
+# "nats": the 3-node NATS cluster of tests/cluster.py (nats_broker).
+@pytest.fixture(params=["amqtt", "mosquitto", "nats"])
 def any_broker(request: pytest.FixtureRequest) -> BrokerEndpoint:
     return request.getfixturevalue(f"{request.param}_broker")
 
 
-@pytest.fixture(params=["amqtt", "mosquitto"])
+@pytest.fixture(params=["amqtt", "mosquitto", "nats"])
 def any_broker_process(request: pytest.FixtureRequest) -> BrokerEndpoint:
-    name = "amqtt_broker_process" if request.param == "amqtt" else "mosquitto_broker"
+    name = "amqtt_broker_process" if request.param == "amqtt" else f"{request.param}_broker"
     return request.getfixturevalue(name)
