@@ -70,7 +70,10 @@ class NodePorts:
 
 def default_ports(index: int, mqtt_base: int = 1883, ws_base: int = 9001) -> NodePorts:
     """Ports of node ``index`` (0-based) of a try-out on one machine: consecutive per kind."""
-    return NodePorts(4222 + index, 6222 + index, mqtt_base + index, ws_base + index, 8222 + index)
+    # NATS ports 1xxxx: on a systemd host Debian's nats-server package runs a server on 4222.
+    return NodePorts(
+        14222 + index, 16222 + index, mqtt_base + index, ws_base + index, 18222 + index
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -319,7 +322,11 @@ def mqtt_connack(host: str, port: int, timeout: float = 2.0) -> int | None:
 
     Raw bytes on purpose: a readiness probe with no client library state. NATS answers a
     CONNECT only once JetStream has a quorum and the MQTT streams exist."""
-    connect = bytes([0x10, 14, 0, 4]) + b"MQTT" + bytes([4, 0x02, 0, 10, 0, 2]) + b"rp"
+    # A fresh client id each time: NATS 2.9 keeps a session record even for a clean session,
+    # and probes reusing one id from several places collide on it.
+    client_id = ("rallycast-probe-" + secrets.token_hex(6)).encode()
+    body = b"\x00\x04MQTT" + bytes([4, 0x02, 0, 10, 0, len(client_id)]) + client_id
+    connect = bytes([0x10, len(body)]) + body
     try:
         with socket.create_connection((host, port), timeout=timeout) as sock:
             sock.settimeout(timeout)
@@ -403,6 +410,11 @@ class Cluster:
         self.processes[index] = None
 
     def stop(self) -> None:
+        """SIGTERM every node at once (one after the other, the last ones would wait for a
+        JetStream quorum that is already gone), then wait for each."""
+        for process in self.processes:
+            if process is not None and process.poll() is None:
+                process.send_signal(signal.SIGTERM)
         for index in range(len(self.processes)):
             self.stop_node(index)
 

@@ -39,10 +39,11 @@ from broker.cluster import (
     NodePorts,
     find_nats_server,
 )
-from tests.brokers import SERVICE_USER, BrokerEndpoint, TestUsers, free_port
+from tests.brokers import SERVICE_USER, BrokerEndpoint, Recorder, TestUsers, free_port
 
 ADMIN = "_admin"  # test-only user with every right, for the reset between tests
 RESET_TIMEOUT = 10.0
+QOS1_SUBACK_TIMEOUT = 30.0
 
 
 def nats_program() -> str:
@@ -74,6 +75,7 @@ class NatsClusterRunner:
         self.cluster = Cluster(self.layout, program)
         self.node = 0
         self.sessions: set[str] = set()  # persistent client ids to end before the next test
+        self.restarted = False  # a test restarted the nodes: check writes before the next
 
     @property
     def mqtt_port(self) -> int:
@@ -95,6 +97,7 @@ class NatsClusterRunner:
     def restart(self, kill: bool = False) -> None:
         self.kill() if kill else self.stop()
         self.start()
+        self.restarted = True
 
     def ensure_running(self) -> None:
         for index, process in enumerate(self.cluster.processes):
@@ -139,9 +142,31 @@ class NatsClusterRunner:
             client.loop_stop()
         return found
 
+    def wait_writable(self, node: int) -> None:
+        """Until a QoS 1 PUBLISH through ``node`` gets its PUBACK: after a restart a node
+        accepts CONNECTs before the MQTT message stream has its leader again."""
+        deadline = time.monotonic() + 30
+        client = self._admin(node)
+        try:
+            while True:
+                info = client.publish("rallycast/test/probe", b"", qos=1)
+                info.wait_for_publish(2)
+                if info.is_published():
+                    return
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"reset: n{node + 1} gives no PUBACK after 30 s")
+        finally:
+            client.disconnect()
+            client.loop_stop()
+
     def reset(self) -> None:
         """Leave the cluster as a fresh one: no retained message, no persistent session."""
+        restarted = [i for i, p in enumerate(self.cluster.processes) if p is None]
         self.ensure_running()
+        if restarted or self.restarted:
+            for node in range(3):
+                self.wait_writable(node)
+            self.restarted = False
         for client_id in sorted(self.sessions):
             self._admin(0, client_id, clean=True).disconnect()  # ends the session for good
         self.sessions.clear()
@@ -197,6 +222,18 @@ class ClusterEndpoint(BrokerEndpoint):
             finally:
                 self._next()
 
+    def recorder(
+        self, topics: list[str] | None = None, user: str | None = None, qos: int = 1, **kwargs: Any
+    ) -> Recorder:
+        """As BrokerEndpoint.recorder, with a longer wait for the SUBACK: NATS creates a
+        JetStream consumer (3 replicas) per QoS 1 subject before it answers, ~0.2 s each on
+        loopback (a 't/#' filter is two subjects), more on a busy machine."""
+        recorder = Recorder()
+        recorder.client = self.client(user, on_message=recorder._on_message, **kwargs)
+        if topics:
+            recorder.subscribe(topics, qos=qos, timeout=QOS1_SUBACK_TIMEOUT)
+        return recorder
+
     def node_url(self, node: int, transport: str = "tcp", user: str | None = None) -> str:
         creds = f"{user}:{self.users[user]}@" if user else ""
         ports = self._runner.layout.ports[node]
@@ -210,6 +247,7 @@ class ClusterEndpoint(BrokerEndpoint):
     def start_node(self, node: int, timeout: float = 30.0) -> None:
         self._runner.cluster.start_node(node)
         self._runner.cluster.wait_ready([node], timeout)
+        self._runner.restarted = True
 
     def log_tail(self, node: int) -> str:
         return self._runner.cluster.log_tail(node)
