@@ -68,12 +68,16 @@ class NodePorts:
     http: int  # monitoring (/healthz, /varz)
 
 
-def default_ports(index: int, mqtt_base: int = 1883, ws_base: int = 9001) -> NodePorts:
-    """Ports of node ``index`` (0-based) of a try-out on one machine: consecutive per kind."""
-    # NATS ports 1xxxx: on a systemd host Debian's nats-server package runs a server on 4222.
+def default_ports(
+    index: int, mqtt_base: int = 1883, ws_base: int = 9001, nats_base: int = 14222
+) -> NodePorts:
+    """Ports of node ``index`` (0-based) of a try-out on one machine: consecutive per kind;
+    NATS's own ports are nats_base+i (client), +10+i (routes), +20+i (monitoring)."""
+    # Not 4222: on a systemd host Debian's nats-server package runs a server there.
     return NodePorts(
-        14222 + index, 16222 + index, mqtt_base + index, ws_base + index, 18222 + index
-    )
+        nats_base + index, nats_base + 10 + index, mqtt_base + index, ws_base + index,
+        nats_base + 20 + index,
+    )  # fmt: skip
 
 
 # --------------------------------------------------------------------------------------------
@@ -362,13 +366,20 @@ class Cluster:
                 stdout=log,
                 stderr=log,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # a Ctrl-C reaches `up`, which stops the nodes itself
             )
 
     def start(self, timeout: float = 30.0) -> None:
-        for index in range(len(self.processes)):
-            if self.processes[index] is None:
-                self.start_node(index)
-        self.wait_ready(range(len(self.processes)), timeout)
+        """Start the nodes not running and wait until all are ready; on failure none is left
+        running."""
+        try:
+            for index in range(len(self.processes)):
+                if self.processes[index] is None:
+                    self.start_node(index)
+            self.wait_ready(range(len(self.processes)), timeout)
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, nodes: Iterable[int], timeout: float = 30.0) -> None:
         """Until each node in ``nodes`` accepts an anonymous MQTT CONNECT (CONNACK 0)."""
@@ -445,6 +456,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
     up = actions.add_parser("up", help="start 3 nodes on 127.0.0.1 for a try-out")
     up.add_argument("--mqtt-port", type=int, default=1883, help="node 1's MQTT port (+1, +2)")
     up.add_argument("--ws-port", type=int, default=9001, help="node 1's WebSocket port (+1, +2)")
+    up.add_argument(
+        "--nats-port", type=int, default=14222, help="node 1's NATS client port (+1, +2); routes "
+        "and monitoring use the next ten ports each",
+    )  # fmt: skip
     up.add_argument("--nats-server", help="the nats-server program (default: on PATH)")
     config = actions.add_parser("config", help="write n1.conf..n3.conf for three machines")
     config.add_argument("--hosts", required=True, help="the three hosts, comma-separated")
@@ -515,7 +530,7 @@ def main(args: argparse.Namespace) -> int:
 def _up(
     args: argparse.Namespace, root: Path, passwords: BcryptPasswordFile, service_user: str
 ) -> int:
-    ports = [default_ports(i, args.mqtt_port, args.ws_port) for i in range(NODES)]
+    ports = [default_ports(i, args.mqtt_port, args.ws_port, args.nats_port) for i in range(NODES)]
     layout = ClusterLayout(root, ports)
     hashes = passwords.read()
     layout.write(hashes, service_user)
@@ -533,6 +548,7 @@ def _up(
         stop = True
 
     signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
     try:
         cluster.start()
         print(urls_text(layout))
@@ -543,8 +559,6 @@ def _up(
                     print(f"node n{index + 1} exited; see {cluster.log_path(index)}")
                     cluster.processes[index] = None
             time.sleep(0.5)
-    except KeyboardInterrupt:
-        pass
     finally:
         cluster.stop()
     return 0

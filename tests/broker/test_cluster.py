@@ -224,3 +224,88 @@ def test_kill_9_of_a_node_mid_match_loses_no_acknowledged_publish_and_every_node
     rejoined = spectator(cluster, 0)
     got = rejoined.wait_for(timeout=CATCH_UP)
     assert rev_of(got.payload) == presses, cluster.log_tail(0)[-1500:]
+
+
+# -- the try-out ------------------------------------------------------------------------------
+
+
+def test_rallycast_cluster_up_starts_three_nodes_with_the_users_and_stops_them_on_ctrl_c(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from tests.brokers import REPO, free_port
+    from tests.cluster import nats_program
+
+    env = {**os.environ, "RALLYCAST_NATS_SERVER": nats_program(), "PYTHONPATH": str(REPO)}
+    cli = [sys.executable, "-m", "scorer.cli", "cluster", "--data-dir", str(tmp_path)]
+    subprocess.run(
+        [*cli, "passwd", "add", "rallycast-service", "--password-stdin"],
+        input="service-pw\n", text=True, env=env, check=True, capture_output=True,
+    )  # fmt: skip
+    # Three consecutive free ports for each kind (bounded tries).
+    bases = []
+    for _kind in range(3):
+        for _try in range(50):
+            base = free_port()
+            if base < 60000 and all(_port_free(base + i) for i in range(30)):
+                bases.append(base)
+                break
+    assert len(bases) == 3
+    up = subprocess.Popen(
+        [*cli, "up", "--mqtt-port", str(bases[0]), "--ws-port", str(bases[1]),
+         "--nats-port", str(bases[2])],
+        env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    try:
+        lines = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = up.stdout.readline()
+            lines.append(line)
+            if not line or "Ctrl-C" in line:
+                break
+        assert "Ctrl-C" in lines[-1], "".join(lines)
+        assert f"mqtt://127.0.0.1:{bases[0] + 2}" in "".join(lines)
+        # The service's user publishes through node 1; a spectator on node 3 reads it.
+        service = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+        service.username_pw_set("rallycast-service", "service-pw")
+        service.connect("127.0.0.1", bases[0])
+        service.loop_start()
+        info = service.publish(SNAPSHOT, b'{"rev": 1}', qos=1, retain=True)
+        info.wait_for_publish(10)
+        assert info.is_published()
+        service.disconnect()
+        service.loop_stop()
+        got = threading.Event()
+        page = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311, transport="websockets"
+        )
+        page.ws_set_options(path="/mqtt")
+        page.on_connect = lambda c, *_a: c.subscribe(SNAPSHOT, 0)
+        page.on_message = lambda _c, _u, m: got.set() if m.payload == b'{"rev": 1}' else None
+        page.connect("127.0.0.1", bases[1] + 2)
+        page.loop_start()
+        assert got.wait(10)
+        page.disconnect()
+        page.loop_stop()
+    finally:
+        up.send_signal(signal.SIGINT)
+        assert up.wait(30) == 0
+        up.stdout.close()
+    for node in (1, 2, 3):  # `up` waited for each node's process: none is left running
+        pid = int((tmp_path / "nats" / f"n{node}" / "nats.pid").read_text())
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+
+
+def _port_free(port: int) -> bool:
+    import socket
+
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
