@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -172,7 +173,8 @@ class NatsClusterRunner:
         self.sessions.clear()
         deadline = time.monotonic() + RESET_TIMEOUT
         while True:
-            left = {node: self.retained_topics(node) for node in range(3)}
+            with ThreadPoolExecutor(3) as pool:  # the three nodes at once: ~0.2 s, not 0.6
+                left = dict(zip(range(3), pool.map(self.retained_topics, range(3)), strict=True))
             topics = set().union(*left.values())
             if not topics:
                 break

@@ -1,6 +1,7 @@
-"""One behaviour suite for both brokers: the embedded amqtt broker and a real mosquitto run from
-our mosquitto.conf/mosquitto.acl. Each test runs on both (``any_broker``) unless it pins a
-difference, which is then marked on the mosquitto side.
+"""One behaviour suite for every broker: the embedded amqtt broker, a real mosquitto run from
+our mosquitto.conf/mosquitto.acl, and a 3-node NATS cluster run from nats/ (docs/scale.md).
+Each test runs on all three (``any_broker``) unless it pins a difference, which is then marked
+on the mosquitto or NATS side.
 
 How refusals look (MQTT 3.1.1, paho): a refused SUBSCRIBE is SUBACK 0x80 on the embedded
 broker, while mosquitto 2.0 grants every SUBSCRIBE and checks ``read`` on delivery; a refused
@@ -19,8 +20,15 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
+from tests.brokers import ALL_BROKERS, BrokerEndpoint, Recorder, broker_fixture
 from tests.brokers import SERVICE_USER as SERVICE
-from tests.brokers import BrokerEndpoint, Recorder
+from tests.brokers import broker_process_fixture as _broker_process_fixture
+
+# This suite runs on every broker, the NATS cluster included (tests/cluster.py).
+any_broker = pytest.fixture(params=ALL_BROKERS, name="any_broker")(broker_fixture)
+any_broker_process = pytest.fixture(params=ALL_BROKERS, name="any_broker_process")(
+    _broker_process_fixture
+)
 
 MAX_PAYLOAD = 16384  # Settings.max_payload_bytes and mosquitto.conf's message_size_limit
 GRACE = 0.3  # extra wait after a sentinel, for anything out of order
