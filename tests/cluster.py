@@ -45,6 +45,7 @@ from tests.brokers import SERVICE_USER, BrokerEndpoint, Recorder, TestUsers, fre
 ADMIN = "_admin"  # test-only user with every right, for the reset between tests
 RESET_TIMEOUT = 10.0
 QOS1_SUBACK_TIMEOUT = 30.0
+CLEAR_SETTLE = 0.5
 
 
 def nats_program() -> str:
@@ -172,12 +173,18 @@ class NatsClusterRunner:
             self._admin(0, client_id, clean=True).disconnect()  # ends the session for good
         self.sessions.clear()
         deadline = time.monotonic() + RESET_TIMEOUT
+        cleared = False
         while True:
             with ThreadPoolExecutor(3) as pool:  # the three nodes at once: ~0.2 s, not 0.6
                 left = dict(zip(range(3), pool.map(self.retained_topics, range(3)), strict=True))
             topics = set().union(*left.values())
             if not topics:
+                if cleared:
+                    # A retained message set right after a clear of the same topic can reach
+                    # the other nodes seconds late (docs/scale.md); tests start apart from it.
+                    time.sleep(CLEAR_SETTLE)
                 break
+            cleared = True
             if time.monotonic() > deadline:
                 raise AssertionError(f"reset: retained messages stay on the nodes: {left}")
             client = self._admin(0)
