@@ -143,6 +143,31 @@ def test_spectators_may_publish_nothing_and_clubs_only_their_own_commands():
     assert "clubs.*.game" in service and not [s for s in service if s.endswith(".cmd")]
 
 
+def test_cluster_config_for_three_hosts_routes_each_node_to_the_other_two(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.brokers import REPO
+
+    out = tmp_path / "out"
+    cli = [sys.executable, "-m", "scorer.cli", "cluster", "--data-dir", str(tmp_path)]
+    subprocess.run(
+        [*cli, "passwd", "add", "riverside", "--password-stdin"],
+        input="pw\n", text=True, check=True, capture_output=True, cwd=REPO,
+    )  # fmt: skip
+    subprocess.run(
+        [*cli, "config", "--hosts", "a.example,b.example,c.example", "--out", str(out)],
+        check=True, capture_output=True, cwd=REPO,
+    )  # fmt: skip
+    first = (out / "n1" / "nats.conf").read_text()
+    assert "server_name: n1" in first and 'include "../users.conf"' in first
+    assert "@b.example:" in first and "@c.example:" in first and "@a.example:" not in first
+    users = (out / "users.conf").read_text()
+    assert '"user": "riverside"' in users and '"$2a$' in users
+    assert 'no_auth_user: "_spectator"' in users
+    assert users.count('"allowed_connection_types"') == 2  # the spectator and riverside
+
+
 # -- retained snapshots across nodes ---------------------------------------------------------
 
 
