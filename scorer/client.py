@@ -14,7 +14,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import unquote, urlsplit
 
@@ -90,6 +90,14 @@ class BrokerAddress:
     path: str = WS_DEFAULT_PATH  # WebSocket only
     user: str | None = None
     password: str | None = field(default=None, repr=False)
+    # Further nodes of a cluster (host, port), tried in turn after host:port: same scheme,
+    # path, user and password (docs/scale.md "Failover").
+    more: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def nodes(self) -> tuple[tuple[str, int], ...]:
+        """Every (host, port) to try, the first one first."""
+        return ((self.host, self.port), *self.more)
 
     @property
     def transport(self) -> str:
@@ -109,11 +117,56 @@ class BrokerAddress:
                 + "@"
             )
         path = self.path if self.transport == "websockets" else ""
-        return f"{self.scheme}://{auth}{url_host(self.host)}:{self.port}{path}"
+        return ",".join(
+            f"{self.scheme}://{auth}{url_host(host)}:{port}{path}" for host, port in self.nodes
+        )
+
+    def node_url(self, index: int) -> str:
+        """The URL of one node (password masked), for logs."""
+        host, port = self.nodes[index]
+        return replace(self, host=host, port=port, more=()).url()
 
 
 def parse_broker_url(url: str) -> BrokerAddress:
-    """``mqtt://[user:pass@]host[:port]``, ``mqtts://``, ``ws://host[:port][/path]``, ``wss://``."""
+    """One URL (``mqtt://[user:pass@]host[:port]``, ``mqtts://``, ``ws://host[:port][/path]``,
+    ``wss://``) or a comma-separated list of them, the nodes of one cluster
+    (``mqtt://u:p@n1:1883,mqtt://n2:1883,mqtt://n3:1883``): the nodes share the scheme and
+    path, and one user and password apply to all (given on any of them, or on each alike).
+    Raises BrokerUrlError naming the bad part."""
+    parts = [part.strip() for part in url.split(",")]
+    if len(parts) == 1:
+        return _parse_one_url(url)
+    if any(not part for part in parts):
+        raise BrokerUrlError(f"broker URL list {url!r} has an empty entry (a stray comma?)")
+    addresses = [_parse_one_url(part) for part in parts]
+    first = addresses[0]
+    for address in addresses[1:]:
+        if (address.scheme, address.path) != (first.scheme, first.path):
+            raise BrokerUrlError(
+                f"broker URL list {url!r}: every node needs the same scheme and path "
+                f"({first.scheme}://...{first.path if first.transport == 'websockets' else ''})"
+            )
+    users = {a.user for a in addresses if a.user is not None}
+    passwords = {a.password for a in addresses if a.password is not None}
+    if len(users) > 1 or len(passwords) > 1:
+        raise BrokerUrlError(
+            f"broker URL list {url!r}: one user and password apply to all nodes; "
+            "give them once (on the first URL)"
+        )
+    return replace(
+        first,
+        user=next(iter(users), None),
+        password=next(iter(passwords), None),
+        more=tuple((a.host, a.port) for a in addresses[1:]),
+    )
+
+
+def join_urls(urls: list[str] | None) -> str | None:
+    """``--url`` given once or more (each maybe a list) as one broker_url list; None if none."""
+    return ",".join(urls) if urls else None
+
+
+def _parse_one_url(url: str) -> BrokerAddress:
     try:
         parts = urlsplit(url.strip())
         port = parts.port
@@ -154,13 +207,10 @@ def resolve_address(
     else:
         address = parse_broker_url(url_or_settings)
     if user is not None or password is not None:
-        address = BrokerAddress(
-            address.scheme,
-            address.host,
-            address.port,
-            address.path,
-            user if user is not None else address.user,
-            password if password is not None else address.password,
+        address = replace(
+            address,
+            user=user if user is not None else address.user,
+            password=password if password is not None else address.password,
         )
     return address
 
@@ -189,9 +239,99 @@ def make_client(
     return client
 
 
-def connect_and_wait(client: mqtt.Client, address: BrokerAddress, timeout: float = 5.0) -> None:
-    """Connect and start paho's network thread; return once the broker accepted us.
-    Raises ConnectFailed with the broker's reason (e.g. "Not authorized")."""
+KEEPALIVE = 30  # seconds; also paho's wait for a CONNACK (a node without quorum never sends one)
+CONNECT_TIMEOUT = 5.0  # seconds for the TCP (and WebSocket) handshake with one node
+
+
+class Failover:
+    """Round-robin over the nodes of ``address`` for one paho client: after each lost or
+    failed connection paho's own reconnect (``loop_start``'s thread, with its backoff) goes to
+    the NEXT node. With one node it changes nothing.
+
+    Install after the owner's ``on_disconnect`` / ``on_connect_fail`` are set (it wraps
+    them); call ``stop()`` before ``client.disconnect()`` so a wanted disconnect stays one.
+    paho reconnects to ``client._host``/``_port``, which ``connect_async`` sets (the ``host``
+    setter refuses while a connection is open, as it is inside on_disconnect).
+    """
+
+    def __init__(self, client: mqtt.Client, address: BrokerAddress) -> None:
+        self.client = client
+        self.address = address
+        self.index = 0
+        self.switches = 0  # times we moved to another node (for tests and logs)
+        self._stopped = False
+        client.connect_timeout = CONNECT_TIMEOUT
+
+    @property
+    def node(self) -> tuple[str, int]:
+        return self.address.nodes[self.index]
+
+    def url(self) -> str:
+        """The current node's URL (password masked)."""
+        return self.address.node_url(self.index)
+
+    def install(self) -> None:
+        on_disconnect = self.client.on_disconnect
+        on_connect_fail = self.client.on_connect_fail
+
+        def disconnected(client, userdata, flags, reason_code, properties):  # type: ignore[no-untyped-def]
+            if on_disconnect is not None:
+                on_disconnect(client, userdata, flags, reason_code, properties)
+            # A disconnect we asked for has a success code: no reconnect then.
+            if reason_code.is_failure:
+                self.advance()
+
+        def connect_failed(client, userdata):  # type: ignore[no-untyped-def]
+            if on_connect_fail is not None:
+                on_connect_fail(client, userdata)
+            self.advance()
+
+        self.client.on_disconnect = disconnected
+        self.client.on_connect_fail = connect_failed
+
+    def connect_async(self) -> None:
+        host, port = self.node
+        self.client.connect_async(host, port, keepalive=KEEPALIVE)
+
+    def advance(self) -> None:
+        """Point paho's next reconnect at the next node (paho's thread)."""
+        if self._stopped or len(self.address.nodes) < 2:
+            return
+        self.index = (self.index + 1) % len(self.address.nodes)
+        self.switches += 1
+        self.connect_async()
+
+    def stop(self) -> None:
+        self._stopped = True
+
+
+def connect_and_wait(
+    client: mqtt.Client,
+    address: BrokerAddress,
+    timeout: float = 5.0,
+    failover: Failover | None = None,
+) -> None:
+    """Connect and start paho's network thread; return once the broker accepted us. With
+    several nodes each is tried in turn (``timeout`` seconds each) and ``failover`` (if
+    given) is left pointing at the one that accepted. Raises ConnectFailed with each node's
+    reason (e.g. "Not authorized")."""
+    client.connect_timeout = min(CONNECT_TIMEOUT, timeout)
+    errors = []
+    for index, (host, port) in enumerate(address.nodes):
+        error = _connect_one(client, host, port, timeout)
+        if error is None:
+            if failover is not None:
+                failover.index = index
+            return
+        errors.append(error.format(url=address.node_url(index)))
+    if len(errors) == 1:
+        raise ConnectFailed(errors[0])
+    raise ConnectFailed("no node of the broker accepted the connection: " + "; ".join(errors))
+
+
+def _connect_one(client: mqtt.Client, host: str, port: int, timeout: float) -> str | None:
+    """None once ``host:port`` accepted us (paho's thread running), else the reason, with
+    ``{url}`` where the node's URL goes."""
     outcome: queue.Queue[str | None] = queue.Queue()
     previous = client.on_connect
 
@@ -202,10 +342,10 @@ def connect_and_wait(client: mqtt.Client, address: BrokerAddress, timeout: float
 
     client.on_connect = on_connect
     try:
-        client.connect(address.host, address.port, keepalive=30)
+        client.connect(host, port, keepalive=KEEPALIVE)
     except OSError as exc:
         client.on_connect = previous
-        raise ConnectFailed(f"cannot reach the broker at {address.url()}: {exc}") from exc
+        return "cannot reach the broker at {url}: " + str(exc).replace("{", "(").replace("}", ")")
     client.loop_start()
     try:
         error = outcome.get(timeout=timeout)
@@ -214,9 +354,10 @@ def connect_and_wait(client: mqtt.Client, address: BrokerAddress, timeout: float
     finally:
         client.on_connect = previous
     if error is not None:
-        client.loop_stop()
         client.disconnect()
-        raise ConnectFailed(f"the broker at {address.url()} refused the connection: {error}")
+        client.loop_stop()
+        return "the broker at {url} refused the connection: " + error
+    return None
 
 
 def new_command_id() -> str:
@@ -290,7 +431,11 @@ class ScoreClient:
         # A clean session forgets the subscriptions on every reconnect (and paho does not
         # renew them): subscribe on each connect.
         self._client.on_connect = self._on_connect
-        connect_and_wait(self._client, self.address, timeout)
+        # With a cluster's node list, a reconnect goes to the next node; commands waiting
+        # for their reply are resent there once the subscriptions are back.
+        self.failover = Failover(self._client, self.address)
+        self.failover.install()
+        connect_and_wait(self._client, self.address, timeout, self.failover)
         try:
             codes = self._subscribed.get(timeout=timeout)
         except queue.Empty:
@@ -309,6 +454,7 @@ class ScoreClient:
         self.close()
 
     def close(self) -> None:
+        self.failover.stop()
         self._client.disconnect()
         self._client.loop_stop()
 

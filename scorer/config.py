@@ -283,8 +283,13 @@ def _coerce(name: str, value: Any, source: str = "") -> Any:
                 parse_broker_url(text)
             except BrokerUrlError as exc:
                 raise ValueError(str(exc).replace(f"broker URL {text!r}", "").strip(": ")) from None
-        if name == "public_ws_url" and text and not re.match(r"^wss?://[^/\s]+", text):
-            raise ValueError("must be empty or a ws:// or wss:// URL, e.g. wss://example.org/mqtt")
+        if name == "public_ws_url" and text:  # one URL, or a cluster's nodes (comma-separated)
+            for url in text.split(","):
+                if not re.match(r"^wss?://[^/\s,]+", url.strip()):
+                    raise ValueError(
+                        "must be empty or a ws:// or wss:// URL, e.g. wss://example.org/mqtt"
+                        " (a cluster's nodes: comma-separated)"
+                    )
         if name == "service_user" and not re.fullmatch(r"[^\s/#+:]{1,64}", text):
             raise ValueError("must be 1-64 characters without spaces, '/', '#', '+' or ':'")
         return text

@@ -28,7 +28,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from scorer import topics
-from scorer.client import BrokerAddress, make_client, resolve_address
+from scorer.client import BrokerAddress, Failover, join_urls, make_client, resolve_address
 from scorer.config import Settings, load_settings
 from scorer.engine import ENDED_STATUSES, Match, Refused, check_command_id, parse_command
 from scorer.logs import setup_logging
@@ -203,6 +203,7 @@ class ScorerService:
         self._subscribe_mid: int | None = None
         self._store: MatchStore | None = None
         self._client: mqtt.Client | None = None
+        self._failover: Failover | None = None
         self._stopping = False
 
     # -- life cycle -------------------------------------------------------------------------
@@ -223,10 +224,14 @@ class ScorerService:
         client.on_disconnect = self._on_disconnect
         client.on_subscribe = self._on_subscribe
         client.on_message = self._on_message
+        # A cluster's nodes in turn: each reconnect goes to the next one, with the same client
+        # id, so the session (and the commands queued in it) resumes on any node.
+        self._failover = Failover(client, self.address)
+        self._failover.install()
         self._client = client
         self._stopping = False
         log.info("connecting to %s", self.address.url())
-        client.connect_async(self.address.host, self.address.port, keepalive=30)
+        self._failover.connect_async()
         client.loop_start()
         self._probe_stop.clear()
         self._probe_thread = threading.Thread(
@@ -245,6 +250,8 @@ class ScorerService:
         client = self._client
         if client is not None:
             self._stopping = True
+            if self._failover is not None:
+                self._failover.stop()
             if client.is_connected():
                 info = client.publish(topics.SCORER_STATUS, "offline", qos=1, retain=True)
                 try:
@@ -288,7 +295,8 @@ class ScorerService:
         if reason_code.is_failure:
             log.error("the broker refused the connection: %s", reason_code)
             return
-        log.info("connected to %s (session present: %s)", self.address.url(), flags.session_present)
+        where = self._failover.url() if self._failover is not None else self.address.url()
+        log.info("connected to %s (session present: %s)", where, flags.session_present)
         # Retained snapshots of clubs/+/game are compared with the store for a few seconds:
         # a crashed instance may have left one that the store does not back.
         self._reconcile_until = time.monotonic() + RECONCILE_SECONDS
@@ -819,7 +827,12 @@ class ScorerService:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--url", help="broker URL (default: the broker_url setting)")
+    parser.add_argument(
+        "--url",
+        action="append",
+        help="broker URL (default: the broker_url setting); a cluster's nodes as a comma-separated"
+        " list or --url once per node",
+    )
     parser.add_argument("--user", help="MQTT user (default: the service_user setting)")
     parser.add_argument(
         "--password",
@@ -830,7 +843,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(
-        args.config, overrides={"data_dir": args.data_dir, "broker_url": args.url}
+        args.config, overrides={"data_dir": args.data_dir, "broker_url": join_urls(args.url)}
     )
     setup_logging(settings.log_level)
     password = args.password or os.environ.get(PASSWORD_ENV) or None

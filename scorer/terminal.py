@@ -27,6 +27,7 @@ from scorer.client import (
     NoReply,
     NotConnected,
     ScoreClient,
+    join_urls,
     resolve_address,
     shorthand_to_command,
 )
@@ -199,7 +200,12 @@ def command_for(entry: str) -> dict[str, Any] | str | None:
 
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--club", required=True, help="club id")
-    parser.add_argument("--url", help="broker URL (default: the broker_url setting)")
+    parser.add_argument(
+        "--url",
+        action="append",
+        help="broker URL (default: broker_url from the config); a cluster's nodes as a"
+        " comma-separated list or --url once per node",
+    )
     parser.add_argument("--user", help="MQTT user (default: the club id)")
     parser.add_argument("--password", help=f"MQTT password (or ${PASSWORD_ENV}; asked if missing)")
     parser.add_argument("--player1", help="side 1's player (doubles: 'Ann / Ada'); starts a match")
@@ -219,7 +225,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config, overrides={"broker_url": args.url})
+    settings = load_settings(args.config, overrides={"broker_url": join_urls(args.url)})
     interactive = sys.stdin.isatty()
     screen = Screen(sys.stdout)
     address = resolve_address(settings, user=args.user, password=args.password)

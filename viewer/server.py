@@ -35,7 +35,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from scorer import topics
-from scorer.client import parse_broker_url
+from scorer.client import join_urls, parse_broker_url
 from scorer.config import (
     Club,
     Settings,
@@ -127,14 +127,23 @@ HOST_RE = re.compile(r"^[A-Za-z0-9.\-]+$|^[0-9A-Fa-f:.]+$")
 def websocket_sources(settings: Settings, request: Request) -> str:
     """The CSP connect-src for the broker's WebSocket: the configured public URL's origin, or
     the page's own host on ws_port (what live.js computes in the browser)."""
-    if settings.public_ws_url:
-        parts = urlsplit(settings.public_ws_url)
-        return f"{parts.scheme}://{parts.netloc}"
+    if settings.public_ws_url:  # one URL, or a cluster's nodes (comma-separated)
+        origins = {}
+        for url in public_ws_urls(settings):
+            parts = urlsplit(url)
+            origins[f"{parts.scheme}://{parts.netloc}"] = None
+        return " ".join(origins)
     host = request.url.hostname or ""
     if not HOST_RE.fullmatch(host):
         return "ws: wss:"
     host = url_host(host)
     return f"ws://{host}:{settings.ws_port} wss://{host}:{settings.ws_port}"
+
+
+def public_ws_urls(settings: Settings) -> list[str]:
+    """The WebSocket URLs of ``public_ws_url`` (a cluster's nodes, comma-separated); [] when
+    the pages use their own host on ws_port."""
+    return [url.strip() for url in settings.public_ws_url.split(",") if url.strip()]
 
 
 def security_headers(settings: Settings, request: Request, frame_ancestors: str) -> dict[str, str]:
@@ -205,7 +214,7 @@ class Viewer:
         config = {
             "page": page,
             "lang": language,
-            "wsUrl": self.settings.public_ws_url,
+            "wsUrls": public_ws_urls(self.settings),
             "wsPort": self.settings.ws_port,
             "statusTopic": topics.SCORER_STATUS,
             "strings": browser_strings(language),
@@ -459,9 +468,15 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bind", help="address to listen on (default: settings.bind)")
     parser.add_argument("--http-port", type=int, help="HTTP port (0 = any free port)")
     parser.add_argument("--ws-port", type=int, help="the broker's WebSocket port the pages use")
-    parser.add_argument("--public-ws-url", help="WebSocket URL the pages use (behind a proxy)")
+    parser.add_argument(
+        "--public-ws-url",
+        action="append",
+        help="WebSocket URL the pages use (behind a proxy); a cluster's nodes as a"
+        " comma-separated list or the option once per node",
+    )
     parser.add_argument(
         "--url",
+        action="append",
         help="the broker whose retained snapshots give each page its first score, as a"
         " spectator (default: the broker_url setting; user and password are not used)",
     )
@@ -476,11 +491,11 @@ def browser_ws(settings: Settings) -> str:
 
 def main(args: argparse.Namespace) -> int:
     overrides = {
-        "broker_url": args.url,
+        "broker_url": join_urls(args.url),
         "bind": args.bind,
         "http_port": args.http_port,
         "ws_port": args.ws_port,
-        "public_ws_url": args.public_ws_url,
+        "public_ws_url": join_urls(args.public_ws_url),
     }
     settings = load_settings(args.config, overrides=overrides)
     setup_logging(settings.log_level)

@@ -20,7 +20,7 @@ from dataclasses import fields, replace
 from typing import Any
 
 from scorer import topics
-from scorer.client import BrokerAddress, BrokerUrlError, make_client, parse_broker_url
+from scorer.client import BrokerAddress, BrokerUrlError, Failover, make_client, parse_broker_url
 from scorer.config import Settings, url_host
 
 log = logging.getLogger("rallycast.viewer")
@@ -65,6 +65,7 @@ class RetainedSnapshots:
         self._ready = threading.Event()  # connected and subscribed
         self._tried = threading.Event()  # the first connection attempt is over, either way
         self._client: Any = None
+        self._failover: Failover | None = None
         self._on_tried: Callable[[], None] | None = None
 
     # --- what the pages read ---
@@ -104,9 +105,12 @@ class RetainedSnapshots:
         client.on_subscribe = self._on_subscribe
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        # A cluster's nodes (a broker_url list) in turn: each reconnect goes to the next one.
+        self._failover = Failover(client, address)
+        self._failover.install()
         self._client = client
         try:
-            client.connect_async(address.host, address.port, keepalive=30)
+            self._failover.connect_async()
         except (OSError, ValueError) as exc:
             log.warning("viewer: cannot follow the broker at %s: %s", address.url(), exc)
             self._tried_now()
@@ -130,6 +134,8 @@ class RetainedSnapshots:
     def stop(self) -> None:
         client, self._client = self._client, None
         self._forget()
+        if self._failover is not None:
+            self._failover.stop()
         if client is not None:
             client.disconnect()
             client.loop_stop()
@@ -167,7 +173,9 @@ class RetainedSnapshots:
             log.warning("viewer: the broker at %s refused us: %s", self.url, reason_code)
             self._tried_now()
             return
-        client.subscribe([(topics.ALL_GAMES, 1), (topics.SCORER_STATUS, 1)])
+        # QoS 0: retained messages come all the same, and on a NATS cluster each QoS 1
+        # subscription is a replicated JetStream consumer (docs/scale.md).
+        client.subscribe([(topics.ALL_GAMES, 0), (topics.SCORER_STATUS, 0)])
 
     def _on_connect_fail(self, client, userdata):  # type: ignore[no-untyped-def]
         self._tried_now()

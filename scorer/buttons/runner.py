@@ -39,6 +39,7 @@ from scorer.client import (
     BrokerAddress,
     CommandTooLarge,
     ConnectFailed,
+    Failover,
     ResendPolicy,
     check_payload_size,
     connect_and_wait,
@@ -187,10 +188,13 @@ class ClubLink:
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe
         self.client.on_message = self._on_message
+        # A cluster's nodes in turn: each reconnect goes to the next one.
+        self.failover = Failover(self.client, address)
+        self.failover.install()
 
     def start(self, timeout: float) -> None:
         self._stopping.clear()
-        connect_and_wait(self.client, self.address, timeout)
+        connect_and_wait(self.client, self.address, timeout, self.failover)
         threading.Thread(
             target=self._resend_loop, name=f"rallycast-resend-{self.club}", daemon=True
         ).start()
@@ -217,6 +221,7 @@ class ClubLink:
 
     def stop(self) -> None:
         self._stopping.set()
+        self.failover.stop()
         self.client.disconnect()
         self.client.loop_stop()
 

@@ -50,7 +50,7 @@ def test_every_page_renders_with_a_strict_content_security_policy(
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "<script>" not in response.text and " on" + "click=" not in response.text
     config = page_config(response.text)
-    assert config["wsPort"] == 19001 and config["wsUrl"] == ""
+    assert config["wsPort"] == 19001 and config["wsUrls"] == []
 
 
 def test_the_club_page_config_names_the_club_topics(client: TestClient) -> None:
@@ -67,7 +67,7 @@ def test_the_club_page_config_names_the_club_topics(client: TestClient) -> None:
 def test_a_public_websocket_url_is_used_by_the_pages_and_allowed_by_the_csp() -> None:
     settings = Settings(clubs=SETTINGS.clubs, public_ws_url="wss://scores.example.org/mqtt")
     response = TestClient(create_app(settings)).get("/clubs/alpha")
-    assert page_config(response.text)["wsUrl"] == "wss://scores.example.org/mqtt"
+    assert page_config(response.text)["wsUrls"] == ["wss://scores.example.org/mqtt"]
     assert (
         "connect-src 'self' wss://scores.example.org;"
         in response.headers["content-security-policy"]

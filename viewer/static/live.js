@@ -21,6 +21,18 @@
 
   const brokerUrl = () => window.RallycastEarly.url; // preconnect.js works it out
 
+  // mqtt.js's `servers`: every node of a cluster, the page's own first (preconnect.js
+  // shuffled them); each reconnect goes to the next. None for a single broker.
+  function brokerServers() {
+    const urls = window.RallycastEarly.urls || [];
+    if (urls.length < 2) return undefined;
+    return urls.map((text) => {
+      const url = new URL(text);
+      const protocol = url.protocol.replace(/:$/, '');
+      return { host: url.hostname, port: Number(url.port) || (protocol === 'wss' ? 443 : 80), protocol };
+    });
+  }
+
   function isSnapshot(value) {
     return Boolean(value) && typeof value === 'object' && Boolean(value.game_data) && typeof value.game_data === 'object';
   }
@@ -77,6 +89,7 @@
 
   /* Connect to the broker. options: username, password, topics (subscribed once; mqtt.js
    * resubscribes after each reconnect and the broker resends the retained snapshots),
+   * qos1 (topics subscribed at QoS 1; the others at QoS 0),
    * onSnapshot(topic, snapshot|null), onMessage(topic, text), onConnect(),
    * onAuthRefused(). Returns the mqtt.js client. */
   // MQTT keep-alive: mqtt.js pings after KEEPALIVE_S without an ack and gives the connection up
@@ -88,6 +101,7 @@
     if (typeof mqtt === 'undefined') return null; // the server page already says mqtt.js is missing
     let socket = null; // the WebSocket under the current connection
     const client = mqtt.connect(brokerUrl(), {
+      servers: brokerServers(),
       protocolVersion: 4,
       reconnectPeriod: 1000,
       connectTimeout: 4000,
@@ -110,7 +124,11 @@
       if (!subscribed) {
         subscribed = true;
         const wanted = {};
-        for (const topic of options.topics.concat([config.statusTopic])) wanted[topic] = { qos: 1 };
+        // QoS 0 for what spectators follow (retained snapshots come again after a reconnect;
+        // on a NATS cluster each QoS 1 subscription is a replicated JetStream consumer);
+        // QoS 1 only for options.qos1 (the scorer page's replies).
+        const qos1 = new Set(options.qos1 || []);
+        for (const topic of options.topics.concat([config.statusTopic])) wanted[topic] = { qos: qos1.has(topic) ? 1 : 0 };
         client.subscribe(wanted, (error) => {
           if (error || !embedded.length) return;
           // An embedded snapshot the broker no longer retains (the match was deleted between

@@ -5,14 +5,26 @@
   'use strict';
   const config = JSON.parse(document.getElementById('rallycast-config').textContent);
 
-  function brokerUrl() {
-    if (config.wsUrl) return config.wsUrl;
+  // The broker's WebSocket URLs: a cluster's nodes (config.wsUrls), or this page's host on
+  // wsPort. Shuffled once per page, so the pages of a club spread over the nodes; mqtt.js
+  // goes on to the next one in this order when its node is lost (live.js).
+  function brokerUrls() {
+    if (config.wsUrls && config.wsUrls.length) return config.wsUrls.slice();
     const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
     const host = location.hostname.includes(':') ? '[' + location.hostname + ']' : location.hostname;
-    return scheme + '://' + host + ':' + config.wsPort + '/mqtt';
+    return [scheme + '://' + host + ':' + config.wsPort + '/mqtt'];
   }
 
-  const early = { url: brokerUrl(), socket: null };
+  function shuffled(items) {
+    for (let i = items.length - 1; i > 0; i--) {
+      const j = Math.floor(Math.random() * (i + 1));
+      [items[i], items[j]] = [items[j], items[i]];
+    }
+    return items;
+  }
+
+  const urls = shuffled(brokerUrls());
+  const early = { url: urls[0], urls: urls, socket: null };
   // Spectator pages connect at once; the scorer's page waits for a password.
   if (config.page !== 'score' && config.page !== 'error' && typeof WebSocket !== 'undefined') {
     early.socket = new WebSocket(early.url, ['mqtt']);

@@ -219,6 +219,7 @@
         username: clubId,
         password: password,
         topics: [config.topics.game, config.topics.reply],
+        qos1: [config.topics.reply],
         onConnect() {
           localStorage.setItem(passwordKey, password);
           signinMessage.textContent = '';
