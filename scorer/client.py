@@ -417,9 +417,14 @@ class ScoreClient:
         # Set while the broker has granted our subscriptions on the current connection.
         self._following = threading.Event()
         self._subscribe_mid: int | None = None
-        self._filters = [(topics.replies(club_id), 1)]
+        # QoS 0: a reply lost with its connection comes again for the resent id (the service
+        # remembers it), and the retained snapshot comes again on each subscribe. On a NATS
+        # cluster a QoS 1 subscription is a replicated JetStream consumer: its SUBACK, and the
+        # clean-up of the old session on a reconnect, wait seconds for a new leader after a
+        # node is lost (docs/scale.md "Failover").
+        self._filters = [(topics.replies(club_id), 0)]
         if watch_snapshot:
-            self._filters.append((topics.game(club_id), 1))
+            self._filters.append((topics.game(club_id), 0))
         self._client = make_client(
             self.address, client_id=f"rallycast-score-{new_command_id()[:12]}"
         )
