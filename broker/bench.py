@@ -49,12 +49,25 @@ from broker.packets import PINGREQ, connect_packet, encode_publish, subscribe_pa
 REPO = Path(__file__).resolve().parent.parent
 CLUB = "bench"
 TOPIC = f"clubs/{CLUB}/game"
+
+
+def table_topic(table: int, tables: int) -> str:
+    """The snapshot topic of table ``table`` of ``tables`` (one club per table; 1: TOPIC)."""
+    return TOPIC if tables == 1 else f"clubs/{CLUB}-{table}/game"
+
+
+def table_subscribers(n: int, tables: int, table: int) -> int:
+    """Subscribers on ``table`` when subscriber i follows table i % tables."""
+    return n // tables + (1 if table < n % tables else 0)
+
+
 SERVICE_USER = "rallycast-service"
 CONNECT_BATCH = 50  # subscribers connecting at once (listen backlog is 100)
 PUBLISH_WINDOW = 20  # unacknowledged QoS 1 publishes (mosquitto's default inflight limit)
 STAMP = struct.Struct(">QQ")  # sequence number, perf_counter_ns at publish
 START_TIMEOUT = 20.0
-BROKER_KINDS = ("embedded", "mosquitto", "stock")
+BROKER_KINDS = ("embedded", "mosquitto", "stock", "nats")  # nats: broker/bench_cluster.py
+MAX_SUBSCRIBERS = 10_000
 
 
 # -- MQTT 3.1.1 encoding (client side)
@@ -137,7 +150,10 @@ def _ws_frame(data: bytes, opcode: int = 0x2) -> bytes:
 class WsSubscriber(asyncio.Protocol):
     """An MQTT-over-WebSocket subscriber: handshake, CONNECT, SUBSCRIBE, then count PUBLISHes."""
 
-    def __init__(self, host: str, port: int, client_id: str, qos: int, tally: Tally) -> None:
+    def __init__(
+        self, host: str, port: int, client_id: str, qos: int, tally: Tally, topic: str = TOPIC
+    ) -> None:
+        self.topic = topic
         self.host, self.port, self.client_id, self.qos, self.tally = (
             host,
             port,
@@ -236,7 +252,7 @@ class WsSubscriber(asyncio.Protocol):
             if body[1] != 0:
                 self.transport.close()  # type: ignore[union-attr]
                 return
-            self.send(subscribe_packet(TOPIC, self.qos))
+            self.send(subscribe_packet(self.topic, self.qos))
         elif kind == 9 and not self.subscribed.done():  # SUBACK
             if body[-1] == 0x80:
                 self.subscribed.set_exception(PermissionError(f"{self.client_id}: refused"))
@@ -282,12 +298,12 @@ class TcpPublisher(asyncio.Protocol):
                 self.inflight.discard(packet_id)
                 self.window.release()
 
-    async def publish(self, make_payload: Callable[[], bytes]) -> None:
+    async def publish(self, make_payload: Callable[[], bytes], topic: str = TOPIC) -> None:
         """Wait for a free slot in the window, then stamp and send (the wait is not latency)."""
         await self.window.acquire()
         self._next_id = self._next_id % 65535 + 1
         self.inflight.add(self._next_id)
-        self.transport.write(mqtt_publish(TOPIC, make_payload(), self._next_id))  # type: ignore[union-attr]
+        self.transport.write(mqtt_publish(topic, make_payload(), self._next_id))  # type: ignore[union-attr]
 
     def ping(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
@@ -490,22 +506,33 @@ def _percentile(sorted_values: list[int], fraction: float) -> float:
 
 @contextlib.asynccontextmanager
 async def subscribers(
-    broker: BrokerProcess, count: int, qos: int, tally: Tally, say: Callable[[str], None]
+    broker: BrokerProcess,
+    count: int,
+    qos: int,
+    tally: Tally,
+    say: Callable[[str], None],
+    tables: int = 1,
 ) -> AsyncIterator[list[WsSubscriber]]:
     loop = asyncio.get_running_loop()
     clients: list[WsSubscriber] = []
     try:
         for start in range(0, count, CONNECT_BATCH):
+            # A cluster spreads the subscribers over its nodes (ws_port_for).
+            port_for = getattr(broker, "ws_port_for", lambda _i: broker.ws_port)
             batch = [
-                WsSubscriber("127.0.0.1", broker.ws_port, f"page-{i}", qos, tally)
+                WsSubscriber(
+                    "127.0.0.1",
+                    port_for(i),
+                    f"page-{i}",
+                    qos,
+                    tally,
+                    table_topic(i % tables, tables),
+                )
                 for i in range(start, min(count, start + CONNECT_BATCH))
             ]
             await asyncio.wait_for(
                 asyncio.gather(
-                    *(
-                        loop.create_connection(lambda c=c: c, "127.0.0.1", broker.ws_port)
-                        for c in batch
-                    )
+                    *(loop.create_connection(lambda c=c: c, "127.0.0.1", c.port) for c in batch)
                 ),
                 30,
             )
@@ -542,9 +569,11 @@ async def run_phase(
     payload_bytes: int,
     drain_timeout: float,
     rss_per_client_kb: float,
+    tables: int = 1,
 ) -> PhaseResult:
     tally.reset()
-    expected = messages * n
+    # Message seq goes to table seq % tables, and reaches that table's subscribers.
+    expected = sum(table_subscribers(n, tables, seq % tables) for seq in range(messages))
     cpu_before = broker.cpu_seconds()
     me = psutil.Process()
     client_before = sum(me.cpu_times()[:2])
@@ -554,7 +583,8 @@ async def run_phase(
             delay = started + seq / rate - time.monotonic()
             if delay > 0:
                 await asyncio.sleep(delay)
-        await publisher.publish(partial(bench_payload, seq, payload_bytes))
+        topic = table_topic(seq % tables, tables)
+        await publisher.publish(partial(bench_payload, seq, payload_bytes), topic)
     await _wait_deliveries(tally, expected, time.monotonic() + drain_timeout)
     seconds = time.monotonic() - started
     cpu = broker.cpu_seconds() - cpu_before
@@ -610,7 +640,8 @@ async def bench_one(
     try:
         await asyncio.sleep(0.5)
         rss_before = broker.rss()
-        async with subscribers(broker, n, args.qos, tally, say) as clients:
+        tables = getattr(args, "tables", 1)
+        async with subscribers(broker, n, args.qos, tally, say, tables) as clients:
             pinging.extend(clients)
             await asyncio.sleep(1.0)  # idle: let the broker settle
             per_client_kb = (broker.rss() - rss_before) / n / 1024
@@ -622,6 +653,7 @@ async def bench_one(
                     broker, publisher, tally, phase="paced", n=n, messages=paced,
                     rate=args.rate, payload_bytes=args.payload_bytes,
                     drain_timeout=args.drain_timeout, rss_per_client_kb=per_client_kb,
+                    tables=tables,
                 )
             )  # fmt: skip
             burst = args.burst or max(20, min(500, 100_000 // n))
@@ -631,6 +663,7 @@ async def bench_one(
                     broker, publisher, tally, phase="burst", n=n, messages=burst,
                     rate=None, payload_bytes=args.payload_bytes,
                     drain_timeout=args.drain_timeout, rss_per_client_kb=per_client_kb,
+                    tables=tables,
                 )
             )  # fmt: skip
             for result in results:
@@ -706,11 +739,16 @@ def machine_description() -> str:
 
 @contextlib.contextmanager
 def broker_running(kind: str, workdir: Path, password: str) -> Iterator[BrokerProcess]:
-    broker = (
-        start_mosquitto(workdir, password)
-        if kind == "mosquitto"
-        else start_python_broker(kind, workdir, password)
-    )
+    if kind == "nats":
+        from broker.bench_cluster import start_cluster
+
+        broker = start_cluster(workdir, SERVICE_USER, password)
+    else:
+        broker = (
+            start_mosquitto(workdir, password)
+            if kind == "mosquitto"
+            else start_python_broker(kind, workdir, password)
+        )
     try:
         yield broker
     finally:
@@ -726,7 +764,11 @@ async def bench_brokers(args: argparse.Namespace, say: Callable[[str], None]) ->
                 say(f"{kind}: starting, {n} subscribers")
                 try:
                     with broker_running(kind, Path(tmp), password) as broker:
-                        results.extend(await bench_one(broker, n, args, password, say))
+                        done = await bench_one(broker, n, args, password, say)
+                        results.extend(done)
+                        if hasattr(broker, "report"):  # the cluster: CPU node by node
+                            for line in broker.report([r.deliveries for r in done]):
+                                say(line)
                 except BrokerNotInstalled as exc:
                     say(f"{kind}: skipped ({exc})")
     return results
@@ -741,6 +783,7 @@ def run_broker_bench(args: argparse.Namespace) -> int:
         f"command: rallycast bench broker --subscribers {' '.join(map(str, args.subscribers))}"
         f" --brokers {' '.join(args.brokers)} --rate {args.rate:g} --seconds {args.seconds:g}"
         f" --burst {args.burst} --payload-bytes {args.payload_bytes} --qos {args.qos}"
+        f" --tables {args.tables}"
     )
     try:
         results = asyncio.run(bench_brokers(args, say))
@@ -843,6 +886,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     broker.add_argument("--payload-bytes", type=int, default=400, help="payload size (400)")
     broker.add_argument(
+        "--tables", type=int, default=1,
+        help="snapshot topics (one club each): subscriber i follows table i %% T and the"
+        " publisher goes round the tables (default 1)",
+    )  # fmt: skip
+    broker.add_argument(
         "--qos", type=int, choices=(0, 1), default=0, help="subscription QoS (pages use 0)"
     )
     broker.add_argument(
@@ -860,9 +908,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     function, _help = TARGETS[args.target]
+    if getattr(args, "tables", 1) < 1:
+        print("rallycast bench: --tables must be at least 1", file=sys.stderr)
+        return 2
     for value in getattr(args, "subscribers", None) or ():
-        if not 1 <= value <= 5000:
-            print("rallycast bench: --subscribers must be 1..5000", file=sys.stderr)
+        if not 1 <= value <= MAX_SUBSCRIBERS:
+            print(f"rallycast bench: --subscribers must be 1..{MAX_SUBSCRIBERS}", file=sys.stderr)
             return 2
     return function(args)
 
