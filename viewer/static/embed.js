@@ -18,6 +18,7 @@
 
   const END_HIDE_MS = 3000; // as the club page: the final score stays 3 s, then the section goes
   const CLUB_RE = /^[a-z0-9-]{1,64}$/;
+  const RETAINED_GRACE_MS = 2000; // as live.js: how long a retained snapshot may take
   const scriptOrigin = document.currentScript ? new URL(document.currentScript.src).origin : location.origin;
 
   const CSS = `
@@ -42,7 +43,8 @@
     .controls { display: flex; gap: 0.4em; margin-top: 0.5em; flex-wrap: wrap; }
     button { font: inherit; font-size: 0.85em; cursor: pointer; padding: 0.2em 0.6em;
       border-radius: 999px; border: 1px solid var(--rallycast-border, #d0d0d8);
-      background: transparent; color: inherit; }
+      background: transparent; color: var(--rallycast-fg, #1d1d1f); }
+    [data-field="serving"]:not(:empty)::before { content: "· "; }
     button[aria-pressed="true"] { background: var(--rallycast-accent, #d4002a); color: #fff;
       border-color: var(--rallycast-accent, #d4002a); }
   `;
@@ -193,7 +195,10 @@
         if (response.status === 404) { this.say(format(this.S.unknown_club, { club })); return; }
         if (response.ok && this.started === started) {
           const body = await response.json();
+          if (body.club && body.club.name) this.announcer.title = String(body.club.name);
+          // What is on now is the baseline: the announcer tells only what changes after it.
           if (isSnapshot(body.snapshot)) this.onSnapshot(body.snapshot);
+          else if (body.known) this.announcer.update(null);
         }
       } catch (error) {
         /* no API for this origin: MQTT alone */
@@ -227,14 +232,26 @@
         timerVariant: 'native',
       });
       this.client = client;
+      let heard = false;
+      let subscribed = false;
       client.on('connect', () => {
         this.say('');
         this.dataset.connected = 'true';
-        client.subscribe({ [this.topic]: { qos: 1 } });
+        if (subscribed) return; // mqtt.js resubscribes after a reconnect; the broker resends
+        subscribed = true;
+        client.subscribe({ [this.topic]: { qos: 1 } }, (error) => {
+          // Without the API (no CORS for this site) nothing said what was on: a retained
+          // snapshot not here within the grace time means none, and that is the baseline.
+          if (error) return;
+          setTimeout(() => {
+            if (!heard && this.announcer.last === undefined) this.announcer.update(null);
+          }, RETAINED_GRACE_MS);
+        });
       });
       client.on('offline', () => { this.dataset.connected = 'false'; });
       client.on('message', (topic, payload) => {
         if (topic !== this.topic) return;
+        heard = true;
         const text = payload.toString();
         if (!text.trim()) { this.onSnapshot(null); return; }
         let snapshot;
@@ -268,7 +285,10 @@
       } else {
         this.setVisible(false); // ended before this page opened: nothing is on
       }
-      this.dispatchEvent(new CustomEvent('rallycast:snapshot', { detail: { rev: snapshot.rev, status: snapshot.status } }));
+      // For the host page (and tests): what the element shows now. Bubbles in the host's DOM.
+      this.dispatchEvent(new CustomEvent('rallycast:snapshot', {
+        bubbles: true, detail: { rev: snapshot.rev, status: snapshot.status, live: !this.section.hidden },
+      }));
     }
 
     view(s) {
