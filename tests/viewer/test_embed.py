@@ -354,6 +354,30 @@ def test_the_iframe_fallback_shows_the_score_on_a_host_that_runs_no_script(
     page.screenshot(path=str(artifacts_dir / "embed-iframe.png"))
 
 
+def test_the_element_reconnects_after_a_broker_restart_and_follows_on(
+    stack: Any, host: HostSite, open_page: Any
+) -> None:
+    scorer = stack.scorer("alpha")
+    accepted(scorer, START)
+    accepted(scorer, {"cmd": "point", "side": 2})
+    page = open_host(open_page, host)
+    page.failures.allowed.append("WebSocket connection to")  # the broker is down on purpose
+    wait_score(page, 0, 1)
+    page.evaluate("() => { window.__sameDocument = true; }")
+    stack.endpoint.stop()
+    page.wait_for_function(
+        "() => document.querySelector('rallycast-live').dataset.connected === 'false'"
+    )
+    stack.endpoint.start()
+    wait_connected(page)
+    assert stack.service.wait_until_connected(15), "the service did not come back"
+    fresh = stack.scorer("alpha")  # the old client may still be in its backoff
+    accepted(fresh, {"cmd": "point", "side": 1})
+    accepted(fresh, {"cmd": "point", "side": 1})
+    wait_score(page, 2, 1)
+    assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
+
+
 # --- HTTP: the API's CORS, the frame's ancestors ---
 
 
