@@ -213,6 +213,9 @@
      * the change it announced (see change()), or null. */
     update(snapshot) {
       const before = this.last;
+      // A copy the page has seen already (the broker resends retained ones after a
+      // reconnect) or an older one: not news, and not the new baseline either.
+      if (before && snapshot && before.match_id === snapshot.match_id && !(snapshot.rev > before.rev)) return null;
       this.last = snapshot;
       if (before === undefined) return null; // what was on when the page opened: no news
       const kind = change(before, snapshot);
