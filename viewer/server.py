@@ -231,7 +231,7 @@ class Viewer:
                 "mqtt_js_missing": self.mqtt_js_missing,
                 "mqtt_js_name": MQTT_JS_NAME,
                 "snapshots": self.current_snapshots(embed),
-                "scorer_offline": self.snapshots is not None and self.snapshots.scorer_offline,
+                "scorer_status": self.snapshots.scorer_status if self.snapshots else None,
                 **context,
             },
             status_code=status_code,
@@ -290,10 +290,19 @@ class Viewer:
             return self.render(
                 request, "error.html", page="error", status_code=400,
                 title=STRINGS[pick_language(request)[0]]["bad_overlay"], problems=problems,
+                help_url=f"/clubs/{club.id}/overlay/help",
             )  # fmt: skip
         return self.render(
             request, "overlay.html", page="overlay", club=club, frame_ancestors="*",
             browser={"overlay": options}, embed=(club.id,),
+        )  # fmt: skip
+
+    async def overlay_help(self, request: Request) -> Response:
+        club = self.club_or_404(request)
+        return self.render(
+            request, "overlay_help.html", page="overlay-help", club=club,
+            positions=OVERLAY_POSITIONS, defaults=OVERLAY_DEFAULTS, scale_range=OVERLAY_SCALE,
+            base=f"{request.base_url}clubs/{club.id}/overlay",
         )  # fmt: skip
 
     async def static_file(self, request: Request) -> Response:
@@ -323,6 +332,7 @@ def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette
         Route("/clubs/{club_id}/score", viewer.score_page),
         Route("/clubs/{club_id}/display", viewer.display_page),
         Route("/clubs/{club_id}/overlay", viewer.overlay_page),
+        Route("/clubs/{club_id}/overlay/help", viewer.overlay_help),
         Route("/static/{digest}/{name:path}", viewer.static_file),
         *Embed(viewer).routes(),  # the live score on other sites (viewer/embed.py)
     ]
