@@ -81,6 +81,7 @@ from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 from websockets.protocol import OPEN
 
+from broker import limits
 from broker.packets import encode_publish
 
 __all__ = ["DEFAULT_MAX_QUEUED_MESSAGES", "Outbox", "RallycastBroker"]
@@ -102,7 +103,7 @@ DEFAULT_ACK_PATIENCE = 60.0
 # Unacknowledged QoS 1 deliveries per client (mosquitto's max_inflight_messages default).
 MAX_INFLIGHT = 20
 # A client must send CONNECT this soon after opening the connection.
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = limits.CONNECT_TIMEOUT
 # How long a closing connection may take (WebSocket close handshake, flushing) before abort.
 CLOSE_GRACE = 0.5
 # WebSocket close handshake timeout handed to the websockets server.
@@ -743,6 +744,13 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         session.retained_messages = LeanQueue()  # type: ignore[assignment]
         return handler, session  # type: ignore[return-value]
 
+    async def handle_unsubscribe(self, unsubscribe: Any) -> None:
+        # The per-session subscription count (broker/acl.py, max_subscriptions) forgets these.
+        filters = getattr(self.session, "rallycast_filters", None)
+        if filters and unsubscribe.payload is not None:
+            filters.difference_update(unsubscribe.payload.topics)
+        await super().handle_unsubscribe(unsubscribe)
+
     def handle_read_timeout(self) -> None:
         # Nothing heard for 1.5 x keep-alive: the client is gone [MQTT-3.1.2-24].
         client_id = self.session.client_id if self.session else None
@@ -840,6 +848,9 @@ class RallycastBroker(Broker):
     ``max_queued_messages``). A loaded plugin with ``queue_add`` (broker/persistence.py) is
     the :class:`MessageStore` for persistent sessions."""
 
+    # Hostile-client limits (broker/limits.py); start_broker sets its own from Settings.
+    client_limits = limits.BrokerLimits()
+
     def __init__(
         self,
         config: BrokerConfig | dict[str, Any] | None = None,
@@ -850,6 +861,9 @@ class RallycastBroker(Broker):
         queue_limits: QueueLimits | None = None,
     ) -> None:
         super().__init__(config, loop, plugin_namespace)
+        # Filters indexed by level: a delivery's cost depends on the filters that can match
+        # it, not on how many filters other clients hold (broker/limits.py).
+        self._subscriptions = limits.FilterIndex()
         self.queue_limits = queue_limits or QueueLimits(messages=max_queued_messages)
         # Clients disconnected because they stopped reading (fault 5), for logs and tests.
         self.slow_clients_disconnected = 0
@@ -974,6 +988,12 @@ class RallycastBroker(Broker):
             close_timeout=WS_CLOSE_TIMEOUT,
             # MQTT keep-alive (enforced by RallycastProtocolHandler) finds dead peers.
             ping_interval=None,
+            # Hostile clients: no WebSocket message (nor frame) larger than the largest MQTT
+            # packet allowed, at most 4 of them buffered, and the handshake within the
+            # CONNECT timeout.
+            max_size=self.client_limits.max_packet_bytes,
+            max_queue=4,
+            open_timeout=self.client_limits.connect_timeout,
         )
 
     # -- connection lifecycle (faults 1, 2, 4)
@@ -986,12 +1006,27 @@ class RallycastBroker(Broker):
             msg = f"Invalid listener name '{listener_name}'"
             raise BrokerError(msg)
         if server.semaphore is not None and server.semaphore.locked():
-            await self._refuse_over_capacity(server, reader, writer)
-            return
-        await server.acquire_connection()  # a free slot: does not wait
+            # Full: drop the oldest connection still silent before its CONNECT (broker/limits.py,
+            # PendingSockets) and take its slot once it is released; else CONNACK 3.
+            if not limits.pending_sockets(self, listener_name).evict_oldest():
+                await self._refuse_over_capacity(server, reader, writer)
+                return
+            try:
+                await asyncio.wait_for(server.acquire_connection(), CLOSE_GRACE * 2)
+            except TimeoutError:
+                await self._refuse_over_capacity(server, reader, writer)
+                return
+        else:
+            await server.acquire_connection()  # a free slot: does not wait
+        # Every packet is checked (size from its fixed header, MQTT 3.1.1 rules) before amqtt
+        # parses it; a violation closes the connection (broker/limits.py).
+        reader = limits.FramedReader(
+            reader, self.client_limits.max_packet_bytes, writer.get_peer_info()
+        )
         try:
             await self._serve_connection(listener_name, reader, writer)
         finally:
+            reader.release()
             server.release_connection()
 
     async def _refuse_over_capacity(
@@ -1030,18 +1065,20 @@ class RallycastBroker(Broker):
             await self._close_writer(writer)
             return
         address, port = remote
+        pending = limits.pending_sockets(self, listener_name)
+        pending.add(id(writer), partial(_abort, writer))
         try:
             handler, incoming = await asyncio.wait_for(
                 RallycastProtocolHandler.init_from_connect(
                     reader, writer, self.plugins_manager, loop=self._loop
                 ),
-                CONNECT_TIMEOUT,
+                self.client_limits.connect_timeout,
             )
         except TimeoutError:
             self.logger.info(
                 "no CONNECT from %s within %ss",
                 format_client_message(address=address, port=port),
-                CONNECT_TIMEOUT,
+                self.client_limits.connect_timeout,
             )
             await self._close_writer(writer)
             return
@@ -1051,6 +1088,8 @@ class RallycastBroker(Broker):
             )
             await self._close_writer(writer)
             return
+        finally:
+            pending.discard(id(writer))
         try:
             await self._run_session(listener_name, handler, incoming, reader, writer)
         except (AMQTTError, MQTTError, NoDataError) as exc:
@@ -1083,6 +1122,26 @@ class RallycastBroker(Broker):
                 await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
             await self._close_writer(writer)
             return
+        # Hostile clients: client id ownership, slots reserved for logged-in users.
+        refusal = limits.admission_refusal(
+            self.client_limits,
+            self._servers.get(listener_name),
+            incoming,
+            self._sessions.get(incoming.client_id or "", (None, None))[0],
+        )
+        if refusal is not None:
+            self.logger.warning(
+                "refused CONNECT from %s (user %r): %s",
+                format_client_message(session=incoming),
+                incoming.username,
+                refusal[1],
+            )
+            with contextlib.suppress(Exception):
+                await ConnackPacket.build(0, refusal[0]).to_stream(writer)
+            await self._close_writer(writer)
+            return
+        if isinstance(reader, limits.FramedReader):
+            reader.client_id = incoming.client_id
 
         client_id = incoming.client_id
         if client_id is None:
@@ -1277,13 +1336,23 @@ class RallycastBroker(Broker):
         if app_message is None:
             return True
         topic = app_message.topic
-        if not topic or "#" in topic or "+" in topic or topic.startswith("$"):
+        if not topic or "#" in topic or "+" in topic:
+            # FramedReader closes such a connection before this point; kept as a safety net.
             self.logger.warning(
                 "%s sent PUBLISH to invalid topic %r: closing connection",
                 client_session.client_id,
                 topic,
             )
             return False
+        if topic.startswith("$"):
+            self.logger.info("%s may not publish to %s", client_session.client_id, topic)
+            return True
+        if app_message.publish_packet and app_message.publish_packet.retain_flag:
+            if limits.is_command_topic(topic):
+                # A retained command would be applied again after every restart: dropped
+                # (the QoS 1 PUBACK is already sent; the sender's resend without RETAIN works).
+                limits.log_retained_command_once(client_session, topic)
+                return True
         if not await self._topic_filtering(client_session, topic=topic, action=Action.PUBLISH):
             self.logger.info("%s not allowed to publish to %s", client_session.client_id, topic)
             return True
@@ -1316,11 +1385,8 @@ class RallycastBroker(Broker):
         forced_qos = broadcast.get("qos")
         published_qos = broadcast.get("published_qos")
         message = OutgoingMessage(topic, data)
-        matching = [
-            subscribers
-            for a_filter, subscribers in self._subscriptions.items()
-            if self._matches(topic, a_filter)
-        ]
+        index = self._subscriptions
+        matching = [index[a_filter] for a_filter in index.matching(topic)]
         for subscribers in matching:
             for target, granted_qos in tuple(subscribers):
                 if forced_qos is not None:

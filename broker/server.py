@@ -23,6 +23,7 @@ from amqtt.broker import Broker
 from amqtt.errors import ProtocolHandlerError
 
 from broker.hardening import QueueLimits, RallycastBroker
+from broker.limits import BrokerLimits, private_data_dir
 from scorer.config import Settings, bind_description, url_host
 
 log = logging.getLogger("rallycast.broker")
@@ -149,6 +150,8 @@ def broker_config(settings: Settings) -> dict[str, Any]:
             ACCESS_PLUGIN: {
                 "password_file": str(settings.password_file),
                 "service_user": settings.service_user,
+                "max_subscriptions": settings.max_subscriptions,
+                "login_attempts_per_minute": settings.login_attempts_per_minute,
             },
             PERSISTENCE_PLUGIN: {
                 "file": str(Path(settings.data_dir) / STORE_FILE),
@@ -241,11 +244,19 @@ class RunningBroker:
 
 async def start_broker(settings: Settings) -> RunningBroker:
     """Start the embedded broker in the running event loop."""
-    await asyncio.to_thread(Path(settings.data_dir).mkdir, parents=True, exist_ok=True)
+    # 0700: the password hashes, the store and the service's client id stay private.
+    await asyncio.to_thread(private_data_dir, settings.data_dir)
     quiet_library_loggers(settings.log_level)
     broker = EmbeddedBroker(broker_config(settings), queue_limits=queue_limits(settings))
     broker.max_payload_bytes = settings.max_payload_bytes
+    broker.client_limits = BrokerLimits(
+        max_packet_bytes=settings.max_packet_bytes,
+        reserved_connections=settings.reserved_connections,
+        service_user=settings.service_user,
+    )
     await broker.start()
+    # The store's files were just created (umask permitting 0644): owner only.
+    await asyncio.to_thread(private_data_dir, settings.data_dir)
     running = RunningBroker(
         broker=broker,
         bind=settings.bind,

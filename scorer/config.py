@@ -84,6 +84,15 @@ class Settings:
     # service is away: its own, larger bounds (embedded broker only).
     service_max_queued_messages: int = 20_000
     service_max_queued_bytes: int = 32 * 1024 * 1024
+    # Hostile clients (broker/limits.py, docs/security.md). A packet larger than
+    # max_packet_bytes (fixed header included) closes its connection, as mosquitto's
+    # max_packet_size; subscriptions per client; connections per listener kept for logged-in
+    # users (anonymous ones are refused past max_connections - reserved_connections);
+    # logins needing a password check per source address and minute (after a burst of 5).
+    max_packet_bytes: int = 20480
+    max_subscriptions: int = 32
+    reserved_connections: int = 16
+    login_attempts_per_minute: int = 30
     # The scorer service's MQTT user (role: service).
     service_user: str = "rallycast-service"
     clubs: tuple[Club, ...] = (Club("demo", "Demo club"),)
@@ -433,4 +442,21 @@ def load_settings(
     coerced = {name: _coerce(name, value, sources[name]) for name, value in values.items()}
     settings = replace(base or Settings(), **coerced)
     _check_together(settings, sources, text)
+    _check_limits(settings)
     return settings
+
+
+def _check_limits(settings: Settings) -> None:
+    """Broker limits that only make sense together (broker/limits.py)."""
+    if settings.max_packet_bytes < max(settings.max_payload_bytes, 1024):
+        raise ConfigError(
+            f"setting 'max_packet_bytes' ({settings.max_packet_bytes}) must be at least"
+            f" max_payload_bytes ({settings.max_payload_bytes}) and 1024"
+        )
+    if settings.max_subscriptions < 1:
+        raise ConfigError("setting 'max_subscriptions' must be at least 1")
+    if settings.max_connections and settings.reserved_connections >= settings.max_connections:
+        raise ConfigError(
+            f"setting 'reserved_connections' ({settings.reserved_connections}) must be below"
+            f" max_connections ({settings.max_connections})"
+        )

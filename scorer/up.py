@@ -4,6 +4,11 @@ scorer service and the live pages — working with no configuration at all.
 On first start it creates the data dir, the scorer credentials of each configured club (the
 `demo` club by default; the password is printed once and only its hash is kept) and the
 service's own secret (data_dir/service.secret), then prints what to open and what to type.
+
+Under systemd (``$INVOCATION_ID`` set) or with ``--passwords-file FILE``, new passwords are
+not printed (stdout is the journal there, which keeps lines for weeks and which every member
+of group adm may read): they are appended to a file only the running user may read
+(data_dir/new-passwords by default), and the log says where.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import socket
 import sys
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker.startup import StartFailed, listen_failure, start_broker_plainly
@@ -32,6 +38,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rallycast.up")
 
+PASSWORDS_FILE_NAME = "new-passwords"
 STOP_BUDGET = 1.5  # seconds for a clean stop after Ctrl-C / SIGTERM (promise: within 2 s)
 SERVICE_CONNECT_TIMEOUT = 10.0
 
@@ -90,9 +97,45 @@ def new_passwords_notice(credentials: Credentials) -> str:
     return "\n".join(lines)
 
 
+def under_systemd(environ: dict[str, str] | None = None) -> bool:
+    """systemd sets $INVOCATION_ID for every process of a unit (systemd.exec(5))."""
+    return bool((os.environ if environ is None else environ).get("INVOCATION_ID"))
+
+
+def write_new_passwords(path: Path, credentials: Credentials) -> Path:
+    """Append the new club passwords to ``path``, mode 0600 (also when it existed with another
+    mode), one ``scorer login: user ID password PW`` line each under a dated comment; appended,
+    so passwords of an earlier start that nobody has noted yet stay. Returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        handle.write(f"# {stamp} rallycast up: new scorer passwords\n")
+        for club_id, password in sorted(credentials.new_club_passwords.items()):
+            handle.write(f"scorer login: user {club_id} password {password}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
+def passwords_file_notice(path: Path, credentials: Credentials) -> str:
+    clubs = ", ".join(sorted(credentials.new_club_passwords))
+    return (
+        f"New scorer passwords (clubs {clubs}) written to {path}, readable by this user only "
+        "(not printed: this output is a log). Note them, then delete the file."
+    )
+
+
 def banner(
-    settings: Settings, credentials: Credentials, broker: RunningBroker, http_url: str | None
+    settings: Settings,
+    credentials: Credentials,
+    broker: RunningBroker,
+    http_url: str | None,
+    passwords_file: Path | None = None,
 ) -> str:
+    """What ``up`` prints once it runs. With ``passwords_file`` a new password is not shown:
+    the banner points at that file."""
     rallycast = _rallycast_command()
     host, mqtt_port = broker.host, broker.mqtt_port  # mosquitto_pub -h takes IPv6 bare
     lines = ["", "Rallycast is running.", ""]
@@ -114,7 +157,10 @@ def banner(
             lines.append(f"  display:    {base}/display")
             lines.append(f"  overlay:    {base}/overlay")
         password = credentials.new_club_passwords.get(club.id)
-        if password is not None:
+        if password is not None and passwords_file is not None:
+            lines.append(f"  scorer login: user {club.id}, new password in {passwords_file}")
+            shown = "PASSWORD"
+        elif password is not None:
             lines.append(f"  scorer login: user {club.id} password {password}")
             lines.append(
                 f"  (shown only now: write it down; a new one: "
@@ -134,15 +180,17 @@ def banner(
         )
         lines.append("  or with mosquitto-clients:")
         lines.append(f"    mosquitto_sub -h {host} -p {mqtt_port} -t clubs/{club.id}/game -v")
+        # With ids: a command the broker delivers twice (after a crash) is applied once.
         lines.append(
             f"    mosquitto_pub -h {host} -p {mqtt_port} -u {club.id} -P '{shown}' -q 1 "
-            f'-t clubs/{club.id}/game/cmd -m \'{{"cmd": "start", "player1": "Ann", '
+            f'-t clubs/{club.id}/game/cmd -m \'{{"id": "s1", "cmd": "start", "player1": "Ann", '
             f'"player2": "Bob"}}\''
         )
         lines.append(
             f"    mosquitto_pub -h {host} -p {mqtt_port} -u {club.id} -P '{shown}' -q 1 "
-            f"-t clubs/{club.id}/game/cmd -m '1+'"
+            f'-t clubs/{club.id}/game/cmd -m \'{{"id": "p1", "cmd": "point", "side": 1}}\''
         )
+        lines.append("    (each command its own id: p2, p3, ...; a repeated id is applied once)")
     if settings.bind in ("", "0.0.0.0", "::"):
         lines.append("")
         lines.append(
@@ -160,11 +208,23 @@ def banner(
     return "\n".join(lines)
 
 
-async def run_up(settings: Settings, stop: asyncio.Event) -> int:
-    """Run everything until ``stop`` is set; returns the exit code."""
+async def run_up(
+    settings: Settings, stop: asyncio.Event, passwords_file: Path | None = None
+) -> int:
+    """Run everything until ``stop`` is set; returns the exit code. ``passwords_file``: new
+    club passwords go there (see :func:`write_new_passwords`) instead of to stdout."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     credentials = await asyncio.to_thread(ensure_credentials, settings)
-    if credentials.new_club_passwords:
+    if credentials.new_club_passwords and passwords_file is not None:
+        try:
+            write_new_passwords(passwords_file, credentials)
+        except OSError as exc:
+            # The passwords exist only here now: shown in the output rather than lost.
+            log.error("cannot write %s (%s): printing the new passwords", passwords_file, exc)
+            passwords_file = None
+        else:
+            print(passwords_file_notice(passwords_file, credentials), flush=True)
+    if credentials.new_club_passwords and passwords_file is None:
         print(new_passwords_notice(credentials), flush=True)
     broker = await start_broker_plainly(settings)  # StartFailed: said plainly by main()
     # The real ports (settings may say 0); the pages need the real WebSocket port.
@@ -195,7 +255,13 @@ async def run_up(settings: Settings, stop: asyncio.Event) -> int:
                     exc, settings.http_port, "--http-port", "web server", settings.bind
                 ) from exc
         print(
-            banner(settings, credentials, broker, viewer.url if viewer is not None else None),
+            banner(
+                settings,
+                credentials,
+                broker,
+                viewer.url if viewer is not None else None,
+                passwords_file,
+            ),
             flush=True,
         )
         await stop.wait()
@@ -228,6 +294,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mqtt-port", type=int, help="MQTT TCP port (0 = any free port)")
     parser.add_argument("--ws-port", type=int, help="MQTT WebSocket port (0 = any free port)")
     parser.add_argument("--http-port", type=int, help="web pages port (0 = any free port)")
+    parser.add_argument(
+        "--passwords-file",
+        metavar="FILE",
+        help="append new scorer passwords to FILE (mode 0600) instead of printing them"
+        f" (default under systemd: DATA_DIR/{PASSWORDS_FILE_NAME})",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -242,13 +314,18 @@ def main(args: argparse.Namespace) -> int:
         },
     )
     setup_logging(settings.log_level)
+    passwords_file = None
+    if args.passwords_file:
+        passwords_file = Path(args.passwords_file).expanduser()
+    elif under_systemd():
+        passwords_file = settings.data_dir / PASSWORDS_FILE_NAME
 
     async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        return await run_up(settings, stop)
+        return await run_up(settings, stop, passwords_file)
 
     try:
         code = asyncio.run(run())

@@ -19,7 +19,7 @@ import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -35,6 +35,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from scorer import topics
+from scorer.client import parse_broker_url
 from scorer.config import (
     Club,
     Settings,
@@ -461,10 +462,23 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=int, help="HTTP port (0 = any free port)")
     parser.add_argument("--ws-port", type=int, help="the broker's WebSocket port the pages use")
     parser.add_argument("--public-ws-url", help="WebSocket URL the pages use (behind a proxy)")
+    parser.add_argument(
+        "--url",
+        help="the broker whose retained snapshots give each page its first score, as a"
+        " spectator (default: the broker_url setting; user and password are not used)",
+    )
+
+
+def browser_ws(settings: Settings) -> str:
+    """Where the browsers' mqtt.js connects, in words for the start line."""
+    if settings.public_ws_url:
+        return settings.public_ws_url
+    return f"ws://<the page's host>:{settings.ws_port}/mqtt"
 
 
 def main(args: argparse.Namespace) -> int:
     overrides = {
+        "broker_url": args.url,
         "bind": args.bind,
         "http_port": args.http_port,
         "ws_port": args.ws_port,
@@ -482,6 +496,12 @@ def main(args: argparse.Namespace) -> int:
         )
         for club in settings.clubs:
             print(f"  {club.name}: {running.url}/clubs/{club.id}", flush=True)
+        # As the viewer connects: a spectator, so without the URL's user and password.
+        following = replace(parse_broker_url(viewer_broker_url(settings)), user=None)
+        print(
+            f"  first scores from {following.url()}; browsers use {browser_ws(settings)}",
+            flush=True,
+        )
         await running.task
 
     try:
