@@ -26,9 +26,9 @@ from viewer.i18n import LANGUAGES, STRINGS, pick_language
 # Words the element needs beyond the club page's (viewer/i18n.py is the pages' file).
 EMBED_STRINGS: dict[str, dict[str, str]] = {
     "en": {
-        "sound": "🔔 Sound",
-        "speech": "🗣 Speak score",
-        "notify": "📣 Notify me",
+        "sound": "Sound",
+        "speech": "Speak the score",
+        "notify": "Notify me",
         "unknown_club": "rallycast-live: there is no club {club}",
         "embed_title": "Put the live score on your website",
         "embed_script": "Any web page (one script and one element)",
@@ -44,9 +44,9 @@ EMBED_STRINGS: dict[str, dict[str, str]] = {
         "qr_title": "Open the club page on your phone",
     },
     "ru": {
-        "sound": "🔔 Звук",
-        "speech": "🗣 Озвучивать счёт",
-        "notify": "📣 Уведомления",
+        "sound": "Звук",
+        "speech": "Озвучивать счёт",
+        "notify": "Уведомления",
         "unknown_club": "rallycast-live: клуба {club} нет",
         "embed_title": "Живой счёт на сайте клуба",
         "embed_script": "Любая страница (один скрипт и один элемент)",
@@ -63,8 +63,10 @@ EMBED_STRINGS: dict[str, dict[str, str]] = {
     },
 }
 ELEMENT_KEYS = (
-    "live_on", "no_match", "serves", "games", "game_no", "between_games", "won_by", "abandoned",
-    "sound", "speech", "notify", "unknown_club",
+    "live_on", "no_match", "game_scores", "game_no", "between_games", "won_by", "won_by_pair",
+    "abandoned", "heading_friendly", "heading_match", "heading_finished", "heading_abandoned",
+    "serves_one", "serves_to", "timeout_side", "game_to", "game_to_pair", "interval",
+    "change_ends", "sound", "speech", "notify", "unknown_club",
 )  # fmt: skip
 
 

@@ -19,6 +19,7 @@
   const END_HIDE_MS = 3000; // as the club page: the final score stays 3 s, then the section goes
   const CLUB_RE = /^[a-z0-9-]{1,64}$/;
   const RETAINED_GRACE_MS = 2000; // as live.js: how long a retained snapshot may take
+  const PERIOD_MS = 60000; // ITTF: timeouts and intervals between games of up to 1 minute
   const scriptOrigin = document.currentScript ? new URL(document.currentScript.src).origin : location.origin;
 
   const CSS = `
@@ -30,7 +31,11 @@
     .live { background: var(--rallycast-bg, #ffffff); color: var(--rallycast-fg, #1d1d1f);
       border: 1px solid var(--rallycast-border, #d0d0d8); border-radius: var(--rallycast-radius, 10px);
       padding: 0.75em 1em; }
-    .title { margin: 0 0 0.4em; font-size: 1.05em; font-weight: 600; }
+    .title { margin: 0 0 0.4em; font-size: 1.05em; font-weight: 600; display: flex; align-items: center; gap: 0.45em; }
+    .dot { flex: none; width: 0.7em; height: 0.7em; border-radius: 50%; background: var(--rallycast-live, #d6202f); }
+    .live[data-status="finished"] .dot, .live[data-status="abandoned"] .dot { background: var(--rallycast-muted, #6b6b76); }
+    .alert { font-weight: 700; }
+    .clock { font-variant-numeric: tabular-nums; }
     table { border-collapse: collapse; width: 100%; }
     td, th { padding: 0.15em 0.35em; text-align: left; font-weight: normal; }
     th { width: 100%; overflow-wrap: anywhere; }
@@ -86,6 +91,26 @@
     return mqttLoading;
   }
 
+  /* Put a value into an element as text: a string, or {tpl, v} (a sentence whose {name}
+   * values are names). Names go into <bdi> with textContent, never into HTML: a bidi
+   * character in a name reorders only the name, and markup in it stays text. */
+  function fill(node, value) {
+    if (!value || typeof value !== 'object') { node.textContent = value === undefined || value === null ? '' : String(value); return; }
+    const parts = value.tpl.split(/\{(\w+)\}/);
+    const nodes = [];
+    parts.forEach((part, i) => {
+      if (i % 2 === 0) { if (part) nodes.push(document.createTextNode(part)); return; }
+      const got = value.v[part];
+      if (got === undefined || got === null) return;
+      if (got && got.name !== undefined) {
+        const bdi = document.createElement('bdi');
+        bdi.textContent = got.name;
+        nodes.push(bdi);
+      } else nodes.push(document.createTextNode(String(got)));
+    });
+    node.replaceChildren(...nodes);
+  }
+
   function el(tag, attrs, children) {
     const node = document.createElement(tag);
     for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, value);
@@ -106,6 +131,8 @@
     disconnectedCallback() {
       this.started = false;
       clearTimeout(this.hideTimer);
+      clearInterval(this.clockTimer);
+      this.clockTimer = null;
       if (this.client) this.client.end(true);
       this.client = null;
     }
@@ -125,17 +152,27 @@
       const S = (this.S = settings.strings[this.language]);
       const rows = [1, 2].map((side) => el('tr', { part: 'row' }, [
         el('td', { class: 'serve', 'data-serve': String(side), part: 'serve', 'aria-hidden': 'true' }, ['●']),
-        el('th', { scope: 'row', 'data-field': 'name', 'data-side': String(side), part: 'name' }),
+        el('th', { scope: 'row', part: 'name' }, [el('bdi', { 'data-field': 'name', 'data-side': String(side) })]),
         el('td', { class: 'games-won', 'data-field': 'games', 'data-side': String(side), part: 'games-won' }),
         el('td', { class: 'points', 'data-field': 'score', 'data-side': String(side), part: 'points' }),
       ]));
+      // The club page's live section (viewer/templates/club.html), line for line.
       this.section = el('section', { class: 'live', part: 'live', 'aria-live': 'polite', hidden: '' }, [
-        el('p', { class: 'title', part: 'title' }, [S.live_on]),
+        el('p', { class: 'title', part: 'title' }, [
+          el('span', { class: 'dot', part: 'dot', title: S.live_on }), el('span', { 'data-field': 'heading' }),
+        ]),
         el('table', { part: 'score' }, [el('tbody', {}, rows)]),
         el('p', { class: 'line', part: 'status' }, [
           el('span', { 'data-field': 'status' }), ' ', el('span', { 'data-field': 'serving' }),
         ]),
-        el('p', { class: 'line', part: 'game-list' }, [S.games + ': ', el('span', { 'data-field': 'game_list' })]),
+        el('p', { class: 'line alert', part: 'alert', 'data-show-if': 'timeout', hidden: '' }, [
+          el('span', { 'data-field': 'timeout' }), ' ', el('span', { class: 'clock', 'data-clock': 'timeout' }),
+        ]),
+        el('p', { class: 'line alert', part: 'alert', 'data-show-if': 'interval', hidden: '' }, [
+          el('span', { 'data-field': 'interval' }), ' · ' + S.interval + ' ', el('span', { class: 'clock', 'data-clock': 'interval' }),
+        ]),
+        el('p', { class: 'line alert', part: 'alert', 'data-show-if': 'ends', 'data-field': 'ends', hidden: '' }),
+        el('p', { class: 'line', part: 'game-list' }, [S.game_scores + ': ', el('span', { 'data-field': 'game_list' })]),
       ]);
       this.idle = el('p', { class: 'muted', part: 'idle', hidden: '' }, [S.no_match]);
       this.problem = el('p', { class: 'muted', part: 'problem', role: 'status', hidden: '' });
@@ -294,36 +331,87 @@
     view(s) {
       const S = this.S;
       const g = s.game_data;
+      const doubles = g.game_type === 'double';
       const won = s.games_won || [0, 0];
       const games = s.games || [];
+      const names = { 1: g.player1, 2: g.player2 };
+      const playing = s.status === 'in_progress';
+      const dash = (pair) => pair[0] + '–' + pair[1];
+      const name = (text) => ({ name: text || '' });
+      const rich = (tpl, v) => ({ tpl, v });
       let status;
       if (s.status === 'between_games') status = S.between_games;
-      else if (s.status === 'finished') status = format(S.won_by, { name: g.winner || '' });
+      else if (s.status === 'finished') status = rich(doubles ? S.won_by_pair : S.won_by, { name: name(g.winner) });
       else if (s.status === 'abandoned') status = S.abandoned;
       else status = format(S.game_no, { n: s.game_no || 1 });
+      let heading;
+      if (s.status === 'finished') heading = rich(S.heading_finished, { name: name(g.winner) });
+      else if (s.status === 'abandoned') heading = S.heading_abandoned;
+      else heading = (s.best_of || 1) > 1 ? format(S.heading_match, { n: s.best_of }) : S.heading_friendly;
+      let serving = '';
+      if (playing && s.server_player) {
+        serving = doubles && s.receiver_player
+          ? rich(S.serves_to, { server: name(s.server_player), receiver: name(s.receiver_player) })
+          : rich(S.serves_one, { server: name(s.server_player) });
+      }
+      const timeout = playing && s.timeout && (s.timeout.side === 1 || s.timeout.side === 2) ? s.timeout : null;
+      const lastGame = s.status === 'between_games' && s.last_game ? s.last_game : null;
+      const winnerFirst = (game) => (game.winner === 2 ? [game.score[1], game.score[0]] : game.score);
       return {
-        name: { 1: g.player1, 2: g.player2 },
-        score: { 1: g.score1, 2: g.score2 },
-        games: { 1: won[0], 2: won[1] },
+        side: { name: names, score: { 1: g.score1, 2: g.score2 }, games: { 1: won[0], 2: won[1] } },
+        heading,
         status,
-        serving: s.status === 'in_progress' && s.server_player ? s.server_player + ' ' + S.serves : '',
-        game_list: games.length ? games.map((pair) => pair[0] + '–' + pair[1]).join(', ') : '—',
+        serving,
+        timeout: timeout ? rich(S.timeout_side, { name: name(names[timeout.side]) }) : '',
+        timeout_until: timeout ? this.deadline(timeout.started_at) : 0,
+        interval: lastGame
+          ? rich(doubles ? S.game_to_pair : S.game_to, {
+            n: lastGame.game_no, name: name(lastGame.winner_name || names[lastGame.winner]), score: dash(winnerFirst(lastGame)),
+          })
+          : '',
+        interval_until: lastGame ? this.deadline(lastGame.ended_at) : 0,
+        ends: s.ends_changed && (playing || s.status === 'between_games') ? S.change_ends : '',
+        game_list: games.length ? games.map(dash).join(', ') : '—',
         server: s.status === 'finished' || s.status === 'abandoned' ? 0 : g.server,
       };
+    }
+
+    // When a 1-minute timeout or interval that began at `iso` (the service's clock) ends, in
+    // this device's time; a device clock clearly behind the service's counts from now.
+    deadline(iso) {
+      const began = Date.parse(iso || '');
+      if (Number.isNaN(began)) return 0;
+      const now = Date.now();
+      return (now - began >= -5000 ? began : now) + PERIOD_MS;
     }
 
     render(snapshot) {
       const v = this.view(snapshot);
       for (const node of this.section.querySelectorAll('[data-field]')) {
         const field = node.dataset.field;
-        const value = node.dataset.side ? (v[field] || {})[node.dataset.side] : v[field];
-        const text = value === undefined || value === null ? '' : String(value);
-        if (node.textContent !== text) node.textContent = text; // text only: never HTML
+        const value = node.dataset.side ? (v.side[field] || {})[node.dataset.side] : v[field];
+        const key = JSON.stringify(value === undefined || value === null ? '' : value);
+        if (node.rcShown === key) continue; // unchanged: nothing written
+        node.rcShown = key;
+        fill(node, value);
       }
+      for (const node of this.section.querySelectorAll('[data-show-if]')) node.hidden = !v[node.dataset.showIf];
+      for (const node of this.section.querySelectorAll('[data-clock]')) node.dataset.until = String(v[node.dataset.clock + '_until'] || 0);
       for (const node of this.section.querySelectorAll('[data-serve]')) {
         node.classList.toggle('serving', Number(node.dataset.serve) === v.server);
       }
       this.section.dataset.status = snapshot.status || '';
+      this.tick();
+      if (!this.clockTimer) this.clockTimer = setInterval(() => this.tick(), 250);
+    }
+
+    tick() {
+      for (const node of this.section.querySelectorAll('[data-clock]')) {
+        const until = Number(node.dataset.until || 0);
+        const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
+        const text = until ? Math.floor(left / 60) + ':' + String(left % 60).padStart(2, '0') : '';
+        if (node.textContent !== text) node.textContent = text;
+      }
     }
   }
 
