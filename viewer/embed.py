@@ -23,12 +23,10 @@ from scorer import topics
 from scorer.config import Settings, url_host
 from viewer.i18n import LANGUAGES, STRINGS, pick_language
 
-# Words the element needs beyond the club page's (viewer/i18n.py is the pages' file).
+# Words of the embed's own pages and messages (the element's buttons are in viewer/i18n.py,
+# shared with the club page and the display).
 EMBED_STRINGS: dict[str, dict[str, str]] = {
     "en": {
-        "sound": "Sound",
-        "speech": "Speak the score",
-        "notify": "Notify me",
         "unknown_club": "rallycast-live: there is no club {club}",
         "embed_title": "Put the live score on your website",
         "embed_script": "Any web page (one script and one element)",
@@ -41,12 +39,8 @@ EMBED_STRINGS: dict[str, dict[str, str]] = {
         "embed_csp": "Your site's Content-Security-Policy must allow",
         "embed_origins_note": "This server answers the score API for these sites (embed_origins):",
         "embed_origins_none": "none yet: add your site's origin to embed_origins (docs/embed.md)",
-        "qr_title": "Open the club page on your phone",
     },
     "ru": {
-        "sound": "Звук",
-        "speech": "Озвучивать счёт",
-        "notify": "Уведомления",
         "unknown_club": "rallycast-live: клуба {club} нет",
         "embed_title": "Живой счёт на сайте клуба",
         "embed_script": "Любая страница (один скрипт и один элемент)",
@@ -59,7 +53,6 @@ EMBED_STRINGS: dict[str, dict[str, str]] = {
         "embed_csp": "Content-Security-Policy сайта должна разрешать",
         "embed_origins_note": "API счёта отвечает этим сайтам (embed_origins):",
         "embed_origins_none": "пока никаким: добавьте адрес сайта в embed_origins (docs/embed.md)",
-        "qr_title": "Страница клуба на телефоне",
     },
 }
 ELEMENT_KEYS = (
