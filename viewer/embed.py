@@ -9,12 +9,14 @@ same data any spectator reads from the broker."""
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 from typing import Any
 from urllib.parse import urlsplit
 
 import segno
+from markupsafe import Markup
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -120,6 +122,18 @@ def qr_svg(url: str, title: str = "") -> bytes:
     return out.getvalue()
 
 
+@functools.lru_cache(maxsize=64)
+def qr_inline(url: str, element_id: str, css_class: str, label: str) -> Markup:
+    """The QR code of ``url`` as an inline <svg> for a page (not an <img>: a page's images
+    are what a hostile name would try to create; the tests look for any). segno escapes the
+    title; the id and class are ours."""
+    code = segno.make(url, error="m")
+    out = io.BytesIO()
+    code.save(out, kind="svg", scale=1, border=4, xmldecl=False, omitsize=True, title=label,
+              svgid=element_id, svgclass=css_class, dark="#000000", light="#ffffff")  # fmt: skip
+    return Markup(out.getvalue().decode("utf-8"))
+
+
 class Embed:
     """The routes; ``viewer`` is the running :class:`viewer.server.Viewer`."""
 
@@ -130,6 +144,10 @@ class Embed:
 
         mqtt_js = "" if viewer.mqtt_js_missing else viewer.static_url(MQTT_JS_NAME)
         self.script = embed_script(self.settings, mqtt_js)
+        # {{ club_qr(request, club.id, "id", "class", "label") }} in the club page and the TV.
+        viewer.templates.env.globals["club_qr"] = lambda request, club_id, *args: qr_inline(
+            club_page_url(request, club_id), *args
+        )
 
     def routes(self) -> list[Route]:
         return [
