@@ -330,6 +330,24 @@ def test_names_are_text_in_the_element_and_nothing_from_a_snapshot_runs(
     time.sleep(0.3)  # an onerror handler would have fired by now; open_page fails on a dialog
 
 
+def test_a_bad_or_unknown_club_says_so_in_place_of_the_score(
+    stack: Any, host: HostSite, open_page: Any
+) -> None:
+    host.pages["/"] = host_html(
+        stack.viewer.url,
+        club="nope",
+        extra='<rallycast-live id="bad" club="Bad/Club"></rallycast-live>'
+        '<rallycast-live id="t2" club="alpha" table="2"></rallycast-live>',
+    )
+    page = open_page(host.origin + "/")
+    page.failures.allowed.append("404 (Not Found)")  # the API's answer for the unknown club
+    problem = "rallycast-live{} p[part=problem]"
+    page.wait_for_selector(problem.format(":not([id])"), state="visible")
+    assert page.inner_text(problem.format(":not([id])")) == "rallycast-live: there is no club nope"
+    assert "must be a club id" in page.inner_text(problem.format("#bad"))
+    assert 'only table="1"' in page.inner_text(problem.format("#t2"))
+
+
 def test_first_score_comes_from_the_json_api_before_mqtt_connects(
     stack: Any, host: HostSite, open_page: Any
 ) -> None:

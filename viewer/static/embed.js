@@ -124,6 +124,7 @@
     connectedCallback() {
       if (this.started) return;
       this.started = true;
+      this.generation = (this.generation || 0) + 1; // answers for an older start are dropped
       this.build();
       this.start();
     }
@@ -224,14 +225,17 @@
       this.topic = 'clubs/' + club + '/game';
       this.shown = null; // {match_id, rev} of the snapshot on screen
       this.seenLive = new Set();
-      const started = this.started;
+      const generation = this.generation;
+      const current = () => this.started && this.generation === generation;
       // The first score from the JSON API, so the element shows it at once; MQTT takes over.
       // Without CORS for this site (embed_origins) the retained MQTT copy arrives a moment later.
       try {
         const response = await fetch(origin + '/api/clubs/' + club + '/live', { mode: 'cors', credentials: 'omit' });
+        if (!current()) return;
         if (response.status === 404) { this.say(format(this.S.unknown_club, { club })); return; }
-        if (response.ok && this.started === started) {
+        if (response.ok) {
           const body = await response.json();
+          if (!current()) return;
           if (body.club && body.club.name) this.announcer.title = String(body.club.name);
           // What is on now is the baseline: the announcer tells only what changes after it.
           if (isSnapshot(body.snapshot)) this.onSnapshot(body.snapshot);
@@ -242,7 +246,7 @@
       }
       try {
         const mqtt = await loadMqtt(origin);
-        if (!this.started) return;
+        if (!current()) return;
         this.connect(mqtt, origin);
       } catch (error) {
         this.say(String(error.message || error));
