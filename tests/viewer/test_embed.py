@@ -579,3 +579,26 @@ def test_the_qr_code_decodes_to_the_club_page_url(
     shot = page.locator("#club-qr").screenshot(path=str(artifacts_dir / "embed-qr.png"))
     assert decode_qr(shot) == [stack.url("/clubs/alpha")]
     page.screenshot(path=str(artifacts_dir / "embed-snippet-page.png"), full_page=True)
+
+
+def test_the_snippet_page_shows_each_snippet_as_text_ready_to_copy_and_a_live_preview(
+    stack: Any, open_page: Any
+) -> None:
+    scorer = stack.scorer("alpha")
+    accepted(scorer, START)
+    club_page = open_page(stack.url("/clubs/alpha"))
+    club_page.click("text=On your website")
+    page = club_page
+    page.wait_for_url("**/clubs/alpha/embed/snippet")
+    base = stack.viewer.url
+    assert page.inner_text("#snippet-html") == (
+        f'<script src="{base}/embed.js" async></script>\n'
+        '<rallycast-live club="alpha" table="1" lang="en"></rallycast-live>'
+    )
+    django = page.inner_text("#snippet-django")
+    assert '<rallycast-live club="{{ club.rallycast_id }}"' in django
+    assert "LANGUAGE_CODE|slice:':2'" in django
+    assert f'src="{base}/clubs/alpha/embed?lang=en"' in page.inner_text("#snippet-iframe")
+    assert f"connect-src {base} ws://127.0.0.1:" in page.inner_text("#snippet-csp")
+    page.wait_for_selector("#preview section.live", state="visible")  # the live preview
+    assert page.inner_text('#preview [data-field="name"][data-side="1"]') == "Ann"
