@@ -122,6 +122,18 @@ OUT_OF_RANGE = {
     "broker_url": ["'http://127.0.0.1'", "'mqtt://'", "'mqtt://host:99999'", "'127.0.0.1'"],
     "public_ws_url": ["'http://example.org/mqtt'", "'example.org'"],
     "service_user": ["''", "'a b'", "'a/b'", "'a:b'"],
+    "embed_origins": [
+        "'https://a.org'",
+        "5",
+        "[5]",
+        "['https://a.org/']",
+        "['https://a.org/page']",
+        "['a.org']",
+        "['ftp://a.org']",
+        "['https://a.org:0']",
+        "['https://a.org:99999']",
+        "['https://a b.org']",
+    ],
     "data_dir": ["''", "'{file}'"],
     "clubs": [
         "'riverside'",
@@ -259,3 +271,13 @@ def test_a_config_file_that_cannot_be_used_is_said_plainly(tmp_path: Path, make,
     make(path)
     with pytest.raises(ConfigError, match=message):
         load_settings(path, env={})
+
+
+def test_embed_origins_from_the_file_and_the_environment_are_browser_origins(tmp_path: Path):
+    config = tmp_path / "rallycast.toml"
+    config.write_text('embed_origins = ["https://Riverside-TTC.org", "http://127.0.0.1:8080"]\n')
+    settings = load_settings(config, env={})
+    assert settings.embed_origins == ("https://riverside-ttc.org", "http://127.0.0.1:8080")
+    env = {"RALLYCAST_EMBED_ORIGINS": "https://a.org, http://[::1]:81 *"}
+    assert load_settings(env=env).embed_origins == ("https://a.org", "http://[::1]:81", "*")
+    assert load_settings(env={}).embed_origins == ()
