@@ -814,7 +814,7 @@ def test_command_topics():
 @pytest.mark.mosquitto
 @pytest.mark.timeout(180)
 def test_bench_hostile_prints_a_row_per_attack_and_broker(capsys):
-    from scorer.cli import main as rallycast
+    from rallycast.cli import main as rallycast
     from tests.conftest import require_program
 
     require_program("mosquitto")

@@ -125,7 +125,7 @@ def test_binary_retained_payload_survives_restart_byte_for_byte(amqtt_broker):
 def run_broker_process(data_dir: Path) -> tuple[subprocess.Popen[str], int, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "scorer.cli", "broker", "--bind", "127.0.0.1",
+        [sys.executable, "-m", "rallycast.cli", "broker", "--bind", "127.0.0.1",
          "--mqtt-port", "0", "--ws-port", "0", "--data-dir", str(data_dir)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip

@@ -238,7 +238,7 @@ def test_describe_lists_each_boards_topics_and_mapping(tmp_path: Path) -> None:
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "scorer.cli", *args],
+        [sys.executable, "-m", "rallycast.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

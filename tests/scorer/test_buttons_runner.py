@@ -240,7 +240,7 @@ opponent = "2+"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
     env["RALLYCAST_PASSWORD_ALPHA"] = any_broker.users["alpha"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "scorer.cli", "buttons", "--config", str(config)],
+        [sys.executable, "-m", "rallycast.cli", "buttons", "--config", str(config)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

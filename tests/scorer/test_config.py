@@ -72,7 +72,7 @@ def test_with_overrides_does_not_read_the_environment_again(monkeypatch):
 
 
 def test_config_flag_works_before_and_after_the_subcommand(tmp_path: Path):
-    from scorer.cli import build_parser
+    from rallycast.cli import build_parser
 
     assert (
         build_parser("replay").parse_args(["--config", "a.toml", "replay", "x"]).config == "a.toml"
@@ -172,7 +172,7 @@ def test_a_bad_value_of_any_setting_is_one_line_naming_it(tmp_path: Path, name, 
 
 @pytest.mark.parametrize("name, value", bad_values())
 def test_the_cli_refuses_any_bad_setting_with_exit_2_and_one_line(tmp_path, capsys, name, value):
-    from scorer.cli import main
+    from rallycast.cli import main
 
     config = write_setting(tmp_path, name, value)
     data_dir = tmp_path / "data"
