@@ -259,3 +259,14 @@ def test_a_config_file_that_cannot_be_used_is_said_plainly(tmp_path: Path, make,
     make(path)
     with pytest.raises(ConfigError, match=message):
         load_settings(path, env={})
+
+
+def test_the_reserved_club_id_is_the_configured_service_user():
+    # Derived from service_user, not a fixed list: with another service user the default
+    # name is a club id like any other, and the configured name is the one refused.
+    settings = load_settings(
+        env={"RALLYCAST_SERVICE_USER": "svc", "RALLYCAST_CLUBS": "rallycast-service"}
+    )
+    assert [club.id for club in settings.clubs] == ["rallycast-service"]
+    with pytest.raises(ConfigError, match="'svc' is reserved"):
+        load_settings(env={"RALLYCAST_SERVICE_USER": "svc", "RALLYCAST_CLUBS": "svc"})
