@@ -12,7 +12,8 @@ import base64
 import os
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 from broker.packets import connect_packet, encode_publish
 
@@ -150,4 +151,101 @@ def ws_socket(port: int) -> socket.socket:
         if not chunk:
             raise ConnectionError("WebSocket handshake refused")
         response += chunk
+    if b" 101 " not in response.split(b"\r\n")[0]:
+        sock.close()
+        raise ConnectionError(f"WebSocket handshake refused: {response[:80]!r}")
     return sock
+
+
+# -- a blocking raw MQTT client
+
+
+class RawClient:
+    """A blocking socket speaking just enough MQTT; ``packets()`` splits what arrives."""
+
+    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
+        self.sock = socket.create_connection(
+            ("127.0.0.1", port), timeout=5, source_address=(source, 0)
+        )
+        self.buffer = b""
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        self.sock.sendall(data)
+
+    def _fill(self, deadline: float) -> bool:
+        """Read more bytes; False once the peer closed (or reset) the connection."""
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        self.sock.settimeout(left)
+        try:
+            data = self.sock.recv(65536)
+        except TimeoutError:
+            raise
+        except OSError:
+            data = b""
+        if not data:
+            self.closed = True
+            return False
+        self.buffer += data
+        return True
+
+    def packet(self, timeout: float = 3.0) -> tuple[int, bytes] | None:
+        """The next packet (first byte, body), or None when the connection closed first."""
+        deadline = time.monotonic() + timeout
+        while True:
+            parsed = self._parse()
+            if parsed is not None:
+                return parsed
+            if self.closed or not self._fill(deadline):
+                return None
+
+    def _parse(self) -> tuple[int, bytes] | None:
+        data = self.buffer
+        if len(data) < 2:
+            return None
+        length, shift, index = 0, 0, 1
+        while True:
+            if index >= len(data):
+                return None
+            byte = data[index]
+            length |= (byte & 0x7F) << shift
+            index += 1
+            if not byte & 0x80:
+                break
+            shift += 7
+        if len(data) < index + length:
+            return None
+        self.buffer = data[index + length :]
+        return data[0], data[index : index + length]
+
+    def connack(self, timeout: float = 3.0) -> int | None:
+        packet = self.packet(timeout)
+        if packet is None:
+            return None
+        assert packet[0] == 0x20, f"expected CONNACK, got {packet}"
+        return packet[1][1]
+
+    def closed_within(self, timeout: float) -> bool:
+        """True when the broker closes the connection within ``timeout`` s (whatever it sent
+        before: collected in ``buffer``)."""
+        deadline = time.monotonic() + timeout
+        try:
+            while self._fill(deadline):
+                pass
+        except TimeoutError:
+            return False
+        return True
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@contextmanager
+def raw_client(port: int, source: str = "127.0.0.1") -> Iterator[RawClient]:
+    client = RawClient(port, source)
+    try:
+        yield client
+    finally:
+        client.close()

@@ -19,8 +19,9 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.brokers import SERVICE_USER as SERVICE
-from tests.brokers import BrokerEndpoint, Recorder
+from rallycast.bench.launch import SERVICE_USER as SERVICE
+from tests.support.clients import Recorder
+from tests.support.endpoints import BrokerEndpoint
 
 MAX_PAYLOAD = 16384  # Settings.max_payload_bytes and mosquitto.conf's message_size_limit
 GRACE = 0.3  # extra wait after a sentinel, for anything out of order

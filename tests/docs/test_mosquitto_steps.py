@@ -39,8 +39,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from rallycast.bench.launch import free_port
 from scorer import topics
-from tests.brokers import free_port
 from tests.conftest import require_program
 from tests.scorer.servicekit import Scorer, Watcher
 

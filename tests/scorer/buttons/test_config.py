@@ -13,7 +13,7 @@ from scorer.buttons import describe
 from scorer.buttons.boards import load_buttons_config, parse_board, parse_boards
 from scorer.config import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def error_of(table: dict, index: int = 0) -> str:

@@ -22,9 +22,9 @@ from scorer.buttons import ButtonRunner, parse_boards
 from scorer.client import ConnectFailed
 from scorer.config import Settings
 from scorer.service import ScorerService
-from tests.scorer.payloads import ESPHOME, SHELLY1, TASMOTA, ZIGBEE
+from tests.scorer.buttons.payloads import ESPHOME, SHELLY1, TASMOTA, ZIGBEE
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 WAIT = 5.0
 QUIET = 0.8  # seconds of silence that show a command did NOT come
 T0 = 1_764_170_000.0  # a fake wall clock for the runner (only differences matter)
