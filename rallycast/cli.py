@@ -35,6 +35,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "viewer": ("viewer.server", "serve the live pages"),
     "replay": ("scorer.replay", "replay a match log and print the snapshot"),
     "bench": ("rallycast.bench", "measure the broker (and the pages) on loopback"),
+    "cluster": ("broker.cluster", "run or configure a 3-node NATS cluster (docs/scale.md)"),
 }
 
 

@@ -10,10 +10,13 @@ Fixtures (all function-scoped; each yields a :class:`BrokerEndpoint`):
 - ``mosquitto_broker``: a real ``mosquitto`` run from OUR ``mosquitto.conf`` + ``mosquitto.acl``
   (only ports, paths and the run-as user rewritten). Skipped locally / failed under CI when the
   binary is missing (``require_program``).
+- ``nats_broker`` (tests/cluster.py): a 3-node NATS cluster; clients go to the nodes in turn.
 - ``any_broker``: parametrized over ``amqtt_broker`` and ``mosquitto_broker`` (test ids
-  ``[amqtt]`` / ``[mosquitto]``): write a test once, it runs on both.
+  ``[amqtt]`` / ``[mosquitto]``): write a test once, it runs on both. The broker protocol
+  suite adds ``nats_broker`` (``[nats]``); ``RALLYCAST_TEST_BROKERS=amqtt,mosquitto,nats``
+  adds it to every suite.
 - ``any_broker_process``: parametrized over ``amqtt_broker_process`` and ``mosquitto_broker``
-  (both can be killed with SIGKILL).
+  (both can be killed with SIGKILL), and ``nats_broker`` as above.
 
 Every broker has the same users (``endpoint.users``: user -> clear password, test only):
 the service user ``rallycast-service`` (``endpoint.service_user``) and the club users
@@ -21,7 +24,7 @@ the service user ``rallycast-service`` (``endpoint.service_user``) and the club 
 
 ``BrokerEndpoint``::
 
-    endpoint.kind                      # "amqtt" | "mosquitto"
+    endpoint.kind                      # "amqtt" | "mosquitto" | "nats"
     endpoint.host, .mqtt_port, .ws_port, .data_dir, .users, .service_user
     endpoint.url(user=None, transport="tcp")   # "mqtt://alpha:pw@127.0.0.1:PORT", "ws://.../mqtt"
     endpoint.settings(**overrides)     # scorer.config.Settings pointing at this broker (no creds)
@@ -51,6 +54,7 @@ subprocess launcher under them is ``rallycast/bench/launch.py``, shared with the
 
 from __future__ import annotations
 
+import os
 import secrets
 import shutil
 from collections.abc import Iterator
@@ -59,15 +63,31 @@ from typing import Any
 
 import pytest
 
-from rallycast.bench.launch import SERVICE_USER
+from rallycast.bench.launch import REPO, SERVICE_USER, free_port
+from tests.support.clients import Received, Recorder
 from tests.support.endpoints import (
     CLUB_USERS,
+    FAST_HASHER,
     BrokerEndpoint,
     TestUsers,
     make_test_users,
     write_argon2_users,
 )
 from tests.support.runners import AmqttProcess, MosquittoProcess, ThreadedAmqtt
+
+# Names tests imported from here before tests/support/ existed (kept so they still work; new
+# code imports them from tests/support or rallycast/bench/launch.py).
+__all__ = [
+    "FAST_HASHER",
+    "REPO",
+    "SERVICE_USER",
+    "BrokerEndpoint",
+    "Received",
+    "Recorder",
+    "TestUsers",
+    "free_port",
+    "serve_mosquitto",
+]
 
 
 @pytest.fixture(scope="session")
@@ -141,12 +161,23 @@ def mosquitto_broker(tmp_path: Path, broker_test_users: TestUsers) -> Iterator[B
     yield from serve_mosquitto(tmp_path / "broker", broker_test_users)
 
 
-@pytest.fixture(params=["amqtt", "mosquitto"])
-def any_broker(request: pytest.FixtureRequest) -> BrokerEndpoint:
+# The brokers `any_broker` runs on. "nats" is the 3-node NATS cluster of tests/cluster.py
+# (nats_broker): the broker protocol suite (tests/broker/test_behaviour.py) always includes it;
+# RALLYCAST_TEST_BROKERS=amqtt,mosquitto,nats runs every other suite on it too.
+ANY_BROKERS = os.environ.get("RALLYCAST_TEST_BROKERS", "amqtt,mosquitto").split(",")
+ALL_BROKERS = ["amqtt", "mosquitto", "nats"]
+
+
+def broker_fixture(request: pytest.FixtureRequest) -> BrokerEndpoint:
     return request.getfixturevalue(f"{request.param}_broker")
 
 
-@pytest.fixture(params=["amqtt", "mosquitto"])
-def any_broker_process(request: pytest.FixtureRequest) -> BrokerEndpoint:
-    name = "amqtt_broker_process" if request.param == "amqtt" else "mosquitto_broker"
+def broker_process_fixture(request: pytest.FixtureRequest) -> BrokerEndpoint:
+    name = "amqtt_broker_process" if request.param == "amqtt" else f"{request.param}_broker"
     return request.getfixturevalue(name)
+
+
+any_broker = pytest.fixture(params=ANY_BROKERS, name="any_broker")(broker_fixture)
+any_broker_process = pytest.fixture(params=ANY_BROKERS, name="any_broker_process")(
+    broker_process_fixture
+)

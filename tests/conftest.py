@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.brokers"]
+pytest_plugins = ["tests.brokers", "tests.cluster"]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
 

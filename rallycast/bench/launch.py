@@ -6,7 +6,7 @@
 - mosquitto: OUR ``mosquitto.conf`` and ``mosquitto.acl`` with only the lines naming ports,
   paths and the run-as user rewritten (:func:`mosquitto_config`), users from
   ``mosquitto_passwd``;
-- :func:`stop_process`: SIGTERM, then SIGKILL when it has not exited within the grace time.
+- ``stop_process`` (``broker/process.py``): SIGTERM, then SIGKILL after the grace time.
 
 Every wait is bounded (``START_TIMEOUT``) and every port is ephemeral.
 """
@@ -17,7 +17,6 @@ import getpass
 import os
 import re
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -27,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
+
+from broker.process import stop_process
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICE_USER = "rallycast-service"
@@ -43,17 +44,6 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def stop_process(process: subprocess.Popen[bytes], grace: float = 5.0) -> None:
-    """SIGTERM, wait up to ``grace`` seconds, then SIGKILL (and reap)."""
-    if process.poll() is None:
-        process.send_signal(signal.SIGTERM)
-        try:
-            process.wait(grace)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(5)
 
 
 @dataclass

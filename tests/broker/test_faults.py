@@ -346,7 +346,9 @@ async def test_shutdown_finishes_within_2s_with_a_client_whose_packets_are_still
     # it reads on, then waits a whole keep-alive for the next packet, and stop() with it.
     async with running(broker_class) as b:
         talker = await connected(b.tcp_port, "talker", keepalive=60)
-        stream = b.broker._sessions["talker"][1].reader._reader  # the asyncio.StreamReader
+        reader = b.broker._sessions["talker"][1].reader
+        reader = getattr(reader, "inner", reader)  # ours wraps amqtt's in a FramedReader
+        stream = reader._reader  # the asyncio.StreamReader
         talker.writer.write(PINGREQ * 50_000)  # 100 KB of PINGREQ
         for _ in range(2000):  # until the broker holds unread packets of it
             if len(stream._buffer) > 2:
