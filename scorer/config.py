@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 CLUB_ID_RE = re.compile(r"^[a-z0-9-]{1,64}$")
-# A club's scorer user is named after the club, so these names cannot be club ids.
-RESERVED_CLUB_IDS = frozenset({"rallycast-service"})
 
 
 class ConfigError(ValueError):
@@ -52,8 +50,6 @@ class Club:
             raise ConfigError(
                 f"club id {self.id!r} is not valid: use 1-64 characters from a-z, 0-9 and '-'"
             )
-        if self.id in RESERVED_CLUB_IDS:
-            raise ConfigError(f"club id {self.id!r} is reserved: pick another")
         if not self.name:
             object.__setattr__(self, "name", self.id)
 
@@ -372,10 +368,12 @@ def _check_together(settings: Settings, sources: dict[str, str], text: str | Non
                 f"{at}){_where_brief(sources.get('clubs', ''))}: each club needs its own id"
             )
         seen[club.id] = number
+    # A club's scorer user is named after the club, so the configured service user's name
+    # (not a fixed list) is the one id no club may have.
     if settings.club(settings.service_user) is not None:
         raise ConfigError(
-            f"club id {settings.service_user!r} is the service_user's name: rename the club "
-            "or set service_user"
+            f"club id {settings.service_user!r} is reserved: it is the service_user's name"
+            " (the scorer service's MQTT user); rename the club or set service_user"
         )
 
 

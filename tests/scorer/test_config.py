@@ -72,7 +72,7 @@ def test_with_overrides_does_not_read_the_environment_again(monkeypatch):
 
 
 def test_config_flag_works_before_and_after_the_subcommand(tmp_path: Path):
-    from scorer.cli import build_parser
+    from rallycast.cli import build_parser
 
     assert (
         build_parser("replay").parse_args(["--config", "a.toml", "replay", "x"]).config == "a.toml"
@@ -184,7 +184,7 @@ def test_a_bad_value_of_any_setting_is_one_line_naming_it(tmp_path: Path, name, 
 
 @pytest.mark.parametrize("name, value", bad_values())
 def test_the_cli_refuses_any_bad_setting_with_exit_2_and_one_line(tmp_path, capsys, name, value):
-    from scorer.cli import main
+    from rallycast.cli import main
 
     config = write_setting(tmp_path, name, value)
     data_dir = tmp_path / "data"
@@ -281,3 +281,14 @@ def test_embed_origins_from_the_file_and_the_environment_are_browser_origins(tmp
     env = {"RALLYCAST_EMBED_ORIGINS": "https://a.org, http://[::1]:81 *"}
     assert load_settings(env=env).embed_origins == ("https://a.org", "http://[::1]:81", "*")
     assert load_settings(env={}).embed_origins == ()
+
+
+def test_the_reserved_club_id_is_the_configured_service_user():
+    # Derived from service_user, not a fixed list: with another service user the default
+    # name is a club id like any other, and the configured name is the one refused.
+    settings = load_settings(
+        env={"RALLYCAST_SERVICE_USER": "svc", "RALLYCAST_CLUBS": "rallycast-service"}
+    )
+    assert [club.id for club in settings.clubs] == ["rallycast-service"]
+    with pytest.raises(ConfigError, match="'svc' is reserved"):
+        load_settings(env={"RALLYCAST_SERVICE_USER": "svc", "RALLYCAST_CLUBS": "svc"})

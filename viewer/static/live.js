@@ -89,7 +89,7 @@
     let socket = null; // the WebSocket under the current connection
     const client = mqtt.connect(brokerUrl(), {
       protocolVersion: 4,
-      reconnectPeriod: 1000,
+      reconnectPeriod: 1000, // the pages' reconnect delay; the Python clients': scorer/timing.py
       connectTimeout: 4000,
       keepalive: KEEPALIVE_S,
       clean: true,
