@@ -77,6 +77,17 @@ def main(args: argparse.Namespace) -> int:
 
 
 if __name__ == "__main__":
-    from scorer.cli import main as rallycast
+    # `python -m broker.cli ...`: this command without the `rallycast` root package (a floor
+    # never imports the floors above it, tests/test_architecture.py).
+    from scorer.config import ConfigError
 
-    sys.exit(rallycast(["broker", *sys.argv[1:]]))
+    parser = argparse.ArgumentParser(prog="rallycast broker")
+    parser.add_argument("--config", metavar="FILE", help="TOML config file")
+    configure(parser)
+    try:
+        sys.exit(main(parser.parse_args()))
+    except ConfigError as exc:
+        print(f"rallycast broker: {exc}", file=sys.stderr)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)

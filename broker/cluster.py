@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.acl import READ, READWRITE, RULES, WRITE, Role, role_of
+from broker.process import stop_process
 from scorer.config import load_settings
 
 NODES = 3
@@ -418,13 +419,7 @@ class Cluster:
         process = self.processes[index]
         if process is None:
             return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
+        stop_process(process, grace=timeout)
         self.processes[index] = None
 
     def stop(self) -> None:

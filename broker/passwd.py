@@ -42,7 +42,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     listing = actions.add_parser("list", help="list the users and their roles")
     for action in (add, remove, listing):
         # Also after the action (`rallycast passwd list --data-dir D`); SUPPRESS keeps a value
-        # given before it. (scorer.cli adds --config the same way.)
+        # given before it. (rallycast.cli adds --config the same way.)
         action.add_argument("--data-dir", default=argparse.SUPPRESS, help=DATA_DIR_HELP)
 
 

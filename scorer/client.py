@@ -23,12 +23,10 @@ import paho.mqtt.client as mqtt
 from scorer import topics
 from scorer.config import Settings, url_host
 from scorer.engine import SHORTHANDS
+from scorer.timing import RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY
 
 DEFAULT_PORTS = {"mqtt": 1883, "mqtts": 8883, "ws": 80, "wss": 443}
 WS_DEFAULT_PATH = "/mqtt"
-# ScoreClient's reconnect backoff (seconds): a restarted broker is found again within seconds.
-RECONNECT_MIN_DELAY = 1
-RECONNECT_MAX_DELAY = 4
 # The broker's default payload limit (Settings.max_payload_bytes); 0 = no limit.
 DEFAULT_MAX_PAYLOAD_BYTES = Settings.__dataclass_fields__["max_payload_bytes"].default
 

@@ -29,8 +29,6 @@ from pathlib import Path
 from typing import Any
 
 CLUB_ID_RE = re.compile(r"^[a-z0-9-]{1,64}$")
-# A club's scorer user is named after the club, so these names cannot be club ids.
-RESERVED_CLUB_IDS = frozenset({"rallycast-service"})
 
 
 class ConfigError(ValueError):
@@ -52,8 +50,6 @@ class Club:
             raise ConfigError(
                 f"club id {self.id!r} is not valid: use 1-64 characters from a-z, 0-9 and '-'"
             )
-        if self.id in RESERVED_CLUB_IDS:
-            raise ConfigError(f"club id {self.id!r} is reserved: pick another")
         if not self.name:
             object.__setattr__(self, "name", self.id)
 
@@ -71,6 +67,9 @@ class Settings:
     broker_url: str = "mqtt://127.0.0.1:1883"
     # WebSocket URL the pages connect to; empty = same host as the page, ws_port, path /mqtt.
     public_ws_url: str = ""
+    # Web origins (scheme://host[:port]) whose pages may embed the live score (docs/embed.md):
+    # the JSON API answers them with CORS and the iframe page lets them frame it. "*" = any.
+    embed_origins: tuple[str, ...] = ()
     # Broker limits (the same numbers go into mosquitto.conf).
     max_connections: int = 5000
     max_payload_bytes: int = 16384
@@ -219,6 +218,35 @@ def _clubs(value: Any, from_text: bool) -> tuple[Club, ...]:
     return tuple(clubs)
 
 
+ORIGIN_RE = re.compile(r"^https?://(\[[0-9a-fA-F:.]+\]|[A-Za-z0-9.-]+)(:[0-9]{1,5})?$")
+
+
+def _origins(value: Any, from_text: bool) -> tuple[str, ...]:
+    """``embed_origins``: a list of web origins, or ``"*"``; the environment gives them
+    separated by commas or spaces. Each is a browser's Origin header exactly (no path, no
+    trailing slash), lower-cased as browsers send it."""
+    if isinstance(value, str) and from_text:
+        value = [part for part in re.split(r"[,\s]+", value) if part]
+    if not isinstance(value, list | tuple):
+        raise ValueError('must be a list of origins, e.g. ["https://riverside-ttc.org"]')
+    origins = []
+    for item in value:
+        if not isinstance(item, str):
+            raise ValueError(f"each origin must be a string (in quotes), not {type(item).__name__}")
+        if item == "*":
+            origins.append(item)
+            continue
+        origin = item.strip().lower()
+        found = ORIGIN_RE.fullmatch(origin)
+        if not found or (found.group(2) and not 0 < int(found.group(2)[1:]) <= 65535):
+            raise ValueError(
+                f"{item!r} is not an origin: use scheme://host[:port] with no path, "
+                'e.g. "https://riverside-ttc.org", or "*" for any site'
+            )
+        origins.append(origin)
+    return tuple(origins)
+
+
 def _coerce(name: str, value: Any, source: str = "") -> Any:
     """Turn a TOML/env/flag value into the type the setting wants and check its range, or
     raise ConfigError with one line naming the setting, the value and where it came from.
@@ -228,6 +256,8 @@ def _coerce(name: str, value: Any, source: str = "") -> Any:
     try:
         if name == "clubs":
             return _clubs(value, from_text)
+        if name == "embed_origins":
+            return _origins(value, from_text)
         if name in ("boards", "buttons"):
             if isinstance(value, str):
                 raise ValueError("set it in the config file, not in the environment")
@@ -343,10 +373,12 @@ def _check_together(settings: Settings, sources: dict[str, str], text: str | Non
                 f"{at}){_where_brief(sources.get('clubs', ''))}: each club needs its own id"
             )
         seen[club.id] = number
+    # A club's scorer user is named after the club, so the configured service user's name
+    # (not a fixed list) is the one id no club may have.
     if settings.club(settings.service_user) is not None:
         raise ConfigError(
-            f"club id {settings.service_user!r} is the service_user's name: rename the club "
-            "or set service_user"
+            f"club id {settings.service_user!r} is reserved: it is the service_user's name"
+            " (the scorer service's MQTT user); rename the club or set service_user"
         )
 
 

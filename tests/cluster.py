@@ -41,7 +41,9 @@ from broker.cluster import (
     NodePorts,
     find_nats_server,
 )
-from tests.brokers import SERVICE_USER, BrokerEndpoint, Recorder, TestUsers, free_port
+from rallycast.bench.launch import SERVICE_USER, free_port
+from tests.support.clients import Recorder
+from tests.support.endpoints import BrokerEndpoint, TestUsers
 
 ADMIN = "_admin"  # test-only user with every right, for the reset between tests
 RESET_TIMEOUT = 10.0

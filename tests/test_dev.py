@@ -90,4 +90,4 @@ def test_a_changed_dependency_list_installs_again(checkout):
 
 def test_test_runs_the_linter_and_pytest_with_its_arguments(checkout):
     calls = dev(checkout, "test", "-k", "x")
-    assert calls[-2:] == ["ruff check broker scorer viewer tests", "python -m pytest -k x"]
+    assert calls[-2:] == ["ruff check broker rallycast scorer viewer tests", "python -m pytest -k x"]

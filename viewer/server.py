@@ -45,6 +45,7 @@ from scorer.config import (
     url_host,
 )
 from scorer.logs import setup_logging
+from viewer.embed import Embed
 from viewer.i18n import LANG_COOKIE, STRINGS, browser_strings, pick_language
 from viewer.snapshots import RetainedSnapshots, viewer_broker_url
 
@@ -343,6 +344,7 @@ def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette
         Route("/clubs/{club_id}/overlay", viewer.overlay_page),
         Route("/clubs/{club_id}/overlay/help", viewer.overlay_help),
         Route("/static/{digest}/{name:path}", viewer.static_file),
+        *Embed(viewer).routes(),  # the live score on other sites (viewer/embed.py)
     ]
 
     @asynccontextmanager

@@ -39,7 +39,7 @@ __all__ = [
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    # --config (the TOML file with [[boards]]) comes from scorer.cli, as for every subcommand.
+    # --config (the TOML file with [[boards]]) comes from rallycast.cli, as for every subcommand.
     parser.add_argument(
         "--url",
         action="append",

@@ -47,6 +47,7 @@ from scorer.client import (
     resolve_address,
 )
 from scorer.config import Settings
+from scorer.timing import BOARDS_RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY
 
 log = logging.getLogger("rallycast.buttons")
 
@@ -54,8 +55,6 @@ log = logging.getLogger("rallycast.buttons")
 PENDING_REPLIES = 256
 RESEND_TICK = 0.1  # seconds between looks at what is due for a resend
 PAYLOAD_IN_LOG = 120
-# paho's reconnect backoff cap (seconds): boards must work again soon after a broker restart.
-RECONNECT_MAX_DELAY = 8
 
 VerdictHook = Callable[[Board, DeviceMessage, Verdict], None]
 
@@ -183,7 +182,7 @@ class ClubLink:
         self.ready = threading.Event()
         self.subscribed_count = 0
         self.client = make_client(address, client_id=client_id, clean_session=True)
-        self.client.reconnect_delay_set(min_delay=1, max_delay=RECONNECT_MAX_DELAY)
+        self.client.reconnect_delay_set(RECONNECT_MIN_DELAY, BOARDS_RECONNECT_MAX_DELAY)
         self.client.on_connect = self._on_connect
         self.client.on_disconnect = self._on_disconnect
         self.client.on_subscribe = self._on_subscribe

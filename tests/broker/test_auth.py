@@ -143,7 +143,7 @@ def test_default_hasher_is_argon2id_with_the_owasp_profile(tmp_path):
 
 def passwd(data_dir: Path, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "scorer.cli", "passwd", "--data-dir", str(data_dir), *args],
+        [sys.executable, "-m", "rallycast.cli", "passwd", "--data-dir", str(data_dir), *args],
         input=stdin,
         capture_output=True,
         text=True,

@@ -20,9 +20,11 @@ import time
 import paho.mqtt.client as mqtt
 import pytest
 
-from tests.brokers import ALL_BROKERS, BrokerEndpoint, Recorder, broker_fixture
-from tests.brokers import SERVICE_USER as SERVICE
+from rallycast.bench.launch import SERVICE_USER as SERVICE
+from tests.brokers import ALL_BROKERS, broker_fixture
 from tests.brokers import broker_process_fixture as _broker_process_fixture
+from tests.support.clients import Recorder
+from tests.support.endpoints import BrokerEndpoint
 
 # This suite runs on every broker, the NATS cluster included (tests/cluster.py).
 any_broker = pytest.fixture(params=ALL_BROKERS, name="any_broker")(broker_fixture)

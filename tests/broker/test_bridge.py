@@ -10,7 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.brokers import BrokerEndpoint, serve_mosquitto
+from tests.brokers import serve_mosquitto
+from tests.support.endpoints import BrokerEndpoint
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "broker.md"
 

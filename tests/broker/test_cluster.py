@@ -150,7 +150,7 @@ def test_cluster_config_for_three_hosts_routes_each_node_to_the_other_two(tmp_pa
     from tests.brokers import REPO
 
     out = tmp_path / "out"
-    cli = [sys.executable, "-m", "scorer.cli", "cluster", "--data-dir", str(tmp_path)]
+    cli = [sys.executable, "-m", "rallycast.cli", "cluster", "--data-dir", str(tmp_path)]
     subprocess.run(
         [*cli, "passwd", "add", "riverside", "--password-stdin"],
         input="pw\n", text=True, check=True, capture_output=True, cwd=REPO,
@@ -267,7 +267,7 @@ def test_rallycast_cluster_up_starts_three_nodes_with_the_users_and_stops_them_o
     from tests.cluster import nats_program
 
     env = {**os.environ, "RALLYCAST_NATS_SERVER": nats_program(), "PYTHONPATH": str(REPO)}
-    cli = [sys.executable, "-m", "scorer.cli", "cluster", "--data-dir", str(tmp_path)]
+    cli = [sys.executable, "-m", "rallycast.cli", "cluster", "--data-dir", str(tmp_path)]
     subprocess.run(
         [*cli, "passwd", "add", "rallycast-service", "--password-stdin"],
         input="service-pw\n", text=True, env=env, check=True, capture_output=True,

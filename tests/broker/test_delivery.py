@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.packets import connect_packet, encode_string, encode_varint
-from tests.brokers import BrokerEndpoint
+from tests.support.endpoints import BrokerEndpoint
 
 SERVICE_ID = "rallycast-service-delivery"
 CMD = "clubs/alpha/game/cmd"

@@ -11,12 +11,9 @@ from __future__ import annotations
 import logging
 import os
 import random
-import socket
 import stat
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import psutil
@@ -40,6 +37,8 @@ from broker.packets import (
     encode_varint,
     subscribe_packet,
 )
+from rallycast.bench.wire import ZERO_MASK, RawClient, raw_client, ws_socket
+from rallycast.bench.wire import ws_frame as masked_frame
 
 MOSQUITTO_CANNOT = "mosquitto 2.0 has no setting for this (docs/broker.md, 'Limits on mosquitto')"
 
@@ -49,98 +48,9 @@ def xfail_on_mosquitto(broker: Any, why: str, request: pytest.FixtureRequest) ->
         request.node.add_marker(pytest.mark.xfail(reason=why, strict=True))
 
 
-# -- a raw MQTT 3.1.1 client over TCP --------------------------------------------------------
+# -- a raw MQTT 3.1.1 client over TCP (rallycast/bench/wire.py, shared with the benchmark) ---
 
-
-class Raw:
-    """A blocking socket speaking just enough MQTT; ``packets()`` splits what arrives."""
-
-    def __init__(self, port: int, source: str = "127.0.0.1") -> None:
-        self.sock = socket.create_connection(
-            ("127.0.0.1", port), timeout=5, source_address=(source, 0)
-        )
-        self.buffer = b""
-        self.closed = False
-
-    def send(self, data: bytes) -> None:
-        self.sock.sendall(data)
-
-    def _fill(self, deadline: float) -> bool:
-        """Read more bytes; False once the peer closed (or reset) the connection."""
-        left = deadline - time.monotonic()
-        if left <= 0:
-            raise TimeoutError
-        self.sock.settimeout(left)
-        try:
-            data = self.sock.recv(65536)
-        except TimeoutError:
-            raise
-        except OSError:
-            data = b""
-        if not data:
-            self.closed = True
-            return False
-        self.buffer += data
-        return True
-
-    def packet(self, timeout: float = 3.0) -> tuple[int, bytes] | None:
-        """The next packet (first byte, body), or None when the connection closed first."""
-        deadline = time.monotonic() + timeout
-        while True:
-            parsed = self._parse()
-            if parsed is not None:
-                return parsed
-            if self.closed or not self._fill(deadline):
-                return None
-
-    def _parse(self) -> tuple[int, bytes] | None:
-        data = self.buffer
-        if len(data) < 2:
-            return None
-        length, shift, index = 0, 0, 1
-        while True:
-            if index >= len(data):
-                return None
-            byte = data[index]
-            length |= (byte & 0x7F) << shift
-            index += 1
-            if not byte & 0x80:
-                break
-            shift += 7
-        if len(data) < index + length:
-            return None
-        self.buffer = data[index + length :]
-        return data[0], data[index : index + length]
-
-    def connack(self, timeout: float = 3.0) -> int | None:
-        packet = self.packet(timeout)
-        if packet is None:
-            return None
-        assert packet[0] == 0x20, f"expected CONNACK, got {packet}"
-        return packet[1][1]
-
-    def closed_within(self, timeout: float) -> bool:
-        """True when the broker closes the connection within ``timeout`` s (whatever it sent
-        before: collected in ``buffer``)."""
-        deadline = time.monotonic() + timeout
-        try:
-            while self._fill(deadline):
-                pass
-        except TimeoutError:
-            return False
-        return True
-
-    def close(self) -> None:
-        self.sock.close()
-
-
-@contextmanager
-def raw(port: int, source: str = "127.0.0.1") -> Iterator[Raw]:
-    client = Raw(port, source)
-    try:
-        yield client
-    finally:
-        client.close()
+Raw, raw = RawClient, raw_client
 
 
 def logged_in(broker: Any, user: str | None = None, client_id: str = "", **kw: Any) -> Raw:
@@ -250,37 +160,13 @@ def test_clients_streaming_oversized_packets_do_not_grow_broker_memory(any_broke
     assert peak - before < 30 << 20, f"{broker.kind}: RSS +{(peak - before) >> 20} MB"
 
 
-def ws_client(port: int) -> socket.socket:
-    sock = socket.create_connection(("127.0.0.1", port), timeout=5)
-    key = "dGhlIHNhbXBsZSBub25jZQ=="
-    sock.sendall(
-        (
-            f"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
-        ).encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        response += sock.recv(4096)
-    assert b" 101 " in response.split(b"\r\n")[0], response
-    return sock
-
-
 def ws_frame_header(size: int) -> bytes:
     """A masked client binary frame header announcing ``size`` bytes (mask of zeros)."""
     return bytes((0x82, 0xFF)) + size.to_bytes(8, "big") + b"\x00\x00\x00\x00"
 
 
 def ws_frame(data: bytes) -> bytes:
-    size = len(data)
-    if size < 126:
-        head = bytes((0x82, 0x80 | size))
-    elif size < 65536:
-        head = bytes((0x82, 0xFE)) + size.to_bytes(2, "big")
-    else:
-        head = bytes((0x82, 0xFF)) + size.to_bytes(8, "big")
-    return head + b"\x00\x00\x00\x00" + data  # zero mask: payload as is
+    return masked_frame(data, mask=ZERO_MASK)  # zero mask: payload as is
 
 
 def broker_rss(broker: Any) -> int:
@@ -298,7 +184,7 @@ def test_a_200_mb_packet_over_websocket_is_refused_before_buffering(any_broker, 
             " max_packet_size (measured: +61 MB for 64 MB sent)",
             request,
         )
-    sock = ws_client(any_broker.ws_port)
+    sock = ws_socket(any_broker.ws_port)
     client = Raw.__new__(Raw)
     client.sock, client.buffer, client.closed = sock, b"", False
     before = peak = broker_rss(any_broker)
@@ -507,7 +393,9 @@ SMALL = {"max_connections": 5, "reserved_connections": 2}
 def small_broker(tmp_path, broker_test_users):
     """The embedded broker with max_connections 5, 2 of them reserved for logged-in users."""
     import scorer.config
-    from tests.brokers import ThreadedAmqtt, _serve, _write_argon2_users
+    from tests.brokers import _serve
+    from tests.support.endpoints import write_argon2_users as _write_argon2_users
+    from tests.support.runners import ThreadedAmqtt
 
     real_load = scorer.config.load_settings
 
@@ -814,7 +702,7 @@ def test_command_topics():
 @pytest.mark.mosquitto
 @pytest.mark.timeout(180)
 def test_bench_hostile_prints_a_row_per_attack_and_broker(capsys):
-    from scorer.cli import main as rallycast
+    from rallycast.cli import main as rallycast
     from tests.conftest import require_program
 
     require_program("mosquitto")

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from broker.auth import PasswordFile
-from tests.scorer.test_cli import rallycast
+from tests.rallycast.test_cli import rallycast
 
 
 def test_list_with_no_file_says_where_it_looked(tmp_path: Path):

@@ -8,6 +8,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -15,9 +16,11 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from broker.auth import PasswordFile
+from broker.packets import connect_packet
 from broker.server import start_broker
+from rallycast.bench.wire import raw_client
 from scorer.config import load_settings
-from tests.brokers import FAST_HASHER
+from tests.support.endpoints import FAST_HASHER
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,23 +68,11 @@ def test_users_added_or_removed_while_running_take_effect_without_restart(amqtt_
 def raw_connack(port: int, user: str, password: str) -> int:
     """The CONNACK return code of one MQTT 3.1.1 CONNECT (clean session, no client id) sent
     over a plain socket (paho waits ~0.4 s after a refused CONNACK)."""
-
-    def field(text: str) -> bytes:
-        data = text.encode()
-        return len(data).to_bytes(2, "big") + data
-
-    body = field("MQTT") + bytes([4, 0xC2]) + (10).to_bytes(2, "big")
-    body += field("") + field(user) + field(password)
-    assert len(body) < 128
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(bytes([0x10, len(body)]) + body)
-        connack = b""
-        while len(connack) < 4:
-            chunk = sock.recv(4 - len(connack))
-            assert chunk, f"closed after {connack!r}"
-            connack += chunk
-    assert connack[:2] == b"\x20\x02", connack
-    return connack[3]
+    with raw_client(port) as client:
+        client.send(connect_packet("", user, password, keepalive=10))
+        code = client.connack(5.0)
+    assert code is not None, "closed without a CONNACK"
+    return code
 
 
 def test_repeated_wrong_password_connects_cost_one_argon2_check(amqtt_broker, monkeypatch):
@@ -125,7 +116,7 @@ def test_binary_retained_payload_survives_restart_byte_for_byte(amqtt_broker):
 def run_broker_process(data_dir: Path) -> tuple[subprocess.Popen[str], int, int]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
     process = subprocess.Popen(
-        [sys.executable, "-m", "scorer.cli", "broker", "--bind", "127.0.0.1",
+        [sys.executable, "-m", "rallycast.cli", "broker", "--bind", "127.0.0.1",
          "--mqtt-port", "0", "--ws-port", "0", "--data-dir", str(data_dir)],
         cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -171,14 +162,21 @@ def test_broker_command_prints_urls_and_stops_within_2_s_with_clients_connected(
             process.kill()
 
 
+def connect_and_wait_for_connack(client: mqtt.Client, port: int, timeout: float = 5.0) -> None:
+    """Connect on 127.0.0.1 and return once the CONNACK is in (not after a guessed sleep)."""
+    connected = threading.Event()
+    client.on_connect = lambda *_a: connected.set()
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    assert connected.wait(timeout), f"no CONNACK on port {port} within {timeout} s"
+
+
 def test_ordinary_disconnects_leave_no_tracebacks_in_the_log(tmp_path):
     process, mqtt_port, ws_port = run_broker_process(tmp_path)
     try:
         # a polite client, and two that vanish without DISCONNECT (TCP and WebSocket)
         polite = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-        polite.connect("127.0.0.1", mqtt_port)
-        polite.loop_start()
-        time.sleep(0.2)
+        connect_and_wait_for_connack(polite, mqtt_port)
         polite.disconnect()
         polite.loop_stop()
         for transport, port in (("tcp", mqtt_port), ("websockets", ws_port)):
@@ -187,9 +185,7 @@ def test_ordinary_disconnects_leave_no_tracebacks_in_the_log(tmp_path):
             )
             if transport == "websockets":
                 rude.ws_set_options(path="/mqtt")
-            rude.connect("127.0.0.1", port)
-            rude.loop_start()
-            time.sleep(0.2)
+            connect_and_wait_for_connack(rude, port)
             rude.loop_stop()
             rude.socket().close()
         with socket.create_connection(("127.0.0.1", mqtt_port)):

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from scorer.cli import build_parser
+from rallycast.cli import build_parser
 from scorer.config import load_settings
 from tests.conftest import require_program
 
@@ -125,7 +125,7 @@ def test_rallycast_service_as_systemd_starts_it_keeps_new_passwords_out_of_the_j
     """The unit's ExecStart with its Environment= (config and data dir moved to the test's,
     ports any free one) and $INVOCATION_ID, which systemd sets: it starts, and the club's new
     password is in data_dir/new-passwords (0600), not in what would go to the journal."""
-    from tests.scorer.test_up_systemd import password_lines, run_up_until_ready, verify
+    from tests.rallycast.test_up_systemd import password_lines, run_up_until_ready, verify
 
     path = REPO / "deploy" / "systemd" / "rallycast.service"
     words = shlex.split(service_section(path)["ExecStart"])
@@ -145,7 +145,7 @@ def test_rallycast_service_as_systemd_starts_it_keeps_new_passwords_out_of_the_j
         "RALLYCAST_WS_PORT": "0",
         "RALLYCAST_HTTP_PORT": "0",
     }
-    command = [sys.executable, "-m", "scorer.cli", *words[1:]]
+    command = [sys.executable, "-m", "rallycast.cli", *words[1:]]
     journal = run_up_until_ready(command, env, tmp_path / "journal.log")
 
     passwords = password_lines(data_dir / "new-passwords")

@@ -39,8 +39,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from rallycast.bench.launch import free_port
 from scorer import topics
-from tests.brokers import free_port
 from tests.conftest import require_program
 from tests.scorer.servicekit import Scorer, Watcher
 
@@ -324,7 +324,7 @@ def test_the_documented_steps_run_mosquitto_as_its_user_with_private_password_ha
 def start_rallycast(args: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[str]:
     with log.open("w") as output:
         return subprocess.Popen(
-            [sys.executable, "-m", "scorer.cli", *args],
+            [sys.executable, "-m", "rallycast.cli", *args],
             cwd=REPO,
             env=env,
             stdout=output,

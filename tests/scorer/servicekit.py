@@ -75,7 +75,7 @@ class ServiceProcess:
                 [
                     sys.executable,
                     "-m",
-                    "scorer.cli",
+                    "rallycast.cli",
                     "scorer",
                     "--url",
                     f"mqtt://{self.endpoint.host}:{self.endpoint.mqtt_port}",

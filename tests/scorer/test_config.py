@@ -72,7 +72,7 @@ def test_with_overrides_does_not_read_the_environment_again(monkeypatch):
 
 
 def test_config_flag_works_before_and_after_the_subcommand(tmp_path: Path):
-    from scorer.cli import build_parser
+    from rallycast.cli import build_parser
 
     assert (
         build_parser("replay").parse_args(["--config", "a.toml", "replay", "x"]).config == "a.toml"
@@ -122,6 +122,18 @@ OUT_OF_RANGE = {
     "broker_url": ["'http://127.0.0.1'", "'mqtt://'", "'mqtt://host:99999'", "'127.0.0.1'"],
     "public_ws_url": ["'http://example.org/mqtt'", "'example.org'"],
     "service_user": ["''", "'a b'", "'a/b'", "'a:b'"],
+    "embed_origins": [
+        "'https://a.org'",
+        "5",
+        "[5]",
+        "['https://a.org/']",
+        "['https://a.org/page']",
+        "['a.org']",
+        "['ftp://a.org']",
+        "['https://a.org:0']",
+        "['https://a.org:99999']",
+        "['https://a b.org']",
+    ],
     "data_dir": ["''", "'{file}'"],
     "clubs": [
         "'riverside'",
@@ -172,7 +184,7 @@ def test_a_bad_value_of_any_setting_is_one_line_naming_it(tmp_path: Path, name, 
 
 @pytest.mark.parametrize("name, value", bad_values())
 def test_the_cli_refuses_any_bad_setting_with_exit_2_and_one_line(tmp_path, capsys, name, value):
-    from scorer.cli import main
+    from rallycast.cli import main
 
     config = write_setting(tmp_path, name, value)
     data_dir = tmp_path / "data"
@@ -259,3 +271,24 @@ def test_a_config_file_that_cannot_be_used_is_said_plainly(tmp_path: Path, make,
     make(path)
     with pytest.raises(ConfigError, match=message):
         load_settings(path, env={})
+
+
+def test_embed_origins_from_the_file_and_the_environment_are_browser_origins(tmp_path: Path):
+    config = tmp_path / "rallycast.toml"
+    config.write_text('embed_origins = ["https://Riverside-TTC.org", "http://127.0.0.1:8080"]\n')
+    settings = load_settings(config, env={})
+    assert settings.embed_origins == ("https://riverside-ttc.org", "http://127.0.0.1:8080")
+    env = {"RALLYCAST_EMBED_ORIGINS": "https://a.org, http://[::1]:81 *"}
+    assert load_settings(env=env).embed_origins == ("https://a.org", "http://[::1]:81", "*")
+    assert load_settings(env={}).embed_origins == ()
+
+
+def test_the_reserved_club_id_is_the_configured_service_user():
+    # Derived from service_user, not a fixed list: with another service user the default
+    # name is a club id like any other, and the configured name is the one refused.
+    settings = load_settings(
+        env={"RALLYCAST_SERVICE_USER": "svc", "RALLYCAST_CLUBS": "rallycast-service"}
+    )
+    assert [club.id for club in settings.clubs] == ["rallycast-service"]
+    with pytest.raises(ConfigError, match="'svc' is reserved"):
+        load_settings(env={"RALLYCAST_SERVICE_USER": "svc", "RALLYCAST_CLUBS": "svc"})

@@ -14,8 +14,8 @@ import pytest
 
 from scorer.config import ConfigError
 from scorer.logs import setup_logging
+from tests.rallycast.test_cli import rallycast
 from tests.scorer.servicekit import ROOT
-from tests.scorer.test_cli import rallycast
 
 # scorer.logs.FORMAT as it prints: local time with milliseconds, level, logger, message.
 LINE = re.compile(
@@ -91,7 +91,7 @@ def test_the_broker_logs_in_the_one_format_and_says_where_it_listens(tmp_path):
 
 def test_the_viewer_logs_in_the_one_format_and_says_where_it_listens(tmp_path):
     out, err = run_until(
-        [sys.executable, "-m", "scorer.cli", "viewer", "--bind", "127.0.0.1", "--http-port", "0"],
+        [sys.executable, "-m", "rallycast.cli", "viewer", "--bind", "127.0.0.1", "--http-port", "0"],
         re.compile(r"pages listening on"),
         tmp_path,
     )

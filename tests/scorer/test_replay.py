@@ -21,7 +21,7 @@ MISTAKES_LOG = LOGS / "singles_with_mistakes.jsonl"
 
 def replay(*args: str, stdin: bytes | None = None) -> subprocess.CompletedProcess[bytes]:
     return subprocess.run(
-        [sys.executable, "-m", "scorer.cli", "replay", *args],
+        [sys.executable, "-m", "rallycast.cli", "replay", *args],
         cwd=ROOT,
         input=stdin,
         capture_output=True,

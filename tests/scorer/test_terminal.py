@@ -11,8 +11,8 @@ import threading
 
 import pytest
 
+from rallycast.cli import build_parser
 from scorer import terminal
-from scorer.cli import build_parser
 from scorer.client import ScoreClient
 from scorer.engine import Match
 from scorer.terminal import KEYS, command_for, format_snapshot, prompt_start
@@ -26,7 +26,7 @@ def run_score(
     command = [
         sys.executable,
         "-m",
-        "scorer.cli",
+        "rallycast.cli",
         "score",
         "--club",
         "alpha",

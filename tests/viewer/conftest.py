@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
+from rallycast.bench.pages import CHROMIUM, CHROMIUM_ARGS  # the flags the brief asks for
 from scorer.client import ScoreClient
 from scorer.config import Settings
 from scorer.service import ScorerService
 from tests.conftest import require_program
-from viewer.bench import CHROMIUM, CHROMIUM_ARGS  # the flags the brief asks for
 from viewer.server import bound_port, uvicorn_server
 
 WAIT_MS = 5000  # the longest any expected change may take on a busy shared machine

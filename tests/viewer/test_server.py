@@ -171,7 +171,7 @@ def test_rallycast_viewer_serves_the_pages_and_stops_on_ctrl_c(tmp_path: Path) -
     config = tmp_path / "rallycast.toml"
     config.write_text('[[clubs]]\nid = "riverside"\nname = "Riverside TTC"\n', encoding="utf-8")
     env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
-    command = [sys.executable, "-m", "scorer.cli", "--config", str(config), "viewer"]
+    command = [sys.executable, "-m", "rallycast.cli", "--config", str(config), "viewer"]
     command += ["--bind", "127.0.0.1", "--http-port", "0", "--ws-port", "19002"]
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True

@@ -103,7 +103,7 @@
     const client = mqtt.connect(brokerUrl(), {
       servers: brokerServers(),
       protocolVersion: 4,
-      reconnectPeriod: 1000,
+      reconnectPeriod: 1000, // the pages' reconnect delay; the Python clients': scorer/timing.py
       connectTimeout: 4000,
       keepalive: KEEPALIVE_S,
       clean: true,

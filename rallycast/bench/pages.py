@@ -12,7 +12,7 @@
 With no ``base_url`` it runs its own embedded broker + scorer service + viewer on loopback
 ports in a temporary data dir (the "embedded default"), so only 127.0.0.1 is involved.
 
-    python -m viewer.bench --presses 200 --navigations 20
+    python -m rallycast.bench.pages --presses 200 --navigations 20
 """
 
 from __future__ import annotations
@@ -253,7 +253,7 @@ def print_pages_bench(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m viewer.bench", description=__doc__.splitlines()[0]
+        prog="python -m rallycast.bench.pages", description=__doc__.splitlines()[0]
     )
     add_pages_arguments(parser)
     return print_pages_bench(parser.parse_args(argv))

@@ -9,8 +9,8 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.rallycast.test_up import READY_TIMEOUT, up_command, up_env
 from tests.scorer.servicekit import ROOT
-from tests.scorer.test_up import READY_TIMEOUT, up_command, up_env
 
 
 def run_up_until_ready(command: list[str], env: dict[str, str], log: Path) -> str:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from rallycast.bench.pages import CHROMIUM, bench_pages, percentile
 from tests.conftest import require_program
-from viewer.bench import CHROMIUM, bench_pages, percentile
 
 pytestmark = pytest.mark.browser
 

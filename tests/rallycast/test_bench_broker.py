@@ -7,7 +7,7 @@ import math
 
 import pytest
 
-from scorer.cli import main as rallycast
+from rallycast.cli import main as rallycast
 from tests.conftest import require_program
 
 COLUMNS = [

@@ -1,6 +1,10 @@
 """The ``rallycast`` command. Each subcommand lives in its own module, which provides
 ``configure(parser)`` to add its flags and ``main(args) -> int`` to run; modules are imported
-only when their subcommand runs, so ``rallycast replay`` does not load the broker."""
+only when their subcommand runs, so ``rallycast replay`` does not load the broker.
+
+This package is the composition root: it sits above scorer/, broker/ and viewer/ (floors
+scorer < broker < viewer < rallycast, tests/test_architecture.py) and only it may name all of
+them. ``python -m rallycast.cli ...`` is the same command."""
 
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ EPILOG = (
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "up": ("scorer.up", "run broker + scorer service + viewer on this machine"),
+    "up": ("rallycast.up", "run broker + scorer service + viewer on this machine"),
     "broker": ("broker.cli", "run the embedded MQTT broker"),
     "passwd": ("broker.passwd", "add, change, remove or list MQTT users (the password file)"),
     "scorer": ("scorer.service", "run the scorer service against an MQTT broker"),
@@ -30,7 +34,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "buttons": ("scorer.buttons", "turn button-board messages into score commands"),
     "viewer": ("viewer.server", "serve the live pages"),
     "replay": ("scorer.replay", "replay a match log and print the snapshot"),
-    "bench": ("broker.bench", "measure the broker (and the pages) on loopback"),
+    "bench": ("rallycast.bench", "measure the broker (and the pages) on loopback"),
     "cluster": ("broker.cluster", "run or configure a 3-node NATS cluster (docs/scale.md)"),
 }
 

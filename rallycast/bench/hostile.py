@@ -36,9 +36,7 @@ from __future__ import annotations
 import argparse
 import base64
 import os
-import shutil
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -50,18 +48,24 @@ from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
-from broker.bench import (
-    REPO,
+from broker.packets import PINGREQ, connect_packet, encode_publish, encode_string, encode_varint
+from rallycast.bench.launch import (
     SERVICE_USER,
     BrokerNotInstalled,
     BrokerProcess,
-    _broker_env,
-    _read_listening,
-    free_port,
-    machine_description,
-    mosquitto_config,
+    start_embedded,
 )
-from broker.packets import PINGREQ, connect_packet, encode_publish, encode_string, encode_varint
+from rallycast.bench.launch import start_mosquitto as launch_mosquitto
+from rallycast.bench.report import machine_description
+from rallycast.bench.wire import (
+    ZERO_MASK,
+    closed_within,
+    login,
+    raw_socket,
+    read_connack,
+    ws_socket,
+)
+from rallycast.bench.wire import ws_frame as masked_frame
 
 CLUB = "bench"
 CMD_TOPIC = f"clubs/{CLUB}/game/cmd"
@@ -70,7 +74,6 @@ KINDS = ("embedded", "mosquitto")
 SCORER_SOURCE = "127.0.0.3"
 ATTACKER_SOURCE = "127.0.0.2"
 IDLE_MAX_CONNECTIONS = 200
-START_TIMEOUT = 20.0
 
 
 # -- brokers ---------------------------------------------------------------------------------
@@ -82,7 +85,9 @@ class Users:
     club: str = field(default_factory=lambda: base64.b32encode(os.urandom(10)).decode())
 
 
-def start_embedded(workdir: Path, users: Users, max_connections: int | None) -> BrokerProcess:
+def start_embedded_broker(
+    workdir: Path, users: Users, max_connections: int | None
+) -> BrokerProcess:
     from argon2 import PasswordHasher
 
     from broker.auth import PasswordFile
@@ -91,66 +96,21 @@ def start_embedded(workdir: Path, users: Users, max_connections: int | None) -> 
     cheap = PasswordFile(data_dir / "passwd", PasswordHasher(time_cost=1, memory_cost=8192))
     cheap.set(SERVICE_USER, users.service)
     PasswordFile(data_dir / "passwd").set(CLUB, users.club)  # argon2's default cost
-    env = _broker_env()
-    if max_connections:
-        env["RALLYCAST_MAX_CONNECTIONS"] = str(max_connections)
-    command = [sys.executable, "-m", "broker.cli", "--bind", "127.0.0.1"]
-    command += ["--mqtt-port", "0", "--ws-port", "0", "--data-dir", str(data_dir)]
-    log_path = workdir / "embedded.log"
-    with open(log_path, "wb") as log:
-        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=log, cwd=REPO, env=env)
-    try:
-        mqtt_port, ws_port = _read_listening(process, time.monotonic() + START_TIMEOUT)
-    except BaseException:
-        process.kill()
-        raise
-    return BrokerProcess("embedded", process, mqtt_port, ws_port, log_path)
+    env = {"RALLYCAST_MAX_CONNECTIONS": str(max_connections)} if max_connections else {}
+    return start_embedded("embedded", workdir, env)
 
 
 def start_mosquitto(workdir: Path, users: Users, max_connections: int | None) -> BrokerProcess:
-    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-    passwd = shutil.which("mosquitto_passwd")
-    if not Path(mosquitto).exists() or not passwd:
-        raise BrokerNotInstalled("mosquitto / mosquitto_passwd are not installed")
-    password_file = workdir / "mosquitto.passwd"
-    password_file.unlink(missing_ok=True)
-    for user, password in ((SERVICE_USER, users.service), (CLUB, users.club)):
-        create = [] if password_file.exists() else ["-c"]
-        subprocess.run(
-            [passwd, *create, "-b", str(password_file), user, password],
-            check=True,
-            capture_output=True,
-        )
-    (workdir / "mosquitto-data").mkdir(exist_ok=True)
-    log_path = workdir / "mosquitto.log"
-    mqtt_port, ws_port = free_port(), free_port()
-    config_text = mosquitto_config(workdir, mqtt_port, ws_port)
-    if max_connections:
-        config_text = config_text.replace(
-            "\nmax_connections 5000\n", f"\nmax_connections {max_connections}\n"
-        )
-    config = workdir / "mosquitto.conf"
-    config.write_text(config_text)
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen([mosquitto, "-c", str(config)], stdout=log, stderr=log)
-    deadline = time.monotonic() + START_TIMEOUT
-    while time.monotonic() < deadline and process.poll() is None:
-        try:
-            for port in (mqtt_port, ws_port):
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-            return BrokerProcess("mosquitto", process, mqtt_port, ws_port, log_path)
-        except OSError:
-            time.sleep(0.05)
-    process.kill()
-    process.wait(5)
-    raise RuntimeError(f"mosquitto did not start; see {log_path}")
+    return launch_mosquitto(
+        workdir, {SERVICE_USER: users.service, CLUB: users.club}, max_connections
+    )
 
 
 @contextmanager
 def broker_running(
     kind: str, workdir: Path, users: Users, max_connections: int | None = None
 ) -> Iterator[BrokerProcess]:
-    start = start_mosquitto if kind == "mosquitto" else start_embedded
+    start = start_mosquitto if kind == "mosquitto" else start_embedded_broker
     broker = start(workdir, users, max_connections)
     try:
         yield broker
@@ -158,80 +118,11 @@ def broker_running(
         broker.stop()
 
 
-# -- raw sockets -----------------------------------------------------------------------------
-
-
-def raw_socket(port: int, source: str = "127.0.0.1", timeout: float = 3.0) -> socket.socket:
-    return socket.create_connection(
-        ("127.0.0.1", port), timeout=timeout, source_address=(source, 0)
-    )
-
-
-def read_connack(sock: socket.socket, timeout: float = 3.0) -> int | None:
-    """The CONNACK return code, or None (closed or nothing within ``timeout``)."""
-    sock.settimeout(timeout)
-    data = b""
-    try:
-        while len(data) < 4:
-            chunk = sock.recv(4 - len(data))
-            if not chunk:
-                return None
-            data += chunk
-    except OSError:
-        return None
-    return data[3] if data[0] == 0x20 else None
-
-
-def login(port: int, source: str, user: str, password: str) -> int | None:
-    try:
-        with raw_socket(port, source) as sock:
-            sock.sendall(connect_packet(f"login-{os.urandom(4).hex()}", user, password))
-            return read_connack(sock)
-    except OSError:
-        return None
-
-
-def closed_within(sock: socket.socket, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    try:
-        while time.monotonic() < deadline:
-            sock.settimeout(max(0.01, deadline - time.monotonic()))
-            if not sock.recv(65536):
-                return True
-    except TimeoutError:
-        return False
-    except OSError:
-        return True
-    return False
-
-
-def ws_socket(port: int) -> socket.socket:
-    sock = raw_socket(port)
-    sock.sendall(
-        (
-            f"GET /mqtt HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
-            "Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n"
-            "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: mqtt\r\n\r\n"
-        ).encode()
-    )
-    response = b""
-    while b"\r\n\r\n" not in response:
-        chunk = sock.recv(4096)
-        if not chunk:
-            raise ConnectionError("WebSocket handshake refused")
-        response += chunk
-    return sock
+# -- raw sockets (rallycast/bench/wire.py)
 
 
 def ws_frame(data: bytes) -> bytes:
-    size = len(data)
-    if size < 126:
-        head = bytes((0x82, 0x80 | size))
-    elif size < 65536:
-        head = bytes((0x82, 0xFE)) + size.to_bytes(2, "big")
-    else:
-        head = bytes((0x82, 0xFF)) + size.to_bytes(8, "big")
-    return head + b"\x00\x00\x00\x00" + data  # a zero mask leaves the payload as is
+    return masked_frame(data, mask=ZERO_MASK)  # a zero mask leaves the payload as is
 
 
 # -- the real scorer and service -------------------------------------------------------------

@@ -13,7 +13,7 @@ from scorer.buttons import describe
 from scorer.buttons.boards import load_buttons_config, parse_board, parse_boards
 from scorer.config import ConfigError
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def error_of(table: dict, index: int = 0) -> str:
@@ -238,7 +238,7 @@ def test_describe_lists_each_boards_topics_and_mapping(tmp_path: Path) -> None:
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "scorer.cli", *args],
+        [sys.executable, "-m", "rallycast.cli", *args],
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -9,7 +9,7 @@ from scorer.buttons.boards import parse_board
 from scorer.buttons.decoders import DeviceMessage
 from scorer.buttons.mapping import Board, parse_action
 from scorer.engine import parse_command
-from tests.scorer.payloads import (
+from tests.scorer.buttons.payloads import (
     ESPHOME,
     RAW,
     SHELLY1,

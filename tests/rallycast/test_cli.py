@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from scorer.cli import SUBCOMMANDS
+from rallycast.cli import SUBCOMMANDS
 from tests.scorer.servicekit import ROOT
 
 
@@ -19,7 +19,7 @@ def rallycast(
 ) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
     return subprocess.run(
-        [sys.executable, "-m", "scorer.cli", *args],
+        [sys.executable, "-m", "rallycast.cli", *args],
         cwd=ROOT,
         env={**clean, **(env or {})},
         capture_output=True,

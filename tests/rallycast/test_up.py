@@ -29,7 +29,7 @@ STOP_PROMISE = 2.0
 
 def up_command(data_dir: Path, bind: str = "127.0.0.1", **ports: int) -> list[str]:
     """``rallycast up`` on ``bind``; every port 0 (any free one) unless given."""
-    command = [sys.executable, "-m", "scorer.cli", "up", "--data-dir", str(data_dir)]
+    command = [sys.executable, "-m", "rallycast.cli", "up", "--data-dir", str(data_dir)]
     command += ["--bind", bind]
     for name, port in {"mqtt_port": 0, "ws_port": 0, "http_port": 0, **ports}.items():
         command += [f"--{name.replace('_', '-')}", str(port)]
@@ -290,8 +290,8 @@ def test_a_taken_port_is_said_plainly_and_the_new_password_is_not_lost(tmp_path,
 def test_on_ipv6_the_printed_urls_parse(tmp_path):
     # (Not through `rallycast up --bind ::1`: amqtt does not listen on IPv6 literals yet.)
     from broker.server import RunningBroker
+    from rallycast.up import Credentials, banner
     from scorer.config import Settings
-    from scorer.up import Credentials, banner
 
     settings = Settings(data_dir=tmp_path, bind="::1")
     broker = RunningBroker(None, "::1", "::1", 1883, 9001, settings)
@@ -332,7 +332,7 @@ def test_a_bad_config_stops_up_before_anything_is_created(tmp_path, data_dir, te
     else:
         config.write_text(f'data_dir = "{data_dir}"\n{text}\n')
     result = subprocess.run(
-        [sys.executable, "-m", "scorer.cli", "up", "--config", str(config)],
+        [sys.executable, "-m", "rallycast.cli", "up", "--config", str(config)],
         cwd=ROOT,
         env=up_env(tmp_path),
         capture_output=True,
@@ -354,8 +354,8 @@ def test_a_bad_config_stops_up_before_anything_is_created(tmp_path, data_dir, te
 def test_the_password_hint_names_the_data_dir_up_used_and_works(tmp_path):
     from broker.auth import PasswordFile
     from broker.server import RunningBroker
+    from rallycast.up import Credentials, banner
     from scorer.config import Settings
-    from scorer.up import Credentials, banner
 
     data_dir = tmp_path / "club data"  # a space: the printed command must quote it
     settings = Settings(data_dir=data_dir)
@@ -366,7 +366,7 @@ def test_the_password_hint_names_the_data_dir_up_used_and_works(tmp_path):
         assert hint == f"passwd add demo --generate --data-dir '{data_dir}'", text
     # The hint as printed writes where `up` reads (a real process, a real file).
     result = subprocess.run(
-        [sys.executable, "-m", "scorer.cli", *shlex.split(hint)],
+        [sys.executable, "-m", "rallycast.cli", *shlex.split(hint)],
         cwd=ROOT,
         env=up_env(tmp_path),
         capture_output=True,
@@ -380,8 +380,8 @@ def test_the_password_hint_names_the_data_dir_up_used_and_works(tmp_path):
 
 
 def test_the_password_hint_has_no_data_dir_for_the_default_one(tmp_path, monkeypatch):
+    from rallycast.up import passwd_command
     from scorer.config import Settings, default_data_dir
-    from scorer.up import passwd_command
 
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.delenv("XDG_DATA_HOME", raising=False)

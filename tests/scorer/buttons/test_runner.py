@@ -22,9 +22,9 @@ from scorer.buttons import ButtonRunner, parse_boards
 from scorer.client import ConnectFailed
 from scorer.config import Settings
 from scorer.service import ScorerService
-from tests.scorer.payloads import ESPHOME, SHELLY1, TASMOTA, ZIGBEE
+from tests.scorer.buttons.payloads import ESPHOME, SHELLY1, TASMOTA, ZIGBEE
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 WAIT = 5.0
 QUIET = 0.8  # seconds of silence that show a command did NOT come
 T0 = 1_764_170_000.0  # a fake wall clock for the runner (only differences matter)
@@ -240,7 +240,7 @@ opponent = "2+"
     env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
     env["RALLYCAST_PASSWORD_ALPHA"] = any_broker.users["alpha"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "scorer.cli", "buttons", "--config", str(config)],
+        [sys.executable, "-m", "rallycast.cli", "buttons", "--config", str(config)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -1,4 +1,4 @@
-"""Each device family's decoder against recorded example payloads (tests/scorer/payloads/),
+"""Each device family's decoder against recorded example payloads (tests/scorer/buttons/payloads/),
 written from the vendors' documented formats."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from scorer.buttons.decoders import (
     Zigbee2MqttDecoder,
     split_zigbee_action,
 )
-from tests.scorer.payloads import ESPHOME, RAW, SHELLY1, SHELLY2, TASMOTA, ZIGBEE
+from tests.scorer.buttons.payloads import ESPHOME, RAW, SHELLY1, SHELLY2, TASMOTA, ZIGBEE
 
 # --- Tasmota ------------------------------------------------------------------------------
 

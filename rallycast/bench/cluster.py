@@ -26,19 +26,14 @@ from broker.cluster import (
     NodePorts,
     find_nats_server,
 )
+from rallycast.bench.launch import BrokerNotInstalled, free_port
 
 KIND = "nats"
 
 
-def _free_port() -> int:
-    from broker.bench import free_port
-
-    return free_port()
-
-
 @dataclass
 class ClusterBroker:
-    """A started cluster, shaped as ``broker.bench.BrokerProcess`` (kind, mqtt_port, ws_port,
+    """A started cluster, shaped as ``rallycast.bench.launch.BrokerProcess`` (kind, mqtt_port, ws_port,
     cpu_seconds, rss, stop) plus ``ws_port_for(i)``: the node of subscriber ``i``."""
 
     cluster: Cluster
@@ -101,13 +96,11 @@ class ClusterBroker:
 def start_cluster(workdir: Path, service_user: str, password: str) -> ClusterBroker:
     """Three nodes on 127.0.0.1 (free ports), ready (each answers a CONNECT) and with the MQTT
     streams in place. Raises BrokerNotInstalled without a nats-server program."""
-    from broker.bench import BrokerNotInstalled
-
     try:
         program = find_nats_server()
     except ClusterError as exc:
         raise BrokerNotInstalled(str(exc)) from None
-    ports = [NodePorts(*(_free_port() for _ in range(5))) for _ in range(NODES)]
+    ports = [NodePorts(*(free_port() for _ in range(5))) for _ in range(NODES)]
     layout = ClusterLayout(workdir / "nats-cluster", ports)
     # Cost 4: one login; the measurement is about deliveries.
     layout.write({service_user: BcryptPasswordFile.hash(password, 4)}, service_user)

@@ -1,0 +1,279 @@
+"""Brokers as subprocesses on 127.0.0.1, for the benchmarks and the test fixtures
+(``tests/support/runners.py`` builds on this module; runtime code never imports tests).
+
+- the embedded broker: ``python -m broker.cli`` (or ``python -m rallycast.bench serve-stock``,
+  amqtt's own Broker with our config), its ports read from its ``listening URL`` lines;
+- mosquitto: OUR ``mosquitto.conf`` and ``mosquitto.acl`` with only the lines naming ports,
+  paths and the run-as user rewritten (:func:`mosquitto_config`), users from
+  ``mosquitto_passwd``;
+- ``stop_process`` (``broker/process.py``): SIGTERM, then SIGKILL after the grace time.
+
+Every wait is bounded (``START_TIMEOUT``) and every port is ephemeral.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+
+from broker.process import stop_process
+
+REPO = Path(__file__).resolve().parents[2]
+SERVICE_USER = "rallycast-service"
+START_TIMEOUT = 20.0
+LISTENING_RE = re.compile(r"listening (mqtt|ws)://[^:/\s]+:(\d+)")
+
+
+class BrokerNotInstalled(FileNotFoundError):
+    """The broker's program is missing: that broker is skipped, the others still run."""
+
+
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 right now (another process may take it before you bind)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class BrokerProcess:
+    """A started broker: its process, real ports and log file; CPU and RSS via psutil."""
+
+    kind: str
+    process: subprocess.Popen[bytes]
+    mqtt_port: int
+    ws_port: int
+    log_path: Path
+
+    @property
+    def ps(self) -> psutil.Process:
+        return psutil.Process(self.process.pid)
+
+    def cpu_seconds(self) -> float:
+        times = self.ps.cpu_times()
+        return times.user + times.system
+
+    def rss(self) -> int:
+        return int(self.ps.memory_info().rss)
+
+    def stop(self) -> None:
+        stop_process(self.process)
+
+
+# -- the embedded broker
+
+
+def broker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
+    """This environment without RALLYCAST_* settings (the caller's own config must not leak
+    into a measured broker), the repository on PYTHONPATH, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
+    env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+def embedded_command(
+    data_dir: Path, mqtt_port: int = 0, ws_port: int = 0, *, stock: bool = False
+) -> list[str]:
+    """The command line of the embedded broker (``stock``: amqtt's own Broker, our config)."""
+    module = ["rallycast.bench", "serve-stock"] if stock else ["broker.cli"]
+    return [
+        sys.executable, "-m", *module,
+        "--bind", "127.0.0.1",
+        "--mqtt-port", str(mqtt_port),
+        "--ws-port", str(ws_port),
+        "--data-dir", str(data_dir),
+    ]  # fmt: skip
+
+
+def read_listening(
+    stdout_path: Path, alive: Callable[[], bool], deadline: float
+) -> tuple[int, int]:
+    """(MQTT port, WebSocket port) from the ``listening mqtt://HOST:PORT`` and ``listening
+    ws://HOST:PORT/mqtt`` lines the broker writes to ``stdout_path``. RuntimeError when the
+    broker exits first, TimeoutError past ``deadline`` (time.monotonic)."""
+    while True:
+        ports = {
+            scheme: int(port)
+            for scheme, port in LISTENING_RE.findall(stdout_path.read_text(errors="replace"))
+        }
+        if "mqtt" in ports and "ws" in ports:
+            return ports["mqtt"], ports["ws"]
+        if not alive():
+            raise RuntimeError("the broker exited during startup")
+        if time.monotonic() > deadline:
+            raise TimeoutError("the broker did not report its ports")
+        time.sleep(0.02)  # a file has no event to wait on; bounded by the deadline
+
+
+def spawn_embedded(
+    data_dir: Path,
+    log_path: Path,
+    *,
+    mqtt_port: int = 0,
+    ws_port: int = 0,
+    stock: bool = False,
+    env: Mapping[str, str] | None = None,
+    timeout: float = START_TIMEOUT,
+) -> tuple[subprocess.Popen[bytes], int, int]:
+    """Start the embedded broker on 127.0.0.1 and wait for its ports: (process, mqtt, ws).
+    stderr (the log) is appended to ``log_path``; the process is killed when it does not start
+    (RuntimeError/TimeoutError, with the log's tail)."""
+    stdout_path = log_path.with_suffix(".stdout")
+    command = embedded_command(data_dir, mqtt_port, ws_port, stock=stock)
+    with open(stdout_path, "wb") as out, open(log_path, "ab") as err:
+        process = subprocess.Popen(
+            command, cwd=REPO, env=dict(env) if env is not None else broker_env(),
+            stdout=out, stderr=err,
+        )  # fmt: skip
+    try:
+        ports = read_listening(
+            stdout_path, lambda: process.poll() is None, time.monotonic() + timeout
+        )
+    except (RuntimeError, TimeoutError) as exc:
+        stop_process(process, grace=0.5)
+        tail = log_path.read_text(errors="replace")[-3000:]
+        raise type(exc)(f"`{' '.join(command[1:4])}` did not start: {exc}\n{tail}") from None
+    return process, *ports
+
+
+# -- mosquitto
+
+
+def mosquitto_program() -> str:
+    """The mosquitto binary; BrokerNotInstalled when it or mosquitto_passwd is missing."""
+    mosquitto = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    if not Path(mosquitto).exists() or not shutil.which("mosquitto_passwd"):
+        raise BrokerNotInstalled("mosquitto / mosquitto_passwd are not installed")
+    return mosquitto
+
+
+def write_mosquitto_passwords(path: Path, users: Mapping[str, str]) -> None:
+    """A mosquitto password file with ``users`` (user -> clear password), made by
+    mosquitto_passwd (its own hash format)."""
+    path.unlink(missing_ok=True)
+    for user, password in users.items():
+        create = [] if path.exists() else ["-c"]
+        subprocess.run(
+            ["mosquitto_passwd", *create, "-b", str(path), user, password],
+            check=True,
+            capture_output=True,
+        )
+
+
+def mosquitto_config(
+    mqtt_port: int,
+    ws_port: int,
+    *,
+    password_file: Path,
+    persistence_dir: Path,
+    max_connections: int | None = None,
+    extra: str = "",
+) -> str:
+    """Our mosquitto.conf with only the lines naming ports, paths and the run-as user changed
+    (and ``max_connections``, when given), then ``extra`` appended verbatim (e.g. a bridge).
+    RuntimeError when mosquitto.conf lost a line this rewrites (the copy would listen on
+    1883 or read the wrong users)."""
+    replaced = {
+        "password_file": f"password_file {password_file}",
+        "acl_file": f"acl_file {REPO / 'mosquitto.acl'}",
+        "user": f"user {getpass.getuser()}",
+        "persistence_location": f"persistence_location {persistence_dir}/",
+        "listener 1883": f"listener {mqtt_port} 127.0.0.1",
+        "listener 9001": f"listener {ws_port} 127.0.0.1",
+    }
+    if max_connections:
+        replaced["max_connections"] = f"max_connections {max_connections}"
+    seen = set()
+    lines = []
+    for line in (REPO / "mosquitto.conf").read_text().splitlines():
+        key = next((k for k in replaced if line == k or line.startswith(k + " ")), None)
+        if key is not None:
+            seen.add(key)
+            line = replaced[key]
+        lines.append(line)
+    missing = set(replaced) - seen
+    if missing:
+        raise RuntimeError(f"mosquitto.conf lost the lines we rewrite: {sorted(missing)}")
+    return "\n".join(lines) + "\n" + extra
+
+
+def wait_ports_open(ports: tuple[int, ...], alive: Callable[[], bool], deadline: float) -> None:
+    """Until each 127.0.0.1 port accepts a connection. RuntimeError when the process exits
+    first, TimeoutError past ``deadline`` (time.monotonic)."""
+    for port in ports:
+        while True:
+            if not alive():
+                raise RuntimeError("the broker exited during startup")
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                    break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
+                time.sleep(0.02)  # connection refused returns at once: pace the retries
+
+
+def spawn_mosquitto(
+    config_path: Path, config_text: str, log_path: Path, ports: tuple[int, int],
+    timeout: float = START_TIMEOUT,
+) -> subprocess.Popen[bytes]:  # fmt: skip
+    """Write ``config_text``, start mosquitto on it and wait until ``ports`` accept; the
+    process is stopped and RuntimeError/TimeoutError raised when it does not start."""
+    config_path.write_text(config_text)
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [mosquitto_program(), "-c", str(config_path)], stdout=log, stderr=log
+        )
+    try:
+        wait_ports_open(ports, lambda: process.poll() is None, time.monotonic() + timeout)
+    except (RuntimeError, TimeoutError):
+        stop_process(process, grace=0.5)
+        raise
+    return process
+
+
+def start_mosquitto(
+    workdir: Path, users: Mapping[str, str], max_connections: int | None = None
+) -> BrokerProcess:
+    """mosquitto with ``users`` in ``workdir`` on free ports (three tries: a port may be taken
+    between free_port() and mosquitto's bind)."""
+    mosquitto_program()
+    password_file = workdir / "mosquitto.passwd"
+    write_mosquitto_passwords(password_file, users)
+    (workdir / "mosquitto-data").mkdir(exist_ok=True)
+    log_path = workdir / "mosquitto.log"
+    for _attempt in range(3):
+        ports = free_port(), free_port()
+        text = mosquitto_config(
+            *ports, password_file=password_file, persistence_dir=workdir / "mosquitto-data",
+            max_connections=max_connections,
+        )  # fmt: skip
+        try:
+            process = spawn_mosquitto(workdir / "mosquitto.conf", text, log_path, ports)
+        except RuntimeError:
+            continue
+        return BrokerProcess("mosquitto", process, *ports, log_path)
+    raise RuntimeError(f"mosquitto did not start; see {log_path}")
+
+
+def start_embedded(kind: str, workdir: Path, env: Mapping[str, str] | None = None) -> BrokerProcess:
+    """The embedded broker (``kind`` "embedded", or "stock" for amqtt's own Broker) with the
+    users already written to ``workdir/<kind>-data/passwd``."""
+    log_path = workdir / f"{kind}.log"
+    process, mqtt_port, ws_port = spawn_embedded(
+        workdir / f"{kind}-data", log_path, stock=kind == "stock",
+        env=broker_env({"RALLYCAST_LOG_LEVEL": "WARNING", **(env or {})}),
+    )  # fmt: skip
+    return BrokerProcess(kind, process, mqtt_port, ws_port, log_path)

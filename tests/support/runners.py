@@ -1,0 +1,178 @@
+"""Brokers for tests: the embedded one in a thread of this process (``ThreadedAmqtt``, ~50
+ms to start) or as a subprocess (``AmqttProcess``, killable with SIGKILL), and a real mosquitto
+(``MosquittoProcess``). The subprocesses start, stop and get their config through
+``rallycast/bench/launch.py``, as the benchmarks do."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import subprocess
+import threading
+from pathlib import Path
+from typing import Any
+
+from rallycast.bench.launch import (
+    free_port,
+    mosquitto_config,
+    spawn_embedded,
+    spawn_mosquitto,
+    stop_process,
+)
+
+START_TIMEOUT = 10.0
+
+
+class ThreadedAmqtt:
+    """start_broker() on an event loop of its own, in a daemon thread."""
+
+    kind = "amqtt"
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.mqtt_port = 0
+        self.ws_port = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+        self._running: Any = None
+
+    def start(self) -> None:
+        from broker.server import start_broker
+        from scorer.config import load_settings
+
+        settings = load_settings(
+            env={},
+            overrides={
+                "data_dir": str(self.data_dir),
+                "bind": "127.0.0.1",
+                "mqtt_port": self.mqtt_port,
+                "ws_port": self.ws_port,
+                "log_level": os.environ.get("RALLYCAST_TEST_BROKER_LOG", "INFO"),
+            },
+        )
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name="amqtt-broker", daemon=True
+        )
+        self._thread.start()
+        future = asyncio.run_coroutine_threadsafe(start_broker(settings), self._loop)
+        try:
+            self._running = future.result(START_TIMEOUT)
+        except BaseException:
+            self.stop()  # no thread or loop left behind
+            raise
+        self.mqtt_port, self.ws_port = self._running.mqtt_port, self._running.ws_port
+
+    def stop(self) -> None:
+        if self._loop is None:
+            return
+        loop, thread = self._loop, self._thread
+        try:
+            if self._running is not None:
+                asyncio.run_coroutine_threadsafe(self._running.stop(), loop).result(10)
+        finally:
+            loop.call_soon_threadsafe(loop.stop)
+            assert thread is not None
+            thread.join(5)
+            loop.close()
+            self._loop = self._thread = self._running = None
+
+    def kill(self) -> None:
+        raise NotImplementedError(
+            "the in-thread broker cannot be SIGKILLed: use amqtt_broker_process/any_broker_process"
+        )
+
+    def restart(self, kill: bool = False) -> None:
+        if kill:
+            self.kill()
+        self.stop()
+        self.start()
+
+
+class BrokerProcess:
+    """Common part of the subprocess runners: start, SIGTERM/SIGKILL, restart on same ports."""
+
+    kind = ""
+
+    def __init__(self, data_dir: Path):
+        self.data_dir = data_dir
+        self.mqtt_port = 0
+        self.ws_port = 0
+        self.process: subprocess.Popen[bytes] | None = None
+        self.log_path = data_dir / f"{self.kind}.log"
+
+    def _spawn(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._spawn()
+
+    def stop(self) -> None:
+        if self.process is not None:
+            stop_process(self.process)
+        self.process = None
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()  # SIGKILL
+            self.process.wait(5)
+            self.process = None
+
+    def restart(self, kill: bool = False) -> None:
+        self.kill() if kill else self.stop()
+        self.start()
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-3000:]
+        except FileNotFoundError:
+            return ""
+
+
+class AmqttProcess(BrokerProcess):
+    """``python -m broker.cli`` on this runner's data dir (ports kept across restarts)."""
+
+    kind = "amqtt"
+
+    def _spawn(self) -> None:
+        self.process, self.mqtt_port, self.ws_port = spawn_embedded(
+            self.data_dir, self.log_path, mqtt_port=self.mqtt_port, ws_port=self.ws_port,
+            timeout=START_TIMEOUT,
+        )  # fmt: skip
+
+
+class MosquittoProcess(BrokerProcess):
+    kind = "mosquitto"
+
+    def __init__(self, data_dir: Path, password_file: Path, extra_config: str = ""):
+        super().__init__(data_dir)
+        self.password_file = password_file
+        self.extra_config = extra_config  # appended verbatim (e.g. a bridge section)
+        self.ports_fixed = False
+        self.config_path = data_dir / "mosquitto.conf"
+
+    def config_text(self) -> str:
+        """Our mosquitto.conf with the lines that name ports, paths and the user rewritten."""
+        return mosquitto_config(
+            self.mqtt_port, self.ws_port, password_file=self.data_dir / "mosquitto.passwd",
+            persistence_dir=self.data_dir, extra=self.extra_config,
+        )  # fmt: skip
+
+    def _spawn(self) -> None:
+        for _attempt in range(3):
+            if not self.mqtt_port:
+                self.mqtt_port, self.ws_port = free_port(), free_port()
+            try:
+                self.process = spawn_mosquitto(
+                    self.config_path, self.config_text(), self.log_path,
+                    (self.mqtt_port, self.ws_port), START_TIMEOUT,
+                )  # fmt: skip
+            except RuntimeError:
+                self.process = None
+                if not self.ports_fixed:
+                    # Most likely a port taken between free_port() and mosquitto's bind.
+                    self.mqtt_port = self.ws_port = 0
+                continue
+            self.ports_fixed = True  # restarts keep the ports clients know
+            return
+        raise RuntimeError(f"mosquitto did not start:\n{self.log_tail()}")
