@@ -97,6 +97,11 @@ class Settings:
     # Button boards: the raw [[boards]] and [buttons] tables, checked by scorer.buttons.
     boards: tuple[dict[str, Any], ...] = ()
     buttons: dict[str, Any] = field(default_factory=dict, hash=False)
+    # The record of play (docs/history.md): URLs POSTed the result when a match ends; days an
+    # ended match is kept (0 = for ever); origins whose pages may read /api/ (CORS; "*" = any).
+    webhook_urls: tuple[str, ...] = ()
+    record_retention_days: int = 0
+    api_origins: tuple[str, ...] = ()
 
     @property
     def local_host(self) -> str:
@@ -219,6 +224,26 @@ def _clubs(value: Any, from_text: bool) -> tuple[Club, ...]:
     return tuple(clubs)
 
 
+ORIGIN_RE = re.compile(r"^https?://[A-Za-z0-9.\-\[\]:]+$")
+
+
+def _url_list(name: str, value: Any, from_text: bool) -> tuple[str, ...]:
+    """``webhook_urls``: http(s) URLs; ``api_origins``: origins (scheme://host[:port], no
+    path) or "*". From the environment: comma-separated."""
+    if isinstance(value, str) and from_text:
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError('must be a list of strings, e.g. ["https://example.org"]')
+    for item in value:
+        if name == "webhook_urls" and not re.match(r"^https?://[^/\s]+", item):
+            raise ValueError(f"{item!r} is not an http:// or https:// URL")
+        if name == "api_origins" and item != "*" and not ORIGIN_RE.fullmatch(item):
+            raise ValueError(
+                f"{item!r} is not an origin: use scheme://host[:port] without a path, or \"*\""
+            )
+    return tuple(value)
+
+
 def _coerce(name: str, value: Any, source: str = "") -> Any:
     """Turn a TOML/env/flag value into the type the setting wants and check its range, or
     raise ConfigError with one line naming the setting, the value and where it came from.
@@ -238,6 +263,8 @@ def _coerce(name: str, value: Any, source: str = "") -> Any:
             if not isinstance(value, list | tuple):
                 raise ValueError("[[boards]] must be an array of tables")
             return tuple(value)
+        if name in ("webhook_urls", "api_origins"):
+            return _url_list(name, value, from_text)
         if name == "data_dir":
             if isinstance(value, Path):
                 return value
