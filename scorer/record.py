@@ -319,9 +319,7 @@ class RecordWriter:
             return 0
         db = _connect_ro(store)
         try:
-            known = {
-                m: s for m, s in self._db.execute("SELECT match_id, status FROM results")
-            }
+            known = {m: s for m, s in self._db.execute("SELECT match_id, status FROM results")}
             todo = [
                 (club, match_id)
                 for match_id, club in db.execute("SELECT match_id, club_id FROM matches")

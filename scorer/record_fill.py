@@ -17,8 +17,14 @@ NAMES = (
 
 
 def played_log(
-    player1: str, player2: str, winner: int, start_at: float, *, best_of: int = 3,
-    rng: random.Random | None = None, abandon_after: int | None = None,
+    player1: str,
+    player2: str,
+    winner: int,
+    start_at: float,
+    *,
+    best_of: int = 3,
+    rng: random.Random | None = None,
+    abandon_after: int | None = None,
 ) -> list[dict[str, Any]]:
     """A whole match's log: ``winner`` wins every game; the loser scores a random 0-9 in each,
     a point every 8-20 s. ``abandon_after``: points after which it is abandoned instead."""
@@ -47,7 +53,9 @@ def played_log(
     return match.log
 
 
-def fill(data_dir: Path, club_id: str, count: int, *, seed: int = 1, start_at: float = 1.7e9) -> list[str]:
+def fill(
+    data_dir: Path, club_id: str, count: int, *, seed: int = 1, start_at: float = 1.7e9
+) -> list[str]:
     """Store ``count`` ended matches of ``club_id`` (about one an hour from ``start_at``);
     returns their ids, oldest first."""
     rng = random.Random(seed)
