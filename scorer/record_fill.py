@@ -82,3 +82,15 @@ def fill(
     finally:
         store.close()
     return ids
+
+
+def store_log(data_dir: Path, club_id: str, match_id: str, log: list[dict[str, Any]]) -> None:
+    """Store one match's log as the service does (start, appends, then not current)."""
+    store = MatchStore(data_dir)
+    try:
+        store.start_match(club_id, match_id, dict(log[0]))
+        for seq, entry in enumerate(log[1:], start=2):
+            store.append(match_id, seq, entry)
+        store.clear_current(club_id)
+    finally:
+        store.close()

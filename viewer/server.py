@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
@@ -45,6 +46,7 @@ from scorer.config import (
     url_host,
 )
 from scorer.logs import setup_logging
+from viewer import record as record_pages
 from viewer.i18n import LANG_COOKIE, STRINGS, browser_strings, pick_language
 from viewer.snapshots import RetainedSnapshots, viewer_broker_url
 
@@ -172,6 +174,8 @@ class Viewer:
 
     # The retained snapshots, followed while the app runs (its lifespan starts and stops it).
     snapshots: RetainedSnapshots | None = None
+    # The record of play's routes (viewer/record.py), set by create_app.
+    record: Any = None
 
     def __post_init__(self) -> None:
         if self.snapshots is None:
@@ -269,7 +273,17 @@ class Viewer:
 
     async def club_page(self, request: Request) -> Response:
         club = self.club_or_404(request)
-        return self.render(request, "club.html", page="club", club=club, embed=(club.id,))
+        recent, ladder = (
+            await run_in_threadpool(
+                lambda: (self.record.recent(club.id), self.record.ladder(club.id))
+            )
+            if self.record is not None
+            else ([], [])
+        )
+        return self.render(
+            request, "club.html", page="club", club=club, embed=(club.id,), recent=recent,
+            ladder=ladder, local_time=record_pages.local_time, duration=record_pages.duration,
+        )  # fmt: skip
 
     async def score_page(self, request: Request) -> Response:
         club = self.club_or_404(request)
@@ -334,6 +348,7 @@ def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette
         Route("/clubs/{club_id}/overlay", viewer.overlay_page),
         Route("/clubs/{club_id}/overlay/help", viewer.overlay_help),
         Route("/static/{digest}/{name:path}", viewer.static_file),
+        *record_pages.routes(viewer)[1],
     ]
 
     @asynccontextmanager

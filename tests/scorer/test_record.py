@@ -12,30 +12,18 @@ from pathlib import Path
 import pytest
 
 from scorer.record import RecordReader, RecordWriter
-from scorer.record_fill import fill, played_log
+from scorer.record_fill import fill, played_log, store_log
 from scorer.record_hooks import deliver
-from scorer.store import MatchStore
 from tests.scorer.servicekit import Scorer, service_running, wait_for
-
-
-def store_match(data_dir: Path, club: str, match_id: str, log: list[dict]) -> None:
-    store = MatchStore(data_dir)
-    try:
-        store.start_match(club, match_id, {k: v for k, v in log[0].items()})
-        for seq, entry in enumerate(log[1:], start=2):
-            store.append(match_id, seq, entry)
-        store.clear_current(club)
-    finally:
-        store.close()
 
 
 @pytest.fixture
 def record(tmp_path: Path) -> tuple[Path, RecordReader]:
     data = tmp_path / "data"
-    store_match(data, "club", "m1", played_log("Ann", "Bob", 1, 1000.0))
-    store_match(data, "club", "m2", played_log("Cid", "Ann", 1, 9000.0))
-    store_match(data, "club", "m3", played_log("Ann", "Bob", 2, 20000.0, abandon_after=3))
-    store_match(data, "other", "o1", played_log("Ann", "Bob", 1, 30000.0))
+    store_log(data, "club", "m1", played_log("Ann", "Bob", 1, 1000.0))
+    store_log(data, "club", "m2", played_log("Cid", "Ann", 1, 9000.0))
+    store_log(data, "club", "m3", played_log("Ann", "Bob", 2, 20000.0, abandon_after=3))
+    store_log(data, "other", "o1", played_log("Ann", "Bob", 1, 30000.0))
     writer = RecordWriter(data)
     assert writer.sync() == 4
     assert writer.sync() == 0  # ended matches are summarized once
