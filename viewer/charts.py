@@ -11,7 +11,7 @@ from typing import Any
 from markupsafe import Markup
 
 SIDE_COLOURS = {1: "#1f6feb", 2: "#d9480f"}
-STEP = 16  # user units per point
+PLOT_WIDTH = 340  # user units for the points, whatever their number (reads on a phone)
 HEIGHT_PER_POINT = 10  # user units per point of lead
 PAD_LEFT, PAD_RIGHT, PAD_TOP, SERVE_ROW = 30, 8, 14, 22
 
@@ -23,16 +23,17 @@ def lead_chart(game: dict[str, Any], players: list[str], words: dict[str, str]) 
     expedite system began (E). ``words``: ``{"title", "served", "timeout", "expedite"}``."""
     points = game["points"]
     count = max(len(points), 11)
+    step = PLOT_WIDTH / count
     leads = [0] + [point["lead"] for point in points]
     top = max(3, max(leads))
     bottom = max(3, -min(leads))
-    width = PAD_LEFT + count * STEP + PAD_RIGHT
+    width = PAD_LEFT + PLOT_WIDTH + PAD_RIGHT
     zero = PAD_TOP + top * HEIGHT_PER_POINT
     plot_bottom = zero + bottom * HEIGHT_PER_POINT
     height = plot_bottom + SERVE_ROW + 6
 
     def x(index: int) -> float:
-        return PAD_LEFT + index * STEP
+        return round(PAD_LEFT + index * step, 2)
 
     def y(lead: int) -> float:
         return zero - lead * HEIGHT_PER_POINT
@@ -48,7 +49,7 @@ def lead_chart(game: dict[str, Any], players: list[str], words: dict[str, str]) 
         f'stroke-width="1" opacity="0.6"/>',
     ]
     for lead in range(-bottom, top + 1):
-        if lead and lead % 2 == 0 or abs(lead) in (top, bottom) and lead:
+        if lead and (lead % 2 == 0 or lead in (top, -bottom)):
             parts.append(
                 f'<text x="{PAD_LEFT - 4}" y="{y(lead) + 3}" font-size="9" text-anchor="end" '
                 f'fill="{SIDE_COLOURS[1 if lead > 0 else 2]}">+{abs(lead)}</text>'
@@ -74,20 +75,20 @@ def lead_chart(game: dict[str, Any], players: list[str], words: dict[str, str]) 
         # Who served this point: a bar in the server's colour under the chart.
         serve = point["server"]
         parts.append(
-            f'<rect class="serve-mark" data-server="{serve}" x="{x(index) - STEP / 2 + 1}" '
-            f'y="{plot_bottom + 8}" width="{STEP - 2}" height="8" fill="{SIDE_COLOURS[serve]}"/>'
+            f'<rect class="serve-mark" data-server="{serve}" x="{x(index) - step / 2 + 0.5:.2f}" '
+            f'y="{plot_bottom + 8}" width="{max(step - 1, 1):.2f}" height="8" fill="{SIDE_COLOURS[serve]}"/>'
         )
     parts.append(
         f'<text x="{PAD_LEFT - 4}" y="{plot_bottom + 16}" font-size="8" text-anchor="end" '
         f'fill="currentColor">{escape(words["served"])}</text>'
     )
     for timeout in game["timeouts"]:
-        parts.append(_marker(x(timeout["after"]) + STEP / 2, PAD_TOP, plot_bottom,
+        parts.append(_marker(x(timeout["after"]) + step / 2, PAD_TOP, plot_bottom,
                              f"T{timeout['side']}", SIDE_COLOURS[timeout["side"]],
                              "timeout"))  # fmt: skip
     if game["expedite_from"] is not None:
         at = game["expedite_from"]
-        parts.append(_marker(x(at) + (STEP / 2 if at else 4), PAD_TOP, plot_bottom, "E",
+        parts.append(_marker(x(at) + (step / 2 if at else 4), PAD_TOP, plot_bottom, "E",
                              "currentColor", "expedite"))  # fmt: skip
     parts.append("</svg>")
     return Markup("".join(parts))
