@@ -31,6 +31,8 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "viewer": ("viewer.server", "serve the live pages"),
     "replay": ("scorer.replay", "replay a match log and print the snapshot"),
     "bench": ("broker.bench", "measure the broker (and the pages) on loopback"),
+    "export": ("scorer.export_command", "CSV or JSON of a club's matches or of one match"),
+    "matches": ("scorer.matches_command", "list or delete matches of the record of play"),
 }
 
 

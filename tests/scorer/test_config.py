@@ -135,6 +135,8 @@ OUT_OF_RANGE = {
     ],
     "boards": ["5", "'x'", "{a = 1}"],
     "buttons": ["5", "[1]", "'x'"],
+    "webhook_urls": ["'http://x'", "['ftp://x']", "[5]"],
+    "api_origins": ["'https://x'", "['https://x.org/path']", "['x.org']"],
 }
 
 
