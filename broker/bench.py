@@ -817,11 +817,19 @@ def run_pages_bench(args: argparse.Namespace) -> int:
     return print_pages_bench(args)
 
 
+def run_record_bench(args: argparse.Namespace) -> int:
+    """Record pages' time with many stored matches (viewer/record_bench.py)."""
+    from viewer.record_bench import print_record_bench
+
+    return print_record_bench(args)
+
+
 # target -> (function, help)
 TARGETS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "broker": (run_broker_bench, "embedded broker vs mosquitto, N WebSocket subscribers"),
     "pages": (run_pages_bench, "press -> screen and first score in headless Chromium"),
     "hostile": (run_hostile_bench, "attacks by hostile clients, embedded broker vs mosquitto"),
+    "record": (run_record_bench, "record pages' time with 10,000 stored matches"),
 }
 
 
@@ -856,6 +864,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
     add_hostile_arguments(parser.add_argument_group("hostile"))
 
     add_pages_arguments(parser.add_argument_group("pages"))
+    from viewer.record_bench import add_record_arguments
+
+    add_record_arguments(parser.add_argument_group("record"))
 
 
 def main(args: argparse.Namespace) -> int:

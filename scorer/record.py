@@ -50,7 +50,10 @@ CREATE TABLE IF NOT EXISTS results (
     games TEXT NOT NULL,           -- JSON [[a, b], ...]
     duration_s REAL NOT NULL
 );
-CREATE INDEX IF NOT EXISTS results_club_ended ON results (club_id, status, ended_at DESC);
+-- The list reads this index only (count, order, page offset), then PAGE_SIZE rows.
+CREATE INDEX IF NOT EXISTS results_listed
+    ON results (club_id, ended_at DESC, match_id DESC, status)
+    WHERE status IN ('abandoned', 'finished');
 CREATE TABLE IF NOT EXISTS result_players (
     club_id TEXT NOT NULL,
     name TEXT NOT NULL,
@@ -59,10 +62,14 @@ CREATE TABLE IF NOT EXISTS result_players (
     ended_at REAL,
     PRIMARY KEY (match_id, name)
 );
-CREATE INDEX IF NOT EXISTS result_players_name ON result_players (club_id, name, ended_at DESC);
+CREATE INDEX IF NOT EXISTS result_players_name
+    ON result_players (club_id, name, ended_at DESC, match_id DESC);
 """
 
 ENDED = tuple(sorted(ENDED_STATUSES))
+# Written out (not bound) so SQLite can use the partial index results_listed.
+LISTED = "r.status IN ('abandoned', 'finished')"
+assert set(ENDED) == {"abandoned", "finished"}
 
 
 @dataclass(frozen=True)
@@ -157,23 +164,33 @@ class RecordReader:
             if db is None:
                 return [], 0
             offset = max(page - 1, 0) * per_page
-            marks = ",".join("?" * len(ENDED))
             if player:
-                where = (
-                    f"FROM result_players p JOIN results r ON r.match_id = p.match_id "
-                    f"WHERE p.club_id = ? AND p.name = ? AND r.status IN ({marks})"
+                # The player's index gives the order; each row's status comes from its match.
+                keys = (
+                    "SELECT p.match_id FROM result_players p JOIN results r "
+                    "ON r.match_id = p.match_id WHERE p.club_id = ? AND p.name = ? "
+                    f"AND {LISTED} ORDER BY p.ended_at DESC, p.match_id DESC"
                 )
-                params: tuple[Any, ...] = (club_id, player, *ENDED)
-                order = "p.ended_at DESC"
+                params: tuple[Any, ...] = (club_id, player)
             else:
-                where = f"FROM results r WHERE r.club_id = ? AND r.status IN ({marks})"
-                params = (club_id, *ENDED)
-                order = "r.ended_at DESC"
-            total = db.execute(f"SELECT count(*) {where}", params).fetchone()[0]
-            rows = db.execute(
-                f"SELECT {_COLUMNS} {where} ORDER BY {order}, r.match_id DESC LIMIT ? OFFSET ?",
-                (*params, per_page, offset),
-            ).fetchall()
+                keys = (
+                    f"SELECT r.match_id FROM results r WHERE r.club_id = ? AND {LISTED} "
+                    "ORDER BY r.ended_at DESC, r.match_id DESC"
+                )
+                params = (club_id,)
+            total = db.execute(f"SELECT count(*) FROM ({keys})", params).fetchone()[0]
+            # The page's keys from the index alone, then only those rows.
+            page_keys = db.execute(f"{keys} LIMIT ? OFFSET ?", (*params, per_page, offset))
+            wanted = [key for (key,) in page_keys]
+            by_id = {
+                row[0]: row
+                for row in db.execute(
+                    f"SELECT {_COLUMNS} FROM results r WHERE r.match_id IN "
+                    f"({','.join('?' * len(wanted))})",
+                    wanted,
+                )
+            }
+            rows = [by_id[key] for key in wanted if key in by_id]
         return [_row(row) for row in rows], int(total)
 
     def match(self, club_id: str, match_id: str) -> MatchRow | None:
@@ -240,13 +257,13 @@ class RecordReader:
         return [(p1, p2, int(w)) for p1, p2, w in rows]
 
     def version(self, club_id: str) -> tuple[int, float]:
-        """(count, latest end) of the club's finished matches: changes when the ladder may."""
+        """(count, latest end) of the club's ended matches: changes when the ladder may."""
         with self._record() as db:
             if db is None:
                 return (0, 0.0)
             count, latest = db.execute(
-                "SELECT count(*), coalesce(max(ended_at), 0) FROM results "
-                "WHERE club_id = ? AND status = 'finished'",
+                "SELECT count(*), coalesce(max(r.ended_at), 0) FROM results r "
+                f"WHERE r.club_id = ? AND {LISTED}",
                 (club_id,),
             ).fetchone()
         return int(count), float(latest)
@@ -265,6 +282,8 @@ class RecordWriter:
         self.reader = RecordReader(data_dir)
         self._db = sqlite3.connect(data_dir / RECORD_FILE_NAME, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
+        # Derived data (rebuilt from the store by sync): no fsync per match needed.
+        self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute("PRAGMA busy_timeout=5000")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
