@@ -287,8 +287,16 @@ class Viewer:
 
     async def score_page(self, request: Request) -> Response:
         club = self.club_or_404(request)
+        names = (
+            await run_in_threadpool(self.record.reader.players, club.id, "", 200)
+            if self.record is not None
+            else []
+        )
         # The scorer's password lives on the page: never let another site frame it.
-        return self.render(request, "score.html", page="score", club=club, frame_ancestors="'none'")
+        return self.render(
+            request, "score.html", page="score", club=club, frame_ancestors="'none'",
+            player_names=names,
+        )  # fmt: skip
 
     async def display_page(self, request: Request) -> Response:
         club = self.club_or_404(request)

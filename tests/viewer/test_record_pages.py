@@ -196,3 +196,16 @@ def test_phone_a_finished_match_moves_to_recent_results_and_its_page_charts(
     club.screenshot(path=str(artifacts_dir / "record-match-phone.png"), full_page=True)
     club.emulate_media(media="print")
     club.screenshot(path=str(artifacts_dir / "record-match-print.png"), full_page=True)
+
+
+def test_start_form_suggests_the_names_the_club_has_used(client: TestClient) -> None:
+    def suggested(html: str) -> list[str]:
+        found = re.search(r'<datalist id="player-names">(.*?)</datalist>', html)
+        assert found
+        return re.findall(r'<option value="([^"]*)">', found.group(1))
+
+    html = client.get("/clubs/alpha/score").text
+    names = suggested(html)
+    assert {"Ann", "Bob", "A/B", "Иван Иванов"} <= set(names)
+    assert html.count('list="player-names"') == 4
+    assert suggested(client.get("/clubs/beta/score").text) == []
