@@ -17,6 +17,7 @@ tables); pages show it where it is set.
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -280,7 +281,14 @@ class RecordWriter:
     def __init__(self, data_dir: Path) -> None:
         self.data_dir = data_dir
         self.reader = RecordReader(data_dir)
-        self._db = sqlite3.connect(data_dir / RECORD_FILE_NAME, isolation_level=None)
+        path = data_dir / RECORD_FILE_NAME
+        # The store's modes (scorer/store.py): other local users read neither (0600).
+        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            companion = Path(f"{path}{suffix}")
+            if companion.exists():
+                os.chmod(companion, 0o600)
+        self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # Derived data (rebuilt from the store by sync): no fsync per match needed.
         self._db.execute("PRAGMA synchronous=NORMAL")

@@ -95,7 +95,7 @@ class RecordHooks:
         self.webhook_urls = tuple(webhook_urls)
         self.retention_days = retention_days
         self.delays = tuple(delays)
-        self._queue: queue.Queue[tuple[str, str, bool] | None] = queue.Queue()
+        self._queue: queue.Queue[tuple[str, str, bool] | threading.Event | None] = queue.Queue()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.deliveries: list[threading.Thread] = []
@@ -120,8 +120,7 @@ class RecordHooks:
     def wait_idle(self, timeout: float = 5.0) -> bool:
         """Tests: True once every queued change has been handled."""
         done = threading.Event()
-        self._queue.put(("", "", False))  # a marker: handled after everything before it
-        self._marker = done
+        self._queue.put(done)  # set once everything queued before it is handled
         return done.wait(timeout)
 
     def _run(self) -> None:
@@ -135,12 +134,10 @@ class RecordHooks:
             item = self._queue.get()
             if item is None:
                 break
-            club_id, match_id, ended = item
-            if not match_id:
-                marker = getattr(self, "_marker", None)
-                if marker is not None:
-                    marker.set()
+            if isinstance(item, threading.Event):
+                item.set()
                 continue
+            club_id, match_id, ended = item
             try:
                 if writer is None:
                     writer = RecordWriter(self.data_dir)
@@ -162,6 +159,6 @@ class RecordHooks:
                         daemon=True,
                     )
                     thread.start()
-                    self.deliveries.append(thread)
+                    self.deliveries = [t for t in self.deliveries if t.is_alive()] + [thread]
         if writer is not None:
             writer.close()

@@ -182,7 +182,11 @@ class Record:
     def _cors(self, request: Request) -> dict[str, str]:
         origin = request.headers.get("origin")
         allowed = self.viewer.settings.api_origins
-        headers = {"Vary": "Origin", "Cache-Control": "no-cache"}
+        headers = {
+            "Vary": "Origin",
+            "Cache-Control": "no-cache",
+            "X-Content-Type-Options": "nosniff",
+        }
         if origin and ("*" in allowed or origin in allowed):
             headers["Access-Control-Allow-Origin"] = "*" if "*" in allowed else origin
         return headers

@@ -75,6 +75,14 @@ def test_retention_deletes_matches_ended_before_the_cutoff(record) -> None:
     writer.close()
 
 
+def test_record_files_are_private(record) -> None:
+    import stat
+
+    data, _ = record
+    for path in data.glob("record.sqlite3*"):
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
 def test_a_data_dir_without_record_reads_empty(tmp_path: Path) -> None:
     reader = RecordReader(tmp_path)
     assert reader.matches("club") == ([], 0) and reader.match("club", "x") is None
