@@ -5,9 +5,12 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
-from scorer.engine import Match, Refused
+from scorer.engine import Match, Refused, fold
 from scorer.stats import match_stats
+from tests.scorer.test_engine_properties import RELAXED, commands, start_match, starts
 
 A, B = 1, 2
 
@@ -126,3 +129,72 @@ def test_a_log_without_start_is_refused() -> None:
         match_stats("x", [])
     with pytest.raises(Refused):
         match_stats("x", [{"cmd": "point", "side": 1, "delta": 1, "at": 1.0}])
+
+
+# ------------------------------------------------------------- every log, not one log
+
+
+def played(params: dict[str, Any], script: list[Any]) -> Match:
+    match = start_match(params)
+    for number, command in enumerate(script, start=1):
+        try:
+            match.apply(command, float(number))
+        except Refused:
+            pass
+    return match
+
+
+@RELAXED
+@given(params=starts, script=commands)
+def test_stats_agree_with_the_engine_on_any_log(params, script):
+    match = played(params, script)
+    stats = match_stats("prop", match.log)
+    snapshot = fold("prop", match.log)
+    assert stats["status"] == snapshot["status"]
+    assert stats["games_won"] == snapshot["games_won"]
+    ended = [game["score"] for game in stats["games"] if game["winner"] is not None]
+    assert ended == snapshot["games"]
+    totals = stats["totals"]
+    points = [p for game in stats["games"] for p in game["points"]]
+    assert sum(totals["points_won"]) == len(points) == sum(sum(g["score"]) for g in stats["games"])
+    assert totals["served"] == totals["received"][::-1]
+    for side in (0, 1):
+        assert (
+            totals["won_on_serve"][side] + totals["won_on_receive"][side]
+            == (totals["points_won"][side])
+        )
+    assert all(p["seconds"] >= 0 for p in points)
+    for game in stats["games"]:  # the lead is the score's difference after each point
+        assert all(p["lead"] == p["score"][0] - p["score"][1] for p in game["points"])
+        assert game["deuce"] == (min(game["score"]) >= 10)
+
+
+@RELAXED
+@given(
+    params=starts,
+    presses=st.lists(
+        st.one_of(
+            st.sampled_from(["1+", "1+", "2+", "2+"]),
+            st.just({"cmd": "expedite"}),
+            st.builds(lambda side: {"cmd": "correct", "server": side}, st.sampled_from([1, 2])),
+            st.builds(lambda side: {"cmd": "timeout", "side": side}, st.sampled_from([1, 2])),
+        ),
+        min_size=1,
+        max_size=120,
+    ),
+)
+def test_each_point_is_served_by_whom_the_scoreboard_showed_serving(params, presses):
+    """Without undo or -1 every point stands: the server stats names for the n-th point is
+    the scoreboard's server_player just before it was pressed."""
+    match = start_match(params)
+    shown: list[str] = []
+    for number, press in enumerate(presses, start=1):
+        before = match.snapshot()
+        try:
+            match.apply(press, float(number))
+        except Refused:
+            continue
+        if press in ("1+", "2+"):
+            shown.append(before["server_player"])
+    stats = match_stats("prop", match.log)
+    assert [p["server_name"] for g in stats["games"] for p in g["points"]] == shown
