@@ -164,9 +164,9 @@ def test_service_posts_the_result_and_records_the_match(amqtt_broker, tmp_path, 
             for _ in range(10):
                 assert scorer.send("1+")["ok"]
             assert RecordReader(data).matches("alpha") == ([], 0)
+            service._record.delays = (0.05,) * 3
             reply = scorer.send("1+")
             assert reply["ok"]
-            service._record.delays = (0.05,) * 3
             assert handler.got.wait(10), "the webhook was not delivered"
             match = json.loads(handler.bodies[-1])["match"]
             assert match["match_id"] == reply["match_id"] and match["games"] == [[11, 0]]
@@ -179,3 +179,28 @@ def test_service_posts_the_result_and_records_the_match(amqtt_broker, tmp_path, 
             assert RecordReader(data).matches("alpha") == ([], 0)
     finally:
         scorer.close()
+
+
+def test_a_webhook_that_never_answers_does_not_slow_scoring(amqtt_broker, tmp_path):
+    import socket
+    import time
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts connections (the kernel does), never answers
+    url = f"http://127.0.0.1:{silent.getsockname()[1]}/hook"
+    scorer = Scorer(amqtt_broker, "alpha")
+    try:
+        with service_running(amqtt_broker, tmp_path / "service", webhook_urls=(url,)):
+            assert scorer.send({"cmd": "start", "player1": "Ann", "player2": "Bob"})["ok"]
+            for _ in range(11):
+                assert scorer.send("1+")["ok"]  # the last one ends the match: a POST hangs
+            began = time.monotonic()
+            assert scorer.send({"cmd": "start", "player1": "Cid", "player2": "Dee"})["ok"]
+            for _ in range(5):
+                assert scorer.send("2+")["ok"]
+            # Six round trips; a blocked command path would wait out the 10 s POST timeout.
+            assert time.monotonic() - began < 3.0
+    finally:
+        scorer.close()
+        silent.close()
