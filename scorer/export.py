@@ -3,6 +3,9 @@ the pages' download links, the API and ``rallycast export``. Pure: values in, te
 
 Match CSV: one row per point still standing (MATCH_CSV_FIELDS); times ISO-8601 UTC.
 Club CSV: one row per ended match (CLUB_CSV_FIELDS); ``games`` as ``11-5 8-11 11-9``.
+Names in CSV: a name starting with ``=``, ``+``, ``-``, ``@`` or ``'`` gets one ``'`` in front, so
+a spreadsheet shows it as text instead of running it as a formula (OWASP "CSV injection");
+``read_*_csv`` take it off again.
 Match JSON: ``{"match": <API summary>, "stats": <scorer.stats.match_stats>, "log": [...]}``.
 Club JSON: ``{"club": id, "matches": [<API summary>...]}``.
 """
@@ -27,6 +30,17 @@ CLUB_CSV_FIELDS = (
 )  # fmt: skip
 
 
+FORMULA_STARTS = ("=", "+", "-", "@", "'", "\t", "\r")
+
+
+def _text_cell(text: str) -> str:
+    return "'" + text if text.startswith(FORMULA_STARTS) else text
+
+
+def _read_text_cell(text: str) -> str:
+    return text[1:] if text.startswith("'") else text
+
+
 def match_document(row: MatchRow, stats: dict[str, Any], log: list[dict[str, Any]]) -> dict:
     return {"match": row.as_json(), "stats": stats, "log": log}
 
@@ -44,7 +58,7 @@ def match_csv(stats: dict[str, Any]) -> str:
             writer.writerow(
                 [
                     stats["match_id"], game["game_no"], number, point["side"], point["server"],
-                    point["server_name"], point["score"][0], point["score"][1], point["lead"],
+                    _text_cell(point["server_name"]), point["score"][0], point["score"][1], point["lead"],
                     _iso_ms(point["at"]), point["seconds"],
                 ]
             )  # fmt: skip
@@ -58,6 +72,7 @@ def read_match_csv(text: str) -> list[dict[str, Any]]:
         for key in ("game_no", "point_no", "won_by", "server", "score1", "score2", "lead"):
             row[key] = int(row[key])
         row["seconds"] = float(row["seconds"])
+        row["server_name"] = _read_text_cell(row["server_name"])
         rows.append(row)
     return rows
 
@@ -77,7 +92,8 @@ def club_csv(rows: list[MatchRow]) -> str:
         writer.writerow(
             [
                 row.match_id, row.table or "", row.status, data["started_at"],
-                data["ended_at"] or "", row.players[0], row.players[1], data["game_type"],
+                data["ended_at"] or "", _text_cell(row.players[0]), _text_cell(row.players[1]),
+                data["game_type"],
                 row.best_of, row.games_won[0], row.games_won[1], row.winner or "",
                 " ".join(f"{a}-{b}" for a, b in row.games), row.duration_s,
             ]
@@ -96,7 +112,7 @@ def read_club_csv(text: str) -> list[dict[str, Any]]:
                 "status": row["status"],
                 "started_at": row["started_at"],
                 "ended_at": row["ended_at"] or None,
-                "players": [row["player1"], row["player2"]],
+                "players": [_read_text_cell(row["player1"]), _read_text_cell(row["player2"])],
                 "game_type": row["game_type"],
                 "best_of": int(row["best_of"]),
                 "games_won": [int(row["games_won1"]), int(row["games_won2"])],

@@ -29,6 +29,7 @@ def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     fill(data, "alpha", 25)
     store_log(data, "alpha", "known", known_log())  # started at 1000 s: the oldest
     store_log(data, "alpha", "slash", played_log("A/B", "Bob", 1, 500.0))
+    store_log(data, "alpha", "formula", played_log("=1+2", "'Zed", 2, 100.0))
     writer = RecordWriter(data)
     writer.sync()
     writer.close()
@@ -53,7 +54,9 @@ def test_matches_are_listed_newest_first_and_paged(client: TestClient) -> None:
     assert first.status_code == 200
     assert ids(first.text) == [f"fill-{n:06d}" for n in range(24, 4, -1)]
     second = client.get("/clubs/alpha/matches?page=2")
-    assert ids(second.text) == [f"fill-{n:06d}" for n in range(4, -1, -1)] + ["known", "slash"]
+    assert ids(second.text) == [f"fill-{n:06d}" for n in range(4, -1, -1)] + [
+        "known", "slash", "formula",
+    ]  # fmt: skip
     assert 'rel="prev"' in second.text and 'rel="next"' not in second.text
     assert client.get("/clubs/alpha/matches?page=0").status_code == 400
     assert client.get("/clubs/alpha/matches?page=x").status_code == 400
@@ -118,7 +121,8 @@ def test_club_csv_round_trips_to_the_api_summary(client: TestClient) -> None:
     assert response.headers["content-type"].startswith("text/csv")
     from_csv = export.read_club_csv(response.text)
     from_json = client.get("/clubs/alpha/matches.json").json()["matches"]
-    assert len(from_csv) == 27
+    assert len(from_csv) == 28
+    assert "\r\nformula,,finished," in response.text and ",'=1+2,''Zed," in response.text
     for row in from_json:
         row.pop("club")
     assert from_csv == from_json
@@ -126,7 +130,7 @@ def test_club_csv_round_trips_to_the_api_summary(client: TestClient) -> None:
 
 def test_api_matches_are_paged_and_checked(client: TestClient) -> None:
     body = client.get("/api/clubs/alpha/matches?per_page=5&page=2").json()
-    assert (body["total"], body["page"], body["per_page"]) == (27, 2, 5)
+    assert (body["total"], body["page"], body["per_page"]) == (28, 2, 5)
     assert [m["match_id"] for m in body["matches"]] == [f"fill-{n:06d}" for n in range(19, 14, -1)]
     first = body["matches"][0]
     assert set(first) == {
@@ -145,7 +149,7 @@ def test_api_matches_are_paged_and_checked(client: TestClient) -> None:
     assert live == {"club": "alpha", "tables": []}  # no broker followed in this test
     assert "Bob" in client.get("/api/clubs/alpha/players?prefix=B").json()["players"]
     ladder = client.get("/api/clubs/alpha/ladder").json()["ladder"]
-    assert sum(r["played"] for r in ladder) == 2 * 27 - 0  # every finished singles counts
+    assert sum(r["played"] for r in ladder) == 2 * 28  # every finished singles counts
 
 
 def test_cors_only_for_configured_origins(client: TestClient) -> None:
