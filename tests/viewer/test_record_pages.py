@@ -5,7 +5,9 @@ draws one chart per game with a serve mark per point (screenshots in test-artifa
 
 from __future__ import annotations
 
+import json
 import re
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -183,17 +185,26 @@ def test_phone_a_finished_match_moves_to_recent_results_and_its_page_charts(
     assert club.is_visible("#no-matches")
     accepted(scorer, {"cmd": "start", "player1": "Ann", "player2": "Bob", "best_of": 3})
     club.wait_for_selector("#liveGameSection", state="visible")
-    for side in [2] * 3 + [1] * 11 + [1, 2] * 10 + [1, 1]:
+    for number, side in enumerate([2] * 3 + [1] * 11 + [1, 2] * 10 + [1, 1], start=1):
         match_id = accepted(scorer, {"cmd": "point", "side": side})["match_id"]
+        if number == 2:
+            accepted(scorer, {"cmd": "timeout", "side": 1})
+        if number == 14 + 4:  # 4 points into game 2
+            accepted(scorer, {"cmd": "expedite"})
     # Game 3 never starts: Ann won 11-3 and 12-10, best of 3.
     club.wait_for_selector(f'#recent-results tr[data-match="{match_id}"]', timeout=15000)
     assert club.is_hidden("#no-matches")
+    live = json.loads(urllib.request.urlopen(stack.url("/api/clubs/alpha/live"), timeout=5).read())
+    assert [t["snapshot"]["match_id"] for t in live["tables"]] == [match_id]
+    assert live["tables"][0]["table"] is None and live["tables"][0]["snapshot"]["rev"] >= 39
     club.screenshot(path=str(artifacts_dir / "record-club-recent.png"), full_page=True)
     club.click(f'#recent-results tr[data-match="{match_id}"] a')
     club.wait_for_selector("#chart-2 svg")
     assert club.locator("svg.lead-chart").count() == 2
     assert club.locator("#chart-1 .serve-mark").count() == 14
     assert club.locator("#chart-2 .serve-mark").count() == 22
+    assert club.locator("#chart-1 .chart-timeout").count() == 1
+    assert club.locator("#chart-2 .chart-expedite").count() == 1
     width = club.evaluate("document.querySelector('#chart-2 svg').getBoundingClientRect().width")
     assert 300 <= width <= 390  # fits the phone's width, no sideways scrolling
     assert club.evaluate("document.documentElement.scrollWidth") <= 390
