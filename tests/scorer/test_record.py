@@ -204,3 +204,12 @@ def test_a_webhook_that_never_answers_does_not_slow_scoring(amqtt_broker, tmp_pa
     finally:
         scorer.close()
         silent.close()
+
+
+def test_the_service_adds_matches_the_record_lacks_when_it_starts(amqtt_broker, tmp_path):
+    data = tmp_path / "service"
+    ids = fill(data, "alpha", 3)  # stored before this record existed (or after it was lost)
+    with service_running(amqtt_broker, data) as service:
+        assert service._record.wait_idle()
+        rows, total = RecordReader(data).matches("alpha")
+    assert total == 3 and [r.match_id for r in rows] == ids[::-1]
