@@ -239,7 +239,7 @@ def _url_list(name: str, value: Any, from_text: bool) -> tuple[str, ...]:
             raise ValueError(f"{item!r} is not an http:// or https:// URL")
         if name == "api_origins" and item != "*" and not ORIGIN_RE.fullmatch(item):
             raise ValueError(
-                f"{item!r} is not an origin: use scheme://host[:port] without a path, or \"*\""
+                f'{item!r} is not an origin: use scheme://host[:port] without a path, or "*"'
             )
     return tuple(value)
 
