@@ -368,6 +368,7 @@ _RECORD_STRINGS: dict[str, dict[str, str]] = {
 for _language, _words in _RECORD_STRINGS.items():
     STRINGS[_language].update(_words)
 
+
 def _from_accept_language(header: str) -> str | None:
     """The best supported language in an Accept-Language header (RFC 9110 q-values)."""
     choices: list[tuple[float, int, str]] = []
