@@ -32,6 +32,7 @@ from scorer.client import BrokerAddress, make_client, resolve_address
 from scorer.config import Settings, load_settings
 from scorer.engine import ENDED_STATUSES, Match, Refused, check_command_id, parse_command
 from scorer.logs import setup_logging
+from scorer.record_hooks import RecordHooks
 from scorer.store import (
     COMMAND_IDS_PER_CLUB,
     MatchStore,
@@ -202,6 +203,7 @@ class ScorerService:
         self._games_unsubscribed = False
         self._subscribe_mid: int | None = None
         self._store: MatchStore | None = None
+        self._record: RecordHooks | None = None
         self._client: mqtt.Client | None = None
         self._stopping = False
 
@@ -210,6 +212,12 @@ class ScorerService:
     def start(self) -> None:
         self._store = MatchStore(self.settings.data_dir)
         self._recover()
+        self._record = RecordHooks(
+            self.settings.data_dir,
+            webhook_urls=self.settings.webhook_urls,
+            retention_days=self.settings.record_retention_days,
+        )
+        self._record.start()
         # One client id per data dir, so the broker keeps this service's session (and the
         # QoS 1 commands that arrive while it is away) from one run to the next.
         client_id = self._store.meta(
@@ -257,6 +265,9 @@ class ScorerService:
             self._client = None
         self.status = "offline"
         self.connected.clear()
+        if self._record is not None:
+            self._record.stop()
+            self._record = None
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -579,9 +590,15 @@ class ScorerService:
             return self._refuse(
                 club_id, command_id, "the service could not save the command", "store_failed"
             )
+        was_ended = current.match.status in ENDED_STATUSES
         current.match = trial
         self._remember_reply(club_id, command_id, reply)
         self._publish_change(club_id, current, outcome.snapshot, outcome.event)
+        if self._record is not None and (was_ended or trial.status in ENDED_STATUSES):
+            # The record and the webhooks (queued; never blocks: scorer/record_hooks.py).
+            self._record.match_changed(
+                club_id, current.match_id, ended=not was_ended and trial.status in ENDED_STATUSES
+            )
         log.debug("club %s: accepted %s -> rev %d", club_id, command.get("cmd"), current.rev)
         return reply
 
