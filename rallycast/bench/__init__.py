@@ -39,8 +39,8 @@ def run_pages_bench(args: argparse.Namespace) -> int:
 
 
 def run_record_bench(args: argparse.Namespace) -> int:
-    """Record pages' time with many stored matches (viewer/record_bench.py)."""
-    from viewer.record_bench import print_record_bench
+    """Record pages' time with many stored matches (rallycast/bench/record.py)."""
+    from rallycast.bench.record import print_record_bench
 
     return print_record_bench(args)
 
@@ -83,7 +83,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     from rallycast.bench.hostile import add_hostile_arguments
     from rallycast.bench.pages import add_pages_arguments
-    from viewer.record_bench import add_record_arguments
+    from rallycast.bench.record import add_record_arguments
 
     add_hostile_arguments(parser.add_argument_group("hostile"))
     add_pages_arguments(parser.add_argument_group("pages"))

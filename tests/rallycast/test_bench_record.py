@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from scorer.cli import main
+from rallycast.cli import main
 
 
 def test_record_bench_prints_every_page(capsys) -> None:
