@@ -176,6 +176,47 @@ def test_cors_only_for_configured_origins(client: TestClient) -> None:
     assert client.post("/api/clubs/alpha/live").status_code == 405  # read-only
 
 
+API_PATHS = [
+    "/api/clubs/{club_id}/live",
+    "/api/clubs/{club_id}/matches",
+    "/api/clubs/{club_id}/matches/{match_id}",
+    "/api/clubs/{club_id}/players",
+    "/api/clubs/{club_id}/ladder",
+]
+
+
+def test_the_api_has_one_route_per_resource_and_no_catch_all(client: TestClient) -> None:
+    # The embed's live route and the record's routes are one table (viewer/api.py): each path
+    # once, and no pattern that would answer for another's paths (docs/api.md lists these).
+    paths = [r.path for r in client.app.routes if r.path.startswith("/api/")]
+    assert sorted(paths) == sorted(API_PATHS)
+    # /live is the embed element's shape, whoever mounted it (not a record "tables" shape).
+    assert set(client.get("/api/clubs/alpha/live").json()) == {"club", "topic", "known", "snapshot"}
+
+
+def test_api_paths_no_route_serves_answer_json_with_cors(client: TestClient) -> None:
+    for path in ("/api/clubs/alpha/nothing", "/api/clubs/alpha/live/x", "/api/other"):
+        missing = client.get(path, headers={"Origin": ORIGIN})
+        assert missing.status_code == 404, path
+        assert missing.json()["code"] == "not_found", path
+        assert missing.headers["access-control-allow-origin"] == ORIGIN
+    for path in ("/api/clubs/alpha/live", "/api/clubs/alpha/matches", "/api/clubs/alpha/ladder"):
+        refused = client.delete(path, headers={"Origin": ORIGIN})
+        assert refused.status_code == 405, path
+        assert refused.json()["code"] == "method_not_allowed"
+        assert "GET" in refused.headers["allow"]
+    # Pages keep their HTML error page.
+    assert client.get("/clubs/nope").headers["content-type"].startswith("text/html")
+
+
+def test_the_live_api_is_no_store_and_the_record_api_no_cache(client: TestClient) -> None:
+    assert client.get("/api/clubs/alpha/live").headers["cache-control"] == "no-store"
+    assert client.get("/api/clubs/alpha/ladder").headers["cache-control"] == "no-cache"
+    for path in API_PATHS:
+        url = path.format(club_id="alpha", match_id="known")
+        assert client.get(url).headers["x-content-type-options"] == "nosniff", url
+
+
 def accepted(scorer: Any, command: Any) -> dict[str, Any]:
     reply = scorer.send(command)
     assert reply["ok"], reply
