@@ -176,6 +176,19 @@ def test_cors_only_for_configured_origins(client: TestClient) -> None:
     assert client.post("/api/clubs/alpha/live").status_code == 405  # read-only
 
 
+def test_the_club_page_has_both_sides_parts_in_order(client: TestClient) -> None:
+    # Live first (with its sound/speech buttons), then the record (recent results, ladder),
+    # then the links (the embed snippet among them) and the QR code.
+    html = client.get("/clubs/alpha").text
+    parts = ['id="liveGameSection"', 'id="announce-controls"', 'id="recent-results"',
+             'id="ladder"', "/clubs/alpha/embed/snippet", 'class="club-qr"']  # fmt: skip
+    where = [html.find(part) for part in parts]
+    assert -1 not in where, dict(zip(parts, where, strict=True))
+    assert where == sorted(where)
+    for script in ("announce.js", "announce-page.js", "record.js"):
+        assert f"/{script}" in html, script
+
+
 API_PATHS = [
     "/api/clubs/{club_id}/live",
     "/api/clubs/{club_id}/matches",
