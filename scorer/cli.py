@@ -21,6 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "viewer": ("viewer.server", "serve the live pages"),
     "replay": ("scorer.replay", "replay a match log and print the snapshot"),
     "bench": ("broker.bench", "measure the broker (and the pages) on loopback"),
+    "soak": ("rallycast.soak", "kill -9 broker/service under load, then check no press is lost"),
 }
 
 
