@@ -97,6 +97,7 @@ class SoakOptions:
     rate: float = 5.0  # presses/s per club
     in_flight: int = 8  # presses awaiting their reply, per club
     reply_timeout: float = 8.0  # seconds a press waits for its reply
+    require_replies: bool = False  # an unreplied press is a violation (liveness)
     work_dir: Path | None = None  # None: a temporary dir (removed after a clean run)
     keep: bool = False
 
@@ -107,6 +108,7 @@ class SoakOptions:
             f"--kills {self.kills} --seed {self.seed} --duration-limit {self.duration_limit:g} "
             f"--clubs {self.clubs} --rate {self.rate:g} --in-flight {self.in_flight} "
             f"--reply-timeout {self.reply_timeout:g}"
+            + (" --require-replies" if self.require_replies else "")
         )
 
 
@@ -156,6 +158,8 @@ class Findings:
     unreplied_applied: int = 0  # no reply, in the logs once (allowed)
     unreplied_not_applied: int = 0  # no reply, not in the logs (allowed)
     late_ok: int = 0  # no reply within the bound, an ok came later
+    unreplied: list[str] = field(default_factory=list)  # no reply at all (ids)
+    replies_required: bool = False  # --require-replies: an unreplied press is a violation
     problems: list[str] = field(default_factory=list)  # the run itself went wrong
 
     def violations(self) -> dict[str, list[str]]:
@@ -165,6 +169,7 @@ class Findings:
             "invented": self.invented,
             "refused_applied": self.refused_applied,
             "snapshot_mismatch": self.snapshot_mismatch,
+            "unreplied": self.unreplied if self.replies_required else [],
             "problems": self.problems,
         }
         return {name: items for name, items in found.items() if items}
@@ -194,11 +199,13 @@ def refusal_code(reply: dict[str, Any]) -> str:
 # The checks (pure: records and state in, findings out)
 
 
-def check(evidence: Evidence) -> Findings:
-    """Compare what the senders were told with what the store and the broker hold."""
+def check(evidence: Evidence, *, require_replies: bool = False) -> Findings:
+    """Compare what the senders were told with what the store and the broker hold.
+    ``require_replies``: a press that never got a reply is a violation too (liveness: for
+    senders that resend until the reply comes)."""
     from scorer.engine import Match
 
-    findings = Findings()
+    findings = Findings(replies_required=require_replies)
     sent = {press.id: press for press in evidence.presses}
     ok_ids = {press.id for press in evidence.presses if press.outcome == "ok"}
     late_ok = {
@@ -233,6 +240,7 @@ def check(evidence: Evidence) -> Findings:
     findings.refused_applied = sorted(i for i in refused_only if counts[i] > 0)
     for press in evidence.presses:
         if press.outcome != "ok" and press.outcome != "refused" and press.id not in ok_ids:
+            findings.unreplied.append(press.id)
             if counts[press.id] == 0:
                 findings.unreplied_not_applied += 1
             elif counts[press.id] == 1:
@@ -905,6 +913,7 @@ class LayoutResult:
             "refused": dict(sorted(refused.items())),
             "unreplied": outcomes["no_reply"] + outcomes["pending"],
             "unreplied_applied": f.unreplied_applied,
+            "unreplied_dropped": f.unreplied_not_applied,
             "late_ok": f.late_ok,
             "lost": len(f.lost),
             "duplicated": len(f.duplicated),
@@ -1001,7 +1010,7 @@ def run_layout(options: SoakOptions, say: Callable[[str], None] = print) -> Layo
     result.matches = sum(len(matches) for matches in logs.values())
     evidence = Evidence(result.presses, replies, logs, current, retained)
     problems = result.findings.problems
-    result.findings = check(evidence)
+    result.findings = check(evidence, require_replies=options.require_replies)
     result.findings.problems = problems
     result.seconds = time.monotonic() - started
     _write_records(work / "presses.jsonl", result)
@@ -1038,6 +1047,7 @@ def summary_table(results: list[LayoutResult]) -> str:
         rows.append((f"refused {code}", [str(c["refused"].get(code, 0)) for c in counts]))
     rows.append(("no reply in time", [str(c["unreplied"]) for c in counts]))
     rows.append(("  of which applied", [str(c["unreplied_applied"]) for c in counts]))
+    rows.append(("  of which never applied", [str(c["unreplied_dropped"]) for c in counts]))
     rows.append(("  of which ok later", [str(c["late_ok"]) for c in counts]))
     for name in ("lost", "duplicated", "invented", "refused_applied", "snapshot_mismatch"):
         rows.append((f"**{name}**", [str(c[name]) for c in counts]))
@@ -1099,6 +1109,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--reply-timeout", type=float, default=8.0, help="seconds a press waits for its reply"
     )
+    parser.add_argument(
+        "--require-replies",
+        action="store_true",
+        help="a press that never got a reply is a violation too (for resending senders)",
+    )
     parser.add_argument("--keep", action="store_true", help="keep the data dirs and logs")
 
 
@@ -1141,6 +1156,7 @@ def main(args: argparse.Namespace) -> int:
             rate=args.rate,
             in_flight=args.in_flight,
             reply_timeout=args.reply_timeout,
+            require_replies=args.require_replies,
             keep=args.keep,
         )
         try:
