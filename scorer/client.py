@@ -11,6 +11,7 @@ import json
 import queue
 import ssl
 import threading
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,6 +29,8 @@ WS_DEFAULT_PATH = "/mqtt"
 # ScoreClient's reconnect backoff (seconds): a restarted broker is found again within seconds.
 RECONNECT_MIN_DELAY = 1
 RECONNECT_MAX_DELAY = 4
+# The broker's default payload limit (Settings.max_payload_bytes); 0 = no limit.
+DEFAULT_MAX_PAYLOAD_BYTES = Settings.__dataclass_fields__["max_payload_bytes"].default
 
 
 class BrokerUrlError(ValueError):
@@ -45,6 +48,38 @@ class NoReply(TimeoutError):
 class NotConnected(NoReply):
     """The connection to the broker is down: the command is queued (QoS 1) and paho sends
     it once the connection is back; no reply came meanwhile."""
+
+
+class CommandTooLarge(ValueError):
+    """A command whose payload is over the broker's size limit: it is refused here, before
+    it is published (mosquitto would drop the client on every resend of it)."""
+
+
+@dataclass(frozen=True)
+class ResendPolicy:
+    """When a sender resends a command whose reply has not come (docs/protocol.md,
+    "End-to-end delivery"): after ``first`` seconds, then each interval doubled up to
+    ``longest``, until ``total`` seconds after the first publish. Also at once after every
+    reconnect."""
+
+    first: float = 0.5
+    longest: float = 4.0
+    total: float = 30.0
+
+    def next_interval(self, interval: float) -> float:
+        return min(interval * 2, self.longest)
+
+
+RESEND = ResendPolicy()
+
+
+def check_payload_size(payload: bytes, limit: int | None) -> None:
+    """Raises CommandTooLarge when ``payload`` is over ``limit`` bytes (0/None: no limit)."""
+    if limit and len(payload) > limit:
+        raise CommandTooLarge(
+            f"the command is too large ({len(payload)} bytes; the broker takes at most "
+            f"{limit}): shorten it (names are at most 64 characters)"
+        )
 
 
 @dataclass(frozen=True)
@@ -192,6 +227,13 @@ class ScoreClient:
     """A connection to one club's score topics: send commands and wait for their replies,
     and keep the latest snapshot. Use as a context manager or call ``close()``.
 
+    ``send`` is end-to-end: a command is done when the service's reply for its id arrives
+    (not when the broker acknowledges it); until then the same id is resent (``resend``,
+    docs/protocol.md "End-to-end delivery"), and the service applies it once.
+
+    ``timeout``: seconds to wait for the broker to accept the connection and subscriptions.
+    ``max_payload_bytes``: the broker's payload limit (from ``Settings`` when given one);
+    larger commands raise ``CommandTooLarge`` before anything is published.
     ``on_snapshot(snapshot_or_None)`` and ``on_reply(reply)`` run in paho's network thread.
     """
 
@@ -206,6 +248,8 @@ class ScoreClient:
         watch_snapshot: bool = True,
         on_snapshot: Callable[[dict[str, Any] | None], None] | None = None,
         on_reply: Callable[[dict[str, Any]], None] | None = None,
+        resend: ResendPolicy = RESEND,
+        max_payload_bytes: int | None = None,
     ) -> None:
         self.club_id = topics.check_club_id(club_id)
         # By default the club's scorer user is named after the club.
@@ -213,12 +257,25 @@ class ScoreClient:
         if self.address.user is None:
             self.address = resolve_address(self.address, user=club_id)
         self.timeout = timeout
+        self.resend = resend
+        if max_payload_bytes is None:
+            max_payload_bytes = (
+                url_or_settings.max_payload_bytes
+                if isinstance(url_or_settings, Settings)
+                else DEFAULT_MAX_PAYLOAD_BYTES
+            )
+        self.max_payload_bytes = max_payload_bytes
         self.snapshot: dict[str, Any] | None = None
         self.on_snapshot = on_snapshot
         self.on_reply = on_reply
-        self._waiting: dict[str, queue.Queue[dict[str, Any]]] = {}
+        # Resends counted over this client's life (for tests and tools).
+        self.resends = 0
+        self._waiting: dict[str, queue.Queue[dict[str, Any] | None]] = {}
         self._lock = threading.Lock()
         self._first_snapshot = threading.Event()
+        # Set while the broker has granted our subscriptions on the current connection.
+        self._following = threading.Event()
+        self._subscribe_mid: int | None = None
         self._filters = [(topics.replies(club_id), 1)]
         if watch_snapshot:
             self._filters.append((topics.game(club_id), 1))
@@ -228,7 +285,8 @@ class ScoreClient:
         self._client.reconnect_delay_set(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY)
         self._client.on_message = self._on_message
         self._subscribed: queue.Queue[list[Any]] = queue.Queue()
-        self._client.on_subscribe = lambda c, u, mid, codes, props: self._subscribed.put(codes)
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_disconnect = lambda *_: self._following.clear()
         # A clean session forgets the subscriptions on every reconnect (and paho does not
         # renew them): subscribe on each connect.
         self._client.on_connect = self._on_connect
@@ -254,52 +312,115 @@ class ScoreClient:
         self._client.disconnect()
         self._client.loop_stop()
 
+    @property
+    def connected(self) -> bool:
+        """True while connected with the club's replies subscribed."""
+        return self._following.is_set()
+
     def _on_connect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         if reason_code.is_failure:
             return
-        result, _mid = client.subscribe(self._filters)
+        result, mid = client.subscribe(self._filters)
         if result != mqtt.MQTT_ERR_SUCCESS:
             self._subscribed.put([])
+        else:
+            self._subscribe_mid = mid
+
+    def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
+        self._subscribed.put(reason_codes)
+        if mid != self._subscribe_mid or any(code.is_failure for code in reason_codes):
+            return
+        self._following.set()
+        # Back after a reconnect: every command still waiting is resent at once (a reply
+        # published while we were away is lost to a clean session).
+        with self._lock:
+            waiters = list(self._waiting.values())
+        for waiter in waiters:
+            waiter.put(None)
 
     def wait_for_snapshot(self, timeout: float | None = None) -> dict[str, Any] | None:
         """The current snapshot, waiting up to ``timeout`` for the retained one to arrive."""
         self._first_snapshot.wait(self.timeout if timeout is None else timeout)
         return self.snapshot
 
-    def send(self, command: dict[str, Any] | str, timeout: float | None = None) -> dict[str, Any]:
-        """Publish a command (a fresh id is added to a dict without one) and return the
-        service's reply ``{"id", "ok", "error", "rev"}``. Text shorthands (``1+``) carry no id,
-        so their reply cannot be matched: they are sent as ``{"cmd": ...}`` equivalents."""
+    def send(
+        self,
+        command: dict[str, Any] | str,
+        timeout: float | None = None,
+        *,
+        on_pending: Callable[[], None] | None = None,
+    ) -> dict[str, Any]:
+        """Publish a command and return the service's reply ``{"id", "ok", "error", "code",
+        "params", "rev", "match_id"}`` (docs/protocol.md).
+
+        A dict without ``"id"`` gets a fresh one; text shorthands (``1+``) are sent as their
+        JSON equivalents so they can carry one. Until the reply for that id arrives the SAME
+        payload is resent (``self.resend``: 0.5 s, doubling to 4 s, and at once after a
+        reconnect) for at most ``timeout`` seconds (default ``resend.total``, 30 s);
+        ``on_pending()`` is called once, when the first resend is due.
+
+        Raises ``CommandTooLarge`` (nothing published), ``NotConnected`` (the broker was
+        not reachable at the end: paho still holds the command and sends it on reconnect),
+        ``NoReply`` (connected, but no reply: is the service running?), ``ConnectFailed``.
+        """
         if isinstance(command, str):
             command = shorthand_to_command(command)
         command = dict(command)
         command.setdefault("id", new_command_id())
         key = str(command["id"])
-        waiter: queue.Queue[dict[str, Any]] = queue.Queue()
+        payload = json.dumps(command, ensure_ascii=False, separators=(",", ":")).encode()
+        check_payload_size(payload, self.max_payload_bytes)
+        waiter: queue.Queue[dict[str, Any] | None] = queue.Queue()
         with self._lock:
             self._waiting[key] = waiter
+        limit = self.resend.total if timeout is None else timeout
+        started = time.monotonic()
+        deadline = started + limit
+        interval = self.resend.first
+        next_send = started
+        published = False
         try:
-            info = self._client.publish(topics.commands(self.club_id), json.dumps(command), qos=1)
-            # NO_CONN: the connection is down, paho keeps the message and sends it on
-            # reconnect (it keeps trying): the reply may still come.
-            queued = info.rc == mqtt.MQTT_ERR_NO_CONN
-            if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
-                raise ConnectFailed(f"could not publish the command: {mqtt.error_string(info.rc)}")
-            limit = self.timeout if timeout is None else timeout
-            try:
-                return waiter.get(timeout=limit)
-            except queue.Empty:
-                if queued:
-                    raise NotConnected(
-                        "not connected to the broker: the command is queued and will be sent "
-                        "when the connection is back (no reply yet)"
-                    ) from None
-                raise NoReply(
-                    f"no reply from the scorer service within {limit:g} s (is it running?)"
-                ) from None
+            while True:
+                now = time.monotonic()
+                if now >= next_send:
+                    if published and on_pending is not None:
+                        on_pending()  # the first resend is due: the reply is late
+                        on_pending = None
+                    if not published:
+                        self._publish(payload)
+                        published = True
+                    elif self._following.is_set():
+                        # (while offline paho holds the first copy; we resend on reconnect)
+                        self.resends += 1
+                        self._publish(payload)
+                    next_send = now + interval
+                    interval = self.resend.next_interval(interval)
+                if now >= deadline:
+                    break
+                try:
+                    reply = waiter.get(timeout=max(0.0, min(next_send, deadline) - now))
+                except queue.Empty:
+                    continue
+                if reply is None:  # resubscribed after a reconnect: resend now
+                    next_send = time.monotonic()
+                    continue
+                return reply
         finally:
             with self._lock:
                 self._waiting.pop(key, None)
+        if not self._following.is_set():
+            raise NotConnected(
+                "not connected to the broker: the command is queued and will be sent "
+                "when the connection is back (no reply yet)"
+            )
+        raise NoReply(f"no reply from the scorer service within {limit:g} s (is it running?)")
+
+    def _publish(self, payload: bytes) -> None:
+        info = self._client.publish(topics.commands(self.club_id), payload, qos=1)
+        # NO_CONN: the connection is down, paho keeps the message and sends it on
+        # reconnect (it keeps trying): the reply may still come.
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            raise ConnectFailed(f"could not publish the command: {mqtt.error_string(info.rc)}")
 
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
         if message.topic == topics.game(self.club_id):
@@ -339,16 +460,18 @@ def send_command(
     *,
     user: str | None = None,
     password: str | None = None,
-    timeout: float = 5.0,
+    timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Send one command to a club with a fresh id and return the service's reply.
+    """Send one command to a club with a fresh id, resending it until the service's reply
+    arrives (``ScoreClient.send``), and return that reply. ``timeout`` bounds both the
+    connect and the wait for the reply (default: 5 s to connect, 30 s for the reply).
     For several commands, keep a ``ScoreClient`` open instead."""
     with ScoreClient(
         url_or_settings,
         club_id,
         user=user,
         password=password,
-        timeout=timeout,
+        timeout=5.0 if timeout is None else timeout,
         watch_snapshot=False,
     ) as score_client:
-        return score_client.send(command)
+        return score_client.send(command, timeout)

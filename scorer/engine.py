@@ -4,32 +4,39 @@ derived from that log. Pure: no I/O and no clock (the caller passes ``now``).
     match = Match("m1")
     match.apply({"cmd": "start", "player1": "Ann", "player2": "Bob", "best_of": 3}, now=0.0)
     outcome = match.apply("1+", now=1.0)      # Outcome(snapshot, event, duplicate)
-    Match.from_log("m1", match.log).snapshot() == match.snapshot()
+    Match.from_log("m1", match.log).snapshot() == match.snapshot() == fold("m1", match.log)
 
-Commands, snapshot fields, events and the law behind each behaviour: docs/rules.md."""
+``fold(match_id, log)`` is THE definition of a match: one pure pass over the log that keeps
+the stack of changes (undo pops it, redo pushes back, -1 strikes a point in it) and derives the
+state from the changes still standing. ``Match`` applies the same steps incrementally (it keeps
+the state after every change, so undo, redo and -1 need not start from the first point); the
+property tests hold the two equal.
+
+Commands, snapshot fields, events, refusal codes and the law behind each behaviour:
+docs/rules.md."""
 
 from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from scorer.rules import (
     BEST_OF_CHOICES,
+    ENDS_CHANGE_AT,
     EXPEDITE_MAX_TOTAL,
     Player,
     game_over,
-    game_winner,
     games_to_win,
     left_side_by_law,
     other_side,
     pairing_at,
     partner,
     service_turn,
-    switch_total,
 )
 
 SCHEMA = 1
@@ -44,6 +51,7 @@ SHORTHANDS: dict[str, dict[str, Any]] = {
     "2+": {"cmd": "point", "side": 2, "delta": 1},
     "2-": {"cmd": "point", "side": 2, "delta": -1},
     "undo": {"cmd": "undo"},
+    "redo": {"cmd": "redo"},
 }
 
 IN_PROGRESS = "in_progress"
@@ -52,10 +60,29 @@ FINISHED = "finished"
 ABANDONED = "abandoned"
 ENDED_STATUSES = frozenset({FINISHED, ABANDONED})
 
+# Characters that could reorder or hide what a display shows around a name: bidi embeddings,
+# overrides and isolates, LRM/RLM (removed), and C0/C1 controls (each becomes a space).
+_BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_CONTROL = re.compile("[\u0000-\u001f\u007f-\u009f]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
 
 class Refused(Exception):
-    """A command the rules do not allow; ``str(exc)`` is the reason, for people to read.
-    The match is unchanged."""
+    """A command the rules do not allow; the match is unchanged.
+
+    ``str(exc)`` is the reason in English, for people; ``exc.code`` a machine-readable code
+    (snake_case, ``"refused"`` if none was given) and ``exc.params`` its parameters, so a page
+    can say it in the reader's language. Every code and its params: docs/rules.md."""
+
+    def __init__(self, message: str, code: str = "refused", **params: Any) -> None:
+        super().__init__(message)
+        self.code = code
+        self.params = params
+
+
+def _bad(message: str, **params: Any) -> Refused:
+    """A command that is not well formed (code ``bad_command``; ``field`` names the culprit)."""
+    return Refused(message, code="bad_command", **params)
 
 
 @dataclass(frozen=True)
@@ -70,26 +97,30 @@ class Outcome:
 
 def parse_command(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
     """A command as bytes, text (JSON or a shorthand) or a dict -> the normalized command dict
-    (only known fields, defaults filled in, names trimmed). Raises Refused."""
+    (only known fields, defaults filled in, names trimmed and cleaned). Raises Refused with
+    code ``bad_command``."""
     if isinstance(raw, bytes | bytearray):
         try:
             raw = bytes(raw).decode("utf-8")
         except UnicodeDecodeError:
-            raise Refused("a command must be UTF-8 text") from None
+            raise _bad("a command must be UTF-8 text") from None
     if isinstance(raw, str):
         raw = _parse_text(raw)
     if not isinstance(raw, dict):
-        raise Refused('a command must be a JSON object such as {"cmd": "point", "side": 1}')
+        raise _bad('a command must be a JSON object such as {"cmd": "point", "side": 1}')
+    _refuse_surrogates(raw)
     name = raw.get("cmd")
     if not isinstance(name, str):
-        raise Refused('a command needs "cmd" (a string), e.g. {"cmd": "point", "side": 1}')
+        raise _bad(
+            'a command needs "cmd" (a string), e.g. {"cmd": "point", "side": 1}', field="cmd"
+        )
     spec = _COMMANDS.get(name)
     if spec is None:
-        raise Refused(f"unknown command {name!r}: use one of {', '.join(_COMMANDS)}")
+        raise _bad(f"unknown command {name!r}: use one of {', '.join(_COMMANDS)}", field="cmd")
     allowed, normalize = spec
     unknown = sorted(str(key) for key in set(raw) - allowed - {"cmd", "id"})
     if unknown:
-        raise Refused(f"unknown field(s) for {name!r}: {', '.join(unknown)}")
+        raise _bad(f"unknown field(s) for {name!r}: {', '.join(unknown)}", field=unknown[0])
     command: dict[str, Any] = {"cmd": name}
     command.update(normalize(raw))
     if "id" in raw:
@@ -97,31 +128,50 @@ def parse_command(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
     return command
 
 
+def _refuse_surrogates(raw: dict[Any, Any]) -> None:
+    """A lone surrogate (possible in JSON as "\\ud800") is not text: it cannot be stored,
+    published or shown. Checked in every key and string value (names sit in lists)."""
+    for key, value in raw.items():
+        values = value if isinstance(value, list) else [value]
+        for text in (key, *values):
+            if isinstance(text, str) and _SURROGATE.search(text):
+                raise _bad(
+                    f"{str(key).encode('utf-8', 'replace').decode()!r} holds a lone surrogate "
+                    "(not a character): send UTF-8 text",
+                    field=str(key).encode("utf-8", "replace").decode(),
+                )
+
+
 def _parse_text(text: str) -> Any:
     text = text.strip()
     if len(text) > MAX_COMMAND_CHARS:
-        raise Refused(f"the command is too long (over {MAX_COMMAND_CHARS} characters)")
+        raise _bad(f"the command is too long (over {MAX_COMMAND_CHARS} characters)")
+    if _SURROGATE.search(text):
+        raise _bad("the command holds a lone surrogate (not a character): send UTF-8 text")
     shorthand = SHORTHANDS.get(text.lower())
     if shorthand is not None:
         return dict(shorthand)
     if not text:
-        raise Refused("empty command")
+        raise _bad("empty command")
     try:
         return json.loads(text)
     except (ValueError, RecursionError):
-        raise Refused(
+        raise _bad(
             'not a command: send JSON such as {"cmd": "point", "side": 1}, '
-            "or one of 1+ 1- 2+ 2- undo"
+            f"or one of {' '.join(SHORTHANDS)}"
         ) from None
 
 
 def check_command_id(value: Any) -> str | int:
-    """A command's ``"id"``: a string of 1 to MAX_ID_CHARS characters or an integer (not a
-    bool). Raises Refused."""
+    """A command's ``"id"``: a string of 1 to MAX_ID_CHARS characters (no lone surrogates) or
+    an integer (not a bool). Raises Refused (code ``bad_command``, field ``id``)."""
     if isinstance(value, bool) or not isinstance(value, str | int):
-        raise Refused('"id" must be a string or an integer')
-    if isinstance(value, str) and not 1 <= len(value) <= MAX_ID_CHARS:
-        raise Refused(f'"id" must have 1 to {MAX_ID_CHARS} characters')
+        raise _bad('"id" must be a string or an integer', field="id")
+    if isinstance(value, str):
+        if not 1 <= len(value) <= MAX_ID_CHARS:
+            raise _bad(f'"id" must have 1 to {MAX_ID_CHARS} characters', field="id")
+        if _SURROGATE.search(value):
+            raise _bad('"id" holds a lone surrogate (not a character)', field="id")
     return value
 
 
@@ -130,70 +180,83 @@ def _int_choice(
 ) -> int:
     if key not in raw:
         if default is None:
-            raise Refused(f'"{key}" is missing')
+            raise _bad(f'"{key}" is missing', field=key)
         return default
     value = raw[key]
     if isinstance(value, bool) or not isinstance(value, int):
-        raise Refused(f'"{key}" must be a whole number: one of {", ".join(map(str, choices))}')
+        raise _bad(
+            f'"{key}" must be a whole number: one of {", ".join(map(str, choices))}', field=key
+        )
     if value not in choices:
-        raise Refused(f'"{key}" must be one of {", ".join(map(str, choices))}, not {value}')
+        raise _bad(f'"{key}" must be one of {", ".join(map(str, choices))}, not {value}', field=key)
     return value
 
 
-def _name(value: Any, what: str) -> str:
+def clean_name(text: str) -> str:
+    """A name as displays may show it: bidi embeddings, overrides, isolates and LRM/RLM
+    removed (they could reorder the text around the name), C0/C1 controls made spaces, then
+    trimmed. Player names and the names in ``server``/``correct`` pass through it alike."""
+    return _CONTROL.sub(" ", _BIDI.sub("", text)).strip()
+
+
+def _name(value: Any, what: str, field: str) -> str:
     if not isinstance(value, str):
-        raise Refused(f"{what} must be a name (a string)")
-    name = value.strip()
+        raise _bad(f"{what} must be a name (a string)", field=field)
+    name = clean_name(value)
     if not name:
-        raise Refused(f"{what} is empty")
+        raise _bad(f"{what} is empty", field=field)
     if len(name) > MAX_NAME_CHARS:
-        raise Refused(f"{what} is longer than {MAX_NAME_CHARS} characters")
+        raise _bad(f"{what} is longer than {MAX_NAME_CHARS} characters", field=field)
     return name
 
 
-def _pair(value: Any, what: str) -> list[str]:
+def _pair(value: Any, what: str, field: str) -> list[str]:
     if not isinstance(value, list) or len(value) != 2:
-        raise Refused(f"{what} must be a list of two names")
-    return [_name(item, f"a name in {what}") for item in value]
+        raise _bad(f"{what} must be a list of two names", field=field)
+    return [_name(item, f"a name in {what}", field) for item in value]
 
 
 def _normalize_start(raw: dict[str, Any]) -> dict[str, Any]:
     game_type = raw.get("game_type", "single")
     if game_type not in ("single", "double"):
-        raise Refused('"game_type" must be "single" or "double"')
+        raise _bad('"game_type" must be "single" or "double"', field="game_type")
     if game_type == "single":
         if "players1" in raw or "players2" in raw:
-            raise Refused(
+            raise _bad(
                 'singles take "player1" and "player2"; "players1"/"players2" are for doubles'
             )
         names = {
-            "player1": _name(raw.get("player1"), '"player1"'),
-            "player2": _name(raw.get("player2"), '"player2"'),
+            "player1": _name(raw.get("player1"), '"player1"', "player1"),
+            "player2": _name(raw.get("player2"), '"player2"', "player2"),
         }
         everyone = list(names.values())
     else:
         if "player1" in raw or "player2" in raw:
-            raise Refused('doubles take "players1" and "players2" (two names each)')
+            raise _bad('doubles take "players1" and "players2" (two names each)')
         names = {
-            "players1": _pair(raw.get("players1"), '"players1"'),
-            "players2": _pair(raw.get("players2"), '"players2"'),
+            "players1": _pair(raw.get("players1"), '"players1"', "players1"),
+            "players2": _pair(raw.get("players2"), '"players2"', "players2"),
         }
         everyone = names["players1"] + names["players2"]
     if len(set(everyone)) != len(everyone):
-        raise Refused("two players have the same name: give each player a different name")
+        raise _bad(
+            "two players have the same name: give each player a different name", field="names"
+        )
     if (
         "best_of" in raw
         and isinstance(raw["best_of"], int)
         and not isinstance(raw["best_of"], bool)
     ):
         if raw["best_of"] % 2 == 0:
-            raise Refused(f'"best_of" must be odd (1, 3, 5 or 7), not {raw["best_of"]}')
+            raise _bad(
+                f'"best_of" must be odd (1, 3, 5 or 7), not {raw["best_of"]}', field="best_of"
+            )
     command: dict[str, Any] = {"game_type": game_type, **names}
     command["best_of"] = _int_choice(raw, "best_of", BEST_OF_CHOICES, default=1)
     command["first_server"] = _int_choice(raw, "first_server", (1, 2), default=1)
     if "force" in raw:
         if not isinstance(raw["force"], bool):
-            raise Refused('"force" must be true or false')
+            raise _bad('"force" must be true or false', field="force")
         if raw["force"]:
             command["force"] = True
     return command
@@ -215,7 +278,7 @@ def _normalize_nothing(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def _normalize_server(raw: dict[str, Any]) -> dict[str, Any]:
-    return {"player": _name(raw.get("player"), '"player"')}
+    return {"player": _name(raw.get("player"), '"player"', "player")}
 
 
 def _normalize_correct(raw: dict[str, Any]) -> dict[str, Any]:
@@ -225,16 +288,16 @@ def _normalize_correct(raw: dict[str, Any]) -> dict[str, Any]:
         command["server"] = (
             _int_choice(raw, "server", (1, 2))
             if isinstance(server, int) and not isinstance(server, bool)
-            else _name(server, '"server"')
+            else _name(server, '"server"', "server")
         )
     if "receiver" in raw:
-        command["receiver"] = _name(raw["receiver"], '"receiver"')
+        command["receiver"] = _name(raw["receiver"], '"receiver"', "receiver")
     if "left_side" in raw:
         command["left_side"] = _int_choice(raw, "left_side", (1, 2))
     if "receiver" in command and "server" not in command:
-        raise Refused('"receiver" is corrected together with "server"')
+        raise _bad('"receiver" is corrected together with "server"', field="receiver")
     if "server" not in command and "left_side" not in command:
-        raise Refused('"correct" needs "server" (with "receiver" in doubles) and/or "left_side"')
+        raise _bad('"correct" needs "server" (with "receiver" in doubles) and/or "left_side"')
     return command
 
 
@@ -256,6 +319,7 @@ _COMMANDS: dict[str, tuple[set[str], Normalizer]] = {
     ),
     "point": ({"side", "delta"}, _normalize_point),
     "undo": (set(), _normalize_nothing),
+    "redo": (set(), _normalize_nothing),
     "timeout": ({"side"}, _normalize_side),
     "expedite": (set(), _normalize_nothing),
     "end": (set(), _normalize_nothing),
@@ -265,45 +329,41 @@ _COMMANDS: dict[str, tuple[set[str], Normalizer]] = {
 
 
 # --------------------------------------------------------------------------- state
+#
+# Everything below the parser is immutable: a change makes a new State, so the state after
+# any prefix of the changes can be kept and shared (undo is a pop, not a recomputation).
 
 
-@dataclass
+@dataclass(frozen=True)
 class Game:
-    """One game: the sides that won its rallies, in order, and what decides its order of
-    service. When a game ends and the match goes on, the next game is created at once (with
-    no points), so choices and corrections made between games belong to it."""
+    """One game as its changes left it. When a game ends and the match goes on, the next game
+    is created at once (with no points), so choices and corrections made between games
+    belong to it."""
 
     number: int
+    # The first pairing by R5/R7 or the server choice; it names the pair due to serve.
     first_server: Player
     first_receiver: Player
-    points: list[int] = field(default_factory=list)
-    # R9 corrections of the order: (points played when made, server, receiver).
-    order_fixes: list[tuple[int, Player, Player]] = field(default_factory=list)
-    # R9 corrections of the ends: points played when made (each one swaps the ends).
-    ends_fixes: list[int] = field(default_factory=list)
+    # The latest fixed point of the order of service: (service turn, server, receiver). Set by
+    # the first pairing, an R9 correction, and the R8 change of receiving order.
+    anchor: tuple[int, Player, Player]
+    score: tuple[int, int] = (0, 0)
+    # (index of the change in the change stack, side) of each point standing, in order.
+    points: tuple[tuple[int, int], ...] = ()
     # R10: points played when the expedite system began in this game (0: from the start).
     expedite_from: int | None = None
+    ended_at: float | None = None  # the time of the point that ended the game
 
     @property
     def total(self) -> int:
-        return len(self.points)
-
-    @property
-    def score(self) -> tuple[int, int]:
-        won_by_1 = self.points.count(1)
-        return won_by_1, len(self.points) - won_by_1
+        return self.score[0] + self.score[1]
 
     @property
     def over(self) -> bool:
         return game_over(*self.score)
 
-    def forget_after(self, total: int) -> None:
-        """Points were taken back down to ``total``: corrections made at a later score no
-        longer apply (they belong to the score at which they were made)."""
-        self.order_fixes = [fix for fix in self.order_fixes if fix[0] <= total]
-        self.ends_fixes = [made_at for made_at in self.ends_fixes if made_at <= total]
-        if self.expedite_from is not None and self.expedite_from > total:
-            self.expedite_from = total
+    def turn(self, total: int) -> int:
+        return service_turn(total, self.expedite_from)
 
 
 @dataclass(frozen=True)
@@ -313,18 +373,598 @@ class Setup:
     best_of: int
 
 
+@dataclass(frozen=True)
+class State:
+    """The match after some changes: a pure value."""
+
+    setup: Setup
+    games: tuple[Game, ...]
+    won: tuple[int, int] = (0, 0)
+    timeouts: tuple[int, int] = (0, 0)
+    expedite: bool = False
+    ends_swaps: int = 0  # R9 corrections of the ends made so far (each one swaps them)
+    abandoned: bool = False
+
+    @property
+    def current(self) -> Game:
+        return self.games[-1]
+
+    @property
+    def winner(self) -> int | None:
+        needed = games_to_win(self.setup.best_of)
+        for side in (1, 2):
+            if self.won[side - 1] >= needed:
+                return side
+        return None
+
+    @property
+    def status(self) -> str:
+        if self.abandoned:
+            return ABANDONED
+        if self.winner is not None:
+            return FINISHED
+        if len(self.games) > 1 and not self.games[-1].points:
+            return BETWEEN_GAMES
+        return IN_PROGRESS
+
+    @property
+    def shown(self) -> Game:
+        """The game a scoreboard shows: between games, the one that just ended."""
+        return self.games[-2] if self.status == BETWEEN_GAMES else self.games[-1]
+
+    @property
+    def left_side(self) -> int:
+        game = self.current
+        by_law = left_side_by_law(game.number, self.setup.best_of, *game.score)
+        return by_law if self.ends_swaps % 2 == 0 else other_side(by_law)
+
+    def pairing(self) -> tuple[Player, Player]:
+        """R4/R7: (server, receiver) of the next rally of the current game."""
+        game = self.current
+        return _pairing_at_total(game, game.total, self.setup.doubles)
+
+    def side_name(self, side: int) -> str:
+        names = self.setup.names
+        if not self.setup.doubles:
+            return names[(side, 0)]
+        return f"{names[(side, 0)]} / {names[(side, 1)]}"
+
+    def player(self, name: str) -> Player:
+        for player, player_name in self.setup.names.items():
+            if player_name == name:
+                return player
+        raise Refused(
+            f"there is no player named {name!r} in this match", code="unknown_player", player=name
+        )
+
+    def with_current(self, game: Game) -> State:
+        return replace(self, games=(*self.games[:-1], game))
+
+
+def _pairing_at_total(game: Game, total: int, doubles: bool) -> tuple[Player, Player]:
+    anchor_turn, server, receiver = game.anchor
+    return pairing_at(game.turn(total), anchor_turn, server, receiver, doubles)
+
+
+def _first_pairing(game: Game, doubles: bool) -> tuple[Player, Player]:
+    """Who served first to whom in ``game``, as its (possibly corrected) order implies."""
+    anchor_turn, server, receiver = game.anchor
+    return pairing_at(0, anchor_turn, server, receiver, doubles)
+
+
+@dataclass(frozen=True)
+class Change:
+    """One entry of the change stack: a command that changes the match (a point, -1,
+    timeout, expedite, server choice, correction). For -1, ``strike`` is the stack index of
+    the point it takes back."""
+
+    command: dict[str, Any]
+    at: float
+    strike: int | None = None
+
+
+# --------------------------------------------------------------------------- the rules
+
+
+def _start_state(command: dict[str, Any]) -> State:
+    doubles = command["game_type"] == "double"
+    if doubles:
+        names = {
+            (side, index): command[f"players{side}"][index] for side in (1, 2) for index in (0, 1)
+        }
+    else:
+        names = {(side, 0): command[f"player{side}"] for side in (1, 2)}
+    server, receiver = (command["first_server"], 0), (other_side(command["first_server"]), 0)
+    first = Game(1, server, receiver, anchor=(0, server, receiver))
+    return State(Setup(doubles, names, command["best_of"]), (first,))
+
+
+def _require_playing(state: State, action: str) -> None:
+    if state.abandoned:
+        raise Refused(f"the match was abandoned: {action} is not possible", code="match_abandoned")
+    if state.winner is not None:
+        raise Refused(
+            f"the match is over: {action} is not possible (undo or -1 can take back the "
+            "winning point)",
+            code="match_over",
+        )
+
+
+def _apply(state: State, change: Change, index: int) -> tuple[State, dict[str, Any]]:
+    """One change (not undo, redo or -1) applied to ``state``: the new state and the event
+    (without rev and match id). ``index`` is the change's place in the change stack. Raises
+    Refused when the rules do not allow it; ``state`` is never modified."""
+    command = change.command
+    name = command["cmd"]
+    if name == "point":
+        return _point(state, command["side"], index, change.at)
+    if name == "timeout":
+        return _timeout(state, command["side"])
+    if name == "expedite":
+        return _expedite(state)
+    if name == "server":
+        return _server(state, command["player"])
+    if name == "correct":
+        return _correct(state, command)
+    raise AssertionError(f"not a change: {name}")
+
+
+def _point(state: State, side: int, index: int, at: float) -> tuple[State, dict[str, Any]]:
+    _require_playing(state, "a point")
+    game = state.current
+    before = game.score
+    after = (before[0] + 1, before[1]) if side == 1 else (before[0], before[1] + 1)
+    game = replace(game, score=after, points=(*game.points, (index, side)))
+    doubles = state.setup.doubles
+    event = {"kind": "point", "side": side, "game_no": game.number, "score": list(after)}
+    if game.number == state.setup.best_of and max(before) < ENDS_CHANGE_AT <= max(after):
+        # R8: a pair first reached 5 in the last possible game: the pair due to receive
+        # changes its order (the receiver's partner receives from the same server).
+        server, receiver = _pairing_at_total(game, game.total, doubles)
+        game = replace(game, anchor=(game.turn(game.total), server, partner(receiver, doubles)))
+    if not game.over:
+        return state.with_current(game), event
+    game = replace(game, ended_at=at)
+    won = (state.won[0] + 1, state.won[1]) if side == 1 else (state.won[0], state.won[1] + 1)
+    state = replace(state.with_current(game), won=won)
+    if state.winner is not None:
+        event["kind"] = "match_end"
+        return state, event
+    event["kind"] = "game_end"
+    # R5/R7: the side that received first serves first; by default (doubles) the previous
+    # first receiver serves, to the player who served to them.
+    first_server, first_receiver = _first_pairing(game, doubles)
+    following = Game(
+        number=game.number + 1,
+        first_server=first_receiver,
+        first_receiver=first_server,
+        anchor=(0, first_receiver, first_server),
+        expedite_from=0 if state.expedite else None,
+    )
+    return replace(state, games=(*state.games, following)), event
+
+
+def _timeout(state: State, side: int) -> tuple[State, dict[str, Any]]:
+    _require_playing(state, "a timeout")
+    if state.status == BETWEEN_GAMES:
+        raise Refused(
+            "a timeout is called between rallies of a game, not between games",
+            code="timeout_between_games",
+            side=side,
+        )
+    if state.timeouts[side - 1]:
+        raise Refused(
+            f"side {side} has already used its timeout in this match",
+            code="timeout_used",
+            side=side,
+        )
+    timeouts = (1, state.timeouts[1]) if side == 1 else (state.timeouts[0], 1)
+    game = state.current
+    event = {"kind": "timeout", "side": side, "game_no": game.number, "score": list(game.score)}
+    return replace(state, timeouts=timeouts), event
+
+
+def _expedite(state: State) -> tuple[State, dict[str, Any]]:
+    _require_playing(state, "the expedite system")
+    if state.expedite:
+        raise Refused(
+            "the expedite system is already on (it stays on until the match ends)",
+            code="expedite_on",
+        )
+    game = state.current
+    if game.total >= EXPEDITE_MAX_TOTAL:
+        raise Refused(
+            f"the expedite system cannot start: {game.total} points have been played in "
+            f"this game ({EXPEDITE_MAX_TOTAL} or more)",
+            code="expedite_too_late",
+            points=game.total,
+            limit=EXPEDITE_MAX_TOTAL,
+        )
+    # The service turn changes meaning from here; keep the order of service where it is.
+    state = replace(state.with_current(replace(game, expedite_from=game.total)), expedite=True)
+    event = {"kind": "expedite", "game_no": game.number, "score": list(game.score)}
+    return state, event
+
+
+def _server(state: State, name: str) -> tuple[State, dict[str, Any]]:
+    _require_playing(state, "choosing the server")
+    if not state.setup.doubles:
+        raise Refused(
+            "choosing the server is for doubles; in singles it follows from the first server",
+            code="not_doubles",
+        )
+    if state.status != BETWEEN_GAMES:
+        raise Refused(
+            "the server is chosen before the first point of game 2 or later",
+            code="server_choice_too_late",
+        )
+    player = state.player(name)
+    game = state.current
+    if player[0] != game.first_server[0]:
+        raise Refused(
+            f"{name} is not in the pair due to serve",
+            code="not_in_serving_pair",
+            player=name,
+            side=game.first_server[0],
+        )
+    previous_server, previous_receiver = _first_pairing(state.games[-2], True)
+    # R7: the first receiver is the player who served to the chosen server last game.
+    receiver = previous_server if player == previous_receiver else partner(previous_server, True)
+    # The latest word on this game's first server wins over an earlier correction.
+    game = replace(game, first_server=player, first_receiver=receiver, anchor=(0, player, receiver))
+    event = {"kind": "server", "side": player[0], "game_no": game.number, "score": [0, 0]}
+    return state.with_current(game), event
+
+
+def _correct(state: State, command: dict[str, Any]) -> tuple[State, dict[str, Any]]:
+    _require_playing(state, "a correction")
+    doubles = state.setup.doubles
+    game = state.current
+    if "server" in command:
+        server = command["server"]
+        if isinstance(server, int):
+            if doubles:
+                raise _bad('in doubles, correct "server" and "receiver" by name', field="server")
+            server_player: Player = (server, 0)
+        else:
+            server_player = state.player(server)
+        if "receiver" in command:
+            receiver_player = state.player(command["receiver"])
+            if receiver_player[0] == server_player[0]:
+                raise Refused(
+                    "the server and the receiver must be on different sides", code="same_side"
+                )
+        elif doubles:
+            raise _bad('in doubles, correct "server" together with "receiver"', field="receiver")
+        else:
+            receiver_player = (other_side(server_player[0]), 0)
+        game = replace(game, anchor=(game.turn(game.total), server_player, receiver_player))
+        state = state.with_current(game)
+    if "left_side" in command and command["left_side"] != state.left_side:
+        state = replace(state, ends_swaps=state.ends_swaps + 1)
+    shown = state.shown
+    return state, {"kind": "correct", "game_no": shown.number, "score": list(shown.score)}
+
+
+def _minus_one_target(state: State, side: int) -> tuple[int, int]:
+    """-1: (stack index, game number) of ``side``'s latest point in the game of the latest
+    point (between games or after the match: the game that just ended)."""
+    _require_not_abandoned(state, "taking back a point")
+    game = next((each for each in reversed(state.games) if each.points), None)
+    if game is not None:
+        for index, point_side in reversed(game.points):
+            if point_side == side:
+                return index, game.number
+    number = game.number if game is not None else state.current.number
+    raise Refused(
+        f"side {side} has no point to take back in game {number}",
+        code="no_point_to_remove",
+        side=side,
+        game_no=number,
+    )
+
+
+def _require_not_abandoned(state: State, action: str) -> None:
+    if state.abandoned:
+        raise Refused(f"the match was abandoned: {action} is not possible", code="match_abandoned")
+
+
+def _derive(start: State, changes: list[Change], first: int, struck: set[int]) -> State:
+    """The state after ``changes[first:]`` applied to ``start`` (the state before
+    ``changes[first]``), skipping the -1 entries and the points they strike."""
+    state = start
+    for index in range(first, len(changes)):
+        change = changes[index]
+        if change.strike is None and index not in struck:
+            state, _ = _apply(state, change, index)
+    return state
+
+
+def _replay_from(changes: list[Change], target: int) -> int:
+    """The earliest change from which a new strike of ``changes[target]`` must be derived
+    again: the state kept before it must not hold a point that a later -1 strikes (that state
+    was kept before the -1 was made)."""
+    first = target
+    moved = True
+    while moved:
+        moved = False
+        for index in range(first + 1, len(changes)):
+            strike = changes[index].strike
+            if strike is not None and strike < first:
+                first, moved = strike, True
+    return first
+
+
+def _event_fields(change: Change) -> dict[str, Any]:
+    command = change.command
+    what = "point_removed" if change.strike is not None else command["cmd"]
+    fields: dict[str, Any] = {"change": what}
+    if "side" in command:
+        fields["side"] = command["side"]
+    return fields
+
+
+class History:
+    """The fold's accumulator: the change stack, what undo took back (for redo), and the
+    current state. ``step`` is the fold's step; it checks everything before it changes
+    anything, so a refused command leaves the history as it was.
+
+    ``incremental`` keeps the state after every change (undo pops it; redo pushes back the
+    state it had; -1 derives again only from the struck point on). Without it every undo,
+    redo and -1 derives the state from the start: the plain definition, kept for the
+    property tests and ``fold``."""
+
+    def __init__(self, incremental: bool = True) -> None:
+        self.incremental = incremental
+        self.base: State | None = None  # the state right after the start
+        self.changes: list[Change] = []
+        self.states: list[State] = []  # incremental: states[i] = after changes[: i + 1]
+        self.redo: list[tuple[Change, State | None]] = []
+        self.state: State | None = None
+        self.ends_changed = False
+        self.last_at = 0.0
+
+    def step(self, command: dict[str, Any], at: float) -> dict[str, Any]:
+        """Apply one normalized command at ``at``: returns its event (without rev and match
+        id). Raises Refused (nothing changed)."""
+        name = command["cmd"]
+        if name == "start":
+            return self._start(command, at)
+        state = self.state
+        if state is None:
+            raise Refused("no match has started: send a start command first", code="no_match")
+        before_left = state.left_side
+        if name == "undo":
+            event = self._undo(state)
+        elif name == "redo":
+            event = self._redo(state)
+        elif name == "end":
+            _require_playing(state, "abandoning it")
+            self.state = replace(state, abandoned=True)
+            self.redo.clear()
+            event = {
+                "kind": "abandon",
+                "game_no": state.shown.number,
+                "score": list(state.shown.score),
+            }
+        elif name == "point" and command["delta"] < 0:
+            event = self._minus_one(state, Change(command, at))
+        else:
+            change = Change(command, at)
+            self.state, event = _apply(state, change, len(self.changes))
+            self._push(change, self.state)
+            self.redo.clear()
+        assert self.state is not None
+        self.ends_changed = self.state.left_side != before_left
+        self.last_at = at
+        return event
+
+    def _start(self, command: dict[str, Any], at: float) -> dict[str, Any]:
+        if self.state is not None:
+            if self.state.status in ENDED_STATUSES:
+                raise Refused("this match is over: a start begins a new match", code="match_over")
+            raise Refused("a match is in progress", code="match_in_progress")
+        self.base = self.state = _start_state(command)
+        self.last_at = at
+        return {"kind": "start", "game_no": 1, "score": [0, 0]}
+
+    def _push(self, change: Change, state: State) -> None:
+        self.changes.append(change)
+        if self.incremental:
+            self.states.append(state)
+
+    def _state_before(self, index: int) -> State:
+        """The state before changes[index] (incremental)."""
+        assert self.base is not None
+        return self.states[index - 1] if index > 0 else self.base
+
+    def _from_scratch(self, changes: list[Change]) -> State:
+        assert self.base is not None
+        struck = {change.strike for change in changes if change.strike is not None}
+        return _derive(self.base, changes, 0, struck)
+
+    def _undo(self, state: State) -> dict[str, Any]:
+        _require_not_abandoned(state, "undo")
+        if not self.changes:
+            raise Refused("there is nothing to undo", code="nothing_to_undo")
+        change = self.changes.pop()
+        undone = self.states.pop() if self.incremental else None
+        self.redo.append((change, undone))
+        self.state = (
+            self._state_before(len(self.changes))
+            if self.incremental
+            else self._from_scratch(self.changes)
+        )
+        shown = self.state.shown
+        return {
+            "kind": "undo",
+            **_event_fields(change),
+            "game_no": shown.number,
+            "score": list(shown.score),
+        }
+
+    def _redo(self, state: State) -> dict[str, Any]:
+        _require_not_abandoned(state, "redo")
+        if not self.redo:
+            raise Refused("there is nothing to redo", code="nothing_to_redo")
+        change, redone = self.redo.pop()
+        self.changes.append(change)
+        if self.incremental:
+            assert redone is not None  # the stack below is as it was when undo took it
+            self.states.append(redone)
+            self.state = redone
+        else:
+            self.state = self._from_scratch(self.changes)
+        shown = self.state.shown
+        return {
+            "kind": "redo",
+            **_event_fields(change),
+            "game_no": shown.number,
+            "score": list(shown.score),
+        }
+
+    def _minus_one(self, state: State, change: Change) -> dict[str, Any]:
+        side = change.command["side"]
+        target, game_no = _minus_one_target(state, side)
+        change = replace(change, strike=target)
+        changes = [*self.changes, change]
+        struck = {each.strike for each in changes if each.strike is not None}
+        try:
+            if self.incremental:
+                first = _replay_from(changes, target)
+                derived = _derive(self._state_before(first), changes, first, struck)
+            else:
+                derived = self._from_scratch(changes)
+        except Refused as exc:
+            if exc.code == "match_over":
+                raise Refused(
+                    f"taking back side {side}'s point would end game {game_no} earlier and "
+                    "leave later points after the end of the match: use undo to take back the "
+                    "latest presses first",
+                    code="points_after_match_end",
+                    side=side,
+                    game_no=game_no,
+                ) from None
+            raise Refused(
+                f"taking back side {side}'s point in game {game_no} would make a later "
+                f"command impossible ({exc}): use undo to take back the latest presses first",
+                code="later_change_conflicts",
+                side=side,
+                game_no=game_no,
+                reason=exc.code,
+            ) from None
+        self._push(change, derived)
+        self.redo.clear()
+        self.state = derived
+        game = derived.games[game_no - 1]
+        return {
+            "kind": "point_removed",
+            "side": side,
+            "game_no": game_no,
+            "score": list(game.score),
+        }
+
+    # ------------------------------------------------------------- the snapshot
+
+    def snapshot(self, match_id: str, rev: int) -> dict[str, Any] | None:
+        """What a scoreboard shows (None before the start). See docs/rules.md."""
+        state = self.state
+        if state is None:
+            return None
+        setup = state.setup
+        status = state.status
+        shown = state.shown
+        ended = status in ENDED_STATUSES
+        winner = state.winner
+        server = receiver = None
+        if not ended:
+            server, receiver = state.pairing()
+        playing = not state.abandoned
+        top = self.changes[-1] if self.changes else None
+        timeout = None
+        if status == IN_PROGRESS and top is not None and top.command["cmd"] == "timeout":
+            timeout = {"side": top.command["side"], "started_at": _iso_utc(top.at)}
+        last_game = None
+        if status in (BETWEEN_GAMES, FINISHED):
+            game = state.games[-2] if status == BETWEEN_GAMES else state.games[-1]
+            game_winner = 1 if game.score[0] > game.score[1] else 2
+            last_game = {
+                "game_no": game.number,
+                "winner": game_winner,
+                "winner_name": state.side_name(game_winner),
+                "score": list(game.score),
+                "ended_at": _iso_utc(game.ended_at) if game.ended_at is not None else "",
+            }
+        return {
+            "type": "game_end" if ended else "game_update",
+            "game_data": {
+                "game_type": "double" if setup.doubles else "single",
+                "score1": shown.score[0],
+                "score2": shown.score[1],
+                "player1": state.side_name(1),
+                "player2": state.side_name(2),
+                "is_finished": ended,
+                "server": server[0] if server else None,
+                "winner": state.side_name(winner) if winner else None,
+            },
+            "schema": SCHEMA,
+            "rev": rev,
+            "match_id": match_id,
+            "best_of": setup.best_of,
+            "games": [list(game.score) for game in state.games if game.over],
+            "games_won": list(state.won),
+            "game_no": shown.number,
+            "status": status,
+            "server_player": setup.names[server] if server else None,
+            "receiver_player": setup.names[receiver] if receiver else None,
+            "left_side": state.left_side,
+            "expedite": state.expedite,
+            "timeouts_used": list(state.timeouts),
+            "can_undo": playing and bool(self.changes),
+            "can_redo": playing and bool(self.redo),
+            "timeout": timeout,
+            "last_game": last_game,
+            "ends_changed": self.ends_changed,
+            "updated_at": _iso_utc(self.last_at),
+        }
+
+
+def fold(match_id: str, log: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """THE definition of a match: its log (``match.log`` entries, each with ``"at"``) folded
+    from scratch into the snapshot (None before a start). Pure. Raises Refused if an entry is
+    not acceptable, which means the log was not written by this engine. ``Match`` gives the
+    same snapshot incrementally (tests/scorer/test_engine_properties.py)."""
+    history = History(incremental=False)
+    ids: set[str | int] = set()
+    rev = 0
+    for number, entry in enumerate(log, start=1):
+        command = dict(entry)
+        at = command.pop("at", None)
+        if isinstance(at, bool) or not isinstance(at, int | float):
+            raise _bad(f'log entry {number} has no "at" time', field="at")
+        try:
+            parsed = parse_command(command)
+            if parsed.get("id") is not None and parsed["id"] in ids:
+                continue  # a duplicate is never logged; ignored like apply does
+            history.step(parsed, float(at))
+        except Refused as exc:
+            raise Refused(f"log entry {number}: {exc}", exc.code, **exc.params) from None
+        if parsed.get("id") is not None:
+            ids.add(parsed["id"])
+        rev += 1
+    return history.snapshot(match_id, rev)
+
+
 class Match:
+    """A match: its log, and the state folded from it (incrementally). Public API:
+    ``apply``, ``from_log``, ``log``, ``latest``, ``rev``, ``rev_of``, ``status``,
+    ``snapshot``."""
+
     def __init__(self, match_id: str) -> None:
         self.match_id = match_id
         self._log: list[dict[str, Any]] = []
         self._rev_by_id: dict[str | int, int] = {}  # command id -> rev that accepted it
-        self._setup: Setup | None = None
-        self._games: list[Game] = []
-        self._timeouts = [0, 0]
-        self._expedite = False
-        self._abandoned = False
-
-    # ----------------------------------------------------------------- public API
+        self._history = History(incremental=True)
 
     @classmethod
     def from_log(cls, match_id: str, log: list[dict[str, Any]]) -> Match:
@@ -335,11 +975,11 @@ class Match:
             command = dict(entry)
             at = command.pop("at", None)
             if isinstance(at, bool) or not isinstance(at, int | float):
-                raise Refused(f'log entry {number} has no "at" time')
+                raise _bad(f'log entry {number} has no "at" time', field="at")
             try:
                 match.apply(command, float(at))
             except Refused as exc:
-                raise Refused(f"log entry {number}: {exc}") from None
+                raise Refused(f"log entry {number}: {exc}", exc.code, **exc.params) from None
         return match
 
     @property
@@ -364,15 +1004,9 @@ class Match:
 
     @property
     def status(self) -> str | None:
-        if self._setup is None:
-            return None
-        if self._abandoned:
-            return ABANDONED
-        if self._match_winner() is not None:
-            return FINISHED
-        if len(self._games) > 1 and not self._games[-1].points:
-            return BETWEEN_GAMES
-        return IN_PROGRESS
+        """None before the start, else in_progress, between_games, finished or abandoned."""
+        state = self._history.state
+        return None if state is None else state.status
 
     def apply(self, command: bytes | str | dict[str, Any], now: float) -> Outcome:
         """Apply one command at time ``now`` (seconds since the epoch). Raises Refused and
@@ -383,8 +1017,7 @@ class Match:
             snapshot = self.snapshot()
             assert snapshot is not None  # an accepted command carried this id
             return Outcome(snapshot=snapshot, event=None, duplicate=True)
-        handler = getattr(self, f"_do_{parsed['cmd']}")
-        event = handler(parsed)  # checks everything before it changes anything
+        event = self._history.step(parsed, float(now))
         self._log.append({**parsed, "at": float(now)})
         if command_id is not None:
             self._rev_by_id[command_id] = self.rev
@@ -395,304 +1028,7 @@ class Match:
 
     def snapshot(self) -> dict[str, Any] | None:
         """What a scoreboard shows (None before the start). See docs/rules.md."""
-        setup = self._setup
-        if setup is None:
-            return None
-        status = self.status
-        assert status is not None
-        current = self._games[-1]
-        shown = self._games[-2] if status == BETWEEN_GAMES else current
-        score1, score2 = shown.score
-        ended = status in (FINISHED, ABANDONED)
-        winner_side = self._match_winner()
-        server = receiver = None
-        if not ended:
-            server, receiver = self._pairing(current)
-        games = [list(game.score) for game in self._games if game.over]
-        return {
-            "type": "game_end" if ended else "game_update",
-            "game_data": {
-                "game_type": "double" if setup.doubles else "single",
-                "score1": score1,
-                "score2": score2,
-                "player1": self._side_name(1),
-                "player2": self._side_name(2),
-                "is_finished": ended,
-                "server": server[0] if server else None,
-                "winner": self._side_name(winner_side) if winner_side else None,
-            },
-            "schema": SCHEMA,
-            "rev": self.rev,
-            "match_id": self.match_id,
-            "best_of": setup.best_of,
-            "games": games,
-            "games_won": self._games_won(),
-            "game_no": shown.number,
-            "status": status,
-            "server_player": setup.names[server] if server else None,
-            "receiver_player": setup.names[receiver] if receiver else None,
-            "left_side": self._left_side(),
-            "expedite": self._expedite,
-            "timeouts_used": list(self._timeouts),
-            "updated_at": _iso_utc(self._log[-1]["at"]),
-        }
-
-    # ----------------------------------------------------------------- derived state
-
-    def _games_won(self) -> list[int]:
-        won = [0, 0]
-        for game in self._games:
-            winner = game_winner(*game.score)
-            if winner:
-                won[winner - 1] += 1
-        return won
-
-    def _match_winner(self) -> int | None:
-        if self._setup is None:
-            return None
-        needed = games_to_win(self._setup.best_of)
-        won = self._games_won()
-        for side in (1, 2):
-            if won[side - 1] >= needed:
-                return side
-        return None
-
-    def _side_name(self, side: int) -> str:
-        assert self._setup is not None
-        if not self._setup.doubles:
-            return self._setup.names[(side, 0)]
-        return f"{self._setup.names[(side, 0)]} / {self._setup.names[(side, 1)]}"
-
-    def _doubles(self) -> bool:
-        return self._setup is not None and self._setup.doubles
-
-    def _anchor(self, game: Game) -> tuple[int, Player, Player]:
-        """The latest fixed point of the game's order of service at its current score:
-        (service turn, server, receiver). Folds, in order of score: the game's first
-        pairing, R9 corrections, and the R8 change of receiving order."""
-        assert self._setup is not None
-        doubles = self._setup.doubles
-
-        def turn(total: int) -> int:
-            return service_turn(total, game.expedite_from)
-
-        anchor = (0, game.first_server, game.first_receiver)
-        switch_at = switch_total(game.points) if game.number == self._setup.best_of else None
-        fixes = list(game.order_fixes)
-        if switch_at is not None:
-            # Corrections made at the switching score came after it (the point came first).
-            before = [fix for fix in fixes if fix[0] < switch_at]
-            after = [fix for fix in fixes if fix[0] >= switch_at]
-            for made_at, server, receiver in before:
-                anchor = (turn(made_at), server, receiver)
-            # R8: the pair due to receive next changes its order: the receiver's partner
-            # receives from the same server.
-            server, receiver = pairing_at(turn(switch_at), anchor[0], anchor[1], anchor[2], doubles)
-            anchor = (turn(switch_at), server, partner(receiver, doubles))
-            fixes = after
-        for made_at, server, receiver in fixes:
-            anchor = (turn(made_at), server, receiver)
-        return anchor
-
-    def _pairing(self, game: Game) -> tuple[Player, Player]:
-        """R4/R7: (server, receiver) of the next rally of ``game``."""
-        turn_now = service_turn(game.total, game.expedite_from)
-        anchor_turn, server, receiver = self._anchor(game)
-        return pairing_at(turn_now, anchor_turn, server, receiver, self._doubles())
-
-    def _first_pairing(self, game: Game) -> tuple[Player, Player]:
-        """Who served first to whom in ``game``, as its (possibly corrected) order implies."""
-        anchor_turn, server, receiver = self._anchor(game)
-        return pairing_at(0, anchor_turn, server, receiver, self._doubles())
-
-    def _left_side(self) -> int:
-        assert self._setup is not None
-        game = self._games[-1]
-        by_law = left_side_by_law(game.number, self._setup.best_of, *game.score)
-        swaps = sum(len(each.ends_fixes) for each in self._games)
-        return by_law if swaps % 2 == 0 else other_side(by_law)
-
-    def _next_game(self) -> Game:
-        """R5/R7: the game after the current one. The side that received first serves first;
-        by default (doubles) the previous first receiver serves, to the player who served to
-        them."""
-        previous = self._games[-1]
-        first_server, first_receiver = self._first_pairing(previous)
-        return Game(
-            number=previous.number + 1,
-            first_server=first_receiver,
-            first_receiver=first_server,
-            expedite_from=0 if self._expedite else None,
-        )
-
-    # ----------------------------------------------------------------- checks
-
-    def _require_started(self) -> Setup:
-        if self._setup is None:
-            raise Refused("no match has started: send a start command first")
-        return self._setup
-
-    def _require_playing(self, action: str) -> Setup:
-        setup = self._require_started()
-        status = self.status
-        if status == ABANDONED:
-            raise Refused(f"the match was abandoned: {action} is not possible")
-        if status == FINISHED:
-            raise Refused(f"the match is over: {action} is not possible")
-        return setup
-
-    def _player_by_name(self, name: str) -> Player:
-        assert self._setup is not None
-        for player, player_name in self._setup.names.items():
-            if player_name == name:
-                return player
-        raise Refused(f"there is no player named {name!r} in this match")
-
-    # ----------------------------------------------------------------- commands
-
-    def _do_start(self, command: dict[str, Any]) -> dict[str, Any]:
-        if self._setup is not None:
-            if self.status in (FINISHED, ABANDONED):
-                raise Refused("this match is over: a start begins a new match")
-            raise Refused("a match is in progress")
-        doubles = command["game_type"] == "double"
-        if doubles:
-            names = {
-                (side, index): command[f"players{side}"][index]
-                for side in (1, 2)
-                for index in (0, 1)
-            }
-        else:
-            names = {(side, 0): command[f"player{side}"] for side in (1, 2)}
-        first = command["first_server"]
-        self._setup = Setup(doubles, names, command["best_of"])
-        self._games = [
-            Game(number=1, first_server=(first, 0), first_receiver=(other_side(first), 0))
-        ]
-        return {"kind": "start", "game_no": 1, "score": [0, 0]}
-
-    def _do_point(self, command: dict[str, Any]) -> dict[str, Any]:
-        if command["delta"] < 0:
-            return self._take_back(command["side"], "point_removed")
-        self._require_playing("a point")
-        side = command["side"]
-        game = self._games[-1]
-        game.points.append(side)
-        event = {"kind": "point", "side": side, "game_no": game.number, "score": list(game.score)}
-        if game.over:
-            if self._match_winner() is not None:
-                event["kind"] = "match_end"
-            else:
-                event["kind"] = "game_end"
-                self._games.append(self._next_game())
-        return event
-
-    def _do_undo(self, command: dict[str, Any]) -> dict[str, Any]:
-        return self._take_back(None, "undo")
-
-    def _take_back(self, side: int | None, kind: str) -> dict[str, Any]:
-        """Remove the latest point (undo), or side's latest point in the game of the latest
-        point (-1), even after the match ended, so a wrong game-winning press can be fixed."""
-        self._require_started()
-        if self._abandoned:
-            raise Refused("the match was abandoned: points can no longer be taken back")
-        games = self._games
-        target = games[-2] if len(games) > 1 and not games[-1].points else games[-1]
-        if not target.points:
-            raise Refused("there is no point to take back")
-        if side is None:
-            side = target.points[-1]
-        if side not in target.points:
-            raise Refused(f"side {side} has no point to take back in game {target.number}")
-        position = len(target.points) - 1 - target.points[::-1].index(side)
-        del target.points[position]
-        target.forget_after(target.total)
-        if target is not games[-1] and not target.over:
-            games.pop()  # the game reopens: the next one, not yet begun, goes with its choices
-        elif target is games[-1] and target.over and self._match_winner() is None:
-            # -1 of the trailing side can end a game (10-11 -> 9-11): the next one is due.
-            games.append(self._next_game())
-        if self._expedite and target.expedite_from is None and not target.over:
-            target.expedite_from = target.total  # R10: once on, it stays on
-        return {"kind": kind, "side": side, "game_no": target.number, "score": list(target.score)}
-
-    def _do_timeout(self, command: dict[str, Any]) -> dict[str, Any]:
-        self._require_playing("a timeout")
-        side = command["side"]
-        if self.status == BETWEEN_GAMES:
-            raise Refused("a timeout is called between rallies of a game, not between games")
-        if self._timeouts[side - 1]:
-            raise Refused(f"side {side} has already used its timeout in this match")
-        self._timeouts[side - 1] = 1
-        game = self._games[-1]
-        return {"kind": "timeout", "side": side, "game_no": game.number, "score": list(game.score)}
-
-    def _do_expedite(self, command: dict[str, Any]) -> dict[str, Any]:
-        self._require_playing("the expedite system")
-        if self._expedite:
-            raise Refused("the expedite system is already on (it stays on until the match ends)")
-        game = self._games[-1]
-        if game.total >= EXPEDITE_MAX_TOTAL:
-            raise Refused(
-                f"the expedite system cannot start: {game.total} points have been played in "
-                f"this game ({EXPEDITE_MAX_TOTAL} or more)"
-            )
-        self._expedite = True
-        game.expedite_from = game.total
-        return {"kind": "expedite", "game_no": game.number, "score": list(game.score)}
-
-    def _do_end(self, command: dict[str, Any]) -> dict[str, Any]:
-        self._require_playing("abandoning it")
-        self._abandoned = True
-        game = self._games[-1]
-        return {"kind": "abandon", "game_no": game.number, "score": list(game.score)}
-
-    def _do_server(self, command: dict[str, Any]) -> dict[str, Any]:
-        setup = self._require_playing("choosing the server")
-        if not setup.doubles:
-            raise Refused(
-                "choosing the server is for doubles; in singles it follows from the first server"
-            )
-        if self.status != BETWEEN_GAMES:
-            raise Refused("the server is chosen before the first point of game 2 or later")
-        player = self._player_by_name(command["player"])
-        game = self._games[-1]
-        previous_first_server, previous_first_receiver = self._first_pairing(self._games[-2])
-        if player[0] != game.first_server[0]:
-            raise Refused(f"{command['player']} is not in the pair due to serve")
-        # R7: the first receiver is the player who served to the chosen server last game.
-        if player == previous_first_receiver:
-            receiver = previous_first_server
-        else:
-            receiver = partner(previous_first_server, True)
-        game.first_server, game.first_receiver = player, receiver
-        game.order_fixes.clear()  # the latest word on this game's first server wins
-        return {"kind": "server", "side": player[0], "game_no": game.number, "score": [0, 0]}
-
-    def _do_correct(self, command: dict[str, Any]) -> dict[str, Any]:
-        setup = self._require_playing("a correction")
-        game = self._games[-1]
-        if "server" in command:
-            server = command["server"]
-            if isinstance(server, int):
-                if setup.doubles:
-                    raise Refused('in doubles, correct "server" and "receiver" by name')
-                server_player: Player = (server, 0)
-            else:
-                server_player = self._player_by_name(server)
-            if "receiver" in command:
-                receiver_player = self._player_by_name(command["receiver"])
-                if receiver_player[0] == server_player[0]:
-                    raise Refused("the server and the receiver must be on different sides")
-            elif setup.doubles:
-                raise Refused('in doubles, correct "server" together with "receiver"')
-            else:
-                receiver_player = (other_side(server_player[0]), 0)
-            game.order_fixes.append((game.total, server_player, receiver_player))
-        if "left_side" in command and command["left_side"] != self._left_side():
-            game.ends_fixes.append(game.total)
-        shown = self._games[-2] if self.status == BETWEEN_GAMES else game
-        return {"kind": "correct", "game_no": shown.number, "score": list(shown.score)}
+        return self._history.snapshot(self.match_id, self.rev)
 
 
 def _iso_utc(at: float) -> str:

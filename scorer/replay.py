@@ -7,7 +7,7 @@ Lines without ``"at"`` get a fixed clock (one second after the previous command 
 first at epoch second 1), so the output is the same on every run.
 
 Exit status: 0 all lines accepted; 1 some line was refused (each is reported on stderr as
-``line N: refused: <reason>``); 2 the input could not be read."""
+``line N: refused: <reason> [<code>]``); 2 the input could not be read."""
 
 from __future__ import annotations
 
@@ -56,11 +56,13 @@ def main(args: argparse.Namespace) -> int:
         clock = clock + CLOCK_STEP if at is None else at
         try:
             if isinstance(command, BadTime):
-                raise Refused('"at" must be a number: seconds since the epoch')
+                raise Refused(
+                    '"at" must be a number: seconds since the epoch', code="bad_command", field="at"
+                )
             outcome = match.apply(command, clock)
         except Refused as exc:
             refused += 1
-            print(f"line {number}: refused: {exc}", file=sys.stderr)
+            print(f"line {number}: refused: {exc} [{exc.code}]", file=sys.stderr)
             continue
         if outcome.duplicate:
             print(f"line {number}: ignored: its id was already accepted", file=sys.stderr)

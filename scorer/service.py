@@ -11,6 +11,7 @@ so commands are applied strictly in arrival order without further locking.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import logging
 import os
@@ -18,7 +19,7 @@ import secrets
 import signal
 import threading
 import time
-from collections import deque
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +31,13 @@ from scorer import topics
 from scorer.client import BrokerAddress, make_client, resolve_address
 from scorer.config import Settings, load_settings
 from scorer.engine import ENDED_STATUSES, Match, Refused, check_command_id, parse_command
-from scorer.store import MatchStore, StoreError, new_match_id
+from scorer.store import (
+    COMMAND_IDS_PER_CLUB,
+    MatchStore,
+    StoreError,
+    command_id_key,
+    new_match_id,
+)
 
 log = logging.getLogger("rallycast.scorer")
 
@@ -43,7 +50,14 @@ RECONNECT_MAX_DELAY = 4
 # How long after connecting retained snapshots are compared with the store (stale ones fixed).
 RECONCILE_SECONDS = 3.0
 DELETE_COMMANDS = frozenset({"delete", "clear"})
-RECENT_DELETE_IDS = 32  # per club: a resent delete must not remove the next match
+# Liveness probe (docs/protocol.md, "Status"): every PROBE_INTERVAL seconds the service
+# publishes a probe to a topic only it follows; one not back within PROBE_TIMEOUT = stalled
+# (so a stall is said within PROBE_INTERVAL + PROBE_TIMEOUT + PROBE_CHECK, about 5.3 s).
+PROBE_INTERVAL = 1.0
+PROBE_TIMEOUT = 4.0
+PROBE_CHECK = 0.25
+PROBE_PREFIX = f"{topics.SCORER_STATUS}/probe/"
+RETAINED_LOGGED = 256  # retained commands logged once each (per run), at most this many
 
 
 def read_service_secret(data_dir: Path) -> str | None:
@@ -72,6 +86,34 @@ def ensure_service_secret(data_dir: Path) -> str:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _invalid_unicode(value: Any, depth: int = 0) -> str | None:
+    """The first text in a decoded JSON value that UTF-8 cannot encode (a lone surrogate
+    from a ``\\ud800`` escape), shown escaped; None when every text is valid."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return ascii(value[:40])
+        return None
+    if depth > 200:  # json.loads already bounds the depth; this keeps the walk bounded too
+        return None
+    if isinstance(value, dict):
+        items: Any = [item for pair in value.items() for item in pair]
+    elif isinstance(value, list):
+        items = value
+    else:
+        return None
+    for item in items:
+        found = _invalid_unicode(item, depth + 1)
+        if found is not None:
+            return found
+    return None
 
 
 @dataclass
@@ -106,7 +148,17 @@ class ScorerService:
         self.clock = clock
         self.matches: dict[str, ClubMatch] = {}
         self.connected = threading.Event()
-        self._recent_deletes: dict[str, deque[str | int]] = {}
+        # Per club: command id key -> the reply it got (accepted ones are also in the store).
+        self._replies: dict[str, OrderedDict[str, dict[str, Any]]] = {}
+        self._refusals: dict[str, OrderedDict[str, dict[str, Any]]] = {}
+        self._retained_logged: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._probe_topic: str | None = None
+        self._probe_enabled = False
+        self._probe_sent: dict[str, float] = {}
+        self._probe_lock = threading.Lock()  # probe thread and paho's thread
+        self._probe_thread: threading.Thread | None = None
+        self._probe_stop = threading.Event()
+        self.status = "offline"
         self._reconcile_until = 0.0
         self._games_unsubscribed = False
         self._subscribe_mid: int | None = None
@@ -124,6 +176,7 @@ class ScorerService:
         client_id = self._store.meta(
             "mqtt_client_id", lambda: f"rallycast-service-{secrets.token_hex(4)}"
         )
+        self._probe_topic = PROBE_PREFIX + client_id
         client = make_client(self.address, client_id=client_id, clean_session=False)
         client.will_set(topics.SCORER_STATUS, "offline", qos=1, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY)
@@ -136,11 +189,20 @@ class ScorerService:
         log.info("connecting to %s", self.address.url())
         client.connect_async(self.address.host, self.address.port, keepalive=30)
         client.loop_start()
+        self._probe_stop.clear()
+        self._probe_thread = threading.Thread(
+            target=self._probe_loop, name="rallycast-probe", daemon=True
+        )
+        self._probe_thread.start()
 
     def wait_until_connected(self, timeout: float) -> bool:
         return self.connected.wait(timeout)
 
     def stop(self, timeout: float = 1.0) -> None:
+        self._probe_stop.set()
+        if self._probe_thread is not None:
+            self._probe_thread.join(timeout + PROBE_INTERVAL)
+            self._probe_thread = None
         client = self._client
         if client is not None:
             self._stopping = True
@@ -154,6 +216,7 @@ class ScorerService:
             # A command paho is handling right now still finds the client (and the store).
             client.loop_stop()
             self._client = None
+        self.status = "offline"
         self.connected.clear()
         if self._store is not None:
             self._store.close()
@@ -191,8 +254,11 @@ class ScorerService:
         # a crashed instance may have left one that the store does not back.
         self._reconcile_until = time.monotonic() + RECONCILE_SECONDS
         self._games_unsubscribed = False
-        self._subscribe_mid = client.subscribe([(topics.ALL_COMMANDS, 1), (topics.ALL_GAMES, 1)])[1]
-        client.publish(topics.SCORER_STATUS, "online", qos=1, retain=True)
+        with self._probe_lock:
+            self._probe_sent.clear()
+        self._subscribe_mid = client.subscribe(
+            [(topics.ALL_COMMANDS, 1), (topics.ALL_GAMES, 1), (self._probe_topic, 1)]
+        )[1]
         for club_id, current in sorted(self.matches.items()):
             self._publish_snapshot(club_id, current)
 
@@ -200,29 +266,120 @@ class ScorerService:
         # "Connected" means commands reach us: only once the broker has granted the filters.
         if mid != self._subscribe_mid:
             return
-        if any(code.is_failure for code in reason_codes):
+        if any(code.is_failure for code in reason_codes[:2]):
             log.error("the broker refused the service's subscriptions: %s", reason_codes)
             return
+        self._probe_enabled = len(reason_codes) > 2 and not reason_codes[2].is_failure
+        if not self._probe_enabled:
+            log.warning(
+                "the broker refused the probe topic %s: the status says online while "
+                "connected, without checking that commands come through (grant the service "
+                "read on rallycast/status/scorer/probe/#)",
+                self._probe_topic,
+            )
+        self._set_status("online")
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
         self.connected.clear()
+        self.status = "offline"  # the broker publishes our last will (or stop() did)
         if not self._stopping:
             log.warning("lost the broker (%s); reconnecting", reason_code)
 
+    # -- status: a probe through the broker ------------------------------------------------
+
+    def _set_status(self, status: str) -> None:
+        with self._probe_lock:
+            client = self._client
+            if client is None or status == self.status:
+                return
+            previous, self.status = self.status, status
+            self._announce(client, previous, status)
+
+    @staticmethod
+    def _announce(client: mqtt.Client, previous: str, status: str) -> None:
+        if status == "stalled":
+            log.warning(
+                "stalled: commands do not come through (no probe back within %g s)", PROBE_TIMEOUT
+            )
+        elif previous == "stalled":
+            log.info("commands come through again: online")
+        client.publish(topics.SCORER_STATUS, status, qos=1, retain=True)
+
+    def _probe_loop(self) -> None:
+        """Every PROBE_INTERVAL: send a probe; one not back within PROBE_TIMEOUT = stalled.
+        A probe comes back through paho's thread behind the commands, so a backlog the
+        service cannot keep up with makes it late too."""
+        sequence = 0
+        last_sent = 0.0
+        while not self._probe_stop.wait(PROBE_CHECK):
+            client = self._client
+            if client is None or not self.connected.is_set() or not self._probe_enabled:
+                continue
+            try:
+                now = time.monotonic()
+                with self._probe_lock:
+                    oldest = min(self._probe_sent.values(), default=None)
+                if oldest is not None and now - oldest > PROBE_TIMEOUT:
+                    self._set_status("stalled")
+                if now - last_sent < PROBE_INTERVAL:
+                    continue
+                last_sent = now
+                sequence += 1
+                payload = f"{sequence}"
+                with self._probe_lock:
+                    if len(self._probe_sent) < 64:  # (stalled for minutes: keep the oldest)
+                        self._probe_sent[payload] = now
+                client.publish(self._probe_topic, payload, qos=1)
+            except Exception:  # the probe must never stop; the status stays as it was
+                log.exception("the liveness probe failed")
+
+    def _probe_back(self, payload: bytes) -> None:
+        with self._probe_lock:
+            if self._probe_sent.pop(payload.decode("ascii", "replace"), None) is None:
+                return  # a probe of an earlier connection
+            self._probe_sent.clear()  # the path works: older probes are answered too
+        if self.connected.is_set():
+            self._set_status("online")
+
+    def _log_retained_once(self, club_id: str, payload: bytes) -> None:
+        key = (club_id, payload[:256])
+        if key in self._retained_logged:
+            return
+        self._retained_logged[key] = None
+        while len(self._retained_logged) > RETAINED_LOGGED:
+            self._retained_logged.popitem(last=False)
+        log.warning(
+            "club %s: ignored a retained command %r (commands are never retained; clear it "
+            "with: mosquitto_pub -r -n -t %s)",
+            club_id,
+            payload[:80],
+            topics.commands(club_id),
+        )
+
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
         try:
+            if message.topic == self._probe_topic:
+                self._probe_back(message.payload)
+                return
             parts = message.topic.split("/")
             club_id = topics.club_of(message.topic)
             if club_id is None:
                 log.warning("ignored a message on %r: not a valid club topic", message.topic)
             elif len(parts) == 4 and parts[3] == "cmd":
+                if message.retain:
+                    self._log_retained_once(club_id, message.payload)
                 try:
-                    reply = self.handle_command(club_id, message.payload)
+                    reply = self.handle_command(
+                        club_id, message.payload, retain=bool(message.retain)
+                    )
                 except Exception:  # a bug of ours: say so to the sender, keep serving
                     log.exception("club %s: error while handling a command", club_id)
-                    reply = self._refuse(club_id, None, "internal error in the scorer service")
-                client.publish(topics.replies(club_id), _dumps(reply), qos=1)
+                    reply = self._refuse(
+                        club_id, None, "internal error in the scorer service", "internal_error"
+                    )
+                if reply is not None:
+                    client.publish(topics.replies(club_id), _dumps(reply), qos=1)
             elif len(parts) == 3:
                 self._reconcile(club_id, message)
         except Exception:  # nothing a client sends may stop the service
@@ -230,49 +387,113 @@ class ScorerService:
 
     # -- commands ---------------------------------------------------------------------------
 
-    def handle_command(self, club_id: str, payload: bytes) -> dict[str, Any]:
+    def handle_command(
+        self, club_id: str, payload: bytes, *, retain: bool = False
+    ) -> dict[str, Any] | None:
         """Apply one command from the club's command topic; publish what changed; return the
-        reply ``{"id", "ok", "error", "rev"}``."""
-        current = self.matches.get(club_id)
+        reply (docs/protocol.md: ``{"id", "ok", "error", "code", "params", "rev",
+        "match_id"}``), or None when nothing is to be answered (a retained command the
+        service has already answered).
+
+        Laws kept here: an id is applied at most once per club (across matches and
+        restarts: the store's command index); nothing changes in memory before the store
+        has committed; a refusal changes nothing."""
         limit = self.settings.max_payload_bytes
         if limit and len(payload) > limit:  # 0: no limit (as for the broker)
             return self._refuse(
-                club_id, None, f"the command is too large ({len(payload)} bytes; limit {limit})"
+                club_id,
+                None,
+                f"the command is too large ({len(payload)} bytes; limit {limit})",
+                "too_large",
+                size=len(payload),
+                limit=limit,
             )
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
-            return self._refuse(club_id, None, "the command is not UTF-8 text")
+            return self._refuse(club_id, None, "the command is not UTF-8 text", "bad_command")
         raw: str | dict[str, Any] = text
         command_id: str | int | None = None
+        wanted_match: str | None = None
         if text.lstrip().startswith("{"):
             try:
-                decoded = json.loads(text)
-            except ValueError as exc:
-                return self._refuse(club_id, None, f"the command is not valid JSON ({exc})")
+                decoded = json.loads(text, parse_constant=_no_constant)
             except RecursionError:
                 return self._refuse(
-                    club_id, None, "the command is not valid JSON (nested too deep)"
+                    club_id, None, "the command is not valid JSON (nested too deep)", "bad_command"
+                )
+            except ValueError as exc:
+                return self._refuse(
+                    club_id, None, f"the command is not valid JSON ({exc})", "bad_command"
+                )
+            bad_text = _invalid_unicode(decoded)
+            if bad_text is not None:
+                return self._refuse(
+                    club_id,
+                    None,
+                    f"the command contains text that is not valid Unicode ({bad_text}): "
+                    "send UTF-8 text without lone surrogates",
+                    "bad_command",
                 )
             if isinstance(decoded, dict):
-                raw = decoded
+                decoded = dict(decoded)
                 try:
                     command_id = check_command_id(decoded.get("id"))
                 except Refused:  # no usable id: the reply carries none
                     command_id = None
-                name = decoded.get("cmd")
-                if isinstance(name, str) and name in DELETE_COMMANDS:
-                    return self._delete(club_id, decoded, command_id)
+                if "match" in decoded:
+                    wanted_match = decoded.pop("match")
+                    if not isinstance(wanted_match, str) or not 1 <= len(wanted_match) <= 128:
+                        return self._refuse(
+                            club_id,
+                            command_id,
+                            '"match" must be a match id (a string of 1 to 128 characters)',
+                            "bad_command",
+                        )
+                raw = decoded
+        if command_id is not None:
+            earlier = self._earlier_reply(club_id, command_id)
+            if earlier is not None:  # a resent command: nothing changes, same answer
+                if retain:
+                    return None
+                return earlier
+        if retain:
+            return self._refuse(
+                club_id,
+                command_id,
+                "a retained command is not applied (it would be applied again on every "
+                "restart): publish commands without the retain flag, and clear this one "
+                "with an empty retained message on the command topic",
+                "retained_command",
+            )
+        if (
+            isinstance(raw, dict)
+            and isinstance(raw.get("cmd"), str)
+            and raw["cmd"] in DELETE_COMMANDS
+        ):
+            return self._delete(club_id, raw, command_id, wanted_match)
         try:
             command = parse_command(raw)
         except Refused as exc:
-            return self._refuse(club_id, command_id, str(exc))
+            code = getattr(exc, "code", "refused")
+            return self._refuse(
+                club_id,
+                command_id,
+                str(exc),
+                "bad_command" if code == "refused" else code,
+                **getattr(exc, "params", {}),
+            )
         command_id = command.get("id")
-
-        if command_id is not None and current is not None:
-            accepted_at = current.match.rev_of(command_id)
-            if accepted_at is not None:  # a resent command: nothing changes, same answer
-                return self._reply(command_id, accepted_at)
+        current = self.matches.get(club_id)
+        if wanted_match is not None and (current is None or current.match_id != wanted_match):
+            return self._refuse(
+                club_id,
+                command_id,
+                f"the command is for match {wanted_match}, but "
+                + (f"match {current.match_id} is current" if current else "no match is current"),
+                "wrong_match",
+                match=wanted_match,
+            )
         if command.get("cmd") == "start" and (
             current is None
             or current.match.status in ENDED_STATUSES
@@ -280,23 +501,46 @@ class ScorerService:
         ):
             return self._start_new_match(club_id, command, command_id)
         if current is None:
-            return self._refuse(club_id, command_id, "no match: start one first")
+            return self._refuse(club_id, command_id, "no match: start one first", "no_match")
+        # The new match is computed on a copy; the club's match changes only once the
+        # store has committed the command (a failure leaves memory and store as they were).
+        trial = copy.deepcopy(current.match)
         try:
-            outcome = current.match.apply(command, self.clock())
+            outcome = trial.apply(command, self.clock())
         except Refused as exc:
-            return self._refuse(club_id, command_id, str(exc))
+            return self._remember_refusal(
+                club_id,
+                command_id,
+                self._refuse(
+                    club_id,
+                    command_id,
+                    str(exc),
+                    getattr(exc, "code", "refused"),
+                    **getattr(exc, "params", {}),
+                ),
+            )
         if outcome.duplicate:  # (caught above already; kept in case the engine knows more)
-            return self._reply(command_id, current.rev)
+            return self._reply(command_id, trial.rev, current.match_id)
+        reply = self._reply(command_id, trial.rev, current.match_id)
         try:
-            self._require_store().append(current.match_id, current.rev, current.match.latest)
+            self._require_store().append(
+                current.match_id,
+                trial.rev,
+                trial.latest,
+                club_id=club_id,
+                command_id=command_id,
+                reply=reply,
+            )
         except StoreError as exc:
-            # Not saved = not accepted: rebuild the match without it.
             log.error("club %s: %s", club_id, exc)
-            current.match = Match.from_log(current.match_id, current.match.log[:-1])
-            return self._refuse(club_id, command_id, "the service could not save the command")
+            return self._refuse(
+                club_id, command_id, "the service could not save the command", "store_failed"
+            )
+        current.match = trial
+        self._remember_reply(club_id, command_id, reply)
         self._publish_change(club_id, current, outcome.snapshot, outcome.event)
         log.debug("club %s: accepted %s -> rev %d", club_id, command.get("cmd"), current.rev)
-        return self._reply(command_id, current.rev)
+        return reply
 
     def _start_new_match(
         self, club_id: str, command: dict[str, Any], command_id: str | int | None
@@ -308,60 +552,163 @@ class ScorerService:
         try:
             outcome = match.apply(command, now)
         except Refused as exc:
-            return self._refuse(club_id, command_id, str(exc))
+            return self._remember_refusal(
+                club_id,
+                command_id,
+                self._refuse(
+                    club_id,
+                    command_id,
+                    str(exc),
+                    getattr(exc, "code", "refused"),
+                    **getattr(exc, "params", {}),
+                ),
+            )
+        reply = self._reply(command_id, match.rev, match_id)
         try:
-            self._require_store().start_match(club_id, match_id, match.latest)
+            self._require_store().start_match(
+                club_id, match_id, match.latest, command_id=command_id, reply=reply
+            )
         except StoreError as exc:
             log.error("club %s: %s", club_id, exc)
-            return self._refuse(club_id, command_id, "the service could not save the command")
+            return self._refuse(
+                club_id, command_id, "the service could not save the command", "store_failed"
+            )
         current = ClubMatch(match_id, match)
         self.matches[club_id] = current
+        self._remember_reply(club_id, command_id, reply)
         if previous is not None:
             log.info("club %s: match %s replaced by %s", club_id, previous.match_id, match_id)
         else:
             log.info("club %s: match %s started", club_id, match_id)
         self._publish_change(club_id, current, outcome.snapshot, outcome.event)
-        return self._reply(command_id, current.rev)
+        return reply
 
     def _delete(
-        self, club_id: str, command: dict[str, Any], command_id: str | int | None
+        self,
+        club_id: str,
+        command: dict[str, Any],
+        command_id: str | int | None,
+        wanted_match: str | None,
     ) -> dict[str, Any]:
-        extra = sorted(set(command) - {"cmd", "id"})
+        extra = sorted(str(key) for key in set(command) - {"cmd", "id"})
         if extra:
-            return self._refuse(club_id, command_id, f"delete takes no other fields: {extra}")
-        recent = self._recent_deletes.setdefault(club_id, deque(maxlen=RECENT_DELETE_IDS))
+            return self._refuse(
+                club_id, command_id, f"delete takes no other fields: {extra}", "bad_command"
+            )
+        if "id" in command and command_id is None:
+            return self._refuse(
+                club_id,
+                None,
+                '"id" must be a string of 1 to 128 characters or an integer',
+                "bad_command",
+            )
         current = self.matches.get(club_id)
-        if command_id is not None and command_id in recent:
-            return self._reply(command_id, current.rev if current else 0)
+        if wanted_match is not None and (current is None or current.match_id != wanted_match):
+            return self._refuse(
+                club_id,
+                command_id,
+                f"the command is for match {wanted_match}, but "
+                + (f"match {current.match_id} is current" if current else "no match is current"),
+                "wrong_match",
+                match=wanted_match,
+            )
+        reply = self._reply(command_id, 0, None)
         if current is not None:
             try:
-                self._require_store().clear_current(club_id)
+                self._require_store().clear_current(club_id, command_id=command_id, reply=reply)
             except StoreError as exc:
                 log.error("club %s: %s", club_id, exc)
-                return self._refuse(club_id, command_id, "the service could not save the command")
+                return self._refuse(
+                    club_id, command_id, "the service could not save the command", "store_failed"
+                )
             del self.matches[club_id]
             client = self._require_client()
             client.publish(topics.game(club_id), b"", qos=1, retain=True)
             event = {"kind": "delete", "match_id": current.match_id, "rev": 0}
             client.publish(topics.events(club_id), _dumps(event), qos=1)
             log.info("club %s: match %s deleted", club_id, current.match_id)
-        if command_id is not None:
-            recent.append(command_id)
-        return self._reply(command_id, 0)
+        # (with no match, nothing was stored: a resend finds no match to delete either)
+        self._remember_reply(club_id, command_id, reply)
+        return reply
 
-    def _refuse(self, club_id: str, command_id: str | int | None, reason: str) -> dict[str, Any]:
+    # -- the command index: an id is applied at most once per club ---------------------------
+
+    def _index(self, club_id: str) -> OrderedDict[str, dict[str, Any]]:
+        index = self._replies.get(club_id)
+        if index is None:
+            index = OrderedDict()
+            if self._store is not None:
+                for key, reply in self._store.command_replies(club_id):
+                    index[key] = reply
+            self._replies[club_id] = index
+        return index
+
+    def _earlier_reply(self, club_id: str, command_id: str | int) -> dict[str, Any] | None:
+        key = command_id_key(command_id)
+        reply = self._index(club_id).get(key)
+        if reply is None:
+            reply = self._refusals.get(club_id, {}).get(key)
+        if reply is None:
+            # Stores written before the index existed: the current match's log knows its ids.
+            current = self.matches.get(club_id)
+            accepted_at = current.match.rev_of(command_id) if current is not None else None
+            if accepted_at is not None:
+                assert current is not None
+                reply = self._reply(command_id, accepted_at, current.match_id)
+        return dict(reply) if reply is not None else None
+
+    def _remember_reply(
+        self, club_id: str, command_id: str | int | None, reply: dict[str, Any]
+    ) -> None:
+        if command_id is None:
+            return
+        index = self._index(club_id)
+        index[command_id_key(command_id)] = reply
+        while len(index) > COMMAND_IDS_PER_CLUB:
+            index.popitem(last=False)
+
+    def _remember_refusal(
+        self, club_id: str, command_id: str | int | None, reply: dict[str, Any]
+    ) -> dict[str, Any]:
+        """A refusal by the rules is answered again to a resend of its id (so a -1 refused
+        now is not applied by its resend after the next point); kept in memory only."""
+        if command_id is not None:
+            refusals = self._refusals.setdefault(club_id, OrderedDict())
+            refusals[command_id_key(command_id)] = reply
+            while len(refusals) > COMMAND_IDS_PER_CLUB:
+                refusals.popitem(last=False)
+        return reply
+
+    def _refuse(
+        self,
+        club_id: str,
+        command_id: str | int | None,
+        reason: str,
+        code: str = "refused",
+        **params: Any,
+    ) -> dict[str, Any]:
         log.info("club %s: refused a command (id %r): %s", club_id, command_id, reason)
         current = self.matches.get(club_id)
         return {
             "id": command_id,
             "ok": False,
             "error": reason,
+            "code": code,
+            "params": params,
             "rev": current.rev if current else 0,
+            "match_id": current.match_id if current else None,
         }
 
     @staticmethod
-    def _reply(command_id: str | int | None, rev: int) -> dict[str, Any]:
-        return {"id": command_id, "ok": True, "error": None, "rev": rev}
+    def _reply(command_id: str | int | None, rev: int, match_id: str | None) -> dict[str, Any]:
+        return {
+            "id": command_id,
+            "ok": True,
+            "error": None,
+            "code": None,
+            "rev": rev,
+            "match_id": match_id,
+        }
 
     # -- publishing -------------------------------------------------------------------------
 

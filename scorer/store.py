@@ -9,15 +9,19 @@ from its log by the rules engine (``Match.from_log``).
 from __future__ import annotations
 
 import json
+import os
 import secrets
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 STORE_FILE_NAME = "matches.sqlite3"
+# Command ids remembered per club (with the reply they got), across matches and restarts.
+COMMAND_IDS_PER_CLUB = 1000
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -37,6 +41,15 @@ CREATE TABLE IF NOT EXISTS current (
     club_id TEXT PRIMARY KEY,
     match_id TEXT NOT NULL REFERENCES matches(match_id)
 );
+-- The latest command ids each club's commands carried, with the reply they got: a resend
+-- is answered again and applied at most once, whatever match is current now.
+CREATE TABLE IF NOT EXISTS command_ids (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    club_id TEXT NOT NULL,
+    command_id TEXT NOT NULL,  -- JSON of the id: 7 and "7" are two ids
+    reply TEXT NOT NULL,
+    UNIQUE (club_id, command_id)
+);
 """
 
 
@@ -52,11 +65,21 @@ class StoredMatch:
 
 
 class MatchStore:
-    """Thread-safe (one lock); meant for one process (the scorer service) per data dir."""
+    """Thread-safe (one lock); meant for one process (the scorer service) per data dir.
+
+    The data dir is made 0700 and the store's files 0600 (SQLite gives its -wal and -shm
+    files the database's mode): other local users must not read the logs nor the service's
+    MQTT client id."""
 
     def __init__(self, data_dir: Path) -> None:
-        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        os.chmod(data_dir, 0o700)
         self.path = data_dir / STORE_FILE_NAME
+        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            companion = Path(f"{self.path}{suffix}")
+            if companion.exists():
+                os.chmod(companion, 0o600)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
@@ -68,17 +91,28 @@ class MatchStore:
         with self._lock:
             self._db.close()
 
-    def _write(self, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
-        """Run statements in one transaction; committed (and synced) when this returns."""
+    def _write(
+        self,
+        statements: list[tuple[str, tuple[Any, ...]]]
+        | Callable[[], list[tuple[str, tuple[Any, ...]]]],
+    ) -> None:
+        """Run statements in one transaction; committed (and synced) when this returns.
+        Any failure (SQLite, a text SQLite cannot encode, ...) rolls everything back and
+        raises StoreError: the store is as it was."""
         with self._lock:
             try:
+                if callable(statements):  # built here, so encoding errors roll back too
+                    statements = statements()
                 self._db.execute("BEGIN IMMEDIATE")
                 for sql, params in statements:
                     self._db.execute(sql, params)
                 self._db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+            except Exception as exc:
+                try:
+                    if self._db.in_transaction:
+                        self._db.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass  # the connection is unusable; the next write says so
                 raise StoreError(f"could not save to {self.path}: {exc}") from exc
 
     def meta(self, key: str, default_factory: Any) -> str:
@@ -91,40 +125,104 @@ class MatchStore:
         self._write([("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, value))])
         return self.meta(key, default_factory)
 
-    def start_match(self, club_id: str, match_id: str, first_entry: dict[str, Any]) -> None:
-        """Record a new match with its first command and make it the club's current one."""
+    def start_match(
+        self,
+        club_id: str,
+        match_id: str,
+        first_entry: dict[str, Any],
+        *,
+        command_id: str | int | None = None,
+        reply: dict[str, Any] | None = None,
+    ) -> None:
+        """Record a new match with its first command and make it the club's current one
+        (and remember ``command_id`` with its ``reply``, in the same transaction)."""
         self._write(
-            [
+            lambda: [
                 (
                     "INSERT INTO matches (match_id, club_id, created_at) VALUES (?, ?, ?)",
                     (match_id, club_id, time.time()),
                 ),
                 (
                     "INSERT INTO entries (match_id, seq, entry) VALUES (?, 1, ?)",
-                    (match_id, json.dumps(first_entry, ensure_ascii=False)),
+                    (match_id, _encode(first_entry)),
                 ),
                 (
                     "INSERT INTO current (club_id, match_id) VALUES (?, ?) "
                     "ON CONFLICT (club_id) DO UPDATE SET match_id = excluded.match_id",
                     (club_id, match_id),
                 ),
+                *self._remember(club_id, command_id, reply),
             ]
         )
 
-    def append(self, match_id: str, seq: int, entry: dict[str, Any]) -> None:
-        """Append the ``seq``-th accepted command (1-based) of a match."""
+    def append(
+        self,
+        match_id: str,
+        seq: int,
+        entry: dict[str, Any],
+        *,
+        club_id: str | None = None,
+        command_id: str | int | None = None,
+        reply: dict[str, Any] | None = None,
+    ) -> None:
+        """Append the ``seq``-th accepted command (1-based) of a match (and remember
+        ``command_id`` of ``club_id`` with its ``reply``, in the same transaction)."""
         self._write(
-            [
+            lambda: [
                 (
                     "INSERT INTO entries (match_id, seq, entry) VALUES (?, ?, ?)",
-                    (match_id, seq, json.dumps(entry, ensure_ascii=False)),
-                )
+                    (match_id, seq, _encode(entry)),
+                ),
+                *self._remember(club_id, command_id, reply),
             ]
         )
 
-    def clear_current(self, club_id: str) -> None:
+    def clear_current(
+        self,
+        club_id: str,
+        *,
+        command_id: str | int | None = None,
+        reply: dict[str, Any] | None = None,
+    ) -> None:
         """The club has no match any more; the match's log stays in the store."""
-        self._write([("DELETE FROM current WHERE club_id = ?", (club_id,))])
+        self._write(
+            lambda: [
+                ("DELETE FROM current WHERE club_id = ?", (club_id,)),
+                *self._remember(club_id, command_id, reply),
+            ]
+        )
+
+    @staticmethod
+    def _remember(
+        club_id: str | None, command_id: str | int | None, reply: dict[str, Any] | None
+    ) -> list[tuple[str, tuple[Any, ...]]]:
+        if club_id is None or command_id is None or reply is None:
+            return []
+        return [
+            (
+                "INSERT OR REPLACE INTO command_ids (club_id, command_id, reply) VALUES (?, ?, ?)",
+                (club_id, command_id_key(command_id), _encode(reply)),
+            ),
+            (
+                "DELETE FROM command_ids WHERE club_id = ? AND seq NOT IN "
+                "(SELECT seq FROM command_ids WHERE club_id = ? ORDER BY seq DESC LIMIT ?)",
+                (club_id, club_id, COMMAND_IDS_PER_CLUB),
+            ),
+        ]
+
+    def command_replies(self, club_id: str) -> list[tuple[str, dict[str, Any]]]:
+        """The club's remembered ``(command_id_key, reply)``, oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT command_id, reply FROM command_ids WHERE club_id = ? ORDER BY seq",
+                (club_id,),
+            ).fetchall()
+        return [(key, json.loads(reply)) for key, reply in rows]
+
+    def clubs_with_command_ids(self) -> list[str]:
+        with self._lock:
+            rows = self._db.execute("SELECT DISTINCT club_id FROM command_ids").fetchall()
+        return [club for (club,) in rows]
 
     def log(self, match_id: str) -> list[dict[str, Any]]:
         with self._lock:
@@ -148,6 +246,19 @@ class MatchStore:
                 (club_id,),
             ).fetchall()
         return [match_id for (match_id,) in rows]
+
+
+def command_id_key(command_id: str | int) -> str:
+    """How a command id is keyed: its JSON (the int 7 and the string "7" are two ids)."""
+    return json.dumps(command_id, ensure_ascii=False)
+
+
+def _encode(value: Any) -> str:
+    """JSON text SQLite can store: a string that is not valid Unicode (a lone surrogate)
+    raises here, inside the transaction, and the write is rolled back."""
+    text = json.dumps(value, ensure_ascii=False, allow_nan=False)
+    text.encode("utf-8")
+    return text
 
 
 def new_match_id(now: float | None = None) -> str:

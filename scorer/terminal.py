@@ -18,9 +18,12 @@ import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from typing import Any, TextIO
 
 from scorer.client import (
+    RESEND,
+    CommandTooLarge,
     ConnectFailed,
     NoReply,
     NotConnected,
@@ -198,7 +201,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--first-server", type=int, default=1, choices=(1, 2))
     parser.add_argument("--force", action="store_true", help="replace a match in progress")
-    parser.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for replies")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=RESEND.total,
+        help=f"seconds to wait (resending) for each reply (default {RESEND.total:g})",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -221,16 +229,24 @@ def main(args: argparse.Namespace) -> int:
             address,
             args.club,
             password=password,
-            timeout=args.timeout,
             on_snapshot=show_snapshot,
+            resend=replace(RESEND, total=args.timeout),
         )
     except ConnectFailed as exc:
         screen.say(f"rallycast score: {exc}")
         return 1
 
     def send(command: dict[str, Any], label: str | None = None) -> bool:
+        # Done = the service's reply for this command's id; until then the client resends
+        # the same id (docs/protocol.md, "End-to-end delivery").
+        what = label or str(command.get("cmd"))
         try:
-            reply = client.send(command)
+            reply = client.send(
+                command, on_pending=lambda: screen.say(f"pending... ({what}: no reply yet)")
+            )
+        except CommandTooLarge as exc:
+            screen.say(f"not sent: {exc}")
+            return False
         except NotConnected as exc:
             screen.say(f"not sent yet: {exc}")
             return False
@@ -238,7 +254,7 @@ def main(args: argparse.Namespace) -> int:
             screen.say(f"no reply: {exc}")
             return False
         if reply.get("ok"):
-            screen.say(f"ok ({label or command.get('cmd')}, rev {reply.get('rev')})")
+            screen.say(f"done ({what}, rev {reply.get('rev')})")
             return True
         screen.say(f"refused: {reply.get('error')}")
         return False

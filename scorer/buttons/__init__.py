@@ -95,7 +95,11 @@ def main(args: argparse.Namespace) -> int:
     from scorer.client import ConnectFailed
 
     runner = ButtonRunner(
-        config.boards, broker=config.settings.broker_url, passwords=config.passwords
+        config.boards,
+        broker=config.settings.broker_url,
+        passwords=config.passwords,
+        state_dir=config.settings.data_dir / "buttons",
+        max_payload_bytes=config.settings.max_payload_bytes,
     )
     try:
         runner.start()

@@ -55,13 +55,19 @@ class Press:
     quad, penta, hold, release, down, up, or the device's own word when it is none of those.
     ``serial``: the device's own counter or timestamp for this event when it sends one (Shelly),
     so a repeat of the same event can be recognised. ``via``: which of the device's topics
-    carried it, for devices that report one press on two topics (Zigbee2MQTT).
+    carried it, for devices that report one press on two topics (Zigbee2MQTT). ``level``:
+    for devices that publish a button's state (ESPHome ``ON``/``OFF``), the state this message
+    reports, so a state published again (after a reconnect) is not taken for a new press.
+
+    ``gesture`` ``""`` is no gesture: a report of the device's counter only (a Shelly that
+    restarted publishes ``{"event": "", "event_cnt": 0}``).
     """
 
     button: str
     gesture: str
     serial: str | None = None
     via: str = ""
+    level: str | None = None
 
 
 class BadPayload(ValueError):
@@ -184,9 +190,9 @@ class ESPHomeDecoder:
             return []
         state = _text(message.payload).strip().upper()
         if state == "ON":
-            return [Press(name, "single")]
+            return [Press(name, "single", level="on")]
         if state == "OFF":
-            return []  # the release
+            return [Press(name, "release", level="off")]
         raise BadPayload(f"ESPHome binary_sensor state {state[:40]!r} is neither ON nor OFF")
 
 
@@ -306,7 +312,8 @@ class ShellyGen1Decoder:
         if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
             raise BadPayload(f"Shelly event_cnt {count!r} is not a whole number")
         if not event:
-            return []  # published after a restart: no press yet
+            # Published after a restart: no press, but the counter starts again from here.
+            return [] if count is None else [Press(channel, "", serial=str(count))]
         gesture = SHELLY1_EVENTS.get(event.upper(), event.lower())
         return [Press(channel, gesture, serial=None if count is None else str(count))]
 

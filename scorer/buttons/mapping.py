@@ -4,17 +4,25 @@ A ``Board`` owns one device's decoder and rules, and keeps the little state that
 needs: what it has seen recently. ``Board.handle(message, now)`` runs the whole pipeline for one
 MQTT message and returns one ``Verdict`` per press (a command to send, or why not):
 
-1. a message with the retain flag is dropped: it is a stored state replayed on (re)subscribe,
-   not a press that just happened;
-2. the decoder turns the message into presses (``BadPayload`` propagates to the caller);
-3. repeats are dropped: an event carrying the same device counter as one seen in the last
-   minute (Shelly ``event_cnt``/``ts``), and the second copy of a Zigbee2MQTT press reported on
-   both of its topics;
+1. the decoder turns the message into presses (``BadPayload`` propagates to the caller);
+2. a message with the retain flag presses nothing: it is a stored state replayed on
+   (re)subscribe, not a press that just happened; its counter or state is remembered, so the
+   same event published again later is not a press either;
+3. repeats are dropped: an event whose device counter has not moved since the last one of
+   that input (a Shelly resends its last ``input_event`` about every 30 s, whichever match is
+   on), a counter seen in the last minute (copies that arrive out of order), a state
+   published again without a change (ESPHome ``ON`` after ``ON``), and the second copy of a
+   Zigbee2MQTT press reported on both of its topics;
 4. debounce: the same gesture on the same button within ``debounce_ms`` of the last one that
    counted is one press (a double tap the device reports as "double" is a different gesture,
    so it is not affected);
 5. the button's rule turns the gesture into an action, and the action into the engine's command,
-   with an ``id`` derived from the device message so a resend is idempotent at the service.
+   with an ``id`` unique to this press (from the device's counter and the input's
+   generation, which changes when the counter goes back after a device restart), so the
+   service applies a press once however often it arrives.
+
+What a board remembers per input (last counter, generation, last state) is ``memory()``;
+``restore()`` takes it back after a restart (the runner keeps it in its state dir).
 """
 
 from __future__ import annotations
@@ -22,10 +30,10 @@ from __future__ import annotations
 import hashlib
 import re
 from collections import OrderedDict, deque
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from scorer.buttons.decoders import Decoder, DeviceMessage, Press
+from scorer.buttons.decoders import BadPayload, Decoder, DeviceMessage, Press
 
 DEFAULT_DEBOUNCE_MS = 300
 # A device counter seen within this many seconds marks a repeat of the same event.
@@ -158,6 +166,10 @@ class Board:
     _serials: OrderedDict[tuple[str, str, str], float] = field(default_factory=OrderedDict)
     _unpaired: dict[str, deque[tuple[str, str, float]]] = field(default_factory=dict)
     _last_counted: dict[tuple[str, str], float] = field(default_factory=dict)
+    # Per input ("<topic> <button>"): {"serial": last counter, "generation": n, "level": s}.
+    _inputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Bumped on every change of ``_inputs`` (the runner saves the memory when it moves).
+    memory_version: int = 0
     # Which side stands at the left end now (from the club's snapshots; 1 at the start).
     left_side: int = 1
     _presses_sent: int = 0
@@ -173,11 +185,62 @@ class Board:
         """All verdicts for one message; ``now`` in seconds (wall clock: it goes into ids).
         Raises ``BadPayload`` for a message that cannot be read."""
         if message.retain:
+            try:  # remember its counter: the same event again is no press either
+                for press in self.spec.decoder.decode(message):
+                    if press.serial is not None:  # (a retained ON/OFF says little: skipped)
+                        self._moved(message, replace(press, level=None))
+            except BadPayload:
+                pass
             return [Verdict(None, None, "retained message: a stored state, not a new press")]
         presses = self.spec.decoder.decode(message)
         return [self._verdict(message, press, index, now) for index, press in enumerate(presses)]
 
+    def memory(self) -> dict[str, dict[str, Any]]:
+        """What the board remembers per input (JSON-able), for ``restore``."""
+        return {key: dict(value) for key, value in self._inputs.items()}
+
+    def restore(self, memory: Any) -> None:
+        """Take back ``memory()`` from an earlier run; anything unreadable is skipped."""
+        if not isinstance(memory, dict):
+            return
+        for key, value in memory.items():
+            if isinstance(key, str) and isinstance(value, dict):
+                self._inputs[key] = {
+                    "serial": value.get("serial") if isinstance(value.get("serial"), str) else None,
+                    "generation": value.get("generation")
+                    if isinstance(value.get("generation"), int)
+                    else 0,
+                    "level": value.get("level") if isinstance(value.get("level"), str) else None,
+                }
+
+    def _moved(self, message: DeviceMessage, press: Press) -> str | None:
+        """Record this press's counter / state for its input; the reason it is NOT a new
+        press (the counter has not moved, the state has not changed), or None."""
+        key = f"{message.topic} {press.button}"
+        known = self._inputs.get(key)
+        record = dict(known) if known else {"serial": None, "generation": 0, "level": None}
+        reason = None
+        if press.serial is not None:
+            if known is not None and known.get("serial") == press.serial:
+                reason = f"repeat of device event {press.serial} (its counter has not moved)"
+            elif known is not None and _went_back(known.get("serial"), press.serial):
+                record["generation"] = int(record.get("generation") or 0) + 1  # restarted
+            record["serial"] = press.serial
+        if press.level is not None:
+            if known is not None and known.get("level") == press.level:
+                reason = f"state {press.level!r} published again (no change)"
+            record["level"] = press.level
+        if record != known and (press.serial is not None or press.level is not None):
+            self._inputs[key] = record
+            self.memory_version += 1
+        return reason
+
     def _verdict(self, message: DeviceMessage, press: Press, index: int, now: float) -> Verdict:
+        not_moved = self._moved(message, press)
+        if not_moved is not None:
+            return Verdict(press, None, not_moved)
+        if not press.gesture:
+            return Verdict(press, None, f"device counter reset to {press.serial} (a restart)")
         if press.serial is not None and self._seen_serial(press, now):
             return Verdict(press, None, f"repeat of device event {press.serial}")
         if press.via and self._pairs_with_other_topic(press, now):
@@ -197,6 +260,10 @@ class Board:
         assert command is not None
         command["id"] = self._command_id(message, press, index, now)
         return Verdict(press, command, "sent", action)
+
+    def generation(self, message: DeviceMessage, press: Press) -> int:
+        known = self._inputs.get(f"{message.topic} {press.button}")
+        return int(known.get("generation") or 0) if known else 0
 
     def _seen_serial(self, press: Press, now: float) -> bool:
         assert press.serial is not None
@@ -228,12 +295,13 @@ class Board:
         return False
 
     def _command_id(self, message: DeviceMessage, press: Press, index: int, now: float) -> str:
-        # The device's own counter when it has one (a resend of the same event gets the same
-        # id); otherwise the arrival time in ms and this board's press count, so two identical
-        # presses stay two commands even within one millisecond.
+        # The device's own counter when it has one, with the input's generation (a counter
+        # that starts again after a device restart makes new ids); otherwise the arrival time
+        # in ms and this board's press count, so two identical presses stay two commands even
+        # within one millisecond. The runner resends a press with its id until the reply.
         self._presses_sent += 1
         if press.serial is not None:
-            when = press.serial
+            when = f"{press.serial}@{self.generation(message, press)}"
         else:
             when = f"{round(now * 1000)}.{self._presses_sent}"
         digest = hashlib.sha256(
@@ -248,3 +316,11 @@ class Board:
             )
         ).hexdigest()[:16]
         return f"btn-{self.spec.name}-{digest}"
+
+
+def _went_back(before: Any, now: str) -> bool:
+    """True when a device counter is lower than before (the device restarted)."""
+    try:
+        return float(now) < float(before)
+    except (TypeError, ValueError):
+        return False

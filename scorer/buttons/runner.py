@@ -4,6 +4,12 @@ score commands their presses mean. ``rallycast buttons`` runs it; it is also usa
 
 One MQTT connection per club, logged in as the club's scorer user (named after the club): that
 user may read the device topics and publish the club's commands, and nothing of other clubs.
+
+A press is done when the service's reply for its command id arrives; until then the runner
+resends the same command (0.5 s, doubling to 4 s, at once after a reconnect, 30 s in all:
+docs/protocol.md "End-to-end delivery"). What each board remembers of its devices (the last
+counter of every input) is kept in ``state_dir`` so a restart does not press a device's
+periodic resend again.
 Sessions are clean: a press made while the runner was away is not applied minutes later when it
 comes back (the scorer sees the score did not move and presses again), and the broker's stored
 states replayed on subscribe arrive with the retain flag, which the boards ignore.
@@ -13,11 +19,14 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
@@ -25,8 +34,13 @@ from scorer import topics
 from scorer.buttons.decoders import BadPayload, DeviceMessage
 from scorer.buttons.mapping import Board, BoardSpec, Verdict
 from scorer.client import (
+    DEFAULT_MAX_PAYLOAD_BYTES,
+    RESEND,
     BrokerAddress,
+    CommandTooLarge,
     ConnectFailed,
+    ResendPolicy,
+    check_payload_size,
     connect_and_wait,
     make_client,
     resolve_address,
@@ -35,13 +49,26 @@ from scorer.config import Settings
 
 log = logging.getLogger("rallycast.buttons")
 
-# Commands whose reply we still wait for, per club (to log refusals); older ones are forgotten.
+# Commands whose reply we still wait for (resending them), per club; older ones are dropped.
 PENDING_REPLIES = 256
+RESEND_TICK = 0.1  # seconds between looks at what is due for a resend
 PAYLOAD_IN_LOG = 120
 # paho's reconnect backoff cap (seconds): boards must work again soon after a broker restart.
 RECONNECT_MAX_DELAY = 8
 
 VerdictHook = Callable[[Board, DeviceMessage, Verdict], None]
+
+
+@dataclass
+class PendingPress:
+    """A command sent for a press and not answered yet."""
+
+    payload: bytes
+    what: str
+    first_sent: float  # time.monotonic()
+    next_send: float
+    interval: float
+    sends: int = 1
 
 
 class ButtonRunner:
@@ -59,6 +86,9 @@ class ButtonRunner:
         client_id_prefix: str = "rallycast-buttons",
         connect_timeout: float = 10.0,
         on_verdict: VerdictHook | None = None,
+        state_dir: Path | None = None,
+        resend: ResendPolicy = RESEND,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         by_club: dict[str, list[BoardSpec]] = {}
         for spec in boards:
@@ -75,6 +105,9 @@ class ButtonRunner:
                 client_id=f"{client_id_prefix}-{club}",
                 clock=clock,
                 on_verdict=on_verdict,
+                state_file=None if state_dir is None else state_dir / f"buttons-{club}.json",
+                resend=resend,
+                max_payload_bytes=max_payload_bytes,
             )
             for club, specs in by_club.items()
         }
@@ -117,8 +150,14 @@ class ClubLink:
         client_id: str,
         clock: Callable[[], float],
         on_verdict: VerdictHook | None,
+        state_file: Path | None = None,
+        resend: ResendPolicy = RESEND,
+        max_payload_bytes: int = DEFAULT_MAX_PAYLOAD_BYTES,
     ) -> None:
         self.club = club
+        self.state_file = state_file
+        self.resend = resend
+        self.max_payload_bytes = max_payload_bytes
         self.address = address
         self.boards = [Board(spec) for spec in specs]
         self.clock = clock
@@ -128,7 +167,13 @@ class ClubLink:
         self.game_topic = topics.game(club)
         self.command_topic = topics.commands(club)
         self._filters = list(dict.fromkeys(f for b in self.boards for f in b.subscriptions()))
-        self._pending: OrderedDict[str, str] = OrderedDict()
+        self._pending: OrderedDict[str, PendingPress] = OrderedDict()
+        self._pending_lock = threading.Lock()  # paho's thread and the resend thread
+        self._saved_versions: dict[str, int] = {}
+        self._restore()
+        # Presses done (their reply came) and given up, over this link's life.
+        self.done = 0
+        self.given_up = 0
         self._subscribing: dict[int, list[str]] = {}
         self._first_suback: queue.Queue[list[str]] = queue.Queue()
         self._stopping = threading.Event()
@@ -144,7 +189,11 @@ class ClubLink:
         self.client.on_message = self._on_message
 
     def start(self, timeout: float) -> None:
+        self._stopping.clear()
         connect_and_wait(self.client, self.address, timeout)
+        threading.Thread(
+            target=self._resend_loop, name=f"rallycast-resend-{self.club}", daemon=True
+        ).start()
         try:
             refused = self._first_suback.get(timeout=timeout)
         except queue.Empty:
@@ -201,6 +250,11 @@ class ClubLink:
         self.subscribed_count += 1
         self.ready.set()
         self._first_suback.put(refused)
+        # Back (re)subscribed: every press still waiting for its reply is resent at once.
+        with self._pending_lock:
+            now = time.monotonic()
+            for pending in self._pending.values():
+                pending.next_send = now
 
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
         # Never let an exception escape: it would stop paho's network thread.
@@ -215,6 +269,7 @@ class ClubLink:
             for board in self.boards:
                 if any(mqtt.topic_matches_sub(f, message.topic) for f in board.subscriptions()):
                     self._handle(board, device_message)
+            self._save()
         except Exception:
             log.exception("club %s: failed to handle a message on %s", self.club, message.topic)
 
@@ -249,17 +304,110 @@ class ClubLink:
     def _publish(self, board: Board, verdict: Verdict) -> None:
         assert verdict.command is not None and verdict.press is not None
         command_id = str(verdict.command["id"])
-        payload = json.dumps(verdict.command, separators=(",", ":"))
-        info = self.client.publish(self.command_topic, payload, qos=1)
+        payload = json.dumps(verdict.command, separators=(",", ":")).encode()
         what = f"button {verdict.press.button} {verdict.press.gesture} -> {verdict.action}"
+        try:
+            check_payload_size(payload, self.max_payload_bytes)
+        except CommandTooLarge as exc:
+            log.error("board %s: %s NOT sent: %s", board.name, what, exc)
+            return
+        info = self.client.publish(self.command_topic, payload, qos=1)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.error("board %s: %s NOT sent: %s", board.name, what, mqtt.error_string(info.rc))
             return
         # NO_CONN: paho keeps QoS 1 messages and sends them once it has reconnected.
         log.info("board %s: %s: sent %s to %s", board.name, what, payload, self.command_topic)
-        self._pending[command_id] = f"board {board.name}: {what}"
-        while len(self._pending) > PENDING_REPLIES:
-            self._pending.popitem(last=False)
+        now = time.monotonic()
+        with self._pending_lock:
+            self._pending[command_id] = PendingPress(
+                payload,
+                f"board {board.name}: {what}",
+                first_sent=now,
+                next_send=now + self.resend.first,
+                interval=self.resend.first,
+            )
+            while len(self._pending) > PENDING_REPLIES:
+                _, dropped = self._pending.popitem(last=False)
+                log.error("%s: given up (too many presses waiting for a reply)", dropped.what)
+                self.given_up += 1
+
+    def pending(self) -> list[str]:
+        """The ids of the presses still waiting for their reply."""
+        with self._pending_lock:
+            return list(self._pending)
+
+    def _resend_loop(self) -> None:
+        while not self._stopping.wait(RESEND_TICK):
+            try:
+                self._resend_due()
+            except Exception:  # the resends must go on
+                log.exception("club %s: resending failed", self.club)
+
+    def _resend_due(self) -> None:
+        now = time.monotonic()
+        due: list[PendingPress] = []
+        with self._pending_lock:
+            for command_id, pending in list(self._pending.items()):
+                if now - pending.first_sent >= self.resend.total:
+                    del self._pending[command_id]
+                    self.given_up += 1
+                    log.error(
+                        "%s: no reply from the scorer service within %g s (%d sends): given "
+                        "up; is the service running? (status on %s)",
+                        pending.what,
+                        self.resend.total,
+                        pending.sends,
+                        topics.SCORER_STATUS,
+                    )
+                elif now >= pending.next_send and self.ready.is_set():
+                    pending.sends += 1
+                    pending.next_send = now + pending.interval
+                    pending.interval = self.resend.next_interval(pending.interval)
+                    due.append(pending)
+        for pending in due:
+            log.info("%s: no reply yet, resent (send %d)", pending.what, pending.sends)
+            self.client.publish(self.command_topic, pending.payload, qos=1)
+
+    # --- what the boards remember, across restarts ------------------------------------------
+
+    def _restore(self) -> None:
+        if self.state_file is None:
+            return
+        try:
+            saved = json.loads(self.state_file.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError) as exc:
+            log.warning(
+                "club %s: cannot read %s (%s): starting afresh", self.club, self.state_file, exc
+            )
+            return
+        if not isinstance(saved, dict):
+            return
+        for board in self.boards:
+            board.restore(saved.get(board.name))
+            self._saved_versions[board.name] = board.memory_version
+
+    def _save(self) -> None:
+        if self.state_file is None:
+            return
+        if all(self._saved_versions.get(b.name) == b.memory_version for b in self.boards):
+            return
+        state = {board.name: board.memory() for board in self.boards}
+        try:
+            self.state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+            temporary = self.state_file.with_suffix(".tmp")
+            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(state, handle)
+            os.replace(temporary, self.state_file)
+        except OSError as exc:
+            log.error(
+                "club %s: cannot save the boards' memory to %s: %s", self.club, self.state_file, exc
+            )
+            return
+        for board in self.boards:
+            self._saved_versions[board.name] = board.memory_version
 
     def _on_snapshot(self, payload: bytes) -> None:
         left_side = 1  # no match (empty payload) or a snapshot without the field
@@ -282,13 +430,15 @@ class ClubLink:
             return
         if not isinstance(reply, dict):
             return
-        what = self._pending.pop(str(reply.get("id")), None)
-        if what is None:
-            return  # another scorer's command
+        with self._pending_lock:
+            pending = self._pending.pop(str(reply.get("id")), None)
+        if pending is None:
+            return  # another scorer's command, or a second reply to a resend
+        self.done += 1
         if reply.get("ok"):
-            log.debug("%s: accepted (rev %s)", what, reply.get("rev"))
+            log.debug("%s: accepted (rev %s)", pending.what, reply.get("rev"))
         else:
-            log.warning("%s: refused by the scorer service: %s", what, reply.get("error"))
+            log.warning("%s: refused by the scorer service: %s", pending.what, reply.get("error"))
 
 
 def _short(payload: bytes) -> str:

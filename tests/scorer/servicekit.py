@@ -195,6 +195,7 @@ class Scorer:
 
     def __init__(self, endpoint: Any, club_id: str, user: str | None = None) -> None:
         self.club_id = club_id
+        self.watcher_endpoint = endpoint
         self.watcher = Watcher(
             endpoint,
             topics.replies(club_id),
@@ -234,3 +235,76 @@ def wait_for(predicate: Any, timeout: float = WAIT, interval: float = 0.05) -> A
             return value
         time.sleep(interval)
     raise AssertionError("condition not met in time")
+
+
+class FreezableProxy:
+    """A TCP proxy on 127.0.0.1 between one client and the broker whose broker -> client
+    direction can be frozen (``freeze()``: nothing more is read from the broker, so nothing
+    reaches the client; the client -> broker direction keeps flowing) and thawed
+    (``thaw()``: what the broker sent meanwhile arrives). Models a subscriber stall."""
+
+    def __init__(self, host: str, port: int) -> None:
+        import socket
+
+        self.upstream = (host, port)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.flowing = threading.Event()
+        self.flowing.set()
+        self.closed = threading.Event()
+        self._sockets: list[Any] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def freeze(self) -> None:
+        self.flowing.clear()
+
+    def thaw(self) -> None:
+        self.flowing.set()
+
+    def _accept(self) -> None:
+        import socket
+
+        while not self.closed.is_set():
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            try:
+                broker = socket.create_connection(self.upstream, timeout=WAIT)
+                broker.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            self._sockets += [client, broker]
+            threading.Thread(target=self._pump, args=(client, broker, False), daemon=True).start()
+            threading.Thread(target=self._pump, args=(broker, client, True), daemon=True).start()
+
+    def _pump(self, source: Any, target: Any, freezable: bool) -> None:
+        try:
+            while not self.closed.is_set():
+                if freezable:
+                    while not self.flowing.wait(0.1):
+                        if self.closed.is_set():
+                            return
+                data = source.recv(65536)
+                if not data:
+                    break
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closed.set()
+        self.flowing.set()
+        self.listener.close()
+        for sock in self._sockets:
+            try:
+                sock.close()
+            except OSError:
+                pass

@@ -74,12 +74,13 @@ def test_tasmota_result_that_is_not_json_is_a_bad_payload() -> None:
 # --- ESPHome ------------------------------------------------------------------------------
 
 
-def test_esphome_on_is_a_press_of_the_named_sensor_and_off_is_nothing() -> None:
+def test_esphome_on_is_a_press_of_the_named_sensor_and_off_its_release() -> None:
     decoder = ESPHomeDecoder("boards/table1")
     assert decoder.subscriptions() == ["boards/table1/binary_sensor/+/state"]
-    assert decoder.decode(ESPHOME["left_on"]) == [Press("left_button", "single")]
-    assert decoder.decode(ESPHOME["right_on"]) == [Press("right_button", "single")]
-    assert decoder.decode(ESPHOME["left_off"]) == []
+    assert decoder.decode(ESPHOME["left_on"]) == [Press("left_button", "single", level="on")]
+    assert decoder.decode(ESPHOME["right_on"]) == [Press("right_button", "single", level="on")]
+    # The release carries the state, so an ON published again without an OFF is no press.
+    assert decoder.decode(ESPHOME["left_off"]) == [Press("left_button", "release", level="off")]
     assert decoder.decode(ESPHOME["status_online"]) == []
 
 
@@ -177,7 +178,8 @@ def test_shelly_gen1_input_events_carry_their_event_count(
 def test_shelly_gen1_restart_message_and_battery_are_not_presses() -> None:
     decoder = ShellyGen1Decoder("shellybutton1-A4CF12F45301")
     assert decoder.subscriptions() == ["shellies/shellybutton1-A4CF12F45301/input_event/+"]
-    assert decoder.decode(SHELLY1["after_restart"]) == []
+    # No gesture: only the counter, which starts again after the restart.
+    assert decoder.decode(SHELLY1["after_restart"]) == [Press("0", "", serial="0")]
     assert decoder.decode(SHELLY1["battery"]) == []
 
 

@@ -228,10 +228,52 @@ def test_shelly_gen1_repeated_event_count_is_one_press() -> None:
     assert len(commands(shelly.handle(SHELLY1["button_s_next"], T0 + 4))) == 1
 
 
-def test_shelly_gen1_count_reused_long_after_a_restart_is_a_new_press() -> None:
+def test_shelly_gen1_count_that_has_not_moved_is_never_a_press_however_late() -> None:
+    # A Shelly resends its last input_event about every 30 s: the same event_cnt.
     shelly = board(kind="shelly1", device="shellybutton1-A4CF12F45301", side=1)
-    assert len(commands(shelly.handle(SHELLY1["button_s"], T0))) == 1
-    assert len(commands(shelly.handle(SHELLY1["button_s_again"], T0 + 600))) == 1
+    (first,) = shelly.handle(SHELLY1["button_s"], T0)
+    assert first.command is not None
+    for later in (30, 60, 90, 600, 86_400):
+        (again,) = shelly.handle(SHELLY1["button_s_again"], T0 + later)
+        assert again.command is None and "has not moved" in again.reason, later
+
+
+def test_shelly_gen1_counter_that_starts_again_after_a_restart_makes_new_ids() -> None:
+    shelly = board(kind="shelly1", device="shellybutton1-A4CF12F45301", side=1)
+    (first,) = shelly.handle(SHELLY1["button_s"], T0)  # event_cnt 12
+    (reset,) = shelly.handle(SHELLY1["after_restart"], T0 + 100)  # event_cnt 0, no event
+    assert reset.command is None and "reset" in reset.reason
+    (again,) = shelly.handle(SHELLY1["button_s"], T0 + 200)  # event_cnt 12 again: a press
+    assert again.command is not None and again.command["id"] != first.command["id"]
+
+
+def test_a_board_restored_from_its_memory_does_not_press_the_last_event_again() -> None:
+    first = board(kind="shelly1", device="shellybutton1-A4CF12F45301", side=1)
+    assert commands(first.handle(SHELLY1["button_s"], T0))
+    second = board(kind="shelly1", device="shellybutton1-A4CF12F45301", side=1)
+    second.restore(first.memory())
+    assert commands(second.handle(SHELLY1["button_s_again"], T0 + 45)) == []
+    assert commands(second.handle(SHELLY1["button_s_next"], T0 + 50))
+    second.restore({"x": "junk", 3: {}, "y": {"serial": 5, "generation": "n"}})  # no crash
+
+
+def test_a_retained_event_sets_the_counter_so_its_live_resend_is_no_press() -> None:
+    shelly = board(kind="shelly1", device="shellybutton1-A4CF12F45301", side=1)
+    retained = DeviceMessage(SHELLY1["button_s"].topic, SHELLY1["button_s"].payload, True)
+    (verdict,) = shelly.handle(retained, T0)
+    assert verdict.command is None and "retained" in verdict.reason
+    assert commands(shelly.handle(SHELLY1["button_s_again"], T0 + 30)) == []
+    assert commands(shelly.handle(SHELLY1["button_s_next"], T0 + 31))
+
+
+def test_esphome_on_published_again_without_an_off_is_no_press() -> None:
+    # ESPHome publishes its states again after a reconnect.
+    esphome = board(kind="esphome", topic_prefix="boards/table1", side=1)
+    assert commands(esphome.handle(ESPHOME["left_on"], T0))
+    (again,) = esphome.handle(ESPHOME["left_on"], T0 + 5)
+    assert again.command is None and "no change" in again.reason
+    assert commands(esphome.handle(ESPHOME["left_off"], T0 + 6)) == []
+    assert commands(esphome.handle(ESPHOME["left_on"], T0 + 7))
 
 
 def test_shelly_gen2_repeated_frame_is_one_press_and_one_frame_can_score_both_sides() -> None:
@@ -297,8 +339,8 @@ def test_two_identical_presses_at_different_times_get_different_ids() -> None:
 
 
 def test_a_device_event_resent_to_a_fresh_runner_gets_the_same_id() -> None:
-    # The same Shelly event (same event_cnt) seen by two runs of the runner, minutes apart:
-    # the service sees one id and applies it once.
+    # The same Shelly event (same event_cnt) seen by two runs of the runner without their
+    # memory, minutes apart: the service sees one id and applies it once (its id index).
     first = board(kind="shelly1", device="shellybutton1-A4CF12F45301", side=1)
     second = board(kind="shelly1", device="shellybutton1-A4CF12F45301", side=1)
     (a,) = first.handle(SHELLY1["button_s"], T0)
@@ -341,3 +383,29 @@ def test_actions_may_name_an_end_instead_of_a_side() -> None:
     assert (action.verb, action.side) == ("timeout", "right")
     assert action.command(None, left_side=1) == {"cmd": "timeout", "side": 2}
     assert action.command(None, left_side=2) == {"cmd": "timeout", "side": 1}
+
+
+def test_shelly_gen2_frame_resent_long_after_is_no_press() -> None:
+    shelly = board(kind="shelly2", topic_prefix="shellies/table1", buttons={"0": 1, "1": 2})
+    assert commands(shelly.handle(SHELLY2["single_push"], T0))
+    for later in (61, 600):
+        assert commands(shelly.handle(SHELLY2["single_push_again"], T0 + later)) == [], later
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ({"kind": "tasmota", "topic": "table1-buttons", "side": 1}, TASMOTA["button1_single"]),
+        ({"kind": "esphome", "topic_prefix": "boards/table1", "side": 1}, ESPHOME["left_on"]),
+        ({"kind": "zigbee2mqtt", "device": "table1-left", "side": 1}, ZIGBEE["state_single"]),
+        (
+            {"kind": "shelly1", "device": "shellybutton1-A4CF12F45301", "side": 1},
+            SHELLY1["button_s"],
+        ),
+        ({"kind": "shelly2", "topic_prefix": "shellies/table1", "side": 1}, SHELLY2["single_push"]),
+    ],
+)
+def test_every_kind_ignores_a_stored_state_replayed_at_subscribe(table, message) -> None:
+    replayed = DeviceMessage(message.topic, message.payload, retain=True)
+    verdicts = board(**table).handle(replayed, T0)
+    assert commands(verdicts) == [] and "retained" in verdicts[0].reason

@@ -27,6 +27,7 @@ from tests.scorer.payloads import ESPHOME, SHELLY1, TASMOTA, ZIGBEE
 REPO = Path(__file__).resolve().parents[2]
 WAIT = 5.0
 QUIET = 0.8  # seconds of silence that show a command did NOT come
+T0 = 1_764_170_000.0  # a fake wall clock for the runner (only differences matter)
 
 TASMOTA_BOARD = {
     "name": "table1",
@@ -61,7 +62,14 @@ def publish(device, message, *, retain: bool | None = None) -> None:
 
 
 def commands(recorder) -> list[dict]:
-    return [json.loads(m.payload) for m in recorder.messages if m.topic.endswith("/game/cmd")]
+    """One command per press: a press the service has not answered is resent with the same
+    id (no service runs in most of these tests), so copies of an id count once."""
+    by_id: dict = {}
+    for message in recorder.messages:
+        if message.topic.endswith("/game/cmd"):
+            command = json.loads(message.payload)
+            by_id.setdefault(command["id"], command)
+    return list(by_id.values())
 
 
 def test_tasmota_press_becomes_a_command_on_the_clubs_command_topic(any_broker) -> None:
@@ -295,3 +303,136 @@ def test_left_end_button_scores_for_whoever_stands_there_after_the_ends_change(
             0,
             1,
         )
+
+
+# --- nothing invented: a device's periodic resend; end-to-end delivery of presses ----------
+
+
+class Verdicts:
+    """Every verdict the runner reaches, to wait on instead of sleeping."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self.queue: queue.Queue = queue.Queue()
+
+    def __call__(self, board, message, verdict) -> None:
+        self.queue.put(verdict)
+
+    def next(self, timeout: float = WAIT):
+        return self.queue.get(timeout=timeout)
+
+
+SHELLY_IX3 = {
+    "name": "ix3",
+    "club": "alpha",
+    "kind": "shelly1",
+    "device": "shellyix3-XXXX",
+    "buttons": {"0": 1},
+}
+IX3_TOPIC = "shellies/shellyix3-XXXX/input_event/0"
+IX3_EVENT = b'{"event":"S","event_cnt":4}'
+
+
+def ix3_runner(endpoint, clock, verdicts, state_dir) -> ButtonRunner:
+    return ButtonRunner(
+        parse_boards([SHELLY_IX3]),
+        broker=endpoint.url(),
+        passwords={"alpha": endpoint.users["alpha"]},
+        connect_timeout=WAIT,
+        clock=clock,
+        on_verdict=verdicts,
+        state_dir=state_dir,
+    )
+
+
+def test_a_shellys_periodic_resend_never_scores_in_this_match_nor_the_next(
+    any_broker, tmp_path
+) -> None:
+    # The issue's timeline: match A, the Shelly's event at t0, its resends at +30 s, +60 s
+    # and +90 s, match B force-started at +35 s. Only the press at t0 scores (in A).
+    now = [T0]
+    verdicts = Verdicts()
+    spectator = any_broker.recorder([topics.game("alpha")])
+    scorer = any_broker.recorder([topics.replies("alpha")], user="alpha")
+    device = any_broker.client("alpha")
+
+    def command(body: dict, rev: int) -> dict:
+        scorer.client.publish(topics.commands("alpha"), json.dumps(body), qos=1)
+        return latest_snapshot(spectator, rev)
+
+    def device_event(at: float):
+        now[0] = T0 + at
+        device.publish(IX3_TOPIC, IX3_EVENT, qos=1).wait_for_publish(WAIT)
+        return verdicts.next()
+
+    state_dir = tmp_path / "buttons"
+    with scorer_service(any_broker, tmp_path / "service"):
+        start = {"cmd": "start", "player1": "Ann", "player2": "Bob"}
+        match_a = command(dict(start, id="a"), 1)["match_id"]
+        runner = ix3_runner(any_broker, lambda: now[0], verdicts, state_dir)
+        with runner:
+            assert device_event(0).command is not None
+            assert latest_snapshot(spectator, 2)["game_data"]["score1"] == 1
+            assert device_event(30).command is None
+            scorer.client.publish(
+                topics.commands("alpha"), json.dumps(dict(start, id="b", force=True)), qos=1
+            )
+            match_b = json.loads(
+                spectator.wait_for(
+                    lambda m: m.payload and json.loads(m.payload)["match_id"] != match_a,
+                    timeout=WAIT,
+                ).payload
+            )
+            for at in (60, 90):
+                verdict = device_event(at)
+                assert verdict.command is None, (at, verdict.reason)
+        # A restart of `rallycast buttons` remembers the counter (its state dir).
+        with ix3_runner(any_broker, lambda: now[0], verdicts, state_dir):
+            verdict = device_event(120)
+            assert verdict.command is None and "has not moved" in verdict.reason
+            device.publish(IX3_TOPIC, b'{"event":"S","event_cnt":5}', qos=1)
+            assert verdicts.next().command is not None  # a real press still counts
+            shown = json.loads(
+                spectator.wait_for(
+                    lambda m: (
+                        m.payload
+                        and json.loads(m.payload)["match_id"] != match_a
+                        and json.loads(m.payload)["rev"] == 2
+                    ),
+                    timeout=WAIT,
+                ).payload
+            )
+        assert shown["match_id"] == match_b["match_id"]
+        assert (shown["game_data"]["score1"], shown["game_data"]["score2"]) == (1, 0)
+    saved = json.loads((state_dir / "buttons-alpha.json").read_text())
+    assert saved["ix3"][f"{IX3_TOPIC} 0"]["serial"] == "5"
+    assert oct((state_dir / "buttons-alpha.json").stat().st_mode & 0o777) == "0o600"
+
+
+def test_a_press_is_resent_with_its_id_until_the_service_answers(any_broker, tmp_path) -> None:
+    # The service is not there when the press is made (a fresh data dir: no session at the
+    # broker keeps the command for it). The runner resends the same id until the reply.
+    verdicts = Verdicts()
+    device = any_broker.client("alpha")
+    spectator = any_broker.recorder([topics.game("alpha")])
+    runner = ButtonRunner(
+        parse_boards([TASMOTA_BOARD]),
+        broker=any_broker.url(),
+        passwords={"alpha": any_broker.users["alpha"]},
+        connect_timeout=WAIT,
+        on_verdict=verdicts,
+    )
+    with runner:
+        link = runner.links["alpha"]
+        publish(device, TASMOTA["button1_single"])
+        press_id = verdicts.next().command["id"]
+        assert link.pending() == [press_id]
+        time.sleep(1.0)  # at least one resend goes nowhere meanwhile
+        with scorer_service(any_broker, tmp_path / "service"):
+            deadline = time.monotonic() + 10
+            while link.pending() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert link.pending() == [] and link.done == 1  # refused (no match): answered
+        assert link.given_up == 0
+    spectator.assert_nothing(0.3)  # no match was invented by the resends

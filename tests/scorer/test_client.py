@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import json
 import queue
+import threading
 
 import pytest
 
 from scorer.client import (
     BrokerUrlError,
+    CommandTooLarge,
     ConnectFailed,
     NoReply,
     NotConnected,
+    ResendPolicy,
     ScoreClient,
     make_client,
     parse_broker_url,
@@ -225,3 +229,64 @@ def test_a_command_sent_while_the_broker_is_away_is_queued_then_sent(any_broker,
         shown = wait_for(lambda: (scorer.snapshot or {}).get("rev") == 2 and scorer.snapshot, 20)
         assert (shown["game_data"]["score1"], shown["game_data"]["score2"]) == (0, 1)
         assert scorer.send({"id": "while-away", "cmd": "point", "side": 2})["rev"] == 2  # once
+
+
+# -- end-to-end delivery: resend the same id until the reply ---------------------------------
+
+
+def test_a_command_the_service_missed_is_resent_with_the_same_id_until_it_answers(
+    any_broker, tmp_path
+):
+    # A fresh data dir has no session at the broker yet: a command published before the
+    # service subscribes goes nowhere. Only a resend of the same id can reach it.
+    with ScoreClient(any_broker.url("alpha"), "alpha", watch_snapshot=False) as scorer:
+        outcome: queue.Queue = queue.Queue()
+        sender = threading.Thread(
+            target=lambda: outcome.put(scorer.send({"id": "late", **START}, timeout=20))
+        )
+        sender.start()
+        wait_for(lambda: scorer.resends >= 1, 10)  # the first copy went nowhere
+        with service_running(any_broker, tmp_path / "service"):
+            sender.join(20)
+            reply = outcome.get_nowait()
+            assert (reply["id"], reply["ok"], reply["rev"]) == ("late", True, 1)
+            # The resends after the first accepted copy were answered, not applied again.
+            assert scorer.send({"cmd": "point", "side": 1})["rev"] == 2
+        assert current_snapshot(any_broker, "alpha")["rev"] == 2
+
+
+def test_a_reply_arrives_once_per_resend_but_the_command_is_applied_once(
+    any_broker, running_service
+):
+    replies: list = []
+    slow = ResendPolicy(first=0.05, longest=0.05, total=5)
+    with ScoreClient(any_broker.url("alpha"), "alpha", on_reply=replies.append) as scorer:
+        assert scorer.send(START)["rev"] == 1
+        scorer.resend = slow
+        scorer._publish(json.dumps({"id": "twice", "cmd": "point", "side": 1}).encode())
+        reply = scorer.send({"id": "twice", "cmd": "point", "side": 1})
+        assert (reply["ok"], reply["rev"]) == (True, 2)
+        wait_for(lambda: len([r for r in replies if r.get("id") == "twice"]) >= 2)
+    assert current_snapshot(any_broker, "alpha")["rev"] == 2
+
+
+def test_an_oversized_command_is_refused_before_it_is_published_and_the_client_goes_on(
+    any_broker, running_service
+):
+    # On mosquitto a QoS 1 publish over message_size_limit gets the client disconnected,
+    # and paho resends it on every reconnect: it would strand the client for good.
+    with ScoreClient(any_broker.url("alpha"), "alpha") as scorer:
+        with pytest.raises(CommandTooLarge, match="too large"):
+            scorer.send(dict(START, player1="A" * 20_000), timeout=3)
+        assert scorer.send(START, timeout=10)["rev"] == 1
+        assert scorer.connected
+    with pytest.raises(CommandTooLarge):
+        send_command(any_broker.url("alpha"), "alpha", {"cmd": "undo", "pad": "x" * 17_000})
+
+
+def test_the_resend_schedule_doubles_to_its_cap():
+    policy = ResendPolicy()
+    intervals = [policy.first]
+    while len(intervals) < 7:
+        intervals.append(policy.next_interval(intervals[-1]))
+    assert intervals == [0.5, 1, 2, 4, 4, 4, 4] and policy.total == 30

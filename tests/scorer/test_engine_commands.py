@@ -203,6 +203,11 @@ def test_start_snapshot_has_the_seed_shape_and_the_scoreboard_fields():
         "left_side": 1,
         "expedite": False,
         "timeouts_used": [0, 0],
+        "can_undo": False,
+        "can_redo": False,
+        "timeout": None,
+        "last_game": None,
+        "ends_changed": False,
         "updated_at": "2025-11-26T15:13:20.250Z",
     }
     assert outcome.event == {
@@ -334,8 +339,8 @@ def test_minus_one_at_zero_is_refused():
     refused(match, "1-", "side 1 has no point to take back in game 1")
 
 
-def test_undo_with_no_points_is_refused():
-    refused(started(), "undo", "no point to take back")
+def test_undo_with_no_change_is_refused():
+    refused(started(), "undo", "nothing to undo")
 
 
 def test_minus_one_removes_that_sides_latest_point_not_the_latest_point():
@@ -356,6 +361,7 @@ def test_undo_removes_the_latest_point_whoever_won_it():
     assert outcome.snapshot["game_data"]["score2"] == 0
     assert outcome.event == {
         "kind": "undo",
+        "change": "point",
         "side": 2,
         "game_no": 1,
         "score": [2, 0],
@@ -424,7 +430,12 @@ def test_undo_of_the_first_point_of_game_2_goes_back_between_games():
     between = press(match, *["1+"] * 11).snapshot
     press(match, "2+")
     snapshot = press(match, "undo").snapshot
-    assert {**snapshot, "rev": 0, "updated_at": ""} == {**between, "rev": 0, "updated_at": ""}
+    # the same except the clock, that the undo can be redone, and that this change (unlike
+    # the game-winning point) did not move the players to the other ends
+    assert snapshot["can_redo"] is True and snapshot["ends_changed"] is False
+    assert between["can_redo"] is False and between["ends_changed"] is True
+    ignored = {"rev": 0, "updated_at": "", "can_redo": None, "ends_changed": None}
+    assert {**snapshot, **ignored} == {**between, **ignored}
 
 
 # ---------------------------------------------------------------- abandon

@@ -437,13 +437,22 @@ def test_r9_correction_in_game_1_carries_into_game_2s_first_server():
     assert snapshot["game_data"]["server"] == 1  # game 1's first receiver serves first
 
 
-def test_r9_correction_is_cancelled_when_points_before_it_are_taken_back():
+def test_r9_undo_takes_back_the_correction_itself():
+    match = new_match()
+    reach(match, 2, 1)  # s = 3: Bob serves by the law
+    assert press(match, {"cmd": "correct", "server": 1}).snapshot["game_data"]["server"] == 1
+    snapshot = press(match, "undo").snapshot
+    assert score(snapshot) == (2, 1) and snapshot["game_data"]["server"] == 2
+
+
+def test_r9_correction_keeps_its_place_when_an_earlier_point_is_taken_back():
     match = new_match()
     reach(match, 2, 1)
-    press(match, {"cmd": "correct", "server": 1})
-    snapshot = press(match, "undo").snapshot
-    assert score(snapshot) == (1, 1) and snapshot["game_data"]["server"] == 2
-    assert play(match, "2")["game_data"]["server"] == 2  # the law's order again
+    press(match, {"cmd": "correct", "server": 1})  # Ann serves service turn 1
+    snapshot = press(match, "1-").snapshot  # the log again without Ann's 2nd point: 1-1
+    assert score(snapshot) == (1, 1) and snapshot["game_data"]["server"] == 1
+    assert play(match, "2")["game_data"]["server"] == 1  # still turn 1 at s = 3
+    assert play(match, "2")["game_data"]["server"] == 2  # turn 2: the other side
 
 
 def test_r9_correction_refusals():
@@ -518,11 +527,18 @@ def test_r10_expedite_doubles_order_moves_one_pairing_per_point():
     assert order == ["X1->Y1", "Y1->X2", "X2->Y2", "Y2->X1", "X1->Y1"]
 
 
+def test_r10_undo_takes_back_the_expedite_system_itself():
+    match = new_match()
+    reach(match, 2, 1)
+    press(match, {"cmd": "expedite"})
+    assert press(match, "undo").snapshot["expedite"] is False
+
+
 def test_r10_taking_back_points_from_before_expedite_keeps_it_on_from_the_new_score():
     match = new_match()
     reach(match, 2, 1)
     press(match, {"cmd": "expedite"})
-    snapshot = press(match, "undo").snapshot  # 1-1: Ann served the last rally, Bob serves
+    snapshot = press(match, "1-").snapshot  # 1-1: Ann served the last rally, Bob serves
     assert snapshot["expedite"] is True and snapshot["game_data"]["server"] == 2
     # alternating every point (without expedite it would be 2, 2, 1)
     assert [play(match, "2")["game_data"]["server"] for _ in range(2)] == [1, 2]

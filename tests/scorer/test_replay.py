@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from scorer.engine import Match
+from scorer.engine import Match, Refused, fold
 
 ROOT = Path(__file__).resolve().parents[2]
 LOGS = Path(__file__).resolve().parent / "logs"
@@ -117,8 +117,14 @@ def test_refused_lines_are_reported_with_their_number_and_the_exit_code_is_1():
         f"line {number}" for number in (5, 7, 9, 11, 13, 15)
     ]
     assert all(": refused: " in line for line in errors)
-    assert "line 5: refused: side 2 has no point to take back in game 1" in errors
-    assert "line 9: refused: a match is in progress" in errors
+    assert (
+        "line 5: refused: side 2 has no point to take back in game 1 [no_point_to_remove]" in errors
+    )
+    assert "line 9: refused: a match is in progress [match_in_progress]" in errors
+    assert (
+        "line 11: refused: side 1 has already used its timeout in this match [timeout_used]"
+        in errors
+    )
     assert any(line.startswith("line 15: refused: unknown field") for line in errors)
     [snapshot] = json_lines(result.stdout)  # the accepted lines still give the snapshot
     data = snapshot["game_data"]
@@ -143,7 +149,8 @@ def test_a_stored_match_log_replays_to_the_live_snapshot(tmp_path):
     """The service stores match.log as JSON Lines: replay must rebuild the same snapshot."""
     match = Match("live-1")
     match.apply({"cmd": "start", "player1": "Ann", "player2": "Bob", "best_of": 3}, 1764170000.0)
-    for number, command in enumerate(["1+", "2+", "1+", {"cmd": "expedite"}, "2-", "undo"]):
+    commands = ["1+", "2+", "1+", {"cmd": "expedite"}, "2-", "undo", "redo", "1-", "undo"]
+    for number, command in enumerate(commands):
         match.apply(command, 1764170010.0 + number)
     path = tmp_path / "live.jsonl"
     path.write_text("".join(json.dumps(entry) + "\n" for entry in match.log), "utf-8")
@@ -180,3 +187,67 @@ def test_a_non_numeric_at_is_refused_on_its_line():
     result = replay("-", stdin=log)
     assert result.returncode == 1
     assert result.stderr.decode().startswith('line 1: refused: "at" must be a number')
+    assert "[bad_command]" in result.stderr.decode()
+
+
+# ---------------------------------------------------------------- issue 10's failing logs
+
+
+def final(name: str) -> tuple[subprocess.CompletedProcess[bytes], dict[str, Any]]:
+    result = replay(str(LOGS / name))
+    [snapshot] = json_lines(result.stdout)
+    return result, snapshot
+
+
+def test_undo_after_a_minus_one_takes_back_the_minus_one():
+    result, snapshot = final("undo_after_minus_one.jsonl")
+    assert result.returncode == 0, result.stderr.decode()
+    assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (3, 2)
+    assert snapshot["rev"] == 10 and snapshot["can_undo"] and snapshot["can_redo"]
+    assert snapshot["server_player"] == "Ann"  # s = 5: third service turn, the first server's
+
+
+def test_minus_one_derives_the_match_again_and_no_game_ends_9_12():
+    result, snapshot = final("minus_one_derives_again_best_of_7.jsonl")
+    assert result.returncode == 0, result.stderr.decode()
+    assert snapshot["games"] == [[0, 11], [0, 11], [9, 11]]
+    assert snapshot["games_won"] == [0, 3] and snapshot["status"] == "in_progress"
+    assert snapshot["game_no"] == 4
+    assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (0, 1)
+    # R5: Bob serves first in even games; R6: after three games Bob's side is at the left
+    assert snapshot["server_player"] == "Bob" and snapshot["left_side"] == 2
+
+
+def test_minus_one_that_leaves_points_after_the_match_end_is_refused_and_undo_is_the_way():
+    result, snapshot = final("minus_one_after_match_end.jsonl")
+    assert result.returncode == 1
+    assert result.stderr.decode("utf-8").splitlines() == [
+        "line 29: refused: taking back side 2's point would end game 1 earlier and leave later "
+        "points after the end of the match: use undo to take back the latest presses first "
+        "[points_after_match_end]"
+    ]
+    assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (11, 11)
+    assert snapshot["status"] == "in_progress" and snapshot["server_player"] == "Ann"  # s = 22
+    assert snapshot["left_side"] == 2  # R6: the one game is the last possible one: 5 reached
+
+
+@pytest.mark.parametrize("path", sorted(LOGS.glob("*.jsonl")), ids=lambda path: path.name)
+def test_every_log_replays_to_the_fold_of_its_accepted_entries(path):
+    """The snapshot replay prints is the pure fold of the log it accepted."""
+    match = Match("replay")
+    clock = 0.0
+    for line in path.read_text("utf-8").splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        try:
+            command = json.loads(line)
+        except ValueError:
+            command = line
+        at = command.pop("at") if isinstance(command, dict) and "at" in command else None
+        clock = clock + 1.0 if at is None else float(at)
+        try:
+            match.apply(command, clock)
+        except Refused:
+            pass
+    assert fold("replay", match.log) == match.snapshot() == json_lines(replay(str(path)).stdout)[0]

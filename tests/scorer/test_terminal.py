@@ -7,6 +7,7 @@ import argparse
 import os
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -59,7 +60,7 @@ def test_keys_from_a_pipe_score_a_match_and_show_snapshots_and_refusals(amqtt_br
     )
     assert result.returncode == 0, result.stderr
     out = result.stdout
-    assert "ok (start, rev 1)" in out
+    assert "done (start, rev 1)" in out
     assert "Ann 2 : 1 Bob" in out  # a a k
     assert "refused: " in out and "side" in out  # -1 at 0 for side 2, then side 3
     assert out.count("refused: ") == 2
@@ -179,6 +180,55 @@ def test_a_key_pressed_while_the_broker_is_away_is_queued_not_a_crash(
     assert terminal.main(args) == 0
     out = capsys.readouterr().out
     assert "not sent yet: " in out and "queued" in out  # "k", while away
-    assert "ok (+1 side 1, rev 4)" in out  # the "a" after the broker came back
+    assert "done (+1 side 1, rev 4)" in out  # the "a" after the broker came back
     snapshot = current_snapshot(amqtt_broker, "alpha")
     assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (2, 1)
+
+
+def test_a_key_shows_pending_until_the_service_answers_then_done(amqtt_broker, tmp_path, capsys):
+    # The service is down when the key is pressed: the press is resent (same id) until the
+    # service, started meanwhile, answers; the scorer sees "pending..." then "done".
+    started: list = []
+    said: list[str] = []
+
+    class Watching(terminal.Screen):
+        def say(self, text: str) -> None:
+            said.append(text)
+            super().say(text)
+            if text.startswith("pending...") and not started:
+                running = service_running(amqtt_broker, tmp_path / "service")
+                started.append(running)
+                threading.Thread(target=running.__enter__).start()
+
+    args = build_parser("score").parse_args(
+        [
+            "score",
+            "--club",
+            "alpha",
+            "--url",
+            f"mqtt://{amqtt_broker.host}:{amqtt_broker.mqtt_port}",
+            "--password",
+            amqtt_broker.users["alpha"],
+            "--player1",
+            "Ann",
+            "--player2",
+            "Bob",
+            "--timeout",
+            "20",
+        ]
+    )
+    import unittest.mock as mock
+
+    with (
+        mock.patch.object(terminal, "Screen", Watching),
+        mock.patch.object(sys, "stdin", Keys("a", "q")),
+    ):
+        try:
+            assert terminal.main(args) == 0
+        finally:
+            for running in started:
+                running.__exit__(None, None, None)
+    pending = [n for n, line in enumerate(said) if line.startswith("pending...")]
+    done = [n for n, line in enumerate(said) if line.startswith("done (start, rev 1)")]
+    assert pending and done and pending[0] < done[0], said
+    assert any(line.startswith("done (+1 side 1, rev 2)") for line in said), said

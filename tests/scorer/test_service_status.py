@@ -1,0 +1,129 @@
+"""The status tells the truth: ``online`` means commands are being applied. A service whose
+connection stops delivering (a frozen proxy between it and the broker) says ``stalled``
+within ~6 s and ``online`` again once messages flow."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from scorer import topics
+from scorer.service import PROBE_INTERVAL, PROBE_TIMEOUT, ScorerService
+from tests.scorer.servicekit import (
+    WAIT,
+    FreezableProxy,
+    Scorer,
+    Watcher,
+    service_settings,
+)
+
+START = {"cmd": "start", "player1": "Ann", "player2": "Bob"}
+
+
+def next_status(watcher: Watcher, timeout: float) -> bytes:
+    return watcher.next(topics.SCORER_STATUS, timeout).payload
+
+
+def test_a_service_whose_subscription_stalls_says_stalled_then_online(any_broker, tmp_path):
+    proxy = FreezableProxy(any_broker.host, any_broker.mqtt_port)
+    status = Watcher(any_broker, topics.SCORER_STATUS)
+    alpha = Scorer(any_broker, "alpha")
+    service = ScorerService(
+        service_settings(any_broker, tmp_path / "service"),
+        url=f"mqtt://127.0.0.1:{proxy.port}",
+        password=any_broker.users[any_broker.service_user],
+    )
+    service.start()
+    try:
+        assert service.wait_until_connected(WAIT)
+        assert next_status(status, WAIT) == b"online"
+        if not service._probe_enabled:
+            pytest.xfail(
+                f"{any_broker.kind}: the broker's ACL does not let the service read "
+                "rallycast/status/scorer/probe/# (broker/acl.py): no probe, no stalled"
+            )
+        assert alpha.send(START)["ok"]
+        # Healthy: probes flow, the status stays online for longer than the probe timeout.
+        assert status.nothing_on(topics.SCORER_STATUS, PROBE_TIMEOUT + 2)
+
+        proxy.freeze()  # the service still publishes, but nothing reaches it
+        frozen_at = time.monotonic()
+        assert next_status(status, 10) == b"stalled"
+        took = time.monotonic() - frozen_at
+        assert took <= PROBE_INTERVAL + PROBE_TIMEOUT + 1.5, took  # about 6 s
+        alpha.send_raw('{"id": "during", "cmd": "point", "side": 1}')
+
+        proxy.thaw()
+        assert next_status(status, 10) == b"online"
+        reply = alpha.watcher.next_json(topics.replies("alpha"), 10)
+        assert (reply["id"], reply["ok"], reply["rev"]) == ("during", True, 2)
+    finally:
+        service.stop()
+        proxy.close()
+        status.close()
+        alpha.close()
+    print(f"stalled reported {took:.1f} s after the freeze")
+
+
+def test_a_healthy_service_stays_online_and_its_probes_are_not_retained(any_broker, tmp_path):
+    status = Watcher(any_broker, topics.SCORER_STATUS)
+    service = ScorerService(
+        service_settings(any_broker, tmp_path / "service"),
+        password=any_broker.users[any_broker.service_user],
+    )
+    service.start()
+    try:
+        assert service.wait_until_connected(WAIT)
+        assert next_status(status, WAIT) == b"online"
+        assert status.nothing_on(topics.SCORER_STATUS, PROBE_TIMEOUT + 3)
+        assert service.status == "online"
+    finally:
+        service.stop()
+        status.close()
+    later = Watcher(any_broker, "rallycast/status/#")
+    try:
+        retained = later.pending("rallycast/status/scorer")
+        assert later.nothing_on(service._probe_topic, 0.5)
+        assert all(m.payload == b"offline" for m in retained)
+    finally:
+        later.close()
+
+
+def test_a_service_that_cannot_keep_up_with_its_commands_says_stalled(any_broker, tmp_path):
+    # Commands and probes come through the same paho thread: while one command takes 8 s
+    # (a slow disk), the probes wait behind it, and the status says so.
+    import threading
+
+    slow = threading.Event()
+
+    def clock() -> float:
+        if slow.is_set():
+            slow.clear()
+            time.sleep(PROBE_INTERVAL + PROBE_TIMEOUT + 3)
+        return time.time()
+
+    status = Watcher(any_broker, topics.SCORER_STATUS)
+    alpha = Scorer(any_broker, "alpha")
+    service = ScorerService(
+        service_settings(any_broker, tmp_path / "service"),
+        password=any_broker.users[any_broker.service_user],
+        clock=clock,
+    )
+    service.start()
+    try:
+        assert service.wait_until_connected(WAIT)
+        assert next_status(status, WAIT) == b"online"
+        if not service._probe_enabled:
+            pytest.xfail(f"{any_broker.kind}: no probe read right for the service (broker/acl.py)")
+        alpha.send(START)
+        slow.set()
+        alpha.send_raw('{"id": "slow", "cmd": "point", "side": 1}')
+        assert next_status(status, 10) == b"stalled"
+        reply = alpha.watcher.next_json(topics.replies("alpha"), 15)
+        assert (reply["id"], reply["ok"]) == ("slow", True)
+        assert next_status(status, 10) == b"online"
+    finally:
+        service.stop()
+        status.close()
+        alpha.close()
