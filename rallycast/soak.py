@@ -96,7 +96,9 @@ class SoakOptions:
     clubs: int = 3
     rate: float = 5.0  # presses/s per club
     in_flight: int = 8  # presses awaiting their reply, per club
-    reply_timeout: float = 8.0  # seconds a press waits for its reply
+    # Seconds a press waits for its reply; ScoreClient resends the same id meanwhile (its
+    # own default bound is 30 s).
+    reply_timeout: float = 30.0
     require_replies: bool = False  # an unreplied press is a violation (liveness)
     work_dir: Path | None = None  # None: a temporary dir (removed after a clean run)
     keep: bool = False
@@ -619,7 +621,7 @@ class ClubDriver:
             club,
             user=club,
             password=password,
-            timeout=options.reply_timeout,
+            timeout=10.0,  # to connect and subscribe
             on_reply=self._on_reply,
         )
         self.client.wait_for_snapshot(2.0)
@@ -896,6 +898,7 @@ class LayoutResult:
     seconds: float = 0.0
     work_dir: Path | None = None
     matches: int = 0
+    resends: int = 0  # ScoreClient's resends of an id whose reply was late
 
     @property
     def ok(self) -> bool:
@@ -921,6 +924,7 @@ class LayoutResult:
             "refused_applied": len(f.refused_applied),
             "snapshot_mismatch": len(f.snapshot_mismatch),
             "matches": self.matches,
+            "resends": self.resends,
         }
 
 
@@ -1004,6 +1008,7 @@ def run_layout(options: SoakOptions, say: Callable[[str], None] = print) -> Layo
     logs, current = read_store(system.service_data_dir, clubs)
     for driver in drivers:
         result.presses.extend(driver.presses)
+        result.resends += int(getattr(driver.client, "resends", 0))
     replies: dict[str, list[dict[str, Any]]] = {}
     for driver in drivers:
         replies.update(driver.replies)
@@ -1041,6 +1046,7 @@ def summary_table(results: list[LayoutResult]) -> str:
         rows.append((f"kill -9 {kind}", [str(c["kills"].get(kind, 0)) for c in counts]))
     rows.append(("presses sent", [str(c["presses"]) for c in counts]))
     rows.append(("matches played", [str(c["matches"]) for c in counts]))
+    rows.append(("client resends", [str(c["resends"]) for c in counts]))
     rows.append(("replied ok", [str(c["ok"]) for c in counts]))
     codes = sorted({code for c in counts for code in c["refused"]})
     for code in codes:
@@ -1107,7 +1113,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--in-flight", type=int, default=8, help="presses awaiting a reply, per club"
     )
     parser.add_argument(
-        "--reply-timeout", type=float, default=8.0, help="seconds a press waits for its reply"
+        "--reply-timeout",
+        type=float,
+        default=30.0,
+        help="seconds a press waits for its reply (the client resends its id meanwhile)",
     )
     parser.add_argument(
         "--require-replies",
