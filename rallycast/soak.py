@@ -799,8 +799,10 @@ def settle(system: System, faults: Faults, timeout: float = SETTLE_TIMEOUT) -> l
     store has not changed for QUIET_SECONDS. Returns problems (empty: settled)."""
     deadline = time.monotonic() + timeout
     problems = []
-    for component in system.components.values():
+    for kind, component in system.components.items():
         if not component.running:
+            if kind == system.broker_kind:
+                faults.service_connects_at_broker_start = system.service.marker_count()
             try:
                 component.start()
             except SoakError as exc:
