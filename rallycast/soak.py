@@ -1107,7 +1107,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--duration-limit",
         type=float,
         default=300.0,
-        help="most seconds of pressing and killing per layout (the end checks add <= ~60 s)",
+        help="most seconds of pressing and killing per layout (the end adds <= ~2 min)",
     )
     parser.add_argument("--clubs", type=int, default=3, help=f"clubs (1-{len(CLUB_IDS)})")
     parser.add_argument("--rate", type=float, default=5.0, help="presses/s per club")
