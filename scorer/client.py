@@ -359,7 +359,8 @@ class ScoreClient:
         reconnect) for at most ``timeout`` seconds (default ``resend.total``, 30 s);
         ``on_pending()`` is called once, when the first resend is due.
 
-        Raises ``CommandTooLarge`` (nothing published), ``NotConnected`` (the broker was
+        Raises ``CommandTooLarge`` or ``ValueError`` (text that is not valid Unicode;
+        nothing published), ``NotConnected`` (the broker was
         not reachable at the end: paho still holds the command and sends it on reconnect),
         ``NoReply`` (connected, but no reply: is the service running?), ``ConnectFailed``.
         """
@@ -368,7 +369,13 @@ class ScoreClient:
         command = dict(command)
         command.setdefault("id", new_command_id())
         key = str(command["id"])
-        payload = json.dumps(command, ensure_ascii=False, separators=(",", ":")).encode()
+        try:
+            payload = json.dumps(command, ensure_ascii=False, separators=(",", ":")).encode()
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"the command contains text that is not valid Unicode ({exc.reason}: "
+                f"{exc.object[exc.start : exc.end]!a}): nothing was sent"
+            ) from None
         check_payload_size(payload, self.max_payload_bytes)
         waiter: queue.Queue[dict[str, Any] | None] = queue.Queue()
         with self._lock:

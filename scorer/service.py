@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +86,43 @@ def ensure_service_secret(data_dir: Path) -> str:
 
 def _dumps(value: Any) -> str:
     return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def fork(value: Any, memo: dict[int, Any] | None = None) -> Any:
+    """A copy of ``value`` that shares nothing mutable with it: containers and plain objects
+    are copied, immutable values (numbers, texts, frozen dataclasses: the engine's states
+    are pure values) are shared. Cheap enough per command (a pointer per log entry), where a
+    deepcopy copies every state the engine keeps."""
+    if value is None or isinstance(value, str | bytes | int | float | bool):
+        return value
+    if is_dataclass(value) and not isinstance(value, type):
+        if value.__dataclass_params__.frozen:  # type: ignore[attr-defined]
+            return value
+    if memo is None:
+        memo = {}
+    known = memo.get(id(value))
+    if known is not None:
+        return known
+    if isinstance(value, list):
+        copied_list: list[Any] = []
+        memo[id(value)] = copied_list
+        copied_list.extend(fork(item, memo) for item in value)
+        return copied_list
+    if isinstance(value, dict):
+        copied_dict: dict[Any, Any] = {}
+        memo[id(value)] = copied_dict
+        copied_dict.update((key, fork(item, memo)) for key, item in value.items())
+        return copied_dict
+    if isinstance(value, tuple):
+        return tuple(fork(item, memo) for item in value)
+    if isinstance(value, set | frozenset):
+        return type(value)(fork(item, memo) for item in value)
+    if hasattr(value, "__dict__") and not hasattr(value, "__slots__"):
+        copied = copy.copy(value)
+        memo[id(value)] = copied
+        copied.__dict__.update((key, fork(item, memo)) for key, item in vars(value).items())
+        return copied
+    return copy.deepcopy(value, memo)
 
 
 def _no_constant(name: str) -> Any:
@@ -154,6 +191,7 @@ class ScorerService:
         self._retained_logged: OrderedDict[tuple[str, bytes], None] = OrderedDict()
         self._probe_topic: str | None = None
         self._probe_enabled = False
+        self._probe_ever_back = False
         self._probe_sent: dict[str, float] = {}
         self._probe_lock = threading.Lock()  # probe thread and paho's thread
         self._probe_thread: threading.Thread | None = None
@@ -296,11 +334,14 @@ class ScorerService:
             previous, self.status = self.status, status
             self._announce(client, previous, status)
 
-    @staticmethod
-    def _announce(client: mqtt.Client, previous: str, status: str) -> None:
+    def _announce(self, client: mqtt.Client, previous: str, status: str) -> None:
         if status == "stalled":
             log.warning(
-                "stalled: commands do not come through (no probe back within %g s)", PROBE_TIMEOUT
+                "stalled: commands do not come through (no probe back within %g s)%s",
+                PROBE_TIMEOUT,
+                ""
+                if self._probe_ever_back
+                else f"; no probe has come back yet: may the service read {self._probe_topic}?",
             )
         elif previous == "stalled":
             log.info("commands come through again: online")
@@ -339,6 +380,7 @@ class ScorerService:
             if self._probe_sent.pop(payload.decode("ascii", "replace"), None) is None:
                 return  # a probe of an earlier connection
             self._probe_sent.clear()  # the path works: older probes are answered too
+            self._probe_ever_back = True
         if self.connected.is_set():
             self._set_status("online")
 
@@ -504,7 +546,7 @@ class ScorerService:
             return self._refuse(club_id, command_id, "no match: start one first", "no_match")
         # The new match is computed on a copy; the club's match changes only once the
         # store has committed the command (a failure leaves memory and store as they were).
-        trial = copy.deepcopy(current.match)
+        trial = fork(current.match)
         try:
             outcome = trial.apply(command, self.clock())
         except Refused as exc:

@@ -23,7 +23,6 @@ from typing import Any, TextIO
 
 from scorer.client import (
     RESEND,
-    CommandTooLarge,
     ConnectFailed,
     NoReply,
     NotConnected,
@@ -244,7 +243,7 @@ def main(args: argparse.Namespace) -> int:
             reply = client.send(
                 command, on_pending=lambda: screen.say(f"pending... ({what}: no reply yet)")
             )
-        except CommandTooLarge as exc:
+        except ValueError as exc:  # CommandTooLarge, text that is not valid Unicode
             screen.say(f"not sent: {exc}")
             return False
         except NotConnected as exc:

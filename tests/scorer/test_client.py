@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import queue
 import threading
+import time
 
 import pytest
 
@@ -290,3 +291,24 @@ def test_the_resend_schedule_doubles_to_its_cap():
     while len(intervals) < 7:
         intervals.append(policy.next_interval(intervals[-1]))
     assert intervals == [0.5, 1, 2, 4, 4, 4, 4] and policy.total == 30
+
+
+def test_a_waiting_command_is_resent_at_once_after_a_reconnect(any_broker, tmp_path):
+    # Timed resends are 20 s apart here: only the resend right after the reconnect can bring
+    # the reply within the wait below.
+    patient = ResendPolicy(first=20, longest=20, total=40)
+    with ScoreClient(any_broker.url("alpha"), "alpha", resend=patient) as scorer:
+        outcome: queue.Queue = queue.Queue()
+        sender = threading.Thread(
+            target=lambda: outcome.put(scorer.send({"id": "after-blip", **START}))
+        )
+        sender.start()
+        wait_for(lambda: scorer._waiting)  # published (to nobody: no service session yet)
+        with service_running(any_broker, tmp_path / "service") as service:
+            started = time.monotonic()
+            any_broker.restart()
+            wait_for(service.connected.is_set, 15)
+            sender.join(15)
+            reply = outcome.get_nowait()
+            assert (reply["id"], reply["ok"]) == ("after-blip", True)
+            assert time.monotonic() - started < 15 and scorer.resends >= 1

@@ -83,9 +83,9 @@ def test_each_accepted_command_publishes_one_retained_snapshot_equal_to_the_engi
     shown = current_snapshot(any_broker, "alpha")
     assert shown == published[-1]
     assert without_volatile(shown) == without_volatile(reference.snapshot())
-    # -1 and undo took back both points of game 2: back between games, timeout kept.
-    assert shown["games"] == [[11, 0]] and shown["status"] == "between_games"
-    assert shown["timeouts_used"] == [0, 1]
+    # -1 took back side 1's point of game 2; undo reverses the latest change: the timeout.
+    assert shown["games"] == [[11, 0]] and shown["status"] == "in_progress"
+    assert shown["game_data"]["score2"] == 1 and shown["timeouts_used"] == [0, 0]
 
     # The store holds exactly what was published: the log rebuilds the same snapshot.
     store = MatchStore(service.settings.data_dir)

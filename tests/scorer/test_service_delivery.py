@@ -8,8 +8,12 @@ import json
 import stat
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scorer import topics
+from scorer.engine import Match, Refused
+from scorer.service import fork
 from scorer.store import COMMAND_IDS_PER_CLUB, STORE_FILE_NAME, MatchStore
 from tests.scorer.servicekit import (
     Scorer,
@@ -299,3 +303,46 @@ def test_a_status_watcher_sees_online(any_broker, tmp_path):
             wait_for(lambda: watcher.next(topics.SCORER_STATUS).payload == b"online")
     finally:
         watcher.close()
+
+
+# -- the copy the service applies a command to ------------------------------------------------
+
+COMMANDS = st.sampled_from(
+    [
+        {"cmd": "point", "side": 1},
+        {"cmd": "point", "side": 2},
+        {"cmd": "point", "side": 1, "delta": -1},
+        {"cmd": "point", "side": 2, "delta": -1},
+        {"cmd": "undo"},
+        {"cmd": "redo"},
+        {"cmd": "timeout", "side": 1},
+        {"cmd": "expedite"},
+    ]
+)
+
+
+@settings(max_examples=60, deadline=None)
+@given(before=st.lists(COMMANDS, max_size=60), then=COMMANDS)
+def test_a_command_applied_to_the_fork_leaves_the_match_as_it_was(before, then):
+    match = Match("m")
+    match.apply(dict(START, best_of=3), now=0.0)
+    for number, command in enumerate(before):
+        try:
+            match.apply(command, now=float(number))
+        except Refused:
+            pass
+    snapshot, log = match.snapshot(), match.log
+    trial = fork(match)
+    try:
+        trial.apply(then, now=100.0)
+        applied = True
+    except Refused:
+        applied = False
+    assert match.snapshot() == snapshot and match.log == log  # the original is untouched
+    reference = Match.from_log("m", log)
+    try:
+        reference.apply(then, now=100.0)
+    except Refused:
+        assert not applied
+    else:
+        assert applied and reference.snapshot() == trial.snapshot()

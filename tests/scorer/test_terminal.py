@@ -232,3 +232,21 @@ def test_a_key_shows_pending_until_the_service_answers_then_done(amqtt_broker, t
     done = [n for n, line in enumerate(said) if line.startswith("done (start, rev 1)")]
     assert pending and done and pending[0] < done[0], said
     assert any(line.startswith("done (+1 side 1, rev 2)") for line in said), said
+
+
+def test_a_command_that_cannot_be_sent_is_said_and_the_next_key_works(amqtt_broker, service):
+    result = run_score(
+        amqtt_broker,
+        "--player1",
+        "Ann",
+        "--player2",
+        "Bob",
+        keys='{"cmd": "server", "player": "\\ud800"}\n'
+        + '{"cmd": "server", "player": "'
+        + "x" * 20_000
+        + '"}\na\n',
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("not sent: ") == 2, result.stdout
+    assert "not valid Unicode" in result.stdout and "too large" in result.stdout
+    assert "done (+1 side 1, rev 2)" in result.stdout
