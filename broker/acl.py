@@ -28,7 +28,6 @@ import hmac
 import logging
 import os
 import secrets
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
@@ -40,6 +39,12 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from broker.auth import PasswordFile, PasswordFileError
+from broker.limits import (
+    DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE,
+    DEFAULT_MAX_SUBSCRIPTIONS,
+    LoginThrottle,
+    is_command_topic,
+)
 from scorer.config import CLUB_ID_RE
 from scorer.topics import DEVICE_TOPIC_FILTERS
 
@@ -76,6 +81,8 @@ RULES: dict[Role, tuple[tuple[str, str], ...]] = {
         (WRITE, "clubs/+/game/reply"),
         (WRITE, "clubs/+/game/events"),
         (WRITE, "rallycast/status/#"),
+        # The liveness probe comes back to the service the way commands do (docs/protocol.md).
+        (READ, "rallycast/status/scorer/probe/#"),
     ),
     Role.NONE: (),
 }
@@ -144,9 +151,6 @@ def allowed(user: str | None, role: Role, action: str, topic: str) -> bool:
 ARGON_SLOTS = 2  # argon2 checks running at once (worker threads)
 ARGON_QUEUE = 8  # logins waiting for a slot; beyond that a login needing argon2 is refused
 FAILED_CACHE_SIZE = 4096  # (user, password) pairs known to be wrong, most recent kept
-FREE_FAILURES = 3  # wrong passwords per user checked with argon2 before the backoff starts
-MAX_BACKOFF = 30.0  # seconds; the backoff doubles from 1 s after each further failure
-FORGET_FAILURES_AFTER = 600.0  # seconds without a failure: the user's count starts again
 
 
 class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
@@ -157,13 +161,20 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
     Argon2 costs ~0.2 s of CPU per check, so verification runs in a worker thread (at most
     ARGON_SLOTS at a time) and a success is remembered as an HMAC of the password under a
     per-process key, valid while the user's stored hash is unchanged. Guards keep wrong
-    passwords from burning the CPU: a wrong (user, password) pair is remembered the same way
-    and refused without argon2; after FREE_FAILURES wrong passwords a user's new passwords are
-    refused for a backoff (1 s, doubling up to MAX_BACKOFF; a password already verified still
-    logs in); and when ARGON_QUEUE logins already wait for a slot, the next is refused at once.
-    The memory is bounded: FAILED_CACHE_SIZE pairs, and counters only for users in the file.
-    The password file is re-read when its mtime changes, so ``rallycast passwd`` takes effect
-    without a restart (and the caches and counters start afresh).
+    passwords from burning the CPU without locking the real user out: a wrong (user,
+    password) pair is remembered the same way and refused without argon2; every other login
+    that needs argon2 takes a token from its SOURCE ADDRESS's bucket (:class:`LoginThrottle`:
+    a burst of 5, then ``login_attempts_per_minute``), so a flood from one address is
+    refused at once while the scorer on another address logs in; and when ARGON_QUEUE logins
+    already wait for a slot, the next is refused at once (a bound on argon2 CPU whatever the
+    number of addresses). The memory is bounded: FAILED_CACHE_SIZE pairs, LoginThrottle's
+    table. The password file is re-read when its mtime changes, so ``rallycast passwd`` takes
+    effect without a restart (and the caches start afresh).
+
+    Subscriptions: a session may hold at most ``max_subscriptions`` filters; a SUBSCRIBE for
+    one more gets SUBACK 0x80 for it (a page needs a handful, the service 2), so no client
+    can make every delivery scan thousands of its filters. The count lives on the Session
+    (``rallycast_filters``); RallycastProtocolHandler removes unsubscribed filters from it.
     """
 
     @dataclass
@@ -171,6 +182,8 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
         password_file: str | None = None
         service_user: str = "rallycast-service"
         allow_anonymous: bool = True
+        max_subscriptions: int = DEFAULT_MAX_SUBSCRIPTIONS
+        login_attempts_per_minute: int = DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE
 
     def __init__(self, context: BaseContext) -> None:
         super().__init__(context)
@@ -182,10 +195,10 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
         self._verified: dict[str, tuple[str, bytes]] = {}
         # (user, HMAC of a wrong password) -> the hash it failed against; oldest first
         self._failed: OrderedDict[tuple[str, bytes], str] = OrderedDict()
-        self._failures: dict[str, tuple[int, float]] = {}  # user -> (count, last failure)
+        self.throttle = LoginThrottle(self.config.login_attempts_per_minute)
         self._argon_slots = asyncio.Semaphore(ARGON_SLOTS)
         self._argon_pending = 0  # running + waiting for a slot
-        self.clock = time.monotonic  # tests replace it
+        self.argon_checks = 0  # argon2 verifications run (tests, bench)
 
     def _current_hashes(self) -> dict[str, str]:
         try:
@@ -202,7 +215,6 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
             self._file_stamp = stamp
             self._verified.clear()
             self._failed.clear()
-            self._failures.clear()
         return self._hashes
 
     async def authenticate(self, *, session: Session) -> bool | None:
@@ -213,7 +225,7 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
             session.is_anonymous = True  # amqtt then keeps no offline queue for it
             return self._will_allowed(session, None)
         session.is_anonymous = False
-        if not await self._password_ok(user, session.password or ""):
+        if not await self._password_ok(user, session.password or "", getattr(session, "remote_address", None)):
             return False
         return self._will_allowed(session, user)
 
@@ -222,19 +234,16 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
         if not session.will_flag:
             return True
         topic = session.will_topic or ""
+        who = repr(user) if user else "anonymous"
+        if getattr(session, "will_retain", False) and is_command_topic(topic):
+            log.info("refused login for %s: retained last will on command topic %r", who, topic)
+            return False
         if allowed(user, role_of(user, self._service_user), "publish", topic):
             return True
-        who = repr(user) if user else "anonymous"
         log.info("refused login for %s: last will on %r, which it may not publish", who, topic)
         return False
 
-    def _backoff_left(self, user: str) -> float:
-        count, last = self._failures.get(user, (0, 0.0))
-        if count < FREE_FAILURES:
-            return 0.0
-        return last + min(2.0 ** (count - FREE_FAILURES), MAX_BACKOFF) - self.clock()
-
-    async def _password_ok(self, user: str, password: str) -> bool:
+    async def _password_ok(self, user: str, password: str, address: str | None = None) -> bool:
         hashed = self._current_hashes().get(user)
         if hashed is None or not password:
             log.info("refused login for user %r: unknown user or no password", user)
@@ -247,8 +256,8 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
             self._failed.move_to_end((user, digest))
             log.debug("refused login for user %r: the same wrong password again", user)
             return False
-        if self._backoff_left(user) > 0:
-            log.debug("refused login for user %r: too many wrong passwords, backing off", user)
+        if not self.throttle.take(address):
+            log.info("refused login for user %r from %s: too many logins from there", user, address)
             return False
         if self._argon_pending >= ARGON_SLOTS + ARGON_QUEUE:
             log.warning("refused login for user %r: too many logins being checked", user)
@@ -256,6 +265,7 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
         self._argon_pending += 1
         try:
             async with self._argon_slots:
+                self.argon_checks += 1
                 ok = await asyncio.to_thread(self._passwords.verify_hash, hashed, password)
         finally:
             self._argon_pending -= 1
@@ -263,15 +273,9 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
             self._failed[(user, digest)] = hashed
             if len(self._failed) > FAILED_CACHE_SIZE:
                 self._failed.popitem(last=False)
-            now = self.clock()
-            count, last = self._failures.get(user, (0, now))
-            if now - last > FORGET_FAILURES_AFTER:
-                count = 0
-            self._failures[user] = (count + 1, now)
-            log.info("refused login for user %r: wrong password", user)
+            log.info("refused login for user %r from %s: wrong password", user, address)
             return False
         self._verified[user] = (hashed, digest)
-        self._failures.pop(user, None)
         return True
 
     async def topic_filtering(
@@ -287,4 +291,28 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
         decision = allowed(user, role_of(user, self._service_user), str(action), topic)
         if not decision and action != Action.RECEIVE:
             log.info("refused %s on %r for %s", action, topic, user or "anonymous")
+        if decision and action == Action.SUBSCRIBE:
+            decision = self._count_subscription(session, topic)
         return decision
+
+    def _count_subscription(self, session: Session, a_filter: str) -> bool:
+        """Room for one more filter on this session (a filter it holds already is free)?"""
+        filters: set[str] | None = getattr(session, "rallycast_filters", None)
+        if filters is None:
+            filters = session.rallycast_filters = set()  # type: ignore[attr-defined]
+        if a_filter in filters:
+            return True
+        if len(filters) >= self.config.max_subscriptions:
+            if not getattr(session, "rallycast_cap_logged", False):
+                session.rallycast_cap_logged = True  # type: ignore[attr-defined]
+                log.info(
+                    "refused subscription %r of %s (user %r): it holds %d filters already"
+                    " (max_subscriptions)",
+                    a_filter,
+                    session.client_id,
+                    session.username,
+                    len(filters),
+                )
+            return False
+        filters.add(a_filter)
+        return True

@@ -19,6 +19,21 @@ from pathlib import Path
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
+# OWASP's argon2id profile (19 MiB, 2 passes, 1 lane): each check holds 19 MiB while it runs,
+# so a login flood (at most ARGON_SLOTS checks at once, broker/acl.py) cannot grow the
+# broker's memory by more than ~40 MB. RFC 9106's low-memory profile, argon2-cffi's default,
+# takes 64 MiB per check. Hashes made before keep their own parameters until set again.
+HASH_TIME_COST = 2
+HASH_MEMORY_KIB = 19 * 1024
+HASH_PARALLELISM = 1
+
+
+def default_hasher() -> PasswordHasher:
+    return PasswordHasher(
+        time_cost=HASH_TIME_COST, memory_cost=HASH_MEMORY_KIB, parallelism=HASH_PARALLELISM
+    )
+
+
 # A user name may not contain ':' (the separator) nor whitespace or control characters.
 USER_NAME_RE = re.compile(r"^[^:\s\x00-\x1f]{1,128}$")
 
@@ -38,13 +53,13 @@ def check_user_name(user: str) -> str:
 class PasswordFile:
     """Argon2 password hashes in a small text file.
 
-    ``hasher`` is argon2-cffi's default (RFC 9106 low-memory profile) unless given; tests pass
+    ``hasher`` is :func:`default_hasher` (OWASP's argon2id profile) unless given; tests pass
     a cheaper one. A hash records its own parameters, so any file verifies with any hasher.
     """
 
     def __init__(self, path: str | os.PathLike[str], hasher: PasswordHasher | None = None):
         self.path = Path(path)
-        self.hasher = hasher or PasswordHasher()
+        self.hasher = hasher or default_hasher()
 
     # -- reading -----------------------------------------------------------------------------
 

@@ -803,6 +803,13 @@ async def _serve_stock(args: argparse.Namespace) -> None:
 # -- the `rallycast bench` subcommand
 
 
+def run_hostile_bench(args: argparse.Namespace) -> int:
+    """The attacks of issue 9, both brokers side by side (broker/bench_hostile.py)."""
+    from broker.bench_hostile import run_hostile_bench as run
+
+    return run(args)
+
+
 def run_pages_bench(args: argparse.Namespace) -> int:
     """Press -> screen and navigation -> first score in real Chromium (viewer/bench.py)."""
     from viewer.bench import print_pages_bench
@@ -814,6 +821,7 @@ def run_pages_bench(args: argparse.Namespace) -> int:
 TARGETS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "broker": (run_broker_bench, "embedded broker vs mosquitto, N WebSocket subscribers"),
     "pages": (run_pages_bench, "press -> screen and first score in headless Chromium"),
+    "hostile": (run_hostile_bench, "attacks by hostile clients, embedded broker vs mosquitto"),
 }
 
 
@@ -842,7 +850,10 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="seconds to wait for the last deliveries of a phase (30)",
     )  # fmt: skip
 
+    from broker.bench_hostile import add_hostile_arguments
     from viewer.bench import add_pages_arguments
+
+    add_hostile_arguments(parser.add_argument_group("hostile"))
 
     add_pages_arguments(parser.add_argument_group("pages"))
 
@@ -861,7 +872,9 @@ if __name__ == "__main__":
     if sys.argv[1:2] == ["serve-stock"]:
         import logging
 
-        logging.basicConfig(level=logging.WARNING)
+        from scorer.logs import setup_logging
+
+        setup_logging("WARNING")
         logging.getLogger("amqtt").setLevel(logging.ERROR)
         stock = argparse.ArgumentParser(prog="broker.bench serve-stock")
         stock.add_argument("--bind", default="127.0.0.1")

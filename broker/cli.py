@@ -1,7 +1,8 @@
 """``rallycast broker``: run the embedded MQTT broker until Ctrl-C or SIGTERM.
 
-Prints one line per listener (``listening mqtt://HOST:PORT`` / ``listening ws://HOST:PORT/mqtt``)
-with the real ports, also when a port is 0 (any free port). ``python -m broker.cli ...`` is the
+Prints one line per listener, ``listening mqtt://HOST:PORT (...)`` / ``listening
+ws://HOST:PORT/mqtt (...)``: the URL this machine reaches it by, with the real port also when
+a port is 0 (any free port), then in brackets the interfaces it is bound to. ``python -m broker.cli ...`` is the
 same command (the test fixtures and the benchmark run it that way).
 """
 
@@ -9,11 +10,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import signal
 import sys
 
-from scorer.config import Settings, load_settings
+from scorer.config import Settings, bind_description, load_settings
+from scorer.logs import setup_logging
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
@@ -36,15 +37,17 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
 
 
 async def serve(settings: Settings) -> None:
-    from broker.server import start_broker
+    from broker.startup import start_broker_plainly
 
-    running = await start_broker(settings)
+    running = await start_broker_plainly(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    print(f"listening {running.mqtt_url}", flush=True)
-    print(f"listening {running.ws_url}", flush=True)
+    # `listening URL` first (tests and the benchmark read the URL), then where it binds.
+    where = f"from this machine; bound to {bind_description(settings.bind)}"
+    print(f"listening {running.mqtt_url} ({where}, port {running.mqtt_port})", flush=True)
+    print(f"listening {running.ws_url} ({where}, port {running.ws_port})", flush=True)
     if not settings.password_file.exists():
         print(
             f"note: no users yet ({settings.password_file}); add one with"
@@ -59,14 +62,16 @@ async def serve(settings: Settings) -> None:
 
 def main(args: argparse.Namespace) -> int:
     settings = settings_from_args(args)
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(settings.log_level)
+    from broker.startup import StartFailed
+
     try:
         asyncio.run(serve(settings))
-    except OSError as exc:  # e.g. the port is taken
-        print(f"rallycast broker: cannot listen: {exc}", file=sys.stderr)
+    except StartFailed as exc:  # e.g. the port is taken
+        print(f"rallycast broker: {exc}", file=sys.stderr)
+        return 1
+    except OSError as exc:
+        print(f"rallycast broker: cannot start: {exc}", file=sys.stderr)
         return 1
     return 0
 

@@ -17,9 +17,17 @@ against both the stock class and this one.
 4. ``max_connections`` hang: the stock broker parks the extra client on a semaphore, without
    CONNACK, for as long as the others stay. Here it gets CONNACK 3 (server unavailable).
 5. Unbounded queue for a subscriber that stops reading: the stock broker starts one task per
-   delivery, which piles up behind the blocked socket. Here each connection has an
-   :class:`Outbox` capped at ``max_queued_messages``; a client that overflows it is logged
-   and disconnected (it gets the retained snapshot again when it comes back).
+   delivery, which piles up behind the blocked socket. Here each session has an
+   :class:`Outbox` bounded in messages and bytes (:class:`QueueLimits`); a connected client
+   that overflows it is logged and disconnected (it gets the retained snapshot again when it
+   comes back).
+
+Delivery to persistent sessions (docs/broker.md, "Delivery guarantees"): the Outbox outlives
+the connection, so a backlog drains through the same in-flight window as live messages, and
+messages sent but not acknowledged are resent on reconnect with DUP=1 [MQTT-4.4.0-1]; copies
+for persistent sessions are written to the store (broker/persistence.py) and a publisher's
+PUBACK waits for that write; the new CONNECT's clean-session flag decides whether the old
+session goes on [MQTT-3.1.2-4, 3.1.2-6].
 
 The outbox is also the cheap delivery path: a PUBLISH is encoded once per message (and once
 more as a WebSocket frame) and written straight to each subscriber's transport, with no task,
@@ -45,8 +53,9 @@ import logging
 import math
 from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any
+from typing import Any, Protocol
 
 import websockets
 from amqtt.adapters import (
@@ -62,12 +71,17 @@ from amqtt.events import BrokerEvents
 from amqtt.mqtt.connack import NOT_AUTHORIZED, SERVER_UNAVAILABLE, ConnackPacket
 from amqtt.mqtt.connect import ConnectPacket
 from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
+from amqtt.mqtt.packet import PUBACK, PUBCOMP, PUBREC
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
-from amqtt.session import OutgoingApplicationMessage, Session
+from amqtt.mqtt.puback import PubackPacket
+from amqtt.mqtt.pubcomp import PubcompPacket
+from amqtt.mqtt.pubrec import PubrecPacket
+from amqtt.session import INCOMING, Session
 from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 from websockets.protocol import OPEN
 
+from broker import limits
 from broker.packets import encode_publish
 
 __all__ = ["DEFAULT_MAX_QUEUED_MESSAGES", "Outbox", "RallycastBroker"]
@@ -76,10 +90,20 @@ logger = logging.getLogger(__name__)
 
 # Settings.max_queued_messages; the same number goes into mosquitto.conf.
 DEFAULT_MAX_QUEUED_MESSAGES = 1000
+# Settings.max_queued_bytes: payload bytes that may wait for one session.
+DEFAULT_MAX_QUEUED_BYTES = 2 * 1024 * 1024
+# Settings.service_max_queued_messages / _bytes: the scorer service's own session.
+DEFAULT_SERVICE_MAX_QUEUED_MESSAGES = 20_000
+DEFAULT_SERVICE_MAX_QUEUED_BYTES = 32 * 1024 * 1024
+# The scorer service's client ids start with this (scorer/service.py).
+SERVICE_CLIENT_PREFIX = "rallycast-service-"
+# How long a full in-flight window may wait for an acknowledgement before it is logged, for
+# a client without keep-alive (otherwise: its keep-alive x 1.5).
+DEFAULT_ACK_PATIENCE = 60.0
 # Unacknowledged QoS 1 deliveries per client (mosquitto's max_inflight_messages default).
 MAX_INFLIGHT = 20
 # A client must send CONNECT this soon after opening the connection.
-CONNECT_TIMEOUT = 10.0
+CONNECT_TIMEOUT = limits.CONNECT_TIMEOUT
 # How long a closing connection may take (WebSocket close handshake, flushing) before abort.
 CLOSE_GRACE = 0.5
 # WebSocket close handshake timeout handed to the websockets server.
@@ -137,87 +161,342 @@ def _abort(writer: WriterAdapter | None) -> None:
         transport.abort()
 
 
-class Outbox:
-    """One connection's outgoing PUBLISH packets.
+@dataclass(frozen=True)
+class QueueLimits:
+    """How much may wait for one session (connected or not): messages and payload bytes.
 
-    Packets go straight to the transport while its write buffer is below the high-water mark;
-    after that they wait here, in order, and a flusher task writes them as the peer reads.
-    At most ``limit`` packets wait: one more means the client is not reading, so it is logged
-    and disconnected instead of letting the broker's memory grow (fault 5).
+    The scorer service's own session (client id ``rallycast-service-...`` logged in as
+    ``service_user``) gets its own, larger bound: it holds every club's commands while the
+    service restarts. Settings: ``max_queued_messages``, ``max_queued_bytes``,
+    ``service_max_queued_messages``, ``service_max_queued_bytes``.
+    """
+
+    messages: int = DEFAULT_MAX_QUEUED_MESSAGES
+    bytes: int = DEFAULT_MAX_QUEUED_BYTES
+    service_user: str | None = None
+    service_messages: int = DEFAULT_SERVICE_MAX_QUEUED_MESSAGES
+    service_bytes: int = DEFAULT_SERVICE_MAX_QUEUED_BYTES
+
+    def for_session(self, client_id: str | None, username: str | None) -> tuple[int, int]:
+        if (
+            self.service_user is not None
+            and username == self.service_user
+            and (client_id or "").startswith(SERVICE_CLIENT_PREFIX)
+        ):
+            return self.service_messages, self.service_bytes
+        return self.messages, self.bytes
+
+
+class MessageStore(Protocol):
+    """Where a persistent session's QoS 1/2 deliveries are written (broker/persistence.py).
+
+    Rows are written behind, in order; ``when_stored`` calls back once every write made so far
+    is committed (at once when nothing is pending)."""
+
+    def queue_add(
+        self, client_id: str, topic: str, payload: bytes, qos: int, packet_id: int | None
+    ) -> int: ...
+
+    def queue_sent(self, row: int, packet_id: int, released: bool) -> None: ...
+
+    def queue_done(self, row: int) -> None: ...
+
+    def queue_clear(self, client_id: str) -> None: ...
+
+    def when_stored(self, callback: Callable[[], None]) -> None: ...
+
+
+class Delivery:
+    """One message on its way to one session: waiting, or in flight under ``packet_id``."""
+
+    __slots__ = ("message", "qos", "packet_id", "released", "row")
+
+    def __init__(
+        self,
+        message: OutgoingMessage,
+        qos: int,
+        row: int | None = None,
+        packet_id: int | None = None,
+        released: bool = False,
+    ) -> None:
+        self.message = message
+        self.qos = qos
+        self.row = row  # its row in the store (persistent sessions), deleted when acknowledged
+        self.packet_id = packet_id
+        self.released = released  # QoS 2: PUBREC received, PUBREL sent, PUBCOMP awaited
+
+
+def _with_dup(packet: bytes) -> bytes:
+    return bytes((packet[0] | 0x08,)) + packet[1:]
+
+
+class Outbox:
+    """One session's outgoing messages: those waiting (in order) and those in flight (sent,
+    not yet acknowledged; at most MAX_INFLIGHT). It lives as long as the SESSION: a persistent
+    session keeps both across connections, so a client that comes back gets its in-flight
+    messages again, in order, with their packet ids and DUP=1 [MQTT-4.4.0-1], then the
+    waiting ones; a clean session's outbox goes with its connection.
+
+    While connected, packets go straight to the transport when nothing waits, the write buffer
+    is below its high-water mark and (QoS 1/2) the in-flight window has room; otherwise they
+    wait here and one flusher task writes them as the peer reads and acknowledges.
+
+    Bounds: ``limit`` messages and ``limit_bytes`` payload bytes may wait. One more while
+    connected means the client is not reading: it is disconnected (fault 5). While offline,
+    the NEWEST message is dropped (what waits stays a gap-free prefix, in order) and the
+    overflow is logged once per burst.
+
+    QoS 1/2 deliveries of a persistent, named session are written to ``store`` (when given)
+    and deleted from it when acknowledged, so a restarted broker resends them.
     """
 
     __slots__ = (
         "session",
         "handler",
         "limit",
-        "items",
-        "closed",
+        "limit_bytes",
+        "pending",
+        "pending_bytes",
+        "inflight",
         "receive_allowed",
+        "dropped",
+        "_store",
         "_writer",
         "_transport",
         "_ws",
         "_ws_raw",
         "_flusher",
-        "_window",
+        "_wake",
         "_on_overflow",
+        "_next_id",
     )
 
     def __init__(
         self,
         session: Session,
-        handler: BrokerProtocolHandler,
-        writer: WriterAdapter,
         limit: int,
+        limit_bytes: int,
         on_overflow: Callable[[Outbox], None],
+        store: MessageStore | None = None,
     ) -> None:
         self.session = session
-        self.handler = handler
+        self.handler: BrokerProtocolHandler | None = None
         self.limit = limit
+        self.limit_bytes = limit_bytes
         # Created on first use: most connections never queue anything.
-        self.items: deque[tuple[OutgoingMessage, int]] | tuple[()] = ()
-        self.closed = False
-        # RECEIVE ACL decisions for this connection, by topic.
+        self.pending: deque[Delivery] | tuple[()] = ()
+        self.pending_bytes = 0
+        self.inflight: dict[int, Delivery] = {}  # by packet id, in the order sent
+        # RECEIVE ACL decisions for this session's current user, by topic.
         self.receive_allowed: dict[str, bool] = {}
+        self.dropped = 0  # messages refused since the queue last had room
+        self._store = store
+        self._writer: WriterAdapter | None = None
+        self._transport: asyncio.Transport | None = None
+        self._ws: Any = None
+        self._ws_raw = False
+        self._flusher: asyncio.Task[None] | None = None
+        self._wake: asyncio.Future[None] | None = None
+        self._on_overflow = on_overflow
+        self._next_id = 0
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    @property
+    def items(self) -> deque[Delivery] | tuple[()]:
+        return self.pending
+
+    @property
+    def closed(self) -> bool:
+        """No connection attached (offline, or the connection is closing)."""
+        return self.handler is None
+
+    def _persistent(self) -> bool:
+        session = self.session
+        return session.clean_session is False and not session.is_anonymous
+
+    # -- the connection
+
+    def attach(self, handler: BrokerProtocolHandler, writer: WriterAdapter) -> None:
+        """A connection took this session (after its CONNACK): resend what is in flight, in
+        order, then send what waits."""
+        self.handler = handler
         self._writer = writer
         self._transport = _transport_of(writer)
         self._ws = writer._protocol if isinstance(writer, WebSocketsWriter) else None
         # Without extensions a binary frame is plain header + data: write it ourselves.
         self._ws_raw = self._ws is not None and not self._ws.protocol.extensions
-        self._flusher: asyncio.Task[None] | None = None
-        self._window: asyncio.Future[None] | None = None
-        self._on_overflow = on_overflow
+        self.receive_allowed = {}  # the user may have changed
+        if self._transport is None:
+            return
+        for packet_id, entry in self.inflight.items():
+            if entry.released:
+                self._write(b"\x62\x02" + packet_id.to_bytes(2, "big"))  # PUBREL again
+            else:
+                self._write(_with_dup(entry.message.packet(entry.qos, packet_id)))
+        self._kick()
 
-    def __len__(self) -> int:
-        return len(self.items)
+    def detach(self, handler: BrokerProtocolHandler | None = None) -> None:
+        """The connection ended (``handler``: only if it is still the attached one). A clean
+        session's messages go with it; a persistent session keeps its QoS 1/2 messages."""
+        if handler is not None and self.handler is not handler:
+            return
+        self.handler = None
+        self._writer = self._transport = self._ws = None
+        self._wake_flusher()
+        if self._flusher is not None and self._flusher is not asyncio.current_task():
+            self._flusher.cancel()
+        self._flusher = None
+        if not self._persistent():
+            self.discard()
+        elif self.pending and any(entry.qos == QOS_0 for entry in self.pending):
+            kept = deque(entry for entry in self.pending if entry.qos != QOS_0)
+            self.pending = kept
+            self.pending_bytes = sum(len(entry.message.data) for entry in kept)
+
+    def close(self) -> None:
+        """The connection ended: detach it (kept for the connection code's finally)."""
+        self.detach()
+
+    def discard(self) -> None:
+        """Forget everything (a clean session ends, or a clean CONNECT replaces this one)."""
+        if self._store is not None and self._persistent() and (self.pending or self.inflight):
+            self._store.queue_clear(self.session.client_id)  # type: ignore[arg-type]
+        self.pending = ()
+        self.pending_bytes = 0
+        self.inflight.clear()
+        self.dropped = 0
+
+    def restore(self, entries: list[Any]) -> None:
+        """Messages loaded from the store (``StoredMessage``: row, topic, payload, qos,
+        packet_id, released), oldest first: those with a packet id were in flight."""
+        for row, topic, payload, qos, packet_id, released in entries:
+            entry = Delivery(OutgoingMessage(topic, payload), qos, row, packet_id, released)
+            if packet_id is not None and packet_id not in self.inflight:
+                self.inflight[packet_id] = entry
+                self._next_id = max(self._next_id, packet_id)
+            else:
+                entry.packet_id = None
+                if not isinstance(self.pending, deque):
+                    self.pending = deque()
+                self.pending.append(entry)
+                self.pending_bytes += len(payload)
+
+    # -- offering
 
     def offer(self, message: OutgoingMessage, qos: int) -> None:
-        if self.closed:
-            return
-        if not self.items and qos != QOS_2 and self._writable():
+        """Send ``message`` at ``qos`` now, or queue it, or drop it (bounds, see above)."""
+        if self.handler is not None and not self.pending and self._writable():
             if qos == QOS_0:
                 self._write_qos0(message)
                 return
-            if len(self.session.inflight_out) < MAX_INFLIGHT:
-                self._write_qos1(message)
+            if len(self.inflight) < MAX_INFLIGHT:
+                self._send(Delivery(message, qos))
                 return
-        if len(self.items) >= self.limit:
-            self._on_overflow(self)
+        if qos == QOS_0 and self.session.transitions.state != "connected":
+            return  # offline: only QoS 1/2 is kept [MQTT-3.1.2-5]
+        size = len(message.data)
+        if len(self.pending) >= self.limit or self.pending_bytes + size > self.limit_bytes:
+            self._overflow(size)
             return
-        if not isinstance(self.items, deque):
-            self.items = deque()
-        self.items.append((message, qos))
-        if self._flusher is None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        if self.dropped:
+            self._end_of_burst()
+        row = None
+        if qos and self._store is not None and self._persistent():
+            row = self._store.queue_add(
+                self.session.client_id,  # type: ignore[arg-type]
+                message.topic,
+                message.data,
+                qos,
+                None,
+            )
+        if not isinstance(self.pending, deque):
+            self.pending = deque()
+        self.pending.append(Delivery(message, qos, row))
+        self.pending_bytes += size
+        self._kick()
 
-    def close(self) -> None:
-        self.closed = True
-        self.items = ()
-        if self._window is not None and not self._window.done():
-            self._window.set_result(None)
-        if self._flusher is not None and self._flusher is not asyncio.current_task():
-            self._flusher.cancel()
+    def _overflow(self, size: int) -> None:
+        self.dropped += 1
+        if self.dropped == 1 and self._persistent():
+            logger.warning(
+                "queue of %s is full (%d messages, %d bytes; max %d messages, %d bytes): "
+                "dropping new messages for it until it drains",
+                self.session.client_id,
+                len(self.pending),
+                self.pending_bytes,
+                self.limit,
+                self.limit_bytes,
+            )
+        if self.handler is not None:
+            self._on_overflow(self)  # connected and not reading: disconnect it (fault 5)
+
+    def _end_of_burst(self) -> None:
+        logger.warning(
+            "queue of %s has room again: %d new message(s) were dropped for it",
+            self.session.client_id,
+            self.dropped,
+        )
+        self.dropped = 0
+
+    # -- acknowledgements (called by the protocol handler's reader)
+
+    def acknowledge(self, kind: int, packet_id: int) -> bool:
+        """PUBACK / PUBREC / PUBCOMP for ``packet_id``; False if it is not ours."""
+        entry = self.inflight.get(packet_id)
+        if entry is None:
+            return False
+        if kind == PUBREC and entry.qos == QOS_2:
+            if not entry.released:
+                entry.released = True
+                if entry.row is not None and self._store is not None:
+                    self._store.queue_sent(entry.row, packet_id, True)
+            if self._transport is not None:
+                self._write(b"\x62\x02" + packet_id.to_bytes(2, "big"))  # PUBREL
+            return True
+        if (kind == PUBACK and entry.qos == QOS_1) or (kind == PUBCOMP and entry.qos == QOS_2):
+            del self.inflight[packet_id]
+            if entry.row is not None and self._store is not None:
+                self._store.queue_done(entry.row)
+            self._kick()
+            return True
+        logger.info(
+            "client %s sent packet type %d for packet id %d (QoS %d): ignored",
+            self.session.client_id,
+            kind,
+            packet_id,
+            entry.qos,
+        )
+        return True
 
     # -- writing
+
+    def _new_packet_id(self) -> int:
+        packet_id = self._next_id
+        for _ in range(65536):
+            packet_id = packet_id % 65535 + 1
+            if packet_id not in self.inflight:
+                self._next_id = packet_id
+                return packet_id
+        raise AMQTTError("no free packet id")  # cannot happen with MAX_INFLIGHT in flight
+
+    def _send(self, entry: Delivery) -> None:
+        packet_id = self._new_packet_id()
+        entry.packet_id = packet_id
+        self.inflight[packet_id] = entry
+        if self._store is not None and self._persistent():
+            if entry.row is None:
+                entry.row = self._store.queue_add(
+                    self.session.client_id,  # type: ignore[arg-type]
+                    entry.message.topic,
+                    entry.message.data,
+                    entry.qos,
+                    packet_id,
+                )
+            else:
+                self._store.queue_sent(entry.row, packet_id, False)
+        self._write(entry.message.packet(entry.qos, packet_id))
 
     def _writable(self) -> bool:
         transport = self._transport
@@ -243,26 +522,19 @@ class Outbox:
         else:
             self._write(message.packet(QOS_0))
 
-    def _write_qos1(self, message: OutgoingMessage) -> None:
-        session, handler = self.session, self.handler
-        packet_id = session.next_packet_id
-        session.inflight_out[packet_id] = OutgoingApplicationMessage(
-            packet_id, message.topic, QOS_1, message.data, message.retain
-        )
-        # The handler's reader resolves this future when the PUBACK arrives.
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        handler._puback_waiters[packet_id] = waiter
-        waiter.add_done_callback(partial(self._acknowledged, packet_id))
-        self._write(message.packet(QOS_1, packet_id))
+    def _wake_flusher(self) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
-    def _acknowledged(self, packet_id: int, _waiter: asyncio.Future[Any]) -> None:
-        self.session.inflight_out.pop(packet_id, None)
-        self.handler._puback_waiters.pop(packet_id, None)
-        if self._window is not None and not self._window.done():
-            self._window.set_result(None)
+    def _kick(self) -> None:
+        """Make sure waiting messages move: wake the flusher, or start one."""
+        self._wake_flusher()
+        if self._flusher is None and self.pending and self.handler is not None:
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
 
     async def _wait_until_writable(self, qos: int) -> bool:
-        while not self.closed:
+        window_full_since: float | None = None
+        while self.handler is not None:
             transport = self._transport
             if transport is None or transport.is_closing():
                 return False
@@ -272,40 +544,52 @@ class Outbox:
                         return False
                     await self._ws.drain()
                 else:
-                    await self._writer._writer.drain()  # type: ignore[attr-defined]
-                if not self._writable():
+                    await self._writer._writer.drain()  # type: ignore[union-attr]
+                if self.handler is not None and not self._writable():
                     await asyncio.sleep(0.01)  # drain() returned without waiting: never spin
                 continue
-            if qos == QOS_1 and len(self.session.inflight_out) >= MAX_INFLIGHT:
-                self._window = asyncio.get_running_loop().create_future()
-                await self._window
+            if qos != QOS_0 and len(self.inflight) >= MAX_INFLIGHT:
+                # Woken by every acknowledgement and by detach: never a wait for nothing.
+                loop = asyncio.get_running_loop()
+                self._wake = loop.create_future()
+                patience = self.session.keep_alive or DEFAULT_ACK_PATIENCE
+                done, _ = await asyncio.wait({self._wake}, timeout=patience)
+                if not done and self.handler is not None:
+                    now = loop.time()
+                    window_full_since = window_full_since or now - patience
+                    logger.warning(
+                        "client %s has acknowledged none of its %d in-flight messages for %.0f s"
+                        " (%d more waiting): it is connected but not processing",
+                        self.session.client_id,
+                        len(self.inflight),
+                        now - window_full_since,
+                        len(self.pending),
+                    )
                 continue
             return True
         return False
 
     async def _flush(self) -> None:
         try:
-            while self.items and not self.closed:
-                message, qos = self.items[0]
-                if qos == QOS_2 or self._transport is None:
-                    # Rare (nobody subscribes at QoS 2 here): amqtt's own, slower flow.
-                    self.items.popleft()  # type: ignore[union-attr]
-                    await self.handler.mqtt_publish(
-                        message.topic, message.data, qos, message.retain
-                    )
+            while self.pending and self.handler is not None:
+                entry = self.pending[0]
+                if not await self._wait_until_writable(entry.qos):
+                    return  # the connection is closing: detach() comes next
+                if not self.pending or self.pending[0] is not entry or self.handler is None:
                     continue
-                if not await self._wait_until_writable(qos):
-                    self.close()  # the connection is closing: nothing more will be written
-                    return
-                self.items.popleft()  # type: ignore[union-attr]
-                if qos == QOS_0:
-                    self._write_qos0(message)
+                self.pending.popleft()  # type: ignore[union-attr]
+                self.pending_bytes -= len(entry.message.data)
+                if self.dropped:
+                    self._end_of_burst()
+                if entry.qos == QOS_0:
+                    self._write_qos0(entry.message)
                 else:
-                    self._write_qos1(message)
+                    self._send(entry)
         except (OSError, AMQTTError, MQTTError, TimeoutError, websockets.ConnectionClosed) as exc:
             logger.info("delivery to %s stopped: %r", self.session.client_id, exc)
         finally:
-            self._flusher = None
+            if self._flusher is asyncio.current_task():
+                self._flusher = None
 
 
 class LeanQueue:
@@ -449,6 +733,7 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         self._pending_unsubscriptions = TaggedQueue(self.inbox, "unsub")  # type: ignore[assignment]
         # Resolved when this connection's lifecycle is over (lets a take-over wait for it).
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._retries: set[asyncio.Future[Any]] = set()
 
     @classmethod
     async def init_from_connect(  # type: ignore[override]
@@ -459,6 +744,13 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         session.retained_messages = LeanQueue()  # type: ignore[assignment]
         return handler, session  # type: ignore[return-value]
 
+    async def handle_unsubscribe(self, unsubscribe: Any) -> None:
+        # The per-session subscription count (broker/acl.py, max_subscriptions) forgets these.
+        filters = getattr(self.session, "rallycast_filters", None)
+        if filters and unsubscribe.payload is not None:
+            filters.difference_update(unsubscribe.payload.topics)
+        await super().handle_unsubscribe(unsubscribe)
+
     def handle_read_timeout(self) -> None:
         # Nothing heard for 1.5 x keep-alive: the client is gone [MQTT-3.1.2-24].
         client_id = self.session.client_id if self.session else None
@@ -466,11 +758,98 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         if self._reader_task is not None and not self._reader_task.done():
             self._reader_task.cancel()
 
+    # -- delivery: the session's Outbox runs the outgoing QoS flows
+
+    async def _retry_deliveries(self) -> None:
+        # Outgoing messages in flight are resent by Outbox.attach. An incoming QoS 2 message
+        # still waiting for its PUBREL gets amqtt's flow again, in the background: start()
+        # must not wait for the client.
+        session = self.session
+        if session is None or not session.inflight_in:
+            return
+        for message in list(session.inflight_in.values()):
+            task = asyncio.ensure_future(
+                asyncio.wait_for(self._handle_message_flow(message), 10)  # type: ignore[arg-type]
+            )
+            self._retries.add(task)
+            task.add_done_callback(self._retries.discard)
+
+    async def handle_puback(self, puback: PubackPacket) -> None:
+        header = puback.variable_header
+        if self.outbox is not None and header is not None:
+            if self.outbox.acknowledge(PUBACK, header.packet_id):
+                return
+        await super().handle_puback(puback)
+
+    async def handle_pubrec(self, pubrec: Any) -> None:
+        if self.outbox is not None and self.outbox.acknowledge(PUBREC, pubrec.packet_id):
+            return
+        await super().handle_pubrec(pubrec)
+
+    async def handle_pubcomp(self, pubcomp: Any) -> None:
+        if self.outbox is not None and self.outbox.acknowledge(PUBCOMP, pubcomp.packet_id):
+            return
+        await super().handle_pubcomp(pubcomp)
+
+    async def _handle_qos1_message_flow(self, app_message: Any) -> None:
+        """An incoming QoS 1 PUBLISH is acknowledged only once the broker has routed it and
+        the store holds what it queued from it for persistent sessions: a PUBACK is a promise
+        that survives ``kill -9`` (stock amqtt acknowledges before routing)."""
+        if app_message.direction != INCOMING or self.session is None:
+            await super()._handle_qos1_message_flow(app_message)
+            return
+        if app_message.packet_id is None:
+            raise MQTTError("QoS 1 PUBLISH without a packet id")
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.session.delivered_message_queue.put_nowait(app_message)
+        self.inbox.put_nowait(("stored", stored))
+        await stored
+        puback = PubackPacket.build(app_message.packet_id)
+        await self._send_packet(puback)
+        app_message.puback_packet = puback
+
+    async def _handle_qos2_message_flow(self, app_message: Any) -> None:
+        """An incoming QoS 2 PUBLISH is routed on PUBREL (amqtt's flow); its PUBCOMP is sent
+        only once the store holds what it queued for persistent sessions, as for QoS 1."""
+        if app_message.direction != INCOMING or self.session is None:
+            await super()._handle_qos2_message_flow(app_message)
+            return
+        session = self.session
+        session.inflight_in[app_message.packet_id] = app_message
+        pubrec = PubrecPacket.build(app_message.packet_id)
+        await self._send_packet(pubrec)
+        app_message.pubrec_packet = pubrec
+        previous = self._pubrel_waiters.get(app_message.packet_id)
+        if previous is not None and not previous.done():
+            previous.cancel()  # the client sent this PUBLISH again (DUP): one flow only
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pubrel_waiters[app_message.packet_id] = waiter
+        try:
+            app_message.pubrel_packet = await waiter
+        except asyncio.CancelledError:
+            return
+        finally:
+            if self._pubrel_waiters.get(app_message.packet_id) is waiter:
+                del self._pubrel_waiters[app_message.packet_id]
+        stored: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        session.delivered_message_queue.put_nowait(app_message)
+        self.inbox.put_nowait(("stored", stored))
+        session.inflight_in.pop(app_message.packet_id, None)
+        await stored
+        pubcomp = PubcompPacket.build(app_message.packet_id)
+        await self._send_packet(pubcomp)
+        app_message.pubcomp_packet = pubcomp
+
 
 class RallycastBroker(Broker):
     """amqtt Broker with the faults above neutralised. Same constructor as
     ``amqtt.broker.Broker``, plus the keyword-only ``max_queued_messages``
-    (Settings.max_queued_messages)."""
+    (Settings.max_queued_messages) and ``queue_limits`` (all the queue bounds; it wins over
+    ``max_queued_messages``). A loaded plugin with ``queue_add`` (broker/persistence.py) is
+    the :class:`MessageStore` for persistent sessions."""
+
+    # Hostile-client limits (broker/limits.py); start_broker sets its own from Settings.
+    client_limits = limits.BrokerLimits()
 
     def __init__(
         self,
@@ -479,26 +858,101 @@ class RallycastBroker(Broker):
         plugin_namespace: str | None = None,
         *,
         max_queued_messages: int = DEFAULT_MAX_QUEUED_MESSAGES,
+        queue_limits: QueueLimits | None = None,
     ) -> None:
         super().__init__(config, loop, plugin_namespace)
-        self.max_queued_messages = max_queued_messages
+        # Filters indexed by level: a delivery's cost depends on the filters that can match
+        # it, not on how many filters other clients hold (broker/limits.py).
+        self._subscriptions = limits.FilterIndex()
+        self.queue_limits = queue_limits or QueueLimits(messages=max_queued_messages)
         # Clients disconnected because they stopped reading (fault 5), for logs and tests.
         self.slow_clients_disconnected = 0
+        self.message_store: MessageStore | None = next(
+            (p for p in self.plugins_manager.plugins if hasattr(p, "queue_add")), None
+        )  # type: ignore[assignment]
+
+    @property
+    def max_queued_messages(self) -> int:
+        return self.queue_limits.messages
+
+    @max_queued_messages.setter
+    def max_queued_messages(self, value: int) -> None:
+        self.queue_limits = replace(self.queue_limits, messages=value)
 
     # -- observability
 
     def queued_messages(self, client_id: str) -> int:
-        """Messages waiting in a connected client's outbox (0 if not connected)."""
+        """Messages waiting for a session (connected or not; 0 if there is none)."""
         entry = self._sessions.get(client_id)
-        outbox = getattr(entry[1], "outbox", None) if entry else None
+        outbox = getattr(entry[0], "outbox", None) if entry else None
         return len(outbox) if outbox is not None else 0
 
     def forget_acl_decisions(self) -> None:
         """Drop the cached RECEIVE ACL decisions (call after the ACL changes)."""
-        for _session, handler in self._sessions.values():
-            outbox = getattr(handler, "outbox", None)
+        for session, _handler in self._sessions.values():
+            outbox = getattr(session, "outbox", None)
             if outbox is not None:
                 outbox.receive_allowed.clear()
+
+    # -- sessions' outboxes
+
+    def outbox_of(self, session: Session) -> Outbox:
+        """The session's Outbox, made on first use; messages the store restored for it
+        (``session.restored_queue``, set by broker/persistence.py) go in first."""
+        outbox: Outbox | None = getattr(session, "outbox", None)
+        limit, limit_bytes = self.queue_limits.for_session(session.client_id, session.username)
+        if outbox is None:
+            outbox = Outbox(
+                session, limit, limit_bytes, self._client_overflowed, self.message_store
+            )
+            session.outbox = outbox  # type: ignore[attr-defined]
+            restored = session.__dict__.pop("restored_queue", None)
+            if restored:
+                outbox.restore(restored)
+        else:
+            outbox.limit, outbox.limit_bytes = limit, limit_bytes
+        return outbox
+
+    async def _discard_session(self, client_id: str) -> None:
+        """End a session for good: subscriptions, queue, in-flight messages, stored rows."""
+        session = self._sessions.get(client_id, (None, None))[0]
+        outbox = getattr(session, "outbox", None)
+        if outbox is not None:
+            outbox.discard()
+        await self._delete_session(client_id)
+
+    async def _drop_unreadable(self, session: Session, outbox: Outbox) -> None:
+        """A resumed session may belong to another user now (MQTT allows it) or the ACL
+        changed: what waits for it is checked against the current user's read rights."""
+        decisions: dict[str, bool] = {}
+
+        async def readable(topic: str) -> bool:
+            if topic not in decisions:
+                decisions[topic] = await self._topic_filtering(session, topic, Action.RECEIVE)
+            return decisions[topic]
+
+        store = self.message_store if outbox._persistent() else None
+        for packet_id, entry in list(outbox.inflight.items()):
+            if not await readable(entry.message.topic):
+                del outbox.inflight[packet_id]
+                if store is not None and entry.row is not None:
+                    store.queue_done(entry.row)
+        if outbox.pending:
+            kept: deque[Delivery] = deque()
+            for entry in outbox.pending:
+                if await readable(entry.message.topic):
+                    kept.append(entry)
+                elif store is not None and entry.row is not None:
+                    store.queue_done(entry.row)
+            outbox.pending = kept
+            outbox.pending_bytes = sum(len(entry.message.data) for entry in kept)
+        refused = [topic for topic, ok in decisions.items() if not ok]
+        if refused:
+            self.logger.info(
+                "dropped messages queued on %s: %s may not read them",
+                refused,
+                session.username or "anonymous",
+            )
 
     # -- listeners
 
@@ -534,6 +988,12 @@ class RallycastBroker(Broker):
             close_timeout=WS_CLOSE_TIMEOUT,
             # MQTT keep-alive (enforced by RallycastProtocolHandler) finds dead peers.
             ping_interval=None,
+            # Hostile clients: no WebSocket message (nor frame) larger than the largest MQTT
+            # packet allowed, at most 4 of them buffered, and the handshake within the
+            # CONNECT timeout.
+            max_size=self.client_limits.max_packet_bytes,
+            max_queue=4,
+            open_timeout=self.client_limits.connect_timeout,
         )
 
     # -- connection lifecycle (faults 1, 2, 4)
@@ -546,12 +1006,27 @@ class RallycastBroker(Broker):
             msg = f"Invalid listener name '{listener_name}'"
             raise BrokerError(msg)
         if server.semaphore is not None and server.semaphore.locked():
-            await self._refuse_over_capacity(server, reader, writer)
-            return
-        await server.acquire_connection()  # a free slot: does not wait
+            # Full: drop the oldest connection still silent before its CONNECT (broker/limits.py,
+            # PendingSockets) and take its slot once it is released; else CONNACK 3.
+            if not limits.pending_sockets(self, listener_name).evict_oldest():
+                await self._refuse_over_capacity(server, reader, writer)
+                return
+            try:
+                await asyncio.wait_for(server.acquire_connection(), CLOSE_GRACE * 2)
+            except TimeoutError:
+                await self._refuse_over_capacity(server, reader, writer)
+                return
+        else:
+            await server.acquire_connection()  # a free slot: does not wait
+        # Every packet is checked (size from its fixed header, MQTT 3.1.1 rules) before amqtt
+        # parses it; a violation closes the connection (broker/limits.py).
+        reader = limits.FramedReader(
+            reader, self.client_limits.max_packet_bytes, writer.get_peer_info()
+        )
         try:
             await self._serve_connection(listener_name, reader, writer)
         finally:
+            reader.release()
             server.release_connection()
 
     async def _refuse_over_capacity(
@@ -590,18 +1065,20 @@ class RallycastBroker(Broker):
             await self._close_writer(writer)
             return
         address, port = remote
+        pending = limits.pending_sockets(self, listener_name)
+        pending.add(id(writer), partial(_abort, writer))
         try:
             handler, incoming = await asyncio.wait_for(
                 RallycastProtocolHandler.init_from_connect(
                     reader, writer, self.plugins_manager, loop=self._loop
                 ),
-                CONNECT_TIMEOUT,
+                self.client_limits.connect_timeout,
             )
         except TimeoutError:
             self.logger.info(
                 "no CONNECT from %s within %ss",
                 format_client_message(address=address, port=port),
-                CONNECT_TIMEOUT,
+                self.client_limits.connect_timeout,
             )
             await self._close_writer(writer)
             return
@@ -611,6 +1088,8 @@ class RallycastBroker(Broker):
             )
             await self._close_writer(writer)
             return
+        finally:
+            pending.discard(id(writer))
         try:
             await self._run_session(listener_name, handler, incoming, reader, writer)
         except (AMQTTError, MQTTError, NoDataError) as exc:
@@ -643,6 +1122,26 @@ class RallycastBroker(Broker):
                 await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
             await self._close_writer(writer)
             return
+        # Hostile clients: client id ownership, slots reserved for logged-in users.
+        refusal = limits.admission_refusal(
+            self.client_limits,
+            self._servers.get(listener_name),
+            incoming,
+            self._sessions.get(incoming.client_id or "", (None, None))[0],
+        )
+        if refusal is not None:
+            self.logger.warning(
+                "refused CONNECT from %s (user %r): %s",
+                format_client_message(session=incoming),
+                incoming.username,
+                refusal[1],
+            )
+            with contextlib.suppress(Exception):
+                await ConnackPacket.build(0, refusal[0]).to_stream(writer)
+            await self._close_writer(writer)
+            return
+        if isinstance(reader, limits.FramedReader):
+            reader.client_id = incoming.client_id
 
         client_id = incoming.client_id
         if client_id is None:
@@ -652,12 +1151,17 @@ class RallycastBroker(Broker):
         if previous is not None:
             await self._take_over(client_id, previous[1])
 
+        # [MQTT-3.1.2-4, 3.1.2-6]: the NEW connection's flag decides. Clean session 1 discards
+        # any previous session; clean session 0 resumes a previous PERSISTENT session only (a
+        # clean one ended with its connection), else starts a new one.
+        existing = self._sessions.get(client_id, (None, None))[0]
         session = incoming
         session.parent = 0
-        if incoming.clean_session:
-            await self._delete_session(client_id)
-        elif client_id in self._sessions:
-            session = self._sessions[client_id][0]
+        if incoming.clean_session or existing is None or existing.clean_session is not False:
+            if existing is not None:
+                await self._discard_session(client_id)
+        else:
+            session = existing
             # The new connection brings its own will, keep-alive, credentials and the
             # attributes the auth plugins just set.
             for name in (
@@ -691,17 +1195,19 @@ class RallycastBroker(Broker):
         # The handler queues this client's PUBLISHes here: into the connection's inbox.
         session.delivered_message_queue = TaggedQueue(handler.inbox, "msg")  # type: ignore[assignment]
 
+        outbox = self.outbox_of(session)
+        if session.parent:
+            await self._drop_unreadable(session, outbox)
         handler.attach(session, reader, writer)
-        handler.outbox = Outbox(
-            session, handler, writer, self.max_queued_messages, self._client_overflowed
-        )
+        handler.outbox = outbox
         self._sessions[client_id] = (session, handler)
         await handler.mqtt_connack_authorize(True)
         await self.plugins_manager.fire_event(
             BrokerEvents.CLIENT_CONNECTED, client_id=client_id, client_session=session
         )
         await handler.start()
-        await self._publish_session_retained_messages(session)
+        # In-flight messages again (DUP=1), then what waited, then anything new.
+        outbox.attach(handler, writer)
         # Fault 1: only this session's own filters (a resumed persistent session).
         own = [
             (a_filter, qos)
@@ -719,6 +1225,12 @@ class RallycastBroker(Broker):
                 if session.transitions.state == "connected":
                     await self._stop_handler(handler)
                     session.transitions.disconnect()
+                if session.clean_session is not False:
+                    # [MQTT-3.1.2-6] a clean session lasts as long as its connection.
+                    await self._discard_session(client_id)
+
+    async def _publish_session_retained_messages(self, session: Session) -> None:
+        """Nothing to do: what waited for the session is in its Outbox (sent on attach)."""
 
     async def _client_message_loop(
         self, client_session: Session, handler: BrokerProtocolHandler
@@ -746,6 +1258,9 @@ class RallycastBroker(Broker):
                 await self._handle_subscription(client_session, handler, _Ready(item))  # type: ignore[arg-type]
             elif kind == "unsub":
                 await self._handle_unsubscription(client_session, handler, _Ready(item))  # type: ignore[arg-type]
+            elif kind == "stored":
+                # After the message before it: resolved once it is routed and stored.
+                await self._broadcast_queue.put({"stored": item})
             elif kind == "disconnect":
                 packet = None
                 if item is not None and not item.cancelled():
@@ -765,10 +1280,12 @@ class RallycastBroker(Broker):
             await asyncio.wait_for(asyncio.shield(finished), CLOSE_GRACE * 4)
 
     async def _stop_handler(self, handler: BrokerProtocolHandler) -> None:
-        """Stop a handler within CLOSE_GRACE, then abort its connection (fault 3)."""
+        """Stop a handler within CLOSE_GRACE, then abort its connection (fault 3). Its
+        session's Outbox is detached first (a persistent session keeps its messages)."""
         outbox = getattr(handler, "outbox", None)
         if outbox is not None:
-            outbox.close()
+            outbox.detach(handler)
+            handler.outbox = None  # type: ignore[attr-defined]
         writer = handler.writer
         stop = asyncio.ensure_future(handler.stop())
         done, _ = await asyncio.wait({stop}, timeout=CLOSE_GRACE)
@@ -819,13 +1336,23 @@ class RallycastBroker(Broker):
         if app_message is None:
             return True
         topic = app_message.topic
-        if not topic or "#" in topic or "+" in topic or topic.startswith("$"):
+        if not topic or "#" in topic or "+" in topic:
+            # FramedReader closes such a connection before this point; kept as a safety net.
             self.logger.warning(
                 "%s sent PUBLISH to invalid topic %r: closing connection",
                 client_session.client_id,
                 topic,
             )
             return False
+        if topic.startswith("$"):
+            self.logger.info("%s may not publish to %s", client_session.client_id, topic)
+            return True
+        if app_message.publish_packet and app_message.publish_packet.retain_flag:
+            if limits.is_command_topic(topic):
+                # A retained command would be applied again after every restart: dropped
+                # (the QoS 1 PUBACK is already sent; the sender's resend without RETAIN works).
+                limits.log_retained_command_once(client_session, topic)
+                return True
         if not await self._topic_filtering(client_session, topic=topic, action=Action.PUBLISH):
             self.logger.info("%s not allowed to publish to %s", client_session.client_id, topic)
             return True
@@ -847,6 +1374,10 @@ class RallycastBroker(Broker):
 
     async def _run_broadcast(self, running_tasks: deque[asyncio.Task[Any]]) -> None:
         broadcast = await self._broadcast_queue.get()
+        stored = broadcast.get("stored")
+        if stored is not None:
+            self._resolve_when_stored(stored)
+            return
         topic: str = broadcast["topic"]
         data = broadcast["data"]
         if topic is None or data is None:
@@ -854,11 +1385,8 @@ class RallycastBroker(Broker):
         forced_qos = broadcast.get("qos")
         published_qos = broadcast.get("published_qos")
         message = OutgoingMessage(topic, data)
-        matching = [
-            subscribers
-            for a_filter, subscribers in self._subscriptions.items()
-            if self._matches(topic, a_filter)
-        ]
+        index = self._subscriptions
+        matching = [index[a_filter] for a_filter in index.matching(topic)]
         for subscribers in matching:
             for target, granted_qos in tuple(subscribers):
                 if forced_qos is not None:
@@ -867,28 +1395,36 @@ class RallycastBroker(Broker):
                     qos = min(published_qos, granted_qos)
                 else:
                     qos = granted_qos
-                entry = self._sessions.get(target.client_id)  # type: ignore[arg-type]
-                outbox = getattr(entry[1], "outbox", None) if entry and entry[0] is target else None
-                if outbox is not None and not outbox.closed:
-                    allowed = outbox.receive_allowed.get(topic)
-                    if allowed is None:
-                        allowed = await self._topic_filtering(target, topic, Action.RECEIVE)
-                        if len(outbox.receive_allowed) > 1024:
-                            outbox.receive_allowed.clear()
-                        outbox.receive_allowed[topic] = allowed
-                    if allowed:
-                        outbox.offer(message, qos)
+                outbox: Outbox | None = getattr(target, "outbox", None)
+                if target.transitions.state != "connected":
+                    # Not connected: keep QoS 1/2 messages for a persistent, named session
+                    # [MQTT-3.1.2-4], in its outbox (bounded; written to the store).
+                    if target.clean_session is not False or qos == QOS_0 or target.is_anonymous:
+                        continue
+                    outbox = self.outbox_of(target)
+                elif outbox is None:
                     continue
-                # Not connected: keep QoS 1/2 messages for a persistent, named session
-                # [MQTT-3.1.2.4], as stock amqtt does.
-                if (
-                    not target.clean_session
-                    and qos in (QOS_1, QOS_2)
-                    and not target.is_anonymous
-                    and target.transitions.state != "connected"
-                    and await self._topic_filtering(target, topic, Action.RECEIVE)
-                ):
-                    await self._retain_broadcast_message(broadcast, qos, target)
+                allowed = outbox.receive_allowed.get(topic)
+                if allowed is None:
+                    allowed = await self._topic_filtering(target, topic, Action.RECEIVE)
+                    if len(outbox.receive_allowed) > 1024:
+                        outbox.receive_allowed.clear()
+                    outbox.receive_allowed[topic] = allowed
+                if allowed:
+                    outbox.offer(message, qos)
+
+    def _resolve_when_stored(self, stored: asyncio.Future[None]) -> None:
+        """Resolve ``stored`` (a publisher's PUBACK waits on it) once the store holds every
+        write made so far; at once without a store or with nothing to write."""
+
+        def resolve() -> None:
+            if not stored.done():
+                stored.set_result(None)
+
+        if self.message_store is None:
+            resolve()
+        else:
+            self.message_store.when_stored(resolve)
 
     async def _publish_retained_messages_for_subscription(
         self, subscription: tuple[str, int], session: Session
@@ -900,9 +1436,8 @@ class RallycastBroker(Broker):
         )
         if granted is None:  # not this session's filter (fault 1)
             return
-        entry = self._sessions.get(session.client_id)  # type: ignore[arg-type]
-        outbox = getattr(entry[1], "outbox", None) if entry and entry[0] is session else None
-        if outbox is None:
+        outbox: Outbox | None = getattr(session, "outbox", None)
+        if outbox is None or session.transitions.state != "connected":
             return
         for retained in list(self._retained_messages.values()):
             if not self._matches(retained.topic, a_filter):
@@ -916,12 +1451,15 @@ class RallycastBroker(Broker):
             outbox.offer(OutgoingMessage(retained.topic, retained.data, retain=True), qos)
 
     def _client_overflowed(self, outbox: Outbox) -> None:
-        """A client let ``max_queued_messages`` pile up: it is not reading. Disconnect it."""
+        """A connected client let its queue fill up: it is not reading. Disconnect it (a
+        persistent session keeps what waits, within its bounds)."""
         self.slow_clients_disconnected += 1
         self.logger.warning(
             "client %s is not reading: %d messages queued (max_queued_messages): disconnecting it",
             outbox.session.client_id,
-            len(outbox.items),
+            len(outbox.pending),
         )
-        outbox.close()
-        _abort(outbox.handler.writer)
+        handler = outbox.handler
+        outbox.detach()
+        if handler is not None:
+            _abort(handler.writer)

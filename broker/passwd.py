@@ -4,7 +4,7 @@
     rallycast passwd add riverside --generate   # prints a new random password once
     echo "$PW" | rallycast passwd add riverside --password-stdin
     rallycast passwd remove riverside
-    rallycast passwd list
+    rallycast passwd list --data-dir /var/lib/rallycast   # or --config FILE, before or after
 
 A club's scorer user is named after the club id; the scorer service's user is
 ``Settings.service_user`` (``rallycast-service``). The embedded broker re-reads the file when it
@@ -26,8 +26,11 @@ from scorer.config import load_settings
 ROLE_LABELS = {Role.SERVICE: "service", Role.CLUB: "club scorer", Role.NONE: "no role"}
 
 
+DATA_DIR_HELP = "directory of the password file (data_dir/passwd)"
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="directory of the password file (data_dir/passwd)")
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
     actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
     add = actions.add_parser("add", help="add a user or change their password")
     add.add_argument("user")
@@ -36,7 +39,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--generate", action="store_true", help="generate and print a password")
     remove = actions.add_parser("remove", help="remove a user")
     remove.add_argument("user")
-    actions.add_parser("list", help="list the users")
+    listing = actions.add_parser("list", help="list the users and their roles")
+    for action in (add, remove, listing):
+        # Also after the action (`rallycast passwd list --data-dir D`); SUPPRESS keeps a value
+        # given before it. (scorer.cli adds --config the same way.)
+        action.add_argument("--data-dir", default=argparse.SUPPRESS, help=DATA_DIR_HELP)
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -53,12 +60,27 @@ def _read_password(args: argparse.Namespace) -> str:
     return first
 
 
+def _empty_hint(passwords: PasswordFile) -> str:
+    if passwords.path.exists():
+        return ""
+    return (
+        " (the file does not exist: is this the data dir `rallycast up` used? pass"
+        " --data-dir DIR or --config FILE)"
+    )
+
+
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(getattr(args, "config", None), overrides={"data_dir": args.data_dir})
     passwords = PasswordFile(settings.password_file)
     try:
         if args.action == "list":
-            for user in passwords.users():
+            users = passwords.users()
+            # Where it looked goes to stderr: stdout stays one "user<TAB>role" line per user.
+            if not users:
+                print(f"no users in {passwords.path}{_empty_hint(passwords)}", file=sys.stderr)
+            else:
+                print(f"users in {passwords.path}:", file=sys.stderr)
+            for user in users:
                 print(f"{user}\t{ROLE_LABELS[role_of(user, settings.service_user)]}")
             return 0
         if args.action == "remove":

@@ -9,12 +9,22 @@ import importlib
 import sys
 
 CONFIG_HELP = "TOML config file (default: $RALLYCAST_CONFIG, then built-in defaults)"
+DESCRIPTION = (
+    "Rallycast: live table-tennis scores over MQTT. `rallycast up` runs everything on this"
+    " machine (MQTT broker, scorer service, live pages); the other commands run one part or"
+    " one tool."
+)
+EPILOG = (
+    "`rallycast COMMAND -h` tells a command's flags. Settings come from a TOML file (--config"
+    " FILE, before or after COMMAND, or $RALLYCAST_CONFIG), RALLYCAST_<SETTING> variables and"
+    " flags; see README.md."
+)
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "up": ("scorer.up", "run broker + scorer service + viewer on this machine"),
     "broker": ("broker.cli", "run the embedded MQTT broker"),
-    "passwd": ("broker.passwd", "add or remove MQTT users in the password file"),
+    "passwd": ("broker.passwd", "add, change, remove or list MQTT users (the password file)"),
     "scorer": ("scorer.service", "run the scorer service against an MQTT broker"),
     "score": ("scorer.terminal", "score a match from a terminal"),
     "buttons": ("scorer.buttons", "turn button-board messages into score commands"),
@@ -26,15 +36,17 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="rallycast", description=__doc__.splitlines()[0])
-    parser.add_argument("--config", help=CONFIG_HELP)
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    parser = argparse.ArgumentParser(prog="rallycast", description=DESCRIPTION, epilog=EPILOG)
+    parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    sub = parser.add_subparsers(title="commands", dest="command", metavar="COMMAND", required=True)
     for name, (module_name, help_text) in SUBCOMMANDS.items():
         sub_parser = sub.add_parser(name, help=help_text, description=help_text)
         sub_parser.set_defaults(_module=module_name)
         # Also after the subcommand (`rallycast up --config F`); SUPPRESS keeps a value given
         # before it.
-        sub_parser.add_argument("--config", default=argparse.SUPPRESS, help=CONFIG_HELP)
+        sub_parser.add_argument(
+            "--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP
+        )
         if name != chosen:
             continue
         try:
@@ -42,6 +54,13 @@ def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
         except ImportError:
             continue  # listed, but "not available" when run
         module.configure(sub_parser)
+        # Nested verbs take it too (`rallycast passwd list --config F`).
+        for action in sub_parser._actions:  # argparse has no public list of subparsers
+            if isinstance(action, argparse._SubParsersAction):
+                for verb_parser in action.choices.values():
+                    verb_parser.add_argument(
+                        "--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP
+                    )
     return parser
 
 

@@ -27,7 +27,6 @@ from typing import Any
 
 from scorer.rules import (
     BEST_OF_CHOICES,
-    ENDS_CHANGE_AT,
     EXPEDITE_MAX_TOTAL,
     Player,
     game_over,
@@ -37,6 +36,7 @@ from scorer.rules import (
     pairing_at,
     partner,
     service_turn,
+    switch_point,
 )
 
 SCHEMA = 1
@@ -517,7 +517,7 @@ def _point(state: State, side: int, index: int, at: float) -> tuple[State, dict[
     game = replace(game, score=after, points=(*game.points, (index, side)))
     doubles = state.setup.doubles
     event = {"kind": "point", "side": side, "game_no": game.number, "score": list(after)}
-    if game.number == state.setup.best_of and max(before) < ENDS_CHANGE_AT <= max(after):
+    if game.number == state.setup.best_of and switch_point(before, after):
         # R8: a pair first reached 5 in the last possible game: the pair due to receive
         # changes its order (the receiver's partner receives from the same server).
         server, receiver = _pairing_at_total(game, game.total, doubles)
@@ -676,7 +676,11 @@ def _derive(start: State, changes: list[Change], first: int, struck: set[int]) -
     for index in range(first, len(changes)):
         change = changes[index]
         if change.strike is None and index not in struck:
-            state, _ = _apply(state, change, index)
+            try:
+                state, _ = _apply(state, change, index)
+            except Refused as exc:
+                exc.params.setdefault("cmd", change.command["cmd"])  # which change broke
+                raise
     return state
 
 
@@ -836,11 +840,11 @@ class History:
             else:
                 derived = self._from_scratch(changes)
         except Refused as exc:
-            if exc.code == "match_over":
+            if exc.code == "match_over" and exc.params.get("cmd") == "point":
                 raise Refused(
-                    f"taking back side {side}'s point would end game {game_no} earlier and "
-                    "leave later points after the end of the match: use undo to take back the "
-                    "latest presses first",
+                    f"taking back side {side}'s point in game {game_no} would end the match "
+                    "before points that come after it: use undo to take back the latest "
+                    "presses first",
                     code="points_after_match_end",
                     side=side,
                     game_no=game_no,
@@ -977,7 +981,7 @@ class Match:
             if isinstance(at, bool) or not isinstance(at, int | float):
                 raise _bad(f'log entry {number} has no "at" time', field="at")
             try:
-                match.apply(command, float(at))
+                match._accept(parse_command(command), float(at))
             except Refused as exc:
                 raise Refused(f"log entry {number}: {exc}", exc.code, **exc.params) from None
         return match
@@ -1011,20 +1015,21 @@ class Match:
     def apply(self, command: bytes | str | dict[str, Any], now: float) -> Outcome:
         """Apply one command at time ``now`` (seconds since the epoch). Raises Refused and
         leaves the match unchanged when the rules do not allow it."""
-        parsed = parse_command(command)
+        event = self._accept(parse_command(command), float(now))
+        snapshot = self.snapshot()
+        assert snapshot is not None  # a command was accepted, so the match has started
+        return Outcome(snapshot=snapshot, event=event, duplicate=event is None)
+
+    def _accept(self, parsed: dict[str, Any], now: float) -> dict[str, Any] | None:
+        """Apply a parsed command: its event, or None for a duplicate id. Raises Refused."""
         command_id = parsed.get("id")
         if command_id is not None and command_id in self._rev_by_id:
-            snapshot = self.snapshot()
-            assert snapshot is not None  # an accepted command carried this id
-            return Outcome(snapshot=snapshot, event=None, duplicate=True)
-        event = self._history.step(parsed, float(now))
-        self._log.append({**parsed, "at": float(now)})
+            return None
+        event = self._history.step(parsed, now)
+        self._log.append({**parsed, "at": now})
         if command_id is not None:
             self._rev_by_id[command_id] = self.rev
-        event = {"kind": event.pop("kind"), **event, "rev": self.rev, "match_id": self.match_id}
-        snapshot = self.snapshot()
-        assert snapshot is not None
-        return Outcome(snapshot=snapshot, event=event, duplicate=False)
+        return {"kind": event.pop("kind"), **event, "rev": self.rev, "match_id": self.match_id}
 
     def snapshot(self) -> dict[str, Any] | None:
         """What a scoreboard shows (None before the start). See docs/rules.md."""

@@ -78,15 +78,11 @@ def pairing_at(
     return service_cycle(server, receiver, doubles)[(turn - anchor_turn) % 4]
 
 
-def switch_total(points: list[int]) -> int | None:
-    """R6/R8: the number of points played when a side FIRST reached 5 in a game (the moment
-    ends change and, in doubles, the receiving order changes in the last possible game)."""
-    counts = [0, 0, 0]
-    for index, side in enumerate(points):
-        counts[side] += 1
-        if counts[side] == ENDS_CHANGE_AT:
-            return index + 1
-    return None
+def switch_point(before: tuple[int, int], after: tuple[int, int]) -> bool:
+    """R6/R8: the point that took the score from ``before`` to ``after`` made a side FIRST
+    reach 5 in the game (the moment ends change and, in doubles, the receiving order changes,
+    in the last possible game). Scores only grow within a game, so this happens once."""
+    return max(before) < ENDS_CHANGE_AT <= max(after)
 
 
 def left_side_by_law(game_no: int, best_of: int, score1: int, score2: int) -> int:

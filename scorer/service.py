@@ -31,6 +31,7 @@ from scorer import topics
 from scorer.client import BrokerAddress, make_client, resolve_address
 from scorer.config import Settings, load_settings
 from scorer.engine import ENDED_STATUSES, Match, Refused, check_command_id, parse_command
+from scorer.logs import setup_logging
 from scorer.store import (
     COMMAND_IDS_PER_CLUB,
     MatchStore,
@@ -827,18 +828,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-dir", help="where the match store lives")
 
 
-def setup_logging(settings: Settings) -> None:
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-
-
 def main(args: argparse.Namespace) -> int:
     settings = load_settings(
         args.config, overrides={"data_dir": args.data_dir, "broker_url": args.url}
     )
-    setup_logging(settings)
+    setup_logging(settings.log_level)
     password = args.password or os.environ.get(PASSWORD_ENV) or None
     service = ScorerService(settings, user=args.user, password=password)
     if not service.address.password:

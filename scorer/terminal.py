@@ -42,7 +42,8 @@ KEYS: dict[str, tuple[dict[str, Any], str]] = {
     "z": ({"cmd": "point", "side": 1, "delta": -1}, "-1 side 1"),
     "k": ({"cmd": "point", "side": 2}, "+1 side 2"),
     "m": ({"cmd": "point", "side": 2, "delta": -1}, "-1 side 2"),
-    "u": ({"cmd": "undo"}, "undo the latest point"),
+    "u": ({"cmd": "undo"}, "undo the latest change"),
+    "r": ({"cmd": "redo"}, "redo what undo took back"),
     "t": ({"cmd": "timeout", "side": 1}, "timeout side 1"),
     "y": ({"cmd": "timeout", "side": 2}, "timeout side 2"),
     "e": ({"cmd": "expedite"}, "expedite system on"),
@@ -129,9 +130,18 @@ def ask_choice(prompt: str, choices: tuple[int, ...], default: int) -> int:
         print(f"{answer!r} is not one of {', '.join(map(str, choices))}; try again")
 
 
-def prompt_start(args: argparse.Namespace) -> dict[str, Any] | None:
-    """Ask for a new match's players (terminal only); None when the scorer declines."""
-    if ask("start a new match? (y/n)", "y").lower() not in ("y", "yes"):
+def prompt_start(
+    args: argparse.Namespace, current: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """Ask for a new match's players (terminal only); None when the scorer declines.
+    ``current`` is the club's snapshot: with a match in progress the first question is
+    whether to replace it (a start with ``force``), before any name is asked."""
+    if current and current.get("status") not in ENDED_STATUSES:
+        question = f"a match is in progress ({format_snapshot(current)}); replace it? (y/n)"
+        if ask(question, "n").lower() not in ("y", "yes"):
+            return None
+        args.force = True
+    elif ask("start a new match? (y/n)", "y").lower() not in ("y", "yes"):
         return None
     args.doubles = ask("singles or doubles? (s/d)", "s").lower().startswith("d")
     hint = " (two names: Ann / Ada)" if args.doubles else ""
@@ -276,7 +286,7 @@ def main(args: argparse.Namespace) -> int:
                     continue
                 if entry == NEW_MATCH_KEY and interactive:
                     with _cooked(sys.stdin):
-                        command = prompt_start(args)
+                        command = prompt_start(args, client.snapshot)
                     if command is not None:
                         send(command)
                     continue

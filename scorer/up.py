@@ -4,32 +4,41 @@ scorer service and the live pages — working with no configuration at all.
 On first start it creates the data dir, the scorer credentials of each configured club (the
 `demo` club by default; the password is printed once and only its hash is kept) and the
 service's own secret (data_dir/service.secret), then prints what to open and what to type.
+
+Under systemd (``$INVOCATION_ID`` set) or with ``--passwords-file FILE``, new passwords are
+not printed (stdout is the journal there, which keeps lines for weeks and which every member
+of group adm may read): they are appended to a file only the running user may read
+(data_dir/new-passwords by default), and the log says where.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import errno
 import logging
 import os
 import secrets
+import shlex
 import shutil
 import signal
 import socket
 import sys
 import time
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from scorer.config import Settings, load_settings
-from scorer.service import ScorerService, ensure_service_secret, setup_logging
+from broker.startup import StartFailed, listen_failure, start_broker_plainly
+from scorer.config import Settings, bind_description, default_data_dir, load_settings
+from scorer.logs import setup_logging
+from scorer.service import ScorerService, ensure_service_secret
 
 if TYPE_CHECKING:
     from broker.server import RunningBroker
 
 log = logging.getLogger("rallycast.up")
 
+PASSWORDS_FILE_NAME = "new-passwords"
 STOP_BUDGET = 1.5  # seconds for a clean stop after Ctrl-C / SIGTERM (promise: within 2 s)
 SERVICE_CONNECT_TIMEOUT = 10.0
 
@@ -69,38 +78,14 @@ def _rallycast_command() -> str:
     return started_as if os.path.basename(started_as) == "rallycast" else "rallycast"
 
 
-class StartFailed(Exception):
-    """``rallycast up`` cannot start; the message says why and what to do."""
-
-
-def _os_error(exc: BaseException) -> OSError | None:
-    """``exc`` or the OSError behind it (amqtt wraps it in its BrokerError)."""
-    cause: BaseException | None = exc
-    while cause is not None and not isinstance(cause, OSError):
-        cause = cause.__cause__ or cause.__context__
-    return cause
-
-
-def listen_failure(error: OSError, port: int, flag: str, other: str) -> StartFailed:
-    if error.errno == errno.EADDRINUSE:
-        return StartFailed(f"port {port} is in use: stop the other {other} or pass {flag}")
-    return StartFailed(f"cannot listen on port {port}: {error.strerror or error} (see {flag})")
-
-
-def broker_listen_failure(exc: BaseException, settings: Settings) -> StartFailed | None:
-    """What to tell the user when the broker could not open its listeners (None: another
-    fault). The OSError names the address, e.g. ``('0.0.0.0', 9001)``."""
-    error = _os_error(exc)
-    if error is None:
-        return None
-    if settings.ws_port and f", {settings.ws_port})" in str(error):
-        return listen_failure(error, settings.ws_port, "--ws-port", "broker")
-    return listen_failure(error, settings.mqtt_port, "--mqtt-port", "broker")
-
-
-def _without_traceback(record: logging.LogRecord) -> bool:
-    record.exc_info = record.exc_text = None
-    return True
+def passwd_command(settings: Settings, club_id: str, rallycast: str = "rallycast") -> str:
+    """The command that gives ``club_id`` a new password in THIS data dir: ``rallycast passwd``
+    alone writes to the default one, which is not the one a ``--data-dir``, ``--config`` or
+    ``RALLYCAST_DATA_DIR`` start uses."""
+    command = f"{rallycast} passwd add {club_id} --generate"
+    if settings.data_dir.expanduser().resolve() != default_data_dir().resolve():
+        command += f" --data-dir {shlex.quote(str(settings.data_dir))}"
+    return command
 
 
 def new_passwords_notice(credentials: Credentials) -> str:
@@ -112,13 +97,53 @@ def new_passwords_notice(credentials: Credentials) -> str:
     return "\n".join(lines)
 
 
+def under_systemd(environ: dict[str, str] | None = None) -> bool:
+    """systemd sets $INVOCATION_ID for every process of a unit (systemd.exec(5))."""
+    return bool((os.environ if environ is None else environ).get("INVOCATION_ID"))
+
+
+def write_new_passwords(path: Path, credentials: Credentials) -> Path:
+    """Append the new club passwords to ``path``, mode 0600 (also when it existed with another
+    mode), one ``scorer login: user ID password PW`` line each under a dated comment; appended,
+    so passwords of an earlier start that nobody has noted yet stay. Returns ``path``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+    with os.fdopen(fd, "a", encoding="utf-8") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S %z")
+        handle.write(f"# {stamp} rallycast up: new scorer passwords\n")
+        for club_id, password in sorted(credentials.new_club_passwords.items()):
+            handle.write(f"scorer login: user {club_id} password {password}\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    return path
+
+
+def passwords_file_notice(path: Path, credentials: Credentials) -> str:
+    clubs = ", ".join(sorted(credentials.new_club_passwords))
+    return (
+        f"New scorer passwords (clubs {clubs}) written to {path}, readable by this user only "
+        "(not printed: this output is a log). Note them, then delete the file."
+    )
+
+
 def banner(
-    settings: Settings, credentials: Credentials, broker: RunningBroker, http_url: str | None
+    settings: Settings,
+    credentials: Credentials,
+    broker: RunningBroker,
+    http_url: str | None,
+    passwords_file: Path | None = None,
 ) -> str:
+    """What ``up`` prints once it runs. With ``passwords_file`` a new password is not shown:
+    the banner points at that file."""
     rallycast = _rallycast_command()
     host, mqtt_port = broker.host, broker.mqtt_port  # mosquitto_pub -h takes IPv6 bare
     lines = ["", "Rallycast is running.", ""]
     lines.append(f"  MQTT broker:  {broker.mqtt_url}   WebSocket: {broker.ws_url}")
+    ports = f"MQTT {broker.mqtt_port}, WebSocket {broker.ws_port}"
+    if http_url is not None:
+        ports += f", pages {http_url.rsplit(':', 1)[1]}"
+    lines.append(f"  Listening on: {bind_description(settings.bind)} (ports {ports})")
     lines.append(f"  Data dir:     {settings.data_dir}")
     if http_url is None:
         lines.append("  Live pages:   not available (the viewer package is not installed)")
@@ -132,17 +157,20 @@ def banner(
             lines.append(f"  display:    {base}/display")
             lines.append(f"  overlay:    {base}/overlay")
         password = credentials.new_club_passwords.get(club.id)
-        if password is not None:
+        if password is not None and passwords_file is not None:
+            lines.append(f"  scorer login: user {club.id}, new password in {passwords_file}")
+            shown = "PASSWORD"
+        elif password is not None:
             lines.append(f"  scorer login: user {club.id} password {password}")
             lines.append(
-                f"  (shown only now: write it down; a new one: {rallycast} passwd add "
-                f"{club.id} --generate)"
+                f"  (shown only now: write it down; a new one: "
+                f"{passwd_command(settings, club.id, rallycast)})"
             )
             shown = password
         else:
             lines.append(
                 f"  scorer login: user {club.id}, password set at first start "
-                f"(forgotten? {rallycast} passwd add {club.id} --generate)"
+                f"(forgotten? {passwd_command(settings, club.id, rallycast)})"
             )
             shown = "PASSWORD"
         lines.append("  score from a terminal:")
@@ -152,45 +180,53 @@ def banner(
         )
         lines.append("  or with mosquitto-clients:")
         lines.append(f"    mosquitto_sub -h {host} -p {mqtt_port} -t clubs/{club.id}/game -v")
+        # With ids: a command the broker delivers twice (after a crash) is applied once.
         lines.append(
             f"    mosquitto_pub -h {host} -p {mqtt_port} -u {club.id} -P '{shown}' -q 1 "
-            f'-t clubs/{club.id}/game/cmd -m \'{{"cmd": "start", "player1": "Ann", '
+            f'-t clubs/{club.id}/game/cmd -m \'{{"id": "s1", "cmd": "start", "player1": "Ann", '
             f'"player2": "Bob"}}\''
         )
         lines.append(
             f"    mosquitto_pub -h {host} -p {mqtt_port} -u {club.id} -P '{shown}' -q 1 "
-            f"-t clubs/{club.id}/game/cmd -m '1+'"
+            f'-t clubs/{club.id}/game/cmd -m \'{{"id": "p1", "cmd": "point", "side": 1}}\''
         )
+        lines.append("    (each command its own id: p2, p3, ...; a repeated id is applied once)")
     if settings.bind in ("", "0.0.0.0", "::"):
         lines.append("")
         lines.append(
             f"From other devices use this machine's address instead of {host} "
             f"(e.g. {socket.gethostname()})."
         )
+    elif settings.local_host.startswith("127.") or settings.local_host in ("::1", "localhost"):
+        lines.append("")
+        lines.append(
+            f"Other devices cannot connect: it listens on {settings.bind} only "
+            "(--bind 0.0.0.0 listens on all interfaces)."
+        )
     lines.append("")
     lines.append("Stop with Ctrl-C.")
     return "\n".join(lines)
 
 
-async def run_up(settings: Settings, stop: asyncio.Event) -> int:
-    """Run everything until ``stop`` is set; returns the exit code."""
-    from broker.server import start_broker
-
+async def run_up(
+    settings: Settings, stop: asyncio.Event, passwords_file: Path | None = None
+) -> int:
+    """Run everything until ``stop`` is set; returns the exit code. ``passwords_file``: new
+    club passwords go there (see :func:`write_new_passwords`) instead of to stdout."""
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     credentials = await asyncio.to_thread(ensure_credentials, settings)
-    if credentials.new_club_passwords:
+    if credentials.new_club_passwords and passwords_file is not None:
+        try:
+            write_new_passwords(passwords_file, credentials)
+        except OSError as exc:
+            # The passwords exist only here now: shown in the output rather than lost.
+            log.error("cannot write %s (%s): printing the new passwords", passwords_file, exc)
+            passwords_file = None
+        else:
+            print(passwords_file_notice(passwords_file, credentials), flush=True)
+    if credentials.new_club_passwords and passwords_file is None:
         print(new_passwords_notice(credentials), flush=True)
-    amqtt_log = logging.getLogger("amqtt.broker")
-    amqtt_log.addFilter(_without_traceback)  # a listener that cannot start: said plainly below
-    try:
-        broker = await start_broker(settings)
-    except Exception as exc:
-        failure = broker_listen_failure(exc, settings)
-        if failure is None:
-            raise
-        raise failure from exc
-    finally:
-        amqtt_log.removeFilter(_without_traceback)
+    broker = await start_broker_plainly(settings)  # StartFailed: said plainly by main()
     # The real ports (settings may say 0); the pages need the real WebSocket port.
     settings = replace(
         settings, mqtt_port=broker.mqtt_port, ws_port=broker.ws_port, broker_url=broker.mqtt_url
@@ -215,9 +251,17 @@ async def run_up(settings: Settings, stop: asyncio.Event) -> int:
             try:
                 viewer = await start_viewer(settings)
             except OSError as exc:
-                raise listen_failure(exc, settings.http_port, "--http-port", "web server") from exc
+                raise listen_failure(
+                    exc, settings.http_port, "--http-port", "web server", settings.bind
+                ) from exc
         print(
-            banner(settings, credentials, broker, viewer.url if viewer is not None else None),
+            banner(
+                settings,
+                credentials,
+                broker,
+                viewer.url if viewer is not None else None,
+                passwords_file,
+            ),
             flush=True,
         )
         await stop.wait()
@@ -250,6 +294,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mqtt-port", type=int, help="MQTT TCP port (0 = any free port)")
     parser.add_argument("--ws-port", type=int, help="MQTT WebSocket port (0 = any free port)")
     parser.add_argument("--http-port", type=int, help="web pages port (0 = any free port)")
+    parser.add_argument(
+        "--passwords-file",
+        metavar="FILE",
+        help="append new scorer passwords to FILE (mode 0600) instead of printing them"
+        f" (default under systemd: DATA_DIR/{PASSWORDS_FILE_NAME})",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -263,14 +313,19 @@ def main(args: argparse.Namespace) -> int:
             "http_port": args.http_port,
         },
     )
-    setup_logging(settings)
+    setup_logging(settings.log_level)
+    passwords_file = None
+    if args.passwords_file:
+        passwords_file = Path(args.passwords_file).expanduser()
+    elif under_systemd():
+        passwords_file = settings.data_dir / PASSWORDS_FILE_NAME
 
     async def run() -> int:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, stop.set)
-        return await run_up(settings, stop)
+        return await run_up(settings, stop, passwords_file)
 
     try:
         code = asyncio.run(run())

@@ -15,9 +15,11 @@ import asyncio
 import hashlib
 import logging
 import re
+import socket
+import sys
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +35,16 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from scorer import topics
-from scorer.config import Club, Settings, load_settings, local_host, url_host
+from scorer.client import parse_broker_url
+from scorer.config import (
+    Club,
+    Settings,
+    bind_description,
+    load_settings,
+    local_host,
+    url_host,
+)
+from scorer.logs import setup_logging
 from viewer.i18n import LANG_COOKIE, STRINGS, browser_strings, pick_language
 from viewer.snapshots import RetainedSnapshots, viewer_broker_url
 
@@ -220,7 +231,7 @@ class Viewer:
                 "mqtt_js_missing": self.mqtt_js_missing,
                 "mqtt_js_name": MQTT_JS_NAME,
                 "snapshots": self.current_snapshots(embed),
-                "scorer_offline": self.snapshots is not None and self.snapshots.scorer_offline,
+                "scorer_status": self.snapshots.scorer_status if self.snapshots else None,
                 **context,
             },
             status_code=status_code,
@@ -279,10 +290,19 @@ class Viewer:
             return self.render(
                 request, "error.html", page="error", status_code=400,
                 title=STRINGS[pick_language(request)[0]]["bad_overlay"], problems=problems,
+                help_url=f"/clubs/{club.id}/overlay/help",
             )  # fmt: skip
         return self.render(
             request, "overlay.html", page="overlay", club=club, frame_ancestors="*",
             browser={"overlay": options}, embed=(club.id,),
+        )  # fmt: skip
+
+    async def overlay_help(self, request: Request) -> Response:
+        club = self.club_or_404(request)
+        return self.render(
+            request, "overlay_help.html", page="overlay-help", club=club,
+            positions=OVERLAY_POSITIONS, defaults=OVERLAY_DEFAULTS, scale_range=OVERLAY_SCALE,
+            base=f"{request.base_url}clubs/{club.id}/overlay",
         )  # fmt: skip
 
     async def static_file(self, request: Request) -> Response:
@@ -312,6 +332,7 @@ def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette
         Route("/clubs/{club_id}/score", viewer.score_page),
         Route("/clubs/{club_id}/display", viewer.display_page),
         Route("/clubs/{club_id}/overlay", viewer.overlay_page),
+        Route("/clubs/{club_id}/overlay/help", viewer.overlay_help),
         Route("/static/{digest}/{name:path}", viewer.static_file),
     ]
 
@@ -387,8 +408,20 @@ async def _run_uvicorn(server: uvicorn.Server, where: str) -> None:
         await server.serve()
     except SystemExit:
         # uvicorn calls sys.exit when it cannot start (e.g. the port is taken); a SystemExit
-        # escaping a task would stop the whole event loop of `rallycast up`.
-        raise OSError(f"the viewer could not listen on {where}") from None
+        # escaping a task would stop the whole event loop of `rallycast up`. uvicorn keeps
+        # the OSError to itself: binding again tells which (port in use, no such address).
+        raise _bind_error(server.config.host, server.config.port, where) from None
+
+
+def _bind_error(host: str, port: int, where: str) -> OSError:
+    try:
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            probe.bind((host, port))
+    except OSError as exc:
+        return OSError(exc.errno, f"the viewer could not listen on {where}: {exc.strerror}")
+    return OSError(f"the viewer could not listen on {where}")
 
 
 async def start_viewer(settings: Settings) -> RunningViewer:
@@ -401,7 +434,12 @@ async def start_viewer(settings: Settings) -> RunningViewer:
             raise OSError("the viewer stopped before it started")
         await asyncio.sleep(0.01)
     running = RunningViewer(server, task, settings.bind, bound_port(server))
-    log.info("viewer on %s", running.url)
+    log.info(
+        "pages listening on %s, port %d (%s from this machine)",
+        bind_description(settings.bind),
+        running.port,
+        running.url,
+    )
     return running
 
 
@@ -422,27 +460,58 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--http-port", type=int, help="HTTP port (0 = any free port)")
     parser.add_argument("--ws-port", type=int, help="the broker's WebSocket port the pages use")
     parser.add_argument("--public-ws-url", help="WebSocket URL the pages use (behind a proxy)")
+    parser.add_argument(
+        "--url",
+        help="the broker whose retained snapshots give each page its first score, as a"
+        " spectator (default: the broker_url setting; user and password are not used)",
+    )
+
+
+def browser_ws(settings: Settings) -> str:
+    """Where the browsers' mqtt.js connects, in words for the start line."""
+    if settings.public_ws_url:
+        return settings.public_ws_url
+    return f"ws://<the page's host>:{settings.ws_port}/mqtt"
 
 
 def main(args: argparse.Namespace) -> int:
     overrides = {
+        "broker_url": args.url,
         "bind": args.bind,
         "http_port": args.http_port,
         "ws_port": args.ws_port,
         "public_ws_url": args.public_ws_url,
     }
     settings = load_settings(args.config, overrides=overrides)
-    logging.basicConfig(level=settings.log_level, format="%(levelname)s %(name)s: %(message)s")
+    setup_logging(settings.log_level)
 
     async def run() -> None:
         running = await start_viewer(settings)
-        print(f"Rallycast pages on {running.url}/", flush=True)
+        print(
+            f"Rallycast pages on {running.url}/ (listening on {bind_description(settings.bind)},"
+            f" port {running.port})",
+            flush=True,
+        )
         for club in settings.clubs:
             print(f"  {club.name}: {running.url}/clubs/{club.id}", flush=True)
+        # As the viewer connects: a spectator, so without the URL's user and password.
+        following = replace(parse_broker_url(viewer_broker_url(settings)), user=None)
+        print(
+            f"  first scores from {following.url()}; browsers use {browser_ws(settings)}",
+            flush=True,
+        )
         await running.task
 
     try:
         asyncio.run(run())
     except KeyboardInterrupt:
         pass
+    except OSError as exc:
+        from broker.startup import listen_failure
+
+        failure = listen_failure(
+            exc, settings.http_port, "--http-port", "web server", settings.bind
+        )
+        print(f"rallycast viewer: {failure}", file=sys.stderr)
+        return 1
     return 0

@@ -80,6 +80,11 @@ class RetainedSnapshots:
     def scorer_offline(self) -> bool:
         return self._ready.is_set() and self._status == "offline"
 
+    @property
+    def scorer_status(self) -> str | None:
+        """The service's last status (``online``, ``stalled``, ``offline``), None if unknown."""
+        return self._status if self._ready.is_set() else None
+
     # --- running ---
 
     def start(self) -> bool:

@@ -9,7 +9,6 @@ Layers, each usable alone: ``decoders`` (device message -> presses, pure), ``map
 from __future__ import annotations
 
 import argparse
-import logging
 import signal
 import sys
 import threading
@@ -19,7 +18,6 @@ from scorer.buttons.decoders import BadPayload, DeviceMessage, Press
 from scorer.buttons.mapping import Action, Board, BoardSpec, Verdict, parse_action
 from scorer.buttons.runner import ButtonRunner
 from scorer.client import parse_broker_url
-from scorer.config import ConfigError
 
 __all__ = [
     "Action",
@@ -74,20 +72,13 @@ def describe(config: ButtonsConfig) -> str:
 
 
 def main(args: argparse.Namespace) -> int:
+    from scorer.logs import setup_logging
+
     config = load_buttons_config(
         getattr(args, "config", None),
         overrides={"broker_url": args.url, "log_level": args.log_level},
     )
-    level = config.settings.log_level.upper()
-    if not isinstance(logging.getLevelName(level), int):
-        raise ConfigError(
-            f"log level {config.settings.log_level!r}: use DEBUG, INFO, WARNING or ERROR"
-        )
-    if not logging.getLogger().handlers:
-        logging.basicConfig(
-            level=level,
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+    setup_logging(config.settings.log_level)
     if args.check:
         print(describe(config))
         return 0

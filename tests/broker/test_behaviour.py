@@ -484,6 +484,12 @@ def test_another_user_resuming_the_services_session_gets_none_of_its_messages(an
     leave(persistent_service(any_broker, subscribe=True))
     publish(any_broker.client("alpha"), "clubs/alpha/game/cmd", b"for the service only")
     for user in (None, "beta"):
+        if any_broker.kind == "amqtt":
+            # The embedded broker refuses the take-over outright (CONNACK 2, issue 9;
+            # tests/broker/test_hostile.py); mosquitto lets it happen, then filters.
+            with pytest.raises(ConnectionRefusedError):
+                any_broker.client(user, client_id=SERVICE_ID, clean_session=False)
+            continue
         thief = any_broker.recorder(user=user, client_id=SERVICE_ID, clean_session=False)
         publish(any_broker.client("alpha"), "clubs/alpha/game/cmd", b"live command")
         thief.assert_nothing(0.5)

@@ -4,6 +4,8 @@ the failing inputs of issue 10, each pinned with the value the laws give."""
 from __future__ import annotations
 
 import itertools
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -320,3 +322,98 @@ def test_lone_surrogates_are_refused_in_every_string_field(raw):
         match.apply(raw, 1.0)
     assert caught.value.code == "bad_command"
     assert match.log == []
+
+
+# ---------------------------------------------------------------- refusal codes
+
+DOUBLES = {
+    "cmd": "start",
+    "game_type": "double",
+    "players1": ["A", "B"],
+    "players2": ["C", "D"],
+    "best_of": 3,
+}
+
+# code -> (start command or None, presses before, the refused command, params)
+REFUSALS: dict[str, tuple[Any, list[Any], Any, dict[str, Any]]] = {
+    "bad_command": (SINGLES, [], {"cmd": "point", "side": 3}, {"field": "side"}),
+    "no_match": (None, [], "1+", {}),
+    "match_in_progress": (SINGLES, [], SINGLES, {}),
+    "match_over": (SINGLES, ["1+"] * 11, "2+", {}),
+    "match_abandoned": (SINGLES, [{"cmd": "end"}], "undo", {}),
+    "no_point_to_remove": (SINGLES, ["1+"], "2-", {"side": 2, "game_no": 1}),
+    "points_after_match_end": (
+        SINGLES,
+        ["1+", "2+"] * 10 + ["1+", "2+", "1+", "1+"],
+        "2-",
+        {"side": 2, "game_no": 1},
+    ),
+    "later_change_conflicts": (
+        {**SINGLES, "best_of": 3},
+        ["1+", "2+"] * 10 + ["2+", {"cmd": "timeout", "side": 1}],
+        "1-",
+        {"side": 1, "game_no": 1, "reason": "timeout_between_games"},
+    ),
+    "nothing_to_undo": (SINGLES, [], "undo", {}),
+    "nothing_to_redo": (SINGLES, ["1+"], "redo", {}),
+    "timeout_used": (
+        SINGLES,
+        [{"cmd": "timeout", "side": 2}],
+        {"cmd": "timeout", "side": 2},
+        {"side": 2},
+    ),
+    "timeout_between_games": (
+        {**SINGLES, "best_of": 3},
+        ["1+"] * 11,
+        {"cmd": "timeout", "side": 1},
+        {"side": 1},
+    ),
+    "expedite_on": (SINGLES, [{"cmd": "expedite"}], {"cmd": "expedite"}, {}),
+    "expedite_too_late": (
+        SINGLES,
+        ["1+", "2+"] * 9,
+        {"cmd": "expedite"},
+        {"points": 18, "limit": 18},
+    ),
+    "not_doubles": ({**SINGLES, "best_of": 3}, ["1+"] * 11, {"cmd": "server", "player": "Bob"}, {}),
+    "server_choice_too_late": (DOUBLES, [], {"cmd": "server", "player": "A"}, {}),
+    "not_in_serving_pair": (
+        DOUBLES,
+        ["1+"] * 11,
+        {"cmd": "server", "player": "A"},
+        {"player": "A", "side": 2},
+    ),
+    "unknown_player": (SINGLES, [], {"cmd": "correct", "server": "Zoe"}, {"player": "Zoe"}),
+    "same_side": (DOUBLES, [], {"cmd": "correct", "server": "A", "receiver": "B"}, {}),
+}
+
+
+@pytest.mark.parametrize("code", sorted(REFUSALS))
+def test_each_refusal_has_its_code_and_params(code):
+    start, presses, command, params = REFUSALS[code]
+    match = Match("r")
+    if start is not None:
+        match.apply(start, 1.0)
+    press(match, *presses) if presses else None
+    refused(match, command, code, **params)
+
+
+def test_every_code_the_engine_raises_is_listed_in_docs_rules_md_and_pinned_here():
+    root = Path(__file__).resolve().parents[2]
+    source = (root / "scorer" / "engine.py").read_text("utf-8")
+    raised = set(re.findall(r'code="([a-z_]+)"', source))
+    table = (root / "docs" / "rules.md").read_text("utf-8").split("## Refusals")[1]
+    table = table.split("\n## ")[0].split("|---|---|---|")[1]  # the rows
+    documented = set(re.findall(r"^\| `([a-z_]+)` \|", table, re.MULTILINE))
+    assert raised == documented == set(REFUSALS)
+
+
+def test_an_old_style_refused_keeps_working():
+    exc = Refused("plain text")
+    assert str(exc) == "plain text" and exc.code == "refused" and exc.params == {}
+
+
+def test_minus_one_that_would_put_a_timeout_after_the_match_end_names_the_timeout():
+    match = started()  # best of 1
+    press(match, *["1+", "2+"] * 10, "2+", {"cmd": "timeout", "side": 1})  # 10-11
+    refused(match, "1-", "later_change_conflicts", side=1, game_no=1, reason="match_over")

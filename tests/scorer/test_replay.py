@@ -222,8 +222,8 @@ def test_minus_one_that_leaves_points_after_the_match_end_is_refused_and_undo_is
     result, snapshot = final("minus_one_after_match_end.jsonl")
     assert result.returncode == 1
     assert result.stderr.decode("utf-8").splitlines() == [
-        "line 29: refused: taking back side 2's point would end game 1 earlier and leave later "
-        "points after the end of the match: use undo to take back the latest presses first "
+        "line 29: refused: taking back side 2's point in game 1 would end the match before "
+        "points that come after it: use undo to take back the latest presses first "
         "[points_after_match_end]"
     ]
     assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (11, 11)

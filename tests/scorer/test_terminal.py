@@ -120,6 +120,21 @@ def test_a_number_that_is_not_one_is_asked_again(monkeypatch, capsys):
     assert next(answers, None) is None
 
 
+def test_new_match_during_a_match_asks_to_replace_it_first_and_then_forces(monkeypatch):
+    match = Match("m")
+    match.apply({"cmd": "start", "player1": "Ann", "player2": "Bob"}, now=0)
+    args = argparse.Namespace(best_of=1, first_server=1, doubles=False, force=False)
+    declined = iter(["n"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(declined))
+    assert prompt_start(args, match.snapshot()) is None  # one question, not six
+    assert next(declined, None) is None and not args.force
+    answers = iter(["y", "s", "Cy", "Di", "1", "1"])
+    monkeypatch.setattr("builtins.input", lambda prompt="": next(answers))
+    command = prompt_start(args, match.snapshot())
+    assert command is not None and command["force"] is True
+    assert (command["player1"], command["player2"]) == ("Cy", "Di")
+
+
 class Keys:
     """stdin from a pipe whose lines come one by one; a callable in ``steps`` runs between
     two lines (the program has handled every line before it by then)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shlex
 import signal
 import socket
 import subprocess
@@ -38,6 +39,9 @@ def up_command(data_dir: Path, bind: str = "127.0.0.1", **ports: int) -> list[st
 def up_env(tmp_path: Path) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
     env["HOME"] = str(tmp_path / "home")  # nothing from the developer's own data dir
+    # A test run inside a systemd unit (a CI runner) must not look like `up` under systemd,
+    # which writes new passwords to a file instead of printing them.
+    env.pop("INVOCATION_ID", None)
     return env
 
 
@@ -158,6 +162,21 @@ def test_up_scores_with_mosquitto_clients_and_stops_on_ctrl_c(tmp_path, data_dir
         )
         for page in ("", "/score", "/display", "/overlay"):
             assert f"{up.http_url}/clubs/demo{page}" in up.output()
+        # Where it listens, in words: bound to 127.0.0.1 here, so this machine only.
+        http_port = int(up.http_url.rsplit(":", 1)[1])
+        assert re.search(
+            r"\d\d:\d\d:\d\d,\d{3} INFO rallycast.broker: broker listening on 127.0.0.1 only, "
+            rf"MQTT port {up.mqtt_port} and WebSocket port \d+ \(mqtt://127.0.0.1:{up.mqtt_port} "
+            r"and ws://127.0.0.1:\d+/mqtt from this machine\)",
+            up.output(),
+        ), up.output()
+        assert (
+            f"INFO rallycast.viewer: pages listening on 127.0.0.1 only, port {http_port} "
+            f"({up.http_url} from this machine)" in up.output()
+        )
+        assert f"Listening on: 127.0.0.1 only (ports MQTT {up.mqtt_port}," in up.output()
+        assert "Other devices cannot connect: it listens on 127.0.0.1 only" in up.output()
+        assert f"passwd add demo --generate --data-dir {data_dir}" in up.output()
         with urllib.request.urlopen(f"{up.http_url}/clubs/demo", timeout=5) as response:
             assert response.status == 200
 
@@ -284,3 +303,109 @@ def test_on_ipv6_the_printed_urls_parse(tmp_path):
     for shown in re.findall(r"(?:mqtt|ws)://\S+", text):
         parse_broker_url(shown)  # every URL shown is usable
     assert "-h ::1 -p 1883" in text  # mosquitto_pub/sub take the address bare
+
+
+# --- a configuration `up` cannot use: one line, exit 2, nothing created -----------------------
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("mqtt_port = 70000", "setting 'mqtt_port' = 70000 (from config file {config}): must be"),
+        ('log_level = "LOUD"', "setting 'log_level' = 'LOUD' (from config file {config}): use"),
+        ("mqtt_port = ", "config file {config} is not valid TOML"),
+        ("http_prot = 8080", "unknown settings ['http_prot'] (did you mean 'http_port'?)"),
+        (
+            '[[clubs]]\nid = "a"\n[[clubs]]\nid = "a"',
+            "club id 'a' is given twice ([[clubs]] #1 and #2, lines 3 and 5)",
+        ),
+        ("ws_port = 1883", "settings 'mqtt_port' and 'ws_port' are both 1883"),
+        ("http_port = 9001", "settings 'ws_port' and 'http_port' are both 9001"),
+        (None, "config file {config} is a directory"),
+    ],
+    ids=["port-range", "log-level", "toml", "unknown", "clubs", "ws-port", "http-port", "dir"],
+)
+def test_a_bad_config_stops_up_before_anything_is_created(tmp_path, data_dir, text, message):
+    config = tmp_path / "rallycast.toml"
+    if text is None:
+        config.mkdir()
+    else:
+        config.write_text(f'data_dir = "{data_dir}"\n{text}\n')
+    result = subprocess.run(
+        [sys.executable, "-m", "scorer.cli", "up", "--config", str(config)],
+        cwd=ROOT,
+        env=up_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert result.stdout == ""  # no password printed: none was made
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("rallycast up: ")
+    assert message.format(config=config) in result.stderr
+    assert not data_dir.exists()
+    assert not (tmp_path / "home").exists()  # nor the default data dir
+
+
+# --- what the banner and the logs tell -------------------------------------------------------
+
+
+def test_the_password_hint_names_the_data_dir_up_used_and_works(tmp_path):
+    from broker.auth import PasswordFile
+    from broker.server import RunningBroker
+    from scorer.config import Settings
+    from scorer.up import Credentials, banner
+
+    data_dir = tmp_path / "club data"  # a space: the printed command must quote it
+    settings = Settings(data_dir=data_dir)
+    broker = RunningBroker(None, "127.0.0.1", "127.0.0.1", 1883, 9001, settings)
+    for shown in ({"demo": "pw"}, {}):  # first start, later starts
+        text = banner(settings, Credentials("secret", shown), broker, None)
+        hint = re.search(r"passwd add demo --generate[^)\n]*", text)[0]
+        assert hint == f"passwd add demo --generate --data-dir '{data_dir}'", text
+    # The hint as printed writes where `up` reads (a real process, a real file).
+    result = subprocess.run(
+        [sys.executable, "-m", "scorer.cli", *shlex.split(hint)],
+        cwd=ROOT,
+        env=up_env(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    password = re.search(r"password for demo: (\S+)", result.stdout)[1]
+    assert PasswordFile(data_dir / "passwd").verify("demo", password)
+    assert not (tmp_path / "home").exists()
+
+
+def test_the_password_hint_has_no_data_dir_for_the_default_one(tmp_path, monkeypatch):
+    from scorer.config import Settings, default_data_dir
+    from scorer.up import passwd_command
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.delenv("XDG_DATA_HOME", raising=False)
+    settings = Settings(data_dir=default_data_dir())
+    assert passwd_command(settings, "demo") == "rallycast passwd add demo --generate"
+
+
+@pytest.mark.parametrize(
+    "bind, words",
+    [
+        ("0.0.0.0", "all IPv4 interfaces"),
+        ("", "all interfaces"),
+        ("::", "all IPv6 interfaces"),
+        ("127.0.0.1", "127.0.0.1 only"),
+        ("10.0.0.5", "10.0.0.5 only"),
+    ],
+)
+def test_the_broker_says_which_interfaces_it_listens_on(tmp_path, bind, words):
+    from broker.server import RunningBroker
+    from scorer.config import Settings
+
+    settings = Settings(data_dir=tmp_path, bind=bind)
+    broker = RunningBroker(None, bind, settings.local_host, 1883, 9001, settings)
+    assert broker.listening.startswith(
+        f"listening on {words}, MQTT port 1883 and WebSocket port 9001 ("
+    )
+    assert broker.listening.endswith(f"{broker.mqtt_url} and {broker.ws_url} from this machine)")

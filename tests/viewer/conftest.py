@@ -227,3 +227,43 @@ def attribute_changes(page: Any, element_id: str, name: str) -> list[dict[str, A
 def dedupe(values: list[str]) -> list[str]:
     """Consecutive repeats removed (a re-render with the same text writes nothing)."""
     return [v for i, v in enumerate(values) if i == 0 or values[i - 1] != v]
+
+
+# --- hand-made snapshots (as the service user), for what a display shows ---
+
+
+def contract_snapshot(base: dict[str, Any], **changes: Any) -> dict[str, Any]:
+    """A snapshot with every key of the shared contract (docs/rules.md): ``base`` (a real
+    engine snapshot) plus the keys an older engine lacks, then ``changes``; ``game_data``
+    changes merge into the base's."""
+    snapshot = {
+        "can_undo": True,
+        "can_redo": False,
+        "timeout": None,
+        "last_game": None,
+        "ends_changed": False,
+        **base,
+    }
+    game_data = changes.pop("game_data", None)
+    snapshot.update(changes)
+    if game_data:
+        snapshot["game_data"] = {**base["game_data"], **game_data}
+    return snapshot
+
+
+def publish_snapshot(stack: Any, snapshot: dict[str, Any], club: str = "alpha") -> None:
+    """Publish a retained snapshot on the club's game topic as the scorer service would."""
+    import json
+
+    service = stack.endpoint.client(stack.endpoint.service_user)
+    service.publish(
+        f"clubs/{club}/game", json.dumps(snapshot), qos=1, retain=True
+    ).wait_for_publish(5)
+
+
+def iso_ago(seconds: float) -> str:
+    """An ISO-8601 UTC time ``seconds`` ago, as the engine writes them."""
+    from datetime import UTC, datetime, timedelta
+
+    at = datetime.now(UTC) - timedelta(seconds=seconds)
+    return at.strftime("%Y-%m-%dT%H:%M:%S.") + f"{at.microsecond // 1000:03d}Z"

@@ -49,15 +49,15 @@ def test_the_display_puts_the_names_where_the_players_stand_after_a_change_of_en
     assert (end_name(display, "left"), end_name(display, "right")) == ("Rob", "Lena")
     assert (end_score(display, "left"), end_score(display, "right")) == ("1", "11")
     assert display.inner_text('.end-right [data-field="games"]') == "1"
-    message = display.inner_text(".board-message")
-    assert "Between games" in message and "11–1" in message
+    message = display.inner_text(".board-messages")
+    assert "Game 1 to Lena, 11–1" in message and "Change ends" in message
     display.screenshot(path=str(artifacts_dir / "display-between-games.png"))
 
     for _ in range(11):
         assert scorer.send({"cmd": "point", "side": 1})["ok"]  # game 2 11-0: Lena wins 2-0
     display.wait_for_selector("#board[data-state=finished]")
     # After a best-of-3 the message gives the games (2–0), not the last game's 11–0.
-    assert display.inner_text(".board-message") == "Match won by Lena 2–0"
+    assert display.inner_text(".msg-result") == "Match won by Lena 2–0"
     display.screenshot(path=str(artifacts_dir / "display-match-won.png"))
 
 

@@ -21,6 +21,14 @@ def sign_in(page: Any, password: str) -> None:
     page.click("#signin-form button[type=submit]")
 
 
+def pad(page: Any, side: int, kind: str = "plus") -> str:
+    """The selector of side ``side``'s button: the pads stand where the players stand, so
+    which pad is side 1 depends on the ends (the page says in #scorer[data-left])."""
+    left = int(page.get_attribute("#scorer", "data-left") or 1)
+    end = "left" if left == side else "right"
+    return f"button[data-cmd='{kind}'][data-end='{end}']"
+
+
 def test_a_scorer_page_and_two_spectators_play_a_full_friendly_game(
     any_stack: Any, open_page: Any, artifacts_dir: Path
 ) -> None:
@@ -45,14 +53,14 @@ def test_a_scorer_page_and_two_spectators_play_a_full_friendly_game(
         if number == 8:
             phone.screenshot(path=str(artifacts_dir / "score-mid-match.png"))
         phone.evaluate("() => { document.getElementById('reply').textContent = ''; }")
-        phone.tap(f"button.plus[data-side='{side}']")
+        phone.tap(pad(phone, side))
         phone.wait_for_function("() => document.getElementById('reply').textContent === 'OK'")
     assert presses.count(1) == 11 and presses.count(2) == 6
 
     expected1 = ["0"] + [str(presses[: i + 1].count(1)) for i in range(len(presses))]
     expected2 = ["0"] + [str(presses[: i + 1].count(2)) for i in range(len(presses))]
-    for page in spectators + [phone]:
-        scope = "liveGameSection" if page is not phone else "match"
+    for page in spectators:
+        scope = "liveGameSection"
         page.wait_for_function(
             "() => document.querySelector('[data-field=status]').textContent.includes('Иван Иванов')"
         )
@@ -61,8 +69,11 @@ def test_a_scorer_page_and_two_spectators_play_a_full_friendly_game(
     assert spectators[0].inner_text("#liveGameSection [data-field=status]") == (
         "Match won by Иван Иванов"
     )
-    # The match is over: the phone offers a new one, and the spectators' section goes away.
-    phone.wait_for_selector("#start-form", state="visible")
+    # The match is over: the phone shows the result (never straight to the start form), and
+    # the spectators' section goes away.
+    phone.wait_for_selector("#result", state="visible")
+    assert phone.inner_text("#result .result-head") == "Match won by Иван Иванов"
+    assert phone.locator("#start-form").is_hidden()
     for page in spectators:
         page.wait_for_selector("#liveGameSection", state="hidden", timeout=6000)
     snapshot = stack.service.matches["alpha"].match.snapshot()
@@ -80,7 +91,7 @@ def test_the_scorer_page_shows_why_a_command_was_refused_and_keeps_the_password(
     phone = open_page(stack.url("/clubs/alpha/score"), **PHONE)
     sign_in(phone, stack.endpoint.users["alpha"])
     phone.wait_for_selector("#match", state="visible")
-    phone.tap("button.minus[data-side='2']")  # -1 at 0 is refused by the rules
+    phone.tap(pad(phone, 2, "minus"))  # -1 at 0 is refused by the rules
     phone.wait_for_function("() => document.getElementById('reply').dataset.kind === 'refused'")
     reason = phone.inner_text("#reply")
     assert reason.startswith("Refused: ") and len(reason) > len("Refused: ") + 3, reason
@@ -90,7 +101,7 @@ def test_the_scorer_page_shows_why_a_command_was_refused_and_keeps_the_password(
     # The password stays on the device: a reload signs in by itself.
     phone.reload()
     phone.wait_for_selector("#match", state="visible")
-    phone.tap("button.plus[data-side='2']")
+    phone.tap(pad(phone, 2))
     phone.wait_for_function("() => document.getElementById('reply').textContent === 'OK'")
     assert stack.service.matches["alpha"].match.snapshot()["game_data"]["score2"] == 1
 
@@ -127,11 +138,11 @@ def test_starting_over_a_match_in_progress_needs_the_new_match_button(
     phone.wait_for_selector("#match", state="visible")
     first = stack.service.matches["alpha"].match_id
 
-    phone.click("button[data-cmd=new]")
+    phone.click(".tools button[data-cmd=new]")
     phone.wait_for_selector("#force-note", state="visible")
     phone.click("button[data-cmd=back]")  # changed their mind: the match is still there
     phone.wait_for_selector("#match", state="visible")
-    phone.click("button[data-cmd=new]")
+    phone.click(".tools button[data-cmd=new]")
     phone.wait_for_selector("#force-note", state="visible")
     phone.check("input[name=game_type][value=double]")
     for name, value in (("p1a", "Ann"), ("p1b", "Ada"), ("p2a", "Bob"), ("p2b", "Ben")):
@@ -139,7 +150,7 @@ def test_starting_over_a_match_in_progress_needs_the_new_match_button(
     phone.click("#start-form button[type=submit]")
     phone.wait_for_selector("#match", state="visible")
     phone.wait_for_function(
-        "() => document.querySelector('[data-field=name][data-side=\"1\"]').textContent === 'Ann / Ada'"
+        "() => document.querySelector('[data-field=name][data-side=left]').textContent === 'Ann / Ada'"
     )
     assert stack.service.matches["alpha"].match_id != first
 
@@ -157,20 +168,28 @@ def test_undo_timeout_and_a_two_tap_end_send_their_commands(stack: Any, open_pag
         phone.tap(selector)
         phone.wait_for_function("() => document.getElementById('reply').textContent === 'OK'")
 
-    press("button.plus[data-side='1']")
-    press("button.plus[data-side='1']")
+    press(pad(phone, 1))
+    press(pad(phone, 1))
     press("button[data-cmd=undo]")
-    press("button[data-cmd=timeout][data-side='2']")
+    press(pad(phone, 2, "timeout"))
     snapshot = stack.service.matches["alpha"].match.snapshot()
     assert (snapshot["game_data"]["score1"], snapshot["timeouts_used"]) == (1, [0, 1])
+    # The timeout shows with its 1-minute countdown until the next point.
+    phone.wait_for_selector("[data-show-if=timeout]", state="visible")
+    assert phone.inner_text("#match [data-field=timeout]") == "Timeout – Bob"
+    assert phone.inner_text("#match [data-clock=timeout]") in ("1:00", "0:59", "0:58")
     # Side 2 has had its timeout: its button is off, side 1's is not.
-    assert phone.is_disabled("button[data-cmd=timeout][data-side='2']")
-    assert phone.is_enabled("button[data-cmd=timeout][data-side='1']")
+    assert phone.is_disabled(pad(phone, 2, "timeout"))
+    assert phone.is_enabled(pad(phone, 1, "timeout"))
 
     phone.tap("button[data-cmd=end]")  # one tap only arms it
     assert phone.inner_text("button[data-cmd=end]") == "Tap again to end"
     phone.wait_for_timeout(300)
     assert stack.service.matches["alpha"].match.status == "in_progress"
     phone.tap("button[data-cmd=end]")
-    phone.wait_for_selector("#start-form", state="visible")
+    # Abandoned: the result says so; a new match is one explicit tap away.
+    phone.wait_for_selector("#result", state="visible")
+    assert phone.inner_text("#result .result-head") == "Match abandoned"
     assert stack.service.matches["alpha"].match.status == "abandoned"
+    phone.click("#result button[data-cmd=new]")
+    phone.wait_for_selector("#start-form", state="visible")
