@@ -72,6 +72,9 @@ STOP_TIMEOUT = 10.0  # seconds for a graceful stop before SIGKILL
 # What the service logs when it has connected (and subscribed); `up` logs it too.
 SERVICE_CONNECTED = "rallycast.scorer: connected to "
 SHOW_IDS = 20  # offending ids printed per kind of violation
+# Seconds between kills below which a press may go unanswered just because nothing stays up
+# long enough: downtime <= 2 s + restart ~1 s + the clients' reconnect backoff <= 4 s.
+KILL_SPACING_HINT = 8.0
 
 
 class SoakError(RuntimeError):
@@ -971,6 +974,14 @@ def run_layout(options: SoakOptions, say: Callable[[str], None] = print) -> Layo
             f"[{layout}] {len(clubs)} clubs x {options.rate:g} presses/s, {options.presses} "
             f"presses, {options.kills} kills (seed {options.seed}); data in {work}"
         )
+        spacing = 0.8 * press_seconds / max(options.kills, 1)
+        if options.kills and spacing < KILL_SPACING_HINT:
+            say(
+                f"[{layout}] note: a kill every {spacing:.1f} s on average; under "
+                f"{KILL_SPACING_HINT:g} s the clients (reconnect backoff up to 4 s) may not get "
+                "through between kills, and presses go unanswered for that reason alone "
+                "(fewer --kills, more --presses or a lower --rate spread them out)"
+            )
         stop = threading.Event()
         faults.start()
         pacers = [
