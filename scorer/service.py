@@ -215,7 +215,14 @@ class ScorerService:
         client_id = self._store.meta(
             "mqtt_client_id", lambda: f"rallycast-service-{secrets.token_hex(4)}"
         )
-        self._probe_topic = PROBE_PREFIX + client_id
+        # The probe topic is readable by every spectator (rallycast/status/#): it carries a
+        # random token, never the client id (with the id anyone could take the service's
+        # session over, MQTT-3.1.4-2, and throw the service off the broker again and again).
+        # Kept in the store like the client id: the persistent session holds one probe
+        # subscription, not one more per restart.
+        self._probe_topic = PROBE_PREFIX + self._store.meta(
+            "probe_token", lambda: secrets.token_hex(8)
+        )
         client = make_client(self.address, client_id=client_id, clean_session=False)
         client.will_set(topics.SCORER_STATUS, "offline", qos=1, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY)
