@@ -12,18 +12,21 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
 import json
 import logging
 import os
 import secrets
 import signal
+import sqlite3
+import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import paho.mqtt.client as mqtt
 
@@ -34,6 +37,7 @@ from scorer.engine import ENDED_STATUSES, Match, Refused, check_command_id, pars
 from scorer.logs import setup_logging
 from scorer.store import (
     COMMAND_IDS_PER_CLUB,
+    STORE_FILE_NAME,
     MatchStore,
     StoreError,
     command_id_key,
@@ -59,6 +63,41 @@ PROBE_TIMEOUT = 4.0
 PROBE_CHECK = 0.25
 PROBE_PREFIX = f"{topics.SCORER_STATUS}/probe/"
 RETAINED_LOGGED = 256  # retained commands logged once each (per run), at most this many
+
+
+LOCK_FILE_NAME = "scorer.lock"
+
+
+class ServiceStartError(RuntimeError):
+    """The service cannot start; the message says why and what to do."""
+
+
+def lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """Hold ``data_dir/scorer.lock`` (an exclusive flock, released when the returned file is
+    closed or the process dies, kill -9 included). Two services on one data dir would share
+    one MQTT client id (each throwing the other off the broker) and one store (each
+    appending from its own stale copy of the matches). Raises ServiceStartError."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE_NAME
+    try:
+        handle = open(path, "a+b")  # noqa: SIM115 - held for the life of the service
+    except OSError as exc:
+        raise ServiceStartError(f"cannot open {path}: {exc}") from exc
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read(32).decode("ascii", "replace").strip() or "?"
+        handle.close()
+        raise ServiceStartError(
+            f"another scorer service (pid {holder}) is using the data dir {data_dir}: stop it "
+            "first, or give this one another --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n".encode("ascii"))
+    handle.flush()
+    return handle
 
 
 def read_service_secret(data_dir: Path) -> str | None:
@@ -202,27 +241,43 @@ class ScorerService:
         self._games_unsubscribed = False
         self._subscribe_mid: int | None = None
         self._store: MatchStore | None = None
+        self._lock_file: IO[bytes] | None = None
         self._client: mqtt.Client | None = None
         self._stopping = False
 
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._store = MatchStore(self.settings.data_dir)
-        self._recover()
-        # One client id per data dir, so the broker keeps this service's session (and the
-        # QoS 1 commands that arrive while it is away) from one run to the next.
-        client_id = self._store.meta(
-            "mqtt_client_id", lambda: f"rallycast-service-{secrets.token_hex(4)}"
-        )
-        # The probe topic is readable by every spectator (rallycast/status/#): it carries a
-        # random token, never the client id (with the id anyone could take the service's
-        # session over, MQTT-3.1.4-2, and throw the service off the broker again and again).
-        # Kept in the store like the client id: the persistent session holds one probe
-        # subscription, not one more per restart.
-        self._probe_topic = PROBE_PREFIX + self._store.meta(
-            "probe_token", lambda: secrets.token_hex(8)
-        )
+        """Open the store, rebuild the matches, connect. Raises ``ServiceStartError`` (the
+        message says what to do) when another service runs on the same data dir, or the
+        store cannot be opened or read (damaged, not a database, unreadable): the service
+        never starts from a store it cannot read (it would clear every club's snapshot and
+        forget the ids it answered)."""
+        self._lock_file = lock_data_dir(self.settings.data_dir)
+        try:
+            self._store = MatchStore(self.settings.data_dir)
+            self._recover()
+            # One client id per data dir, so the broker keeps this service's session (and
+            # the QoS 1 commands that arrive while it is away) from one run to the next.
+            client_id = self._store.meta(
+                "mqtt_client_id", lambda: f"rallycast-service-{secrets.token_hex(4)}"
+            )
+            # The probe topic is readable by every spectator (rallycast/status/#): it
+            # carries a random token, never the client id (with the id anyone could take the
+            # service's session over, MQTT-3.1.4-2, and throw the service off the broker
+            # again and again). Kept in the store like the client id: the persistent session
+            # holds one probe subscription, not one more per restart.
+            self._probe_topic = PROBE_PREFIX + self._store.meta(
+                "probe_token", lambda: secrets.token_hex(8)
+            )
+        except (sqlite3.Error, StoreError, OSError) as exc:
+            self._release_store()
+            path = self.settings.data_dir / STORE_FILE_NAME
+            raise ServiceStartError(
+                f"cannot use the match store {path}: {exc}. Nothing was changed. If the file "
+                "is damaged, stop here: restore it from a backup, or move it and its -wal "
+                "and -shm files aside (keep them) to start with an empty store"
+            ) from exc
         client = make_client(self.address, client_id=client_id, clean_session=False)
         client.will_set(topics.SCORER_STATUS, "offline", qos=1, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY)
@@ -264,9 +319,15 @@ class ScorerService:
             self._client = None
         self.status = "offline"
         self.connected.clear()
+        self._release_store()
+
+    def _release_store(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # (releases the flock)
+            self._lock_file = None
 
     def _recover(self) -> None:
         """Rebuild each club's current match from its stored log."""
@@ -852,7 +913,11 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    service.start()
+    try:
+        service.start()
+    except ServiceStartError as exc:
+        print(f"rallycast scorer: {exc}", file=sys.stderr, flush=True)
+        return 1
     print(
         f"rallycast scorer: serving clubs on {service.address.url()} "
         f"(match store in {settings.data_dir})",
@@ -865,4 +930,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["BrokerAddress", "ScorerService", "configure", "ensure_service_secret", "main"]
+__all__ = [
+    "BrokerAddress",
+    "ScorerService",
+    "ServiceStartError",
+    "configure",
+    "ensure_service_secret",
+    "main",
+]

@@ -3,12 +3,26 @@ each test names the fault it pins. Real brokers on 127.0.0.1, bounded waits."""
 
 from __future__ import annotations
 
+import os
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
-from tests.scorer.servicekit import WAIT, Watcher, service_running
+from scorer import topics
+from scorer.store import STORE_FILE_NAME, MatchStore
+from tests.scorer.servicekit import (
+    WAIT,
+    Scorer,
+    ServiceProcess,
+    Watcher,
+    current_snapshot,
+    service_running,
+    wait_for,
+)
 
+PROCESS_START = 20.0  # seconds: a Python subprocess on a busy 2-core machine
 START = {"cmd": "start", "player1": "Ann", "player2": "Bob", "best_of": 3}
 
 
@@ -33,3 +47,86 @@ def test_a_spectator_cannot_learn_the_services_client_id_from_the_probe(any_brok
             assert all(client_id not in t for t in probes), probes
         finally:
             spectator.close()
+
+
+def wait_status(watcher: Watcher, wanted: bytes, timeout: float = PROCESS_START) -> None:
+    wait_for(lambda: watcher.next(topics.SCORER_STATUS, timeout).payload == wanted, timeout)
+
+
+def wait_exit(service: ServiceProcess, timeout: float = 2 * WAIT) -> int | None:
+    assert service.process is not None
+    try:
+        return service.process.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return None
+
+
+def test_a_second_service_on_the_same_data_dir_refuses_to_start_and_the_first_keeps_serving(
+    any_broker, tmp_path
+):
+    """Two services on one data dir share the MQTT client id (each throws the other off the
+    broker, MQTT-3.1.4-2) and the store (each appends from its own copy of the matches): the
+    second must refuse to start, say why, and leave the first alone."""
+    data_dir = tmp_path / "service"
+    first = ServiceProcess(any_broker, data_dir)
+    second = ServiceProcess(any_broker, data_dir)
+    alpha = Scorer(any_broker, "alpha")
+    status = Watcher(any_broker, topics.SCORER_STATUS)
+    first.start()
+    try:
+        wait_status(status, b"online")
+        assert alpha.send(START)["ok"]
+        second.start()
+        code = wait_exit(second, PROCESS_START)
+        assert code == 1, f"the second service did not refuse (exit {code}):\n{second.output()}"
+        assert "another scorer service" in second.output()
+        assert "Traceback" not in second.output()
+        for _ in range(5):
+            assert alpha.send({"cmd": "point", "side": 1})["ok"]
+        assert "lost the broker" not in first.output()
+    finally:
+        second.stop()
+        first.stop()
+        alpha.close()
+        status.close()
+
+
+def _garble_header(path: Path) -> None:
+    with path.open("r+b") as handle:
+        handle.write(b"not a database, not at all " * 4)
+
+
+def _truncate_half(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize("damage", [_garble_header, _truncate_half], ids=["garbled", "torn"])
+def test_a_damaged_store_stops_the_service_with_a_sentence_and_clears_no_snapshot(
+    any_broker, tmp_path, damage
+):
+    """A store that cannot be read must not be served as an empty one (that clears every
+    club's retained snapshot and forgets the ids it answered, so resends apply twice)."""
+    data_dir = tmp_path / "service"
+    alpha = Scorer(any_broker, "alpha")
+    try:
+        with service_running(any_broker, data_dir):
+            alpha.send(START)
+            for _ in range(10):
+                alpha.send({"cmd": "point", "side": 1})
+        before = current_snapshot(any_broker, "alpha")
+        assert before is not None and before["rev"] == 11
+        store = MatchStore(data_dir)  # checkpoint the WAL into the file, as a clean stop would
+        store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # noqa: SLF001
+        store.close()
+        for suffix in ("-wal", "-shm"):
+            Path(f"{data_dir / STORE_FILE_NAME}{suffix}").unlink(missing_ok=True)
+        damage(data_dir / STORE_FILE_NAME)
+        service = ServiceProcess(any_broker, data_dir)
+        service.start()
+        code = wait_exit(service, PROCESS_START)
+        output = service.output()
+        assert code == 1, f"the service started on a damaged store (exit {code}):\n{output}"
+        assert "cannot use the match store" in output and "Traceback" not in output, output
+        assert current_snapshot(any_broker, "alpha") == before
+    finally:
+        alpha.close()
