@@ -52,6 +52,12 @@ PASSWORD_ENV = "RALLYCAST_SERVICE_PASSWORD"
 # found again within seconds.
 RECONNECT_MIN_DELAY = 1
 RECONNECT_MAX_DELAY = 4
+# MQTT keep-alive (seconds). A service that freezes (SIGSTOP, a suspended VM, a swap storm)
+# cannot say so itself: the broker publishes its last will "offline" after 1.5 keep-alives
+# without a packet. The probe keeps traffic flowing every second, so this costs nothing
+# while healthy; 10 s says a frozen service offline within about 15 s (30 s took 45 s, past
+# the senders' 30 s of resends) and still lets one slow command (a slow disk) take 15 s.
+KEEPALIVE = 10
 # How long after connecting retained snapshots are compared with the store (stale ones fixed).
 RECONCILE_SECONDS = 3.0
 DELETE_COMMANDS = frozenset({"delete", "clear"})
@@ -288,7 +294,7 @@ class ScorerService:
         self._client = client
         self._stopping = False
         log.info("connecting to %s", self.address.url())
-        client.connect_async(self.address.host, self.address.port, keepalive=30)
+        client.connect_async(self.address.host, self.address.port, keepalive=KEEPALIVE)
         client.loop_start()
         self._probe_stop.clear()
         self._probe_thread = threading.Thread(

@@ -4,6 +4,8 @@ each test names the fault it pins. Real brokers on 127.0.0.1, bounded waits."""
 from __future__ import annotations
 
 import os
+import resource
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -130,3 +132,90 @@ def test_a_damaged_store_stops_the_service_with_a_sentence_and_clears_no_snapsho
         assert current_snapshot(any_broker, "alpha") == before
     finally:
         alpha.close()
+
+
+def _store_files(data_dir: Path) -> list[Path]:
+    return [Path(f"{data_dir / STORE_FILE_NAME}{s}") for s in ("", "-wal", "-shm")]
+
+
+def test_a_full_disk_refuses_each_press_with_store_failed_and_the_resend_applies_it_once(
+    any_broker, tmp_path
+):
+    """A disk that fills up mid-match (modelled with RLIMIT_FSIZE on the real service: a
+    write that grows a file fails with EFBIG, as on a full disk): every press is refused
+    with store_failed and changes nothing; once there is room, the resends of the same ids
+    are applied once each, and a restart agrees."""
+    data_dir = tmp_path / "service"
+    service = ServiceProcess(any_broker, data_dir)
+    alpha = Scorer(any_broker, "alpha")
+    status = Watcher(any_broker, topics.SCORER_STATUS)
+    try:
+        service.start()
+        wait_status(status, b"online")
+        alpha.send(START)
+        for side in (1, 2):
+            assert alpha.send({"cmd": "point", "side": side})["ok"]
+        assert service.process is not None
+        pid = service.process.pid
+        _, hard = resource.prlimit(pid, resource.RLIMIT_FSIZE)
+        full = max(path.stat().st_size for path in _store_files(data_dir) if path.exists())
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (full, hard))
+        presses = [{"id": f"full-{n}", "cmd": "point", "side": 1} for n in range(3)]
+        for press in presses:
+            reply = alpha.send(press)
+            assert (reply["ok"], reply["code"], reply["rev"]) == (False, "store_failed", 3), reply
+        assert current_snapshot(any_broker, "alpha")["rev"] == 3
+
+        resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
+        for expected, press in enumerate(presses, start=4):
+            reply = alpha.send(press)
+            assert (reply["ok"], reply["rev"]) == (True, expected), reply
+        for expected, press in enumerate(presses, start=4):  # resent again: answered, not applied
+            assert alpha.send(press)["rev"] == expected
+        after = current_snapshot(any_broker, "alpha")
+        assert (after["rev"], after["game_data"]["score1"]) == (6, 4)
+
+        service.kill()
+        wait_status(status, b"offline", 10)
+        service.start()
+        wait_status(status, b"online")
+        assert alpha.send(presses[0])["rev"] == 4
+        assert alpha.send({"cmd": "point", "side": 2})["rev"] == 7
+    finally:
+        service.stop()
+        alpha.close()
+        status.close()
+
+
+def test_a_frozen_service_is_said_offline_within_20_s_and_applies_the_press_once_thawed(
+    any_broker, tmp_path
+):
+    """A frozen service (SIGSTOP: a suspended VM, a swap storm) cannot say anything: the
+    broker's keep-alive check must publish its last will soon, not after 45 s while pages
+    say online and every press waits. Once thawed, the press sent meanwhile counts once."""
+    service = ServiceProcess(any_broker, tmp_path / "service")
+    alpha = Scorer(any_broker, "alpha")
+    status = Watcher(any_broker, topics.SCORER_STATUS)
+    try:
+        service.start()
+        wait_status(status, b"online")
+        alpha.send(START)
+        assert service.process is not None
+        frozen_at = time.monotonic()
+        service.process.send_signal(signal.SIGSTOP)
+        try:
+            alpha.send_raw('{"id": "while-frozen", "cmd": "point", "side": 1}')
+            wait_status(status, b"offline", 20.0)
+            took = time.monotonic() - frozen_at
+        finally:
+            service.process.send_signal(signal.SIGCONT)
+        print(f"a frozen service was said offline after {took:.1f} s")
+        assert took < 20.0
+        reply = alpha.watcher.next_json(topics.replies("alpha"), PROCESS_START)
+        assert (reply["id"], reply["ok"], reply["rev"]) == ("while-frozen", True, 2), reply
+        wait_status(status, b"online")
+        assert alpha.send("1+")["rev"] == 3
+    finally:
+        service.stop()
+        alpha.close()
+        status.close()
