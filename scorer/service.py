@@ -618,7 +618,13 @@ class ScorerService:
         ):
             return self._start_new_match(club_id, command, command_id)
         if current is None:
-            return self._refuse(club_id, command_id, "no match: start one first", "no_match")
+            # Remembered: a resend of this id after the next match has started must not
+            # score in it (the press was made for no match).
+            return self._remember_refusal(
+                club_id,
+                command_id,
+                self._refuse(club_id, command_id, "no match: start one first", "no_match"),
+            )
         # The new match is computed on a copy; the club's match changes only once the
         # store has committed the command (a failure leaves memory and store as they were).
         trial = fork(current.match)
@@ -730,7 +736,9 @@ class ScorerService:
                 match=wanted_match,
             )
         reply = self._reply(command_id, 0, None)
-        if current is not None:
+        # Stored even with no match to delete: a resend of this id after a restart and a
+        # new start must be answered, not delete the new match.
+        if current is not None or command_id is not None:
             try:
                 self._require_store().clear_current(club_id, command_id=command_id, reply=reply)
             except StoreError as exc:
@@ -738,13 +746,13 @@ class ScorerService:
                 return self._refuse(
                     club_id, command_id, "the service could not save the command", "store_failed"
                 )
+        if current is not None:
             del self.matches[club_id]
             client = self._require_client()
             client.publish(topics.game(club_id), b"", qos=1, retain=True)
             event = {"kind": "delete", "match_id": current.match_id, "rev": 0}
             client.publish(topics.events(club_id), _dumps(event), qos=1)
             log.info("club %s: match %s deleted", club_id, current.match_id)
-        # (with no match, nothing was stored: a resend finds no match to delete either)
         self._remember_reply(club_id, command_id, reply)
         return reply
 

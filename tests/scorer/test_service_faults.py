@@ -219,3 +219,46 @@ def test_a_frozen_service_is_said_offline_within_20_s_and_applies_the_press_once
         service.stop()
         alpha.close()
         status.close()
+
+
+def test_a_press_refused_for_no_match_is_not_applied_by_its_resend_to_the_next_match(
+    any_broker, tmp_path
+):
+    """A board's +1 between matches is refused (no_match); its reply is lost, the board
+    resends the same id after a new match has started: the resend must get the same
+    refusal, not score a point nobody pressed in the new match."""
+    alpha = Scorer(any_broker, "alpha")
+    try:
+        with service_running(any_broker, tmp_path / "service"):
+            early = {"id": "between-matches", "cmd": "point", "side": 1}
+            first = alpha.send(early)
+            assert (first["ok"], first["code"]) == (False, "no_match")
+            started = alpha.send(START)
+            again = alpha.send(early)
+            assert again == first, again
+            snapshot = current_snapshot(any_broker, "alpha")
+            assert (snapshot["rev"], snapshot["match_id"]) == (1, started["match_id"])
+            assert snapshot["game_data"]["score1"] == 0
+    finally:
+        alpha.close()
+
+
+def test_a_delete_answered_with_no_match_does_not_delete_the_next_match_after_a_restart(
+    any_broker, tmp_path
+):
+    """A delete sent when there is no match (reply lost), a restart, a new match, then the
+    delete's resend: the resend is answered from the store, the new match stays."""
+    data_dir = tmp_path / "service"
+    alpha = Scorer(any_broker, "alpha")
+    delete = {"id": "delete-nothing", "cmd": "delete"}
+    try:
+        with service_running(any_broker, data_dir):
+            first = alpha.send(delete)
+            assert (first["ok"], first["rev"], first["match_id"]) == (True, 0, None)
+        with service_running(any_broker, data_dir):
+            started = alpha.send(START)
+            assert alpha.send(delete) == first
+            snapshot = current_snapshot(any_broker, "alpha")
+            assert snapshot is not None and snapshot["match_id"] == started["match_id"]
+    finally:
+        alpha.close()
