@@ -7,15 +7,19 @@ import os
 import resource
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from scorer import topics
+from scorer.client import ScoreClient
 from scorer.store import STORE_FILE_NAME, MatchStore
 from tests.scorer.servicekit import (
     WAIT,
+    FreezableProxy,
     Scorer,
     ServiceProcess,
     Watcher,
@@ -262,3 +266,83 @@ def test_a_delete_answered_with_no_match_does_not_delete_the_next_match_after_a_
             assert snapshot is not None and snapshot["match_id"] == started["match_id"]
     finally:
         alpha.close()
+
+
+def test_a_broker_that_comes_back_without_its_retained_snapshots_gets_them_again(
+    any_broker_process, tmp_path
+):
+    """The broker is killed and comes back with an empty store (its persistence file lost):
+    the service must publish every club's snapshot again, at the store's rev, so pages do
+    not show "no match" or a stale score."""
+    broker = any_broker_process
+    service = ServiceProcess(broker, tmp_path / "service")
+    alpha = Scorer(broker, "alpha")
+    status = Watcher(broker, topics.SCORER_STATUS)
+    try:
+        service.start()
+        wait_status(status, b"online")
+        started = alpha.send(START)
+        for _ in range(3):
+            alpha.send("1+")
+        alpha.close()
+        status.close()
+        broker.kill()
+        lost = [p for p in broker.data_dir.iterdir() if p.suffix == ".db" or ".db-" in p.name]
+        assert lost, sorted(p.name for p in broker.data_dir.iterdir())
+        for path in lost:
+            path.unlink()
+        broker.start()
+        snapshot = wait_for(lambda: current_snapshot(broker, "alpha"), PROCESS_START)
+        assert (snapshot["match_id"], snapshot["rev"]) == (started["match_id"], 4)
+        alpha = Scorer(broker, "alpha")
+        assert alpha.send({"cmd": "point", "side": 2}, with_id=True)["rev"] == 5
+    finally:
+        service.stop()
+        alpha.close()
+        status.close()
+
+
+class UpstreamFreezableProxy(FreezableProxy):
+    """FreezableProxy with the other direction frozen: what the client publishes is held
+    (a phone on a bad network) while everything the broker sends reaches it."""
+
+    def _pump(self, source: Any, target: Any, freezable: bool) -> None:
+        super()._pump(source, target, not freezable)
+
+
+def test_a_press_held_by_the_network_while_another_scorer_replaces_the_match_does_not_score_in_the_new_one(  # noqa: E501
+    any_broker, tmp_path
+):
+    """ScoreClient: a press made while match 1 was shown, held by the network until another
+    scorer has force-started match 2, must not score in match 2 (it was meant for match 1):
+    the client sends the match it was showing, and the service refuses it (wrong_match)."""
+    proxy = UpstreamFreezableProxy(any_broker.host, any_broker.mqtt_port)
+    other = Scorer(any_broker, "alpha")
+    password = any_broker.users["alpha"]
+    try:
+        with service_running(any_broker, tmp_path / "service"):
+            first = other.send(START)
+            with ScoreClient(f"mqtt://alpha:{password}@127.0.0.1:{proxy.port}", "alpha") as phone:
+                shown = wait_for(lambda: phone.snapshot, WAIT)
+                assert shown["match_id"] == first["match_id"]
+                proxy.freeze()
+                outcome: list[Any] = []
+                pressing = threading.Thread(
+                    target=lambda: outcome.append(phone.send({"cmd": "point", "side": 1}, 20))
+                )
+                pressing.start()
+                second = other.send({**START, "force": True})
+                assert second["ok"] and second["match_id"] != first["match_id"]
+                wait_for(lambda: (phone.snapshot or {}).get("match_id") == second["match_id"])
+                proxy.thaw()
+                pressing.join(25)
+                assert outcome, "the press got no reply"
+                reply = outcome[0]
+                assert (reply["ok"], reply["code"]) == (False, "wrong_match"), reply
+                snapshot = current_snapshot(any_broker, "alpha")
+                assert (snapshot["match_id"], snapshot["rev"]) == (second["match_id"], 1)
+                # The client follows the new match: its next press counts there.
+                assert phone.send({"cmd": "point", "side": 1})["rev"] == 2
+    finally:
+        proxy.close()
+        other.close()
