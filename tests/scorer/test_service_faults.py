@@ -6,10 +6,12 @@ from __future__ import annotations
 import os
 import resource
 import signal
+import socket
 import subprocess
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -309,6 +311,16 @@ class UpstreamFreezableProxy(FreezableProxy):
     def _pump(self, source: Any, target: Any, freezable: bool) -> None:
         super()._pump(source, target, not freezable)
 
+    def close(self) -> None:
+        # shutdown() first: close() alone does not end a connection another thread is
+        # blocked on, and the broker would wait for the keep-alive to see it gone.
+        for sock in self._sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        super().close()
+
 
 def test_a_press_held_by_the_network_while_another_scorer_replaces_the_match_does_not_score_in_the_new_one(  # noqa: E501
     any_broker, tmp_path
@@ -346,3 +358,63 @@ def test_a_press_held_by_the_network_while_another_scorer_replaces_the_match_doe
     finally:
         proxy.close()
         other.close()
+
+
+def test_kill_9_after_the_commit_before_the_reply_left_the_service_is_answered_once_after_restart(
+    any_broker_process, tmp_path
+):
+    """The worst window of the service: the press is committed, but the snapshot, the reply
+    and the PUBACK are still in the service's socket (held here by a proxy) when it is
+    killed. After the restart the broker redelivers the press (no PUBACK came): it is
+    answered with the original reply, not applied again; the snapshot is the store's."""
+    broker = any_broker_process
+    proxy = UpstreamFreezableProxy(broker.host, broker.mqtt_port)
+    via_proxy = SimpleNamespace(
+        host="127.0.0.1",
+        mqtt_port=proxy.port,
+        users=broker.users,
+        service_user=broker.service_user,
+    )
+    data_dir = tmp_path / "service"
+    service = ServiceProcess(via_proxy, data_dir)
+    alpha = Scorer(broker, "alpha")
+    status = Watcher(broker, topics.SCORER_STATUS)
+    try:
+        service.start()
+        wait_status(status, b"online")
+        started = alpha.send(START)
+        proxy.freeze()
+        alpha.send_raw('{"id": "committed", "cmd": "point", "side": 1}')
+        wait_for(lambda: stored_ids(data_dir) >= 2, WAIT)  # committed, in the store
+        assert alpha.watcher.nothing_on(topics.replies("alpha"), 0.3)
+        service.kill()
+        proxy.close()
+        wait_status(status, b"offline", 2 * WAIT)
+        restarted = ServiceProcess(broker, data_dir)
+        restarted.start()
+        try:
+            reply = alpha.watcher.next_json(topics.replies("alpha"), PROCESS_START)
+            assert (reply["id"], reply["ok"], reply["rev"]) == ("committed", True, 2), reply
+            assert alpha.watcher.nothing_on(topics.replies("alpha"), 1.0)
+            snapshot = current_snapshot(broker, "alpha")
+            assert (snapshot["match_id"], snapshot["rev"]) == (started["match_id"], 2)
+            assert snapshot["game_data"]["score1"] == 1
+            assert alpha.send("2+")["rev"] == 3
+        finally:
+            restarted.stop()
+    finally:
+        service.stop()
+        proxy.close()
+        alpha.close()
+        status.close()
+
+
+def stored_ids(data_dir: Path) -> int:
+    """How many command ids the store holds (read without disturbing the service)."""
+    import sqlite3
+
+    db = sqlite3.connect(f"file:{data_dir / STORE_FILE_NAME}?mode=ro", uri=True)
+    try:
+        return int(db.execute("SELECT count(*) FROM command_ids").fetchone()[0])
+    finally:
+        db.close()
