@@ -243,6 +243,8 @@ class ScorerService:
         self._probe_thread: threading.Thread | None = None
         self._probe_stop = threading.Event()
         self.status = "offline"
+        # Set while the store refuses writes (a full disk, ...): the status says stalled.
+        self._store_failing = False
         self._reconcile_until = 0.0
         self._games_unsubscribed = False
         self._subscribe_mid: int | None = None
@@ -390,7 +392,7 @@ class ScorerService:
                 "read on rallycast/status/scorer/probe/#)",
                 self._probe_topic,
             )
-        self._set_status("online")
+        self._set_status("stalled" if self._store_failing else "online")
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
@@ -410,7 +412,9 @@ class ScorerService:
             self._announce(client, previous, status)
 
     def _announce(self, client: mqtt.Client, previous: str, status: str) -> None:
-        if status == "stalled":
+        if status == "stalled" and self._store_failing:
+            pass  # (_store_failed said why)
+        elif status == "stalled":
             log.warning(
                 "stalled: commands do not come through (no probe back within %g s)%s",
                 PROBE_TIMEOUT,
@@ -456,7 +460,7 @@ class ScorerService:
                 return  # a probe of an earlier connection
             self._probe_sent.clear()  # the path works: older probes are answered too
             self._probe_ever_back = True
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._store_failing:
             self._set_status("online")
 
     def _log_retained_once(self, club_id: str, payload: bytes) -> None:
@@ -655,10 +659,8 @@ class ScorerService:
                 reply=reply,
             )
         except StoreError as exc:
-            log.error("club %s: %s", club_id, exc)
-            return self._refuse(
-                club_id, command_id, "the service could not save the command", "store_failed"
-            )
+            return self._store_failed(club_id, command_id, exc)
+        self._store_works()
         current.match = trial
         self._remember_reply(club_id, command_id, reply)
         self._publish_change(club_id, current, outcome.snapshot, outcome.event)
@@ -692,10 +694,8 @@ class ScorerService:
                 club_id, match_id, match.latest, command_id=command_id, reply=reply
             )
         except StoreError as exc:
-            log.error("club %s: %s", club_id, exc)
-            return self._refuse(
-                club_id, command_id, "the service could not save the command", "store_failed"
-            )
+            return self._store_failed(club_id, command_id, exc)
+        self._store_works()
         current = ClubMatch(match_id, match)
         self.matches[club_id] = current
         self._remember_reply(club_id, command_id, reply)
@@ -742,10 +742,8 @@ class ScorerService:
             try:
                 self._require_store().clear_current(club_id, command_id=command_id, reply=reply)
             except StoreError as exc:
-                log.error("club %s: %s", club_id, exc)
-                return self._refuse(
-                    club_id, command_id, "the service could not save the command", "store_failed"
-                )
+                return self._store_failed(club_id, command_id, exc)
+            self._store_works()
         if current is not None:
             del self.matches[club_id]
             client = self._require_client()
@@ -823,6 +821,37 @@ class ScorerService:
             "rev": current.rev if current else 0,
             "match_id": current.match_id if current else None,
         }
+
+    def _store_failed(
+        self, club_id: str, command_id: str | int | None, exc: StoreError
+    ) -> dict[str, Any]:
+        """A write the store refused: the command is refused (store_failed, nothing
+        changed) and, until a write works again, the status says stalled: commands do not
+        come through, whatever the probe says."""
+        log.error("club %s: %s", club_id, exc)
+        if not self._store_failing:
+            self._store_failing = True
+            log.error(
+                "stalled: the match store refuses writes (%s); every command is refused "
+                "with store_failed until it works again (free disk space? permissions?)",
+                exc,
+            )
+            self._set_status("stalled")
+        return self._refuse(
+            club_id, command_id, "the service could not save the command", "store_failed"
+        )
+
+    def _store_works(self) -> None:
+        if self._store_failing:
+            self._store_failing = False
+            log.info("the match store saves commands again")
+            if self.connected.is_set():
+                with self._probe_lock:
+                    probes_late = bool(self._probe_sent) and (
+                        time.monotonic() - min(self._probe_sent.values()) > PROBE_TIMEOUT
+                    )
+                if not probes_late:
+                    self._set_status("online")
 
     @staticmethod
     def _reply(command_id: str | int | None, rev: int, match_id: str | None) -> dict[str, Any]:

@@ -149,8 +149,9 @@ def test_a_full_disk_refuses_each_press_with_store_failed_and_the_resend_applies
 ):
     """A disk that fills up mid-match (modelled with RLIMIT_FSIZE on the real service: a
     write that grows a file fails with EFBIG, as on a full disk): every press is refused
-    with store_failed and changes nothing; once there is room, the resends of the same ids
-    are applied once each, and a restart agrees."""
+    with store_failed and changes nothing, and the status says stalled (not online: no
+    press can be applied); once there is room, the resends of the same ids are applied
+    once each, the status is online again, and a restart agrees."""
     data_dir = tmp_path / "service"
     service = ServiceProcess(any_broker, data_dir)
     alpha = Scorer(any_broker, "alpha")
@@ -171,11 +172,15 @@ def test_a_full_disk_refuses_each_press_with_store_failed_and_the_resend_applies
             reply = alpha.send(press)
             assert (reply["ok"], reply["code"], reply["rev"]) == (False, "store_failed", 3), reply
         assert current_snapshot(any_broker, "alpha")["rev"] == 3
+        # Connected, probes fine, but no press can be applied: not "online".
+        wait_status(status, b"stalled", WAIT)
+        assert "the match store refuses writes" in service.output()
 
         resource.prlimit(pid, resource.RLIMIT_FSIZE, (hard, hard))
         for expected, press in enumerate(presses, start=4):
             reply = alpha.send(press)
             assert (reply["ok"], reply["rev"]) == (True, expected), reply
+        wait_status(status, b"online", WAIT)
         for expected, press in enumerate(presses, start=4):  # resent again: answered, not applied
             assert alpha.send(press)["rev"] == expected
         after = current_snapshot(any_broker, "alpha")
