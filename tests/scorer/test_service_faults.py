@@ -18,6 +18,7 @@ import pytest
 
 from scorer import topics
 from scorer.client import ScoreClient
+from scorer.service import ScorerService
 from scorer.store import STORE_FILE_NAME, MatchStore
 from tests.scorer.servicekit import (
     WAIT,
@@ -27,6 +28,7 @@ from tests.scorer.servicekit import (
     Watcher,
     current_snapshot,
     service_running,
+    service_settings,
     wait_for,
 )
 
@@ -423,3 +425,35 @@ def stored_ids(data_dir: Path) -> int:
         return int(db.execute("SELECT count(*) FROM command_ids").fetchone()[0])
     finally:
         db.close()
+
+
+def test_clock_jumps_back_and_forth_change_nothing_a_restart_would_not_rebuild(
+    any_broker, tmp_path
+):
+    """The wall clock jumps (NTP correction, a board computer without an RTC booting in
+    1970): times are only labels; the score, undo and the rebuilt match agree."""
+    data_dir = tmp_path / "service"
+    moments = iter([1.0e9, 5.0, 2.0e9, 1.7e9, -1.0, 1.8e9, 3.0, 1.9e9] * 4)
+    settings = service_settings(any_broker, data_dir)
+    password = any_broker.users[any_broker.service_user]
+    alpha = Scorer(any_broker, "alpha")
+    try:
+        service = ScorerService(settings, password=password, clock=lambda: next(moments))
+        service.start()
+        try:
+            assert service.wait_until_connected(WAIT)
+            alpha.send(START)
+            for command in ("1+", "2+", {"cmd": "timeout", "side": 1}, "1+", "undo", "redo"):
+                assert alpha.send(command)["ok"]
+            live = current_snapshot(any_broker, "alpha")
+        finally:
+            service.stop()
+        with service_running(any_broker, data_dir):
+            rebuilt = current_snapshot(any_broker, "alpha")
+            assert alpha.send("undo")["rev"] == 8
+        assert live is not None and rebuilt is not None
+        assert {k: v for k, v in rebuilt.items() if k != "updated_at"} == {
+            k: v for k, v in live.items() if k != "updated_at"
+        }
+    finally:
+        alpha.close()
