@@ -457,3 +457,65 @@ def test_clock_jumps_back_and_forth_change_nothing_a_restart_would_not_rebuild(
         }
     finally:
         alpha.close()
+
+
+def test_a_broker_frozen_for_20_s_loses_no_press_and_the_status_comes_back_online(
+    any_broker_process, tmp_path
+):
+    """The broker freezes (SIGSTOP: a swap storm on the club's laptop) for longer than the
+    keep-alive: the press sent into the frozen broker is applied once after the thaw, a
+    resend of it is answered, and the status is online again within seconds."""
+    broker = any_broker_process
+    service = ServiceProcess(broker, tmp_path / "service")
+    alpha = Scorer(broker, "alpha")
+    status = Watcher(broker, topics.SCORER_STATUS)
+    process = broker._runner.process  # noqa: SLF001
+    try:
+        service.start()
+        wait_status(status, b"online")
+        alpha.send(START)
+        press = '{"id": "into-the-freeze", "cmd": "point", "side": 1}'
+        process.send_signal(signal.SIGSTOP)
+        try:
+            alpha.watcher.client.publish(topics.commands("alpha"), press, qos=1)
+            time.sleep(20.0)  # the fault itself: a freeze longer than 1.5 keep-alives
+        finally:
+            process.send_signal(signal.SIGCONT)
+        thawed = time.monotonic()
+        replies = []
+        deadline = thawed + PROCESS_START
+        while time.monotonic() < deadline and not replies:
+            try:
+                reply = alpha.watcher.next_json(topics.replies("alpha"), 1.0)
+            except AssertionError:
+                alpha.send_raw(press)  # the sender's resend (the first copy may be lost)
+                continue
+            if reply["id"] == "into-the-freeze":
+                replies.append(reply)
+        assert replies, "the press was never answered"
+        assert (replies[0]["ok"], replies[0]["rev"]) == (True, 2), replies
+        print(f"answered {time.monotonic() - thawed:.1f} s after the thaw")
+        wait_for(
+            lambda: current_snapshot(broker, "alpha", 1.0)["rev"] == 2, PROCESS_START
+        )
+        alpha.send_raw(press)
+        again = alpha.watcher.next_json(topics.replies("alpha"))
+        assert again["rev"] == 2
+        wait_for(lambda: retained_status(broker) == b"online", PROCESS_START, 0.2)
+        print(f"online {time.monotonic() - thawed:.1f} s after the thaw")
+        assert alpha.send("2+")["rev"] == 3
+    finally:
+        service.stop()
+        alpha.close()
+        status.close()
+
+
+def retained_status(endpoint: Any) -> bytes | None:
+    """What a new spectator reads on rallycast/status/scorer now."""
+    watcher = Watcher(endpoint, topics.SCORER_STATUS)
+    try:
+        return watcher.next(topics.SCORER_STATUS, 1.0).payload
+    except AssertionError:
+        return None
+    finally:
+        watcher.close()
