@@ -519,3 +519,40 @@ def retained_status(endpoint: Any) -> bytes | None:
         return None
     finally:
         watcher.close()
+
+
+def test_kill_9_with_garbage_after_the_last_wal_frame_keeps_every_committed_press(
+    any_broker_process, tmp_path
+):
+    """kill -9 leaves the -wal and -shm files; a torn write after the last commit (garbage
+    appended to the WAL, a stale -shm) must cost nothing that was committed."""
+    broker = any_broker_process
+    data_dir = tmp_path / "service"
+    service = ServiceProcess(broker, data_dir)
+    alpha = Scorer(broker, "alpha")
+    status = Watcher(broker, topics.SCORER_STATUS)
+    try:
+        service.start()
+        wait_status(status, b"online")
+        started = alpha.send(START)
+        for side in (1, 2, 1, 1, 2):
+            assert alpha.send({"cmd": "point", "side": side})["ok"]
+        service.kill()
+        wal = Path(f"{data_dir / STORE_FILE_NAME}-wal")
+        assert wal.exists() and wal.stat().st_size > 0
+        with wal.open("ab") as handle:
+            handle.write(os.urandom(3000))
+        shm = Path(f"{data_dir / STORE_FILE_NAME}-shm")
+        if shm.exists():
+            shm.write_bytes(os.urandom(shm.stat().st_size))
+        wait_status(status, b"offline", 2 * WAIT)
+        service.start()
+        wait_status(status, b"online")
+        snapshot = current_snapshot(broker, "alpha")
+        assert (snapshot["match_id"], snapshot["rev"]) == (started["match_id"], 6)
+        assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (3, 2)
+        assert alpha.send("undo")["rev"] == 7
+    finally:
+        service.stop()
+        alpha.close()
+        status.close()
