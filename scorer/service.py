@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import copy
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -72,6 +73,18 @@ RETAINED_LOGGED = 256  # retained commands logged once each (per run), at most t
 
 
 LOCK_FILE_NAME = "scorer.lock"
+# Kept with each remembered reply (in memory and in the store), never published.
+FINGERPRINT_KEY = "_command"
+
+
+def _fingerprint(command: dict[str, Any]) -> str | None:
+    """A short hash of a decoded JSON command (key order and spacing do not matter): a
+    resend has the same one, another command under the same id does not."""
+    try:
+        text = json.dumps(command, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
 
 
 class ServiceStartError(RuntimeError):
@@ -252,6 +265,8 @@ class ScorerService:
         self._lock_file: IO[bytes] | None = None
         self._client: mqtt.Client | None = None
         self._stopping = False
+        # The fingerprint of the command being handled (paho's thread, one at a time).
+        self._fingerprint: str | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
@@ -534,6 +549,7 @@ class ScorerService:
         except UnicodeDecodeError:
             return self._refuse(club_id, None, "the command is not UTF-8 text", "bad_command")
         raw: str | dict[str, Any] = text
+        self._fingerprint = None
         command_id: str | int | None = None
         wanted_match: str | None = None
         if text.lstrip().startswith("{"):
@@ -558,6 +574,7 @@ class ScorerService:
                 )
             if isinstance(decoded, dict):
                 decoded = dict(decoded)
+                self._fingerprint = _fingerprint(decoded)
                 try:
                     command_id = check_command_id(decoded.get("id"))
                 except Refused:  # no usable id: the reply carries none
@@ -656,7 +673,7 @@ class ScorerService:
                 trial.latest,
                 club_id=club_id,
                 command_id=command_id,
-                reply=reply,
+                reply=self._with_fingerprint(reply),
             )
         except StoreError as exc:
             return self._store_failed(club_id, command_id, exc)
@@ -691,7 +708,11 @@ class ScorerService:
         reply = self._reply(command_id, match.rev, match_id)
         try:
             self._require_store().start_match(
-                club_id, match_id, match.latest, command_id=command_id, reply=reply
+                club_id,
+                match_id,
+                match.latest,
+                command_id=command_id,
+                reply=self._with_fingerprint(reply),
             )
         except StoreError as exc:
             return self._store_failed(club_id, command_id, exc)
@@ -740,7 +761,9 @@ class ScorerService:
         # new start must be answered, not delete the new match.
         if current is not None or command_id is not None:
             try:
-                self._require_store().clear_current(club_id, command_id=command_id, reply=reply)
+                self._require_store().clear_current(
+                    club_id, command_id=command_id, reply=self._with_fingerprint(reply)
+                )
             except StoreError as exc:
                 return self._store_failed(club_id, command_id, exc)
             self._store_works()
@@ -778,7 +801,29 @@ class ScorerService:
             if accepted_at is not None:
                 assert current is not None
                 reply = self._reply(command_id, accepted_at, current.match_id)
-        return dict(reply) if reply is not None else None
+        if reply is None:
+            return None
+        reply = dict(reply)
+        known = reply.pop(FINGERPRINT_KEY, None)
+        if known is not None and self._fingerprint is not None and known != self._fingerprint:
+            # Not a resend: another command under a used id (a board that numbers its
+            # presses and starts again after a reboot). The old reply would say "done" for
+            # a press that is not applied.
+            return self._refuse(
+                club_id,
+                command_id,
+                "this id was already used for another command: give each command a new id",
+                "id_reused",
+                id=command_id,
+            )
+        return reply
+
+    def _with_fingerprint(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """The reply as remembered: with the command's fingerprint, so a resend (the same
+        command) gets the reply and another command under the same id does not."""
+        if self._fingerprint is None:
+            return reply
+        return {**reply, FINGERPRINT_KEY: self._fingerprint}
 
     def _remember_reply(
         self, club_id: str, command_id: str | int | None, reply: dict[str, Any]
@@ -786,7 +831,7 @@ class ScorerService:
         if command_id is None:
             return
         index = self._index(club_id)
-        index[command_id_key(command_id)] = reply
+        index[command_id_key(command_id)] = self._with_fingerprint(reply)
         while len(index) > COMMAND_IDS_PER_CLUB:
             index.popitem(last=False)
 
@@ -797,7 +842,7 @@ class ScorerService:
         now is not applied by its resend after the next point); kept in memory only."""
         if command_id is not None:
             refusals = self._refusals.setdefault(club_id, OrderedDict())
-            refusals[command_id_key(command_id)] = reply
+            refusals[command_id_key(command_id)] = self._with_fingerprint(reply)
             while len(refusals) > COMMAND_IDS_PER_CLUB:
                 refusals.popitem(last=False)
         return reply

@@ -556,3 +556,30 @@ def test_kill_9_with_garbage_after_the_last_wal_frame_keeps_every_committed_pres
         service.stop()
         alpha.close()
         status.close()
+
+
+def test_an_id_reused_for_another_command_is_refused_not_answered_as_done(any_broker, tmp_path):
+    """A home-made board numbers its presses 1, 2, 3 and starts again at 1 after a reboot:
+    the new press "1" (side 2) is not a resend of the old "1" (side 1). Answering it with
+    the old reply would tell the board "done" for a press that was never applied. It is
+    refused (id_reused), also after a restart; a true resend (same command) is answered."""
+    data_dir = tmp_path / "service"
+    alpha = Scorer(any_broker, "alpha")
+    try:
+        with service_running(any_broker, data_dir):
+            alpha.send(START)
+            first = alpha.send({"id": 1, "cmd": "point", "side": 1})
+            assert (first["ok"], first["rev"]) == (True, 2)
+            reused = alpha.send({"id": 1, "cmd": "point", "side": 2})
+            assert (reused["ok"], reused["code"], reused["rev"]) == (False, "id_reused", 2)
+            assert reused["params"] == {"id": 1}
+            # The same command again is a resend: the original reply.
+            assert alpha.send({"cmd": "point", "id": 1, "side": 1}) == first
+            refused = alpha.send({"id": "r", "cmd": "point", "side": 1, "delta": -1, "match": "x"})
+            assert refused["code"] == "wrong_match"
+        with service_running(any_broker, data_dir):
+            assert alpha.send({"id": 1, "cmd": "point", "side": 2})["code"] == "id_reused"
+            assert alpha.send({"id": 1, "cmd": "point", "side": 1}) == first
+            assert current_snapshot(any_broker, "alpha")["rev"] == 2
+    finally:
+        alpha.close()
