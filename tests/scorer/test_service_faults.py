@@ -3,6 +3,7 @@ each test names the fault it pins. Real brokers on 127.0.0.1, bounded waits."""
 
 from __future__ import annotations
 
+import json
 import os
 import resource
 import signal
@@ -367,8 +368,17 @@ def test_a_press_held_by_the_network_while_another_scorer_replaces_the_match_doe
         other.close()
 
 
+KILLED_AFTER_COMMIT = {
+    # command -> (match after it, rev, score); the match stands at 0-1, rev 2, before it.
+    "point": ({"cmd": "point", "side": 1}, "same", 3, (1, 1)),
+    "force-start": ({**START, "player1": "Cy", "force": True}, "new", 1, (0, 0)),
+    "undo": ({"cmd": "undo"}, "same", 3, (0, 0)),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(KILLED_AFTER_COMMIT))
 def test_kill_9_after_the_commit_before_the_reply_left_the_service_is_answered_once_after_restart(
-    any_broker_process, tmp_path
+    any_broker_process, tmp_path, kind
 ):
     """The worst window of the service: the press is committed, but the snapshot, the reply
     and the PUBACK are still in the service's socket (held here by a proxy) when it is
@@ -390,9 +400,11 @@ def test_kill_9_after_the_commit_before_the_reply_left_the_service_is_answered_o
         service.start()
         wait_status(status, b"online")
         started = alpha.send(START)
+        assert alpha.send({"cmd": "point", "side": 2})["rev"] == 2
         proxy.freeze()
-        alpha.send_raw('{"id": "committed", "cmd": "point", "side": 1}')
-        wait_for(lambda: stored_ids(data_dir) >= 2, WAIT)  # committed, in the store
+        command, which_match, rev, score = KILLED_AFTER_COMMIT[kind]
+        alpha.send_raw(json.dumps({**command, "id": "committed"}))
+        wait_for(lambda: stored_ids(data_dir) >= 3, WAIT)  # committed, in the store
         assert alpha.watcher.nothing_on(topics.replies("alpha"), 0.3)
         service.kill()
         proxy.close()
@@ -401,12 +413,17 @@ def test_kill_9_after_the_commit_before_the_reply_left_the_service_is_answered_o
         restarted.start()
         try:
             reply = alpha.watcher.next_json(topics.replies("alpha"), PROCESS_START)
-            assert (reply["id"], reply["ok"], reply["rev"]) == ("committed", True, 2), reply
+            assert (reply["id"], reply["ok"], reply["rev"]) == ("committed", True, rev), reply
             assert alpha.watcher.nothing_on(topics.replies("alpha"), 1.0)
             snapshot = current_snapshot(broker, "alpha")
-            assert (snapshot["match_id"], snapshot["rev"]) == (started["match_id"], 2)
-            assert snapshot["game_data"]["score1"] == 1
-            assert alpha.send("2+")["rev"] == 3
+            assert snapshot["rev"] == rev and snapshot["match_id"] == reply["match_id"]
+            assert (snapshot["match_id"] == started["match_id"]) == (which_match == "same")
+            data = snapshot["game_data"]
+            assert (data["score1"], data["score2"]) == score
+            # The sender's own resend is answered the same way.
+            alpha.send_raw(json.dumps({**command, "id": "committed"}))
+            assert alpha.watcher.next_json(topics.replies("alpha")) == reply
+            assert alpha.send("2+")["rev"] == rev + 1
         finally:
             restarted.stop()
     finally:
