@@ -87,8 +87,9 @@ def _fingerprint(command: dict[str, Any]) -> str | None:
     return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
 
 
-class ServiceStartError(RuntimeError):
-    """The service cannot start; the message says why and what to do."""
+class ServiceStartError(OSError):
+    """The service cannot start; the message says why and what to do. (An OSError: the
+    data dir is busy or unusable; `rallycast up` says so in one sentence.)"""
 
 
 def lock_data_dir(data_dir: Path) -> IO[bytes]:

@@ -9,6 +9,7 @@ import resource
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -19,9 +20,10 @@ import pytest
 
 from scorer import topics
 from scorer.client import ScoreClient
-from scorer.service import ScorerService
+from scorer.service import ScorerService, lock_data_dir
 from scorer.store import STORE_FILE_NAME, MatchStore
 from tests.scorer.servicekit import (
+    ROOT,
     WAIT,
     FreezableProxy,
     Scorer,
@@ -512,9 +514,7 @@ def test_a_broker_frozen_for_20_s_loses_no_press_and_the_status_comes_back_onlin
         assert replies, "the press was never answered"
         assert (replies[0]["ok"], replies[0]["rev"]) == (True, 2), replies
         print(f"answered {time.monotonic() - thawed:.1f} s after the thaw")
-        wait_for(
-            lambda: current_snapshot(broker, "alpha", 1.0)["rev"] == 2, PROCESS_START
-        )
+        wait_for(lambda: current_snapshot(broker, "alpha", 1.0)["rev"] == 2, PROCESS_START)
         alpha.send_raw(press)
         again = alpha.watcher.next_json(topics.replies("alpha"))
         assert again["rev"] == 2
@@ -600,3 +600,36 @@ def test_an_id_reused_for_another_command_is_refused_not_answered_as_done(any_br
             assert current_snapshot(any_broker, "alpha")["rev"] == 2
     finally:
         alpha.close()
+
+
+def test_rallycast_up_on_a_data_dir_in_use_says_so_in_one_sentence(tmp_path):
+    data_dir = tmp_path / "data"
+    holder = lock_data_dir(data_dir)  # a running scorer service holds the data dir
+    try:
+        result = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "scorer.cli",
+                "up",
+                "--data-dir",
+                str(data_dir),
+                "--bind",
+                "127.0.0.1",
+                "--mqtt-port",
+                "0",
+                "--ws-port",
+                "0",
+                "--http-port",
+                "0",
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=PROCESS_START * 2,
+            env={k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")},
+        )
+    finally:
+        holder.close()
+    assert result.returncode == 1, result
+    assert "another scorer service" in result.stderr and "Traceback" not in result.stderr
