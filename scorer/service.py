@@ -400,6 +400,9 @@ class ScorerService:
         if any(code.is_failure for code in reason_codes[:2]):
             log.error("the broker refused the service's subscriptions: %s", reason_codes)
             return
+        # The retained snapshots come after the SUBACK, behind any backlog of queued
+        # commands the broker sent first: the comparison window starts now.
+        self._reconcile_until = time.monotonic() + RECONCILE_SECONDS
         self._probe_enabled = len(reason_codes) > 2 and not reason_codes[2].is_failure
         if not self._probe_enabled:
             log.warning(
@@ -932,14 +935,15 @@ class ScorerService:
             )
 
     def _reconcile(self, club_id: str, message: mqtt.MQTTMessage) -> None:
-        """Correct a retained snapshot that the store does not back (left by a crash)."""
-        if time.monotonic() > self._reconcile_until:
-            # Done comparing: stop receiving our own snapshots back (one message late).
-            if not self._games_unsubscribed:
+        """Correct a retained snapshot that the store does not back (left by a crash).
+        A copy with the retain flag comes only from our subscription, whenever the broker
+        gets to it (amqtt sends it after a backlog of queued commands): it is always
+        compared. Once the window is over, the first live copy (our own publish coming
+        back) ends the subscription."""
+        if not message.retain:
+            if time.monotonic() > self._reconcile_until and not self._games_unsubscribed:
                 self._games_unsubscribed = True
                 self._require_client().unsubscribe(topics.ALL_GAMES)
-            return
-        if not message.retain:
             return
         if not message.payload:
             return

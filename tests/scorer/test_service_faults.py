@@ -633,3 +633,30 @@ def test_rallycast_up_on_a_data_dir_in_use_says_so_in_one_sentence(tmp_path):
         holder.close()
     assert result.returncode == 1, result
     assert "another scorer service" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_stale_snapshot_behind_a_backlog_of_commands_is_still_corrected(
+    any_broker, tmp_path, monkeypatch
+):
+    """The service comes back to a backlog of queued commands (its persistent session) and a
+    retained snapshot the store does not back (a match deleted just before a crash). The
+    broker sends the backlog before the retained copies, so the comparison must count from
+    the moment the snapshots can arrive (the SUBACK), not from the connection: a long
+    backlog must not leave the stale snapshot on every page."""
+    monkeypatch.setattr("scorer.service.RECONCILE_SECONDS", 0.3)
+    data_dir = tmp_path / "service"
+    beta = Scorer(any_broker, "beta")
+    forger = Watcher(any_broker, user=any_broker.service_user)
+    try:
+        with service_running(any_broker, data_dir):
+            beta.send(START)
+        stale = {"type": "game_update", "match_id": "deleted-before-the-crash", "rev": 9}
+        forger.publish(topics.game("alpha"), json.dumps(stale), retain=True)
+        for n in range(150):  # queued for the service's session while it is away
+            beta.send_raw(json.dumps({"id": f"q{n}", "cmd": "point", "side": 1 + n % 2}))
+        with service_running(any_broker, data_dir):
+            wait_for(lambda: stored_ids(data_dir) >= 151, 4 * WAIT, 0.2)
+            assert wait_for(lambda: current_snapshot(any_broker, "alpha", 0.5) is None, WAIT)
+    finally:
+        beta.close()
+        forger.close()
