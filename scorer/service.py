@@ -842,13 +842,22 @@ class ScorerService:
     def _remember_refusal(
         self, club_id: str, command_id: str | int | None, reply: dict[str, Any]
     ) -> dict[str, Any]:
-        """A refusal by the rules is answered again to a resend of its id (so a -1 refused
-        now is not applied by its resend after the next point); kept in memory only."""
+        """A refusal by the rules (or no_match) is answered again to a resend of its id, so
+        a -1 refused now is not applied by its resend after the next point. Kept in the
+        store with the accepted ids (a resend may come after a restart); in memory only
+        when the store cannot take it (the refusal stands either way)."""
         if command_id is not None:
-            refusals = self._refusals.setdefault(club_id, OrderedDict())
-            refusals[command_id_key(command_id)] = self._with_fingerprint(reply)
-            while len(refusals) > COMMAND_IDS_PER_CLUB:
-                refusals.popitem(last=False)
+            remembered = self._with_fingerprint(reply)
+            try:
+                self._require_store().remember(club_id, command_id, remembered)
+            except StoreError as exc:
+                log.warning("club %s: refusal kept in memory only: %s", club_id, exc)
+                refusals = self._refusals.setdefault(club_id, OrderedDict())
+                refusals[command_id_key(command_id)] = remembered
+                while len(refusals) > COMMAND_IDS_PER_CLUB:
+                    refusals.popitem(last=False)
+            else:
+                self._remember_reply(club_id, command_id, reply)
         return reply
 
     def _refuse(

@@ -192,6 +192,10 @@ class MatchStore:
             ]
         )
 
+    def remember(self, club_id: str, command_id: str | int, reply: dict[str, Any]) -> None:
+        """Remember a command id with its reply alone (a refusal: nothing else changes)."""
+        self._write(lambda: self._remember(club_id, command_id, reply))
+
     @staticmethod
     def _remember(
         club_id: str | None, command_id: str | int | None, reply: dict[str, Any] | None

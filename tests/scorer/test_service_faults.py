@@ -660,3 +660,23 @@ def test_a_stale_snapshot_behind_a_backlog_of_commands_is_still_corrected(
     finally:
         beta.close()
         forger.close()
+
+
+def test_a_refused_press_resent_after_a_restart_gets_the_same_refusal(any_broker, tmp_path):
+    """A -1 refused at 0-0 (its reply lost), the service restarts, side 1 scores, then the
+    -1's resend arrives: it must get its refusal again, not take the new point away."""
+    data_dir = tmp_path / "service"
+    alpha = Scorer(any_broker, "alpha")
+    minus = {"id": "minus-at-love", "cmd": "point", "side": 1, "delta": -1}
+    try:
+        with service_running(any_broker, data_dir):
+            alpha.send(START)
+            first = alpha.send(minus)
+            assert (first["ok"], first["code"]) == (False, "no_point_to_remove")
+        with service_running(any_broker, data_dir):
+            assert alpha.send("1+")["rev"] == 2
+            assert alpha.send(minus) == first
+            snapshot = current_snapshot(any_broker, "alpha")
+            assert (snapshot["rev"], snapshot["game_data"]["score1"]) == (2, 1)
+    finally:
+        alpha.close()
