@@ -430,6 +430,11 @@ class ScoreClient:
                 if reply is None:  # resubscribed after a reconnect: resend now
                     next_send = time.monotonic()
                     continue
+                if command.get("cmd") == "start" and reply.get("ok") is True:
+                    # Our own new match: the next press is for it, even if the broker
+                    # delivers its snapshot after this reply (an order across topics
+                    # MQTT does not promise).
+                    self._match_id = reply.get("match_id") or self._match_id
                 return reply
         finally:
             with self._lock:
