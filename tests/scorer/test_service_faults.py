@@ -680,3 +680,26 @@ def test_a_refused_press_resent_after_a_restart_gets_the_same_refusal(any_broker
             assert (snapshot["rev"], snapshot["game_data"]["score1"]) == (2, 1)
     finally:
         alpha.close()
+
+
+def test_a_store_deleted_under_the_running_service_refuses_presses_instead_of_losing_them(
+    any_broker, tmp_path
+):
+    """Someone cleans the data dir while the service runs: SQLite keeps writing to the
+    deleted file, which no restart reads. A press saved there and answered ok would be lost
+    at the next start: it is refused (store_failed) and the status says stalled."""
+    data_dir = tmp_path / "service"
+    alpha = Scorer(any_broker, "alpha")
+    status = Watcher(any_broker, topics.SCORER_STATUS)
+    try:
+        with service_running(any_broker, data_dir):
+            alpha.send(START)
+            for path in _store_files(data_dir):
+                path.unlink(missing_ok=True)
+            reply = alpha.send({"cmd": "point", "side": 1})
+            assert (reply["ok"], reply["code"]) == (False, "store_failed"), reply
+            wait_for(lambda: retained_status(any_broker) == b"stalled", WAIT, 0.2)
+            assert current_snapshot(any_broker, "alpha")["rev"] == 1
+    finally:
+        alpha.close()
+        status.close()
