@@ -319,7 +319,28 @@ class UpstreamFreezableProxy(FreezableProxy):
     (a phone on a bad network) while everything the broker sends reaches it."""
 
     def _pump(self, source: Any, target: Any, freezable: bool) -> None:
-        super()._pump(source, target, not freezable)
+        # (the base class calls this with freezable=True for broker -> client)
+        if freezable:
+            super()._pump(source, target, False)
+            return
+        try:
+            while not self.closed.is_set():
+                data = source.recv(65536)
+                if not data:
+                    break
+                # Held here once frozen, also a chunk read just before the freeze.
+                while not self.flowing.wait(0.1):
+                    if self.closed.is_set():
+                        return
+                target.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, target):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
 
     def close(self) -> None:
         # shutdown() first: close() alone does not end a connection another thread is
