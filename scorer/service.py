@@ -45,15 +45,12 @@ from scorer.store import (
     command_id_key,
     new_match_id,
 )
+from scorer.timing import RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY
 
 log = logging.getLogger("rallycast.scorer")
 
 SECRET_FILE_NAME = "service.secret"
 PASSWORD_ENV = "RALLYCAST_SERVICE_PASSWORD"
-# paho's reconnect backoff (seconds): quick first retry, capped so a restarted broker is
-# found again within seconds.
-RECONNECT_MIN_DELAY = 1
-RECONNECT_MAX_DELAY = 4
 # MQTT keep-alive (seconds). A service that freezes (SIGSTOP, a suspended VM, a swap storm)
 # cannot say so itself: the broker publishes its last will "offline" after 1.5 keep-alives
 # without a packet. The probe keeps traffic flowing every second, so this costs nothing

@@ -6,19 +6,10 @@ from __future__ import annotations
 import time
 
 import paho.mqtt.client as mqtt
-import pytest
 
-from tests.scorer.test_buttons_runner import TASMOTA_BOARD, running
+from tests.scorer.buttons.test_runner import TASMOTA_BOARD, running
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scorer/buttons/runner.py names its MQTT client rallycast-buttons-<club>: any "
-    "spectator can connect under that id and throw the runner off the broker (MQTT-3.1.4-2); "
-    "its session is clean, so presses published meanwhile are lost. Fix: a random suffix "
-    "(the session is clean, nothing needs a stable id); the broker refusing a takeover by "
-    "another user is the CONNECT hardening's part",
-)
 def test_a_spectator_cannot_throw_the_buttons_runner_off_the_broker(any_broker) -> None:
     with running(any_broker, TASMOTA_BOARD) as runner:
         link = runner.links["alpha"]
@@ -33,7 +24,7 @@ def test_a_spectator_cannot_throw_the_buttons_runner_off_the_broker(any_broker) 
         link.client.on_disconnect = on_disconnect
         intruder = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
-            client_id="rallycast-buttons-alpha",  # guessed from the club id alone
+            client_id="rallycast-buttons-alpha",  # guessed from the club id alone (the old id)
             protocol=mqtt.MQTTv311,
         )
         intruder.connect(any_broker.host, any_broker.mqtt_port, 30)
