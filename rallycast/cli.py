@@ -36,6 +36,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "replay": ("scorer.replay", "replay a match log and print the snapshot"),
     "bench": ("rallycast.bench", "measure the broker (and the pages) on loopback"),
     "cluster": ("broker.cluster", "run or configure a 3-node NATS cluster (docs/scale.md)"),
+    "export": ("scorer.export_command", "CSV or JSON of a club's matches or of one match"),
+    "matches": ("scorer.matches_command", "list or delete matches of the record of play"),
+    "soak": ("rallycast.soak", "kill -9 broker/service under load, then check no press is lost"),
 }
 
 

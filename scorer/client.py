@@ -252,9 +252,12 @@ class Failover:
     setter refuses while a connection is open, as it is inside on_disconnect).
     """
 
-    def __init__(self, client: mqtt.Client, address: BrokerAddress) -> None:
+    def __init__(
+        self, client: mqtt.Client, address: BrokerAddress, keepalive: int = KEEPALIVE
+    ) -> None:
         self.client = client
         self.address = address
+        self.keepalive = keepalive
         self.index = 0
         self.switches = 0  # times we moved to another node (for tests and logs)
         self._stopped = False
@@ -289,7 +292,7 @@ class Failover:
 
     def connect_async(self) -> None:
         host, port = self.node
-        self.client.connect_async(host, port, keepalive=KEEPALIVE)
+        self.client.connect_async(host, port, keepalive=self.keepalive)
 
     def advance(self) -> None:
         """Point paho's next reconnect at the next node (paho's thread)."""
@@ -358,6 +361,10 @@ def _connect_one(client: mqtt.Client, host: str, port: int, timeout: float) -> s
     return None
 
 
+# Commands that are not meant for the match shown: ScoreClient.send adds no "match" to them.
+MATCH_FREE_COMMANDS = frozenset({"start", "delete", "clear"})
+
+
 def new_command_id() -> str:
     return uuid.uuid4().hex
 
@@ -421,6 +428,11 @@ class ScoreClient:
         # clean-up of the old session on a reconnect, wait seconds for a new leader after a
         # node is lost (docs/scale.md "Failover").
         self._filters = [(topics.replies(club_id), 0)]
+        self._watch_snapshot = watch_snapshot
+        # The match of the latest snapshot: the match a press is meant for. (Not taken
+        # from replies: a resent id is answered with its original reply, of an older match.
+        # The service publishes a start's snapshot before its reply.)
+        self._match_id: str | None = None
         if watch_snapshot:
             self._filters.append((topics.game(club_id), 0))
         self._client = make_client(
@@ -517,6 +529,16 @@ class ScoreClient:
             command = shorthand_to_command(command)
         command = dict(command)
         command.setdefault("id", new_command_id())
+        if (
+            self._watch_snapshot
+            and self._match_id is not None
+            and "match" not in command
+            and command.get("cmd") not in MATCH_FREE_COMMANDS
+        ):
+            # The press is for the match shown now: if the network holds it until another
+            # scorer has replaced the match, the service refuses it (wrong_match) instead
+            # of scoring it in the new match.
+            command["match"] = self._match_id
         key = str(command["id"])
         try:
             payload = json.dumps(command, ensure_ascii=False, separators=(",", ":")).encode()
@@ -560,6 +582,11 @@ class ScoreClient:
                 if reply is None:  # resubscribed after a reconnect: resend now
                     next_send = time.monotonic()
                     continue
+                if command.get("cmd") == "start" and reply.get("ok") is True:
+                    # Our own new match: the next press is for it, even if the broker
+                    # delivers its snapshot after this reply (an order across topics
+                    # MQTT does not promise).
+                    self._match_id = reply.get("match_id") or self._match_id
                 return reply
         finally:
             with self._lock:
@@ -584,6 +611,10 @@ class ScoreClient:
                 self.snapshot = json.loads(message.payload) if message.payload else None
             except ValueError:
                 return
+            if self.snapshot is None:
+                self._match_id = None
+            elif isinstance(self.snapshot, dict) and isinstance(self.snapshot.get("match_id"), str):
+                self._match_id = self.snapshot["match_id"]
             self._first_snapshot.set()
             if self.on_snapshot is not None:
                 self.on_snapshot(self.snapshot)

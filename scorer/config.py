@@ -67,8 +67,9 @@ class Settings:
     broker_url: str = "mqtt://127.0.0.1:1883"
     # WebSocket URL the pages connect to; empty = same host as the page, ws_port, path /mqtt.
     public_ws_url: str = ""
-    # Web origins (scheme://host[:port]) whose pages may embed the live score (docs/embed.md):
-    # the JSON API answers them with CORS and the iframe page lets them frame it. "*" = any.
+    # Web origins (scheme://host[:port]) whose pages may embed the live score and read the
+    # club's record (docs/embed.md, docs/api.md): every /api/ route answers them with CORS and
+    # the iframe page lets them frame it. "*" = any.
     embed_origins: tuple[str, ...] = ()
     # Broker limits (the same numbers go into mosquitto.conf).
     max_connections: int = 5000
@@ -96,6 +97,10 @@ class Settings:
     # Button boards: the raw [[boards]] and [buttons] tables, checked by scorer.buttons.
     boards: tuple[dict[str, Any], ...] = ()
     buttons: dict[str, Any] = field(default_factory=dict, hash=False)
+    # The record of play (docs/history.md): URLs POSTed the result when a match ends; days an
+    # ended match is kept (0 = for ever). Who may read /api/ cross-origin: embed_origins.
+    webhook_urls: tuple[str, ...] = ()
+    record_retention_days: int = 0
 
     @property
     def local_host(self) -> str:
@@ -247,6 +252,19 @@ def _origins(value: Any, from_text: bool) -> tuple[str, ...]:
     return tuple(origins)
 
 
+def _urls(value: Any, from_text: bool) -> tuple[str, ...]:
+    """``webhook_urls``: a list of http:// or https:// URLs; the environment gives them
+    separated by commas."""
+    if isinstance(value, str) and from_text:
+        value = [part.strip() for part in value.split(",") if part.strip()]
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ValueError('must be a list of URLs, e.g. ["https://example.org/hook"]')
+    for item in value:
+        if not re.match(r"^https?://[^/\s]+", item):
+            raise ValueError(f"{item!r} is not an http:// or https:// URL")
+    return tuple(value)
+
+
 def _coerce(name: str, value: Any, source: str = "") -> Any:
     """Turn a TOML/env/flag value into the type the setting wants and check its range, or
     raise ConfigError with one line naming the setting, the value and where it came from.
@@ -268,6 +286,8 @@ def _coerce(name: str, value: Any, source: str = "") -> Any:
             if not isinstance(value, list | tuple):
                 raise ValueError("[[boards]] must be an array of tables")
             return tuple(value)
+        if name == "webhook_urls":
+            return _urls(value, from_text)
         if name == "data_dir":
             if isinstance(value, Path):
                 return value

@@ -12,18 +12,22 @@ from __future__ import annotations
 
 import argparse
 import copy
+import fcntl
+import hashlib
 import json
 import logging
 import os
 import secrets
 import signal
+import sqlite3
+import sys
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import paho.mqtt.client as mqtt
 
@@ -32,22 +36,27 @@ from scorer.client import BrokerAddress, Failover, join_urls, make_client, resol
 from scorer.config import Settings, load_settings
 from scorer.engine import ENDED_STATUSES, Match, Refused, check_command_id, parse_command
 from scorer.logs import setup_logging
+from scorer.record_hooks import RecordHooks
 from scorer.store import (
     COMMAND_IDS_PER_CLUB,
+    STORE_FILE_NAME,
     MatchStore,
     StoreError,
     command_id_key,
     new_match_id,
 )
+from scorer.timing import RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY
 
 log = logging.getLogger("rallycast.scorer")
 
 SECRET_FILE_NAME = "service.secret"
 PASSWORD_ENV = "RALLYCAST_SERVICE_PASSWORD"
-# paho's reconnect backoff (seconds): quick first retry, capped so a restarted broker is
-# found again within seconds.
-RECONNECT_MIN_DELAY = 1
-RECONNECT_MAX_DELAY = 4
+# MQTT keep-alive (seconds). A service that freezes (SIGSTOP, a suspended VM, a swap storm)
+# cannot say so itself: the broker publishes its last will "offline" after 1.5 keep-alives
+# without a packet. The probe keeps traffic flowing every second, so this costs nothing
+# while healthy; 10 s says a frozen service offline within about 15 s (30 s took 45 s, past
+# the senders' 30 s of resends) and still lets one slow command (a slow disk) take 15 s.
+KEEPALIVE = 10
 # How long after connecting retained snapshots are compared with the store (stale ones fixed).
 RECONCILE_SECONDS = 3.0
 DELETE_COMMANDS = frozenset({"delete", "clear"})
@@ -59,6 +68,54 @@ PROBE_TIMEOUT = 4.0
 PROBE_CHECK = 0.25
 PROBE_PREFIX = f"{topics.SCORER_STATUS}/probe/"
 RETAINED_LOGGED = 256  # retained commands logged once each (per run), at most this many
+
+
+LOCK_FILE_NAME = "scorer.lock"
+# Kept with each remembered reply (in memory and in the store), never published.
+FINGERPRINT_KEY = "_command"
+
+
+def _fingerprint(command: dict[str, Any]) -> str | None:
+    """A short hash of a decoded JSON command (key order and spacing do not matter): a
+    resend has the same one, another command under the same id does not."""
+    try:
+        text = json.dumps(command, sort_keys=True, ensure_ascii=True, separators=(",", ":"))
+    except (ValueError, TypeError, RecursionError):
+        return None
+    return hashlib.sha256(text.encode("ascii")).hexdigest()[:16]
+
+
+class ServiceStartError(OSError):
+    """The service cannot start; the message says why and what to do. (An OSError: the
+    data dir is busy or unusable; `rallycast up` says so in one sentence.)"""
+
+
+def lock_data_dir(data_dir: Path) -> IO[bytes]:
+    """Hold ``data_dir/scorer.lock`` (an exclusive flock, released when the returned file is
+    closed or the process dies, kill -9 included). Two services on one data dir would share
+    one MQTT client id (each throwing the other off the broker) and one store (each
+    appending from its own stale copy of the matches). Raises ServiceStartError."""
+    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path = data_dir / LOCK_FILE_NAME
+    try:
+        handle = open(path, "a+b")  # noqa: SIM115 - held for the life of the service
+    except OSError as exc:
+        raise ServiceStartError(f"cannot open {path}: {exc}") from exc
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.seek(0)
+        holder = handle.read(32).decode("ascii", "replace").strip() or "?"
+        handle.close()
+        raise ServiceStartError(
+            f"another scorer service (pid {holder}) is using the data dir {data_dir}: stop it "
+            "first, or give this one another --data-dir"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n".encode("ascii"))
+    handle.flush()
+    return handle
 
 
 def read_service_secret(data_dir: Path) -> str | None:
@@ -198,25 +255,59 @@ class ScorerService:
         self._probe_thread: threading.Thread | None = None
         self._probe_stop = threading.Event()
         self.status = "offline"
+        # Set while the store refuses writes (a full disk, ...): the status says stalled.
+        self._store_failing = False
         self._reconcile_until = 0.0
         self._games_unsubscribed = False
         self._subscribe_mid: int | None = None
         self._store: MatchStore | None = None
+        self._record: RecordHooks | None = None
+        self._lock_file: IO[bytes] | None = None
         self._client: mqtt.Client | None = None
         self._failover: Failover | None = None
         self._stopping = False
+        # The fingerprint of the command being handled (paho's thread, one at a time).
+        self._fingerprint: str | None = None
 
     # -- life cycle -------------------------------------------------------------------------
 
     def start(self) -> None:
-        self._store = MatchStore(self.settings.data_dir)
-        self._recover()
-        # One client id per data dir, so the broker keeps this service's session (and the
-        # QoS 1 commands that arrive while it is away) from one run to the next.
-        client_id = self._store.meta(
-            "mqtt_client_id", lambda: f"rallycast-service-{secrets.token_hex(4)}"
-        )
-        self._probe_topic = PROBE_PREFIX + client_id
+        """Open the store, rebuild the matches, connect. Raises ``ServiceStartError`` (the
+        message says what to do) when another service runs on the same data dir, or the
+        store cannot be opened or read (damaged, not a database, unreadable): the service
+        never starts from a store it cannot read (it would clear every club's snapshot and
+        forget the ids it answered)."""
+        self._lock_file = lock_data_dir(self.settings.data_dir)
+        try:
+            self._store = MatchStore(self.settings.data_dir)
+            self._recover()
+            self._record = RecordHooks(
+                self.settings.data_dir,
+                webhook_urls=self.settings.webhook_urls,
+                retention_days=self.settings.record_retention_days,
+            )
+            self._record.start()
+            # One client id per data dir, so the broker keeps this service's session (and
+            # the QoS 1 commands that arrive while it is away) from one run to the next.
+            client_id = self._store.meta(
+                "mqtt_client_id", lambda: f"rallycast-service-{secrets.token_hex(4)}"
+            )
+            # The probe topic is readable by every spectator (rallycast/status/#): it
+            # carries a random token, never the client id (with the id anyone could take the
+            # service's session over, MQTT-3.1.4-2, and throw the service off the broker
+            # again and again). Kept in the store like the client id: the persistent session
+            # holds one probe subscription, not one more per restart.
+            self._probe_topic = PROBE_PREFIX + self._store.meta(
+                "probe_token", lambda: secrets.token_hex(8)
+            )
+        except (sqlite3.Error, StoreError, OSError) as exc:
+            self._release_store()
+            path = self.settings.data_dir / STORE_FILE_NAME
+            raise ServiceStartError(
+                f"cannot use the match store {path}: {exc}. Nothing was changed. If the file "
+                "is damaged, stop here: restore it from a backup, or move it and its -wal "
+                "and -shm files aside (keep them) to start with an empty store"
+            ) from exc
         client = make_client(self.address, client_id=client_id, clean_session=False)
         client.will_set(topics.SCORER_STATUS, "offline", qos=1, retain=True)
         client.reconnect_delay_set(RECONNECT_MIN_DELAY, RECONNECT_MAX_DELAY)
@@ -226,7 +317,7 @@ class ScorerService:
         client.on_message = self._on_message
         # A cluster's nodes in turn: each reconnect goes to the next one, with the same client
         # id, so the session (and the commands queued in it) resumes on any node.
-        self._failover = Failover(client, self.address)
+        self._failover = Failover(client, self.address, keepalive=KEEPALIVE)
         self._failover.install()
         self._client = client
         self._stopping = False
@@ -264,9 +355,18 @@ class ScorerService:
             self._client = None
         self.status = "offline"
         self.connected.clear()
+        if self._record is not None:
+            self._record.stop()
+            self._record = None
+        self._release_store()
+
+    def _release_store(self) -> None:
         if self._store is not None:
             self._store.close()
             self._store = None
+        if self._lock_file is not None:
+            self._lock_file.close()  # (releases the flock)
+            self._lock_file = None
 
     def _recover(self) -> None:
         """Rebuild each club's current match from its stored log."""
@@ -316,6 +416,9 @@ class ScorerService:
         if any(code.is_failure for code in reason_codes[:2]):
             log.error("the broker refused the service's subscriptions: %s", reason_codes)
             return
+        # The retained snapshots come after the SUBACK, behind any backlog of queued
+        # commands the broker sent first: the comparison window starts now.
+        self._reconcile_until = time.monotonic() + RECONCILE_SECONDS
         self._probe_enabled = len(reason_codes) > 2 and not reason_codes[2].is_failure
         if not self._probe_enabled:
             log.warning(
@@ -324,7 +427,7 @@ class ScorerService:
                 "read on rallycast/status/scorer/probe/#)",
                 self._probe_topic,
             )
-        self._set_status("online")
+        self._set_status("stalled" if self._store_failing else "online")
         self.connected.set()
 
     def _on_disconnect(self, client, userdata, flags, reason_code, properties) -> None:  # type: ignore[no-untyped-def]
@@ -344,7 +447,9 @@ class ScorerService:
             self._announce(client, previous, status)
 
     def _announce(self, client: mqtt.Client, previous: str, status: str) -> None:
-        if status == "stalled":
+        if status == "stalled" and self._store_failing:
+            pass  # (_store_failed said why)
+        elif status == "stalled":
             log.warning(
                 "stalled: commands do not come through (no probe back within %g s)%s",
                 PROBE_TIMEOUT,
@@ -390,7 +495,7 @@ class ScorerService:
                 return  # a probe of an earlier connection
             self._probe_sent.clear()  # the path works: older probes are answered too
             self._probe_ever_back = True
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._store_failing:
             self._set_status("online")
 
     def _log_retained_once(self, club_id: str, payload: bytes) -> None:
@@ -464,6 +569,7 @@ class ScorerService:
         except UnicodeDecodeError:
             return self._refuse(club_id, None, "the command is not UTF-8 text", "bad_command")
         raw: str | dict[str, Any] = text
+        self._fingerprint = None
         command_id: str | int | None = None
         wanted_match: str | None = None
         if text.lstrip().startswith("{"):
@@ -488,6 +594,7 @@ class ScorerService:
                 )
             if isinstance(decoded, dict):
                 decoded = dict(decoded)
+                self._fingerprint = _fingerprint(decoded)
                 try:
                     command_id = check_command_id(decoded.get("id"))
                 except Refused:  # no usable id: the reply carries none
@@ -552,7 +659,13 @@ class ScorerService:
         ):
             return self._start_new_match(club_id, command, command_id)
         if current is None:
-            return self._refuse(club_id, command_id, "no match: start one first", "no_match")
+            # Remembered: a resend of this id after the next match has started must not
+            # score in it (the press was made for no match).
+            return self._remember_refusal(
+                club_id,
+                command_id,
+                self._refuse(club_id, command_id, "no match: start one first", "no_match"),
+            )
         # The new match is computed on a copy; the club's match changes only once the
         # store has committed the command (a failure leaves memory and store as they were).
         trial = fork(current.match)
@@ -580,16 +693,20 @@ class ScorerService:
                 trial.latest,
                 club_id=club_id,
                 command_id=command_id,
-                reply=reply,
+                reply=self._with_fingerprint(reply),
             )
         except StoreError as exc:
-            log.error("club %s: %s", club_id, exc)
-            return self._refuse(
-                club_id, command_id, "the service could not save the command", "store_failed"
-            )
+            return self._store_failed(club_id, command_id, exc)
+        self._store_works()
+        was_ended = current.match.status in ENDED_STATUSES
         current.match = trial
         self._remember_reply(club_id, command_id, reply)
         self._publish_change(club_id, current, outcome.snapshot, outcome.event)
+        if self._record is not None and (was_ended or trial.status in ENDED_STATUSES):
+            # The record and the webhooks (queued; never blocks: scorer/record_hooks.py).
+            self._record.match_changed(
+                club_id, current.match_id, ended=not was_ended and trial.status in ENDED_STATUSES
+            )
         log.debug("club %s: accepted %s -> rev %d", club_id, command.get("cmd"), current.rev)
         return reply
 
@@ -617,13 +734,15 @@ class ScorerService:
         reply = self._reply(command_id, match.rev, match_id)
         try:
             self._require_store().start_match(
-                club_id, match_id, match.latest, command_id=command_id, reply=reply
+                club_id,
+                match_id,
+                match.latest,
+                command_id=command_id,
+                reply=self._with_fingerprint(reply),
             )
         except StoreError as exc:
-            log.error("club %s: %s", club_id, exc)
-            return self._refuse(
-                club_id, command_id, "the service could not save the command", "store_failed"
-            )
+            return self._store_failed(club_id, command_id, exc)
+        self._store_works()
         current = ClubMatch(match_id, match)
         self.matches[club_id] = current
         self._remember_reply(club_id, command_id, reply)
@@ -664,21 +783,23 @@ class ScorerService:
                 match=wanted_match,
             )
         reply = self._reply(command_id, 0, None)
-        if current is not None:
+        # Stored even with no match to delete: a resend of this id after a restart and a
+        # new start must be answered, not delete the new match.
+        if current is not None or command_id is not None:
             try:
-                self._require_store().clear_current(club_id, command_id=command_id, reply=reply)
-            except StoreError as exc:
-                log.error("club %s: %s", club_id, exc)
-                return self._refuse(
-                    club_id, command_id, "the service could not save the command", "store_failed"
+                self._require_store().clear_current(
+                    club_id, command_id=command_id, reply=self._with_fingerprint(reply)
                 )
+            except StoreError as exc:
+                return self._store_failed(club_id, command_id, exc)
+            self._store_works()
+        if current is not None:
             del self.matches[club_id]
             client = self._require_client()
             client.publish(topics.game(club_id), b"", qos=1, retain=True)
             event = {"kind": "delete", "match_id": current.match_id, "rev": 0}
             client.publish(topics.events(club_id), _dumps(event), qos=1)
             log.info("club %s: match %s deleted", club_id, current.match_id)
-        # (with no match, nothing was stored: a resend finds no match to delete either)
         self._remember_reply(club_id, command_id, reply)
         return reply
 
@@ -706,7 +827,29 @@ class ScorerService:
             if accepted_at is not None:
                 assert current is not None
                 reply = self._reply(command_id, accepted_at, current.match_id)
-        return dict(reply) if reply is not None else None
+        if reply is None:
+            return None
+        reply = dict(reply)
+        known = reply.pop(FINGERPRINT_KEY, None)
+        if known is not None and self._fingerprint is not None and known != self._fingerprint:
+            # Not a resend: another command under a used id (a board that numbers its
+            # presses and starts again after a reboot). The old reply would say "done" for
+            # a press that is not applied.
+            return self._refuse(
+                club_id,
+                command_id,
+                "this id was already used for another command: give each command a new id",
+                "id_reused",
+                id=command_id,
+            )
+        return reply
+
+    def _with_fingerprint(self, reply: dict[str, Any]) -> dict[str, Any]:
+        """The reply as remembered: with the command's fingerprint, so a resend (the same
+        command) gets the reply and another command under the same id does not."""
+        if self._fingerprint is None:
+            return reply
+        return {**reply, FINGERPRINT_KEY: self._fingerprint}
 
     def _remember_reply(
         self, club_id: str, command_id: str | int | None, reply: dict[str, Any]
@@ -714,20 +857,29 @@ class ScorerService:
         if command_id is None:
             return
         index = self._index(club_id)
-        index[command_id_key(command_id)] = reply
+        index[command_id_key(command_id)] = self._with_fingerprint(reply)
         while len(index) > COMMAND_IDS_PER_CLUB:
             index.popitem(last=False)
 
     def _remember_refusal(
         self, club_id: str, command_id: str | int | None, reply: dict[str, Any]
     ) -> dict[str, Any]:
-        """A refusal by the rules is answered again to a resend of its id (so a -1 refused
-        now is not applied by its resend after the next point); kept in memory only."""
+        """A refusal by the rules (or no_match) is answered again to a resend of its id, so
+        a -1 refused now is not applied by its resend after the next point. Kept in the
+        store with the accepted ids (a resend may come after a restart); in memory only
+        when the store cannot take it (the refusal stands either way)."""
         if command_id is not None:
-            refusals = self._refusals.setdefault(club_id, OrderedDict())
-            refusals[command_id_key(command_id)] = reply
-            while len(refusals) > COMMAND_IDS_PER_CLUB:
-                refusals.popitem(last=False)
+            remembered = self._with_fingerprint(reply)
+            try:
+                self._require_store().remember(club_id, command_id, remembered)
+            except StoreError as exc:
+                log.warning("club %s: refusal kept in memory only: %s", club_id, exc)
+                refusals = self._refusals.setdefault(club_id, OrderedDict())
+                refusals[command_id_key(command_id)] = remembered
+                while len(refusals) > COMMAND_IDS_PER_CLUB:
+                    refusals.popitem(last=False)
+            else:
+                self._remember_reply(club_id, command_id, reply)
         return reply
 
     def _refuse(
@@ -749,6 +901,37 @@ class ScorerService:
             "rev": current.rev if current else 0,
             "match_id": current.match_id if current else None,
         }
+
+    def _store_failed(
+        self, club_id: str, command_id: str | int | None, exc: StoreError
+    ) -> dict[str, Any]:
+        """A write the store refused: the command is refused (store_failed, nothing
+        changed) and, until a write works again, the status says stalled: commands do not
+        come through, whatever the probe says."""
+        log.error("club %s: %s", club_id, exc)
+        if not self._store_failing:
+            self._store_failing = True
+            log.error(
+                "stalled: the match store refuses writes (%s); every command is refused "
+                "with store_failed until it works again (free disk space? permissions?)",
+                exc,
+            )
+            self._set_status("stalled")
+        return self._refuse(
+            club_id, command_id, "the service could not save the command", "store_failed"
+        )
+
+    def _store_works(self) -> None:
+        if self._store_failing:
+            self._store_failing = False
+            log.info("the match store saves commands again")
+            if self.connected.is_set():
+                with self._probe_lock:
+                    probes_late = bool(self._probe_sent) and (
+                        time.monotonic() - min(self._probe_sent.values()) > PROBE_TIMEOUT
+                    )
+                if not probes_late:
+                    self._set_status("online")
 
     @staticmethod
     def _reply(command_id: str | int | None, rev: int, match_id: str | None) -> dict[str, Any]:
@@ -783,14 +966,15 @@ class ScorerService:
             )
 
     def _reconcile(self, club_id: str, message: mqtt.MQTTMessage) -> None:
-        """Correct a retained snapshot that the store does not back (left by a crash)."""
-        if time.monotonic() > self._reconcile_until:
-            # Done comparing: stop receiving our own snapshots back (one message late).
-            if not self._games_unsubscribed:
+        """Correct a retained snapshot that the store does not back (left by a crash).
+        A copy with the retain flag comes only from our subscription, whenever the broker
+        gets to it (amqtt sends it after a backlog of queued commands): it is always
+        compared. Once the window is over, the first live copy (our own publish coming
+        back) ends the subscription."""
+        if not message.retain:
+            if time.monotonic() > self._reconcile_until and not self._games_unsubscribed:
                 self._games_unsubscribed = True
                 self._require_client().unsubscribe(topics.ALL_GAMES)
-            return
-        if not message.retain:
             return
         if not message.payload:
             return
@@ -858,7 +1042,11 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
-    service.start()
+    try:
+        service.start()
+    except ServiceStartError as exc:
+        print(f"rallycast scorer: {exc}", file=sys.stderr, flush=True)
+        return 1
     print(
         f"rallycast scorer: serving clubs on {service.address.url()} "
         f"(match store in {settings.data_dir})",
@@ -871,4 +1059,11 @@ def main(args: argparse.Namespace) -> int:
     return 0
 
 
-__all__ = ["BrokerAddress", "ScorerService", "configure", "ensure_service_secret", "main"]
+__all__ = [
+    "BrokerAddress",
+    "ScorerService",
+    "ServiceStartError",
+    "configure",
+    "ensure_service_secret",
+    "main",
+]

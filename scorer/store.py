@@ -86,6 +86,9 @@ class MatchStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        # The file this connection writes: a write after it was deleted or replaced (a
+        # cleaner in the data dir, a restore over it) would go to a file no restart reads.
+        self._identity = _identity(self.path)
 
     def close(self) -> None:
         with self._lock:
@@ -103,6 +106,11 @@ class MatchStore:
             try:
                 if callable(statements):  # built here, so encoding errors roll back too
                     statements = statements()
+                if _identity(self.path) != self._identity:
+                    raise StoreError(
+                        f"{self.path} was deleted or replaced while the service runs: what "
+                        "it saved now would be lost at the next start (restart the service)"
+                    )
                 self._db.execute("BEGIN IMMEDIATE")
                 for sql, params in statements:
                     self._db.execute(sql, params)
@@ -192,6 +200,10 @@ class MatchStore:
             ]
         )
 
+    def remember(self, club_id: str, command_id: str | int, reply: dict[str, Any]) -> None:
+        """Remember a command id with its reply alone (a refusal: nothing else changes)."""
+        self._write(lambda: self._remember(club_id, command_id, reply))
+
     @staticmethod
     def _remember(
         club_id: str | None, command_id: str | int | None, reply: dict[str, Any] | None
@@ -246,6 +258,15 @@ class MatchStore:
                 (club_id,),
             ).fetchall()
         return [match_id for (match_id,) in rows]
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    """(device, inode) of the file at ``path``; None when there is none."""
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return None
+    return (stat.st_dev, stat.st_ino)
 
 
 def command_id_key(command_id: str | int) -> str:

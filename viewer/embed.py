@@ -3,8 +3,9 @@ API that gives it the first score, the iframe page for sites that cannot add scr
 snippet page a club copies from, and the QR code that opens the club page on a phone.
 
 Cross-origin rules: the script and the QR code are for anyone (like the display page); the
-JSON API answers CORS only to ``settings.embed_origins`` (``"*"`` = any site), and the iframe
-page may be framed by those origins only. Everything here is read-only and anonymous: the
+JSON API (``viewer/api.py``, which serves ``live_api`` as ``/api/clubs/<id>/live``) answers
+CORS only to ``settings.embed_origins`` (``"*"`` = any site), and the iframe page may be
+framed by those origins only. Everything here is read-only and anonymous: the
 same data any spectator reads from the broker."""
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from starlette.routing import Route
 
 from scorer import topics
 from scorer.config import Settings, url_host
+from viewer.api import club_or_error
 from viewer.i18n import LANGUAGES, STRINGS, pick_language
 
 # Words of the embed's own pages and messages (the element's buttons are in viewer/i18n.py,
@@ -90,15 +92,6 @@ def embed_script(settings: Settings, mqtt_js_url: str) -> bytes:
     return "\n".join(parts).encode("utf-8")
 
 
-def allowed_origin(settings: Settings, origin: str | None) -> str | None:
-    """The Access-Control-Allow-Origin value for a request's Origin header, or None."""
-    if not origin:
-        return None
-    if "*" in settings.embed_origins:
-        return "*"
-    return origin if origin.lower() in settings.embed_origins else None
-
-
 def frame_ancestors(settings: Settings) -> str:
     """Who may frame the iframe page: this server and the embed origins."""
     if "*" in settings.embed_origins:
@@ -152,7 +145,6 @@ class Embed:
     def routes(self) -> list[Route]:
         return [
             Route("/embed.js", self.script_file),
-            Route("/api/clubs/{club_id}/live", self.live_api, methods=["GET", "OPTIONS"]),
             Route("/clubs/{club_id}/embed", self.frame_page),
             Route("/clubs/{club_id}/embed/snippet", self.snippet_page),
             Route("/clubs/{club_id}/qr.svg", self.qr),
@@ -173,21 +165,9 @@ class Embed:
     async def live_api(self, request: Request) -> Response:
         """``{"club": {"id", "name"}, "topic": "clubs/<id>/game", "known": bool,
         "snapshot": <the retained snapshot> | null}``; ``known`` is false while the viewer is
-        not following the broker (then null means "ask MQTT", not "no match"). 404 with
-        ``{"error": ...}`` for a club this server does not have."""
-        cors = {"Vary": "Origin", "Cache-Control": "no-store", "X-Content-Type-Options": "nosniff"}
-        allowed = allowed_origin(self.settings, request.headers.get("origin"))
-        if allowed:
-            cors["Access-Control-Allow-Origin"] = allowed
-        if request.method == "OPTIONS":
-            if allowed:
-                cors["Access-Control-Allow-Methods"] = "GET"
-                cors["Access-Control-Max-Age"] = "600"
-            return Response(status_code=204, headers=cors)
-        club = self.settings.club(request.path_params["club_id"])
-        if club is None:
-            error = f"no club {request.path_params['club_id']!r} on this server"
-            return JSONResponse({"error": error}, status_code=404, headers=cors)
+        not following the broker (then null means "ask MQTT", not "no match"). Served as
+        ``/api/clubs/<id>/live`` by viewer/api.py (CORS, errors: 404 ``no_club``)."""
+        club = club_or_error(self.settings, request)
         snapshots = self.viewer.snapshots
         known = snapshots is not None and snapshots.ready
         body = {
@@ -196,7 +176,7 @@ class Embed:
             "known": known,
             "snapshot": snapshots.snapshot(club.id) if known else None,
         }
-        return JSONResponse(body, headers=cors)
+        return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     def page(self, request: Request, template: str, frame: str, **context: Any) -> Response:
         from viewer.server import security_headers

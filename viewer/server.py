@@ -26,6 +26,7 @@ from urllib.parse import urlsplit
 
 import uvicorn
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
@@ -45,6 +46,8 @@ from scorer.config import (
     url_host,
 )
 from scorer.logs import setup_logging
+from viewer import api
+from viewer import record as record_pages
 from viewer.embed import Embed
 from viewer.i18n import LANG_COOKIE, STRINGS, browser_strings, pick_language
 from viewer.snapshots import RetainedSnapshots, viewer_broker_url
@@ -182,6 +185,8 @@ class Viewer:
 
     # The retained snapshots, followed while the app runs (its lifespan starts and stops it).
     snapshots: RetainedSnapshots | None = None
+    # The record of play's routes (viewer/record.py), set by create_app.
+    record: Any = None
 
     def __post_init__(self) -> None:
         if self.snapshots is None:
@@ -279,12 +284,30 @@ class Viewer:
 
     async def club_page(self, request: Request) -> Response:
         club = self.club_or_404(request)
-        return self.render(request, "club.html", page="club", club=club, embed=(club.id,))
+        recent, ladder = (
+            await run_in_threadpool(
+                lambda: (self.record.recent(club.id), self.record.ladder(club.id))
+            )
+            if self.record is not None
+            else ([], [])
+        )
+        return self.render(
+            request, "club.html", page="club", club=club, embed=(club.id,), recent=recent,
+            ladder=ladder, local_time=record_pages.local_time, duration=record_pages.duration,
+        )  # fmt: skip
 
     async def score_page(self, request: Request) -> Response:
         club = self.club_or_404(request)
+        names = (
+            await run_in_threadpool(self.record.reader.players, club.id, "", 200)
+            if self.record is not None
+            else []
+        )
         # The scorer's password lives on the page: never let another site frame it.
-        return self.render(request, "score.html", page="score", club=club, frame_ancestors="'none'")
+        return self.render(
+            request, "score.html", page="score", club=club, frame_ancestors="'none'",
+            player_names=names,
+        )  # fmt: skip
 
     async def display_page(self, request: Request) -> Response:
         club = self.club_or_404(request)
@@ -328,6 +351,8 @@ class Viewer:
         )
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
+        if request.url.path.startswith(api.PREFIX):
+            return api.not_served(self.settings, request, exc)  # JSON, as every API answer
         status = getattr(exc, "status_code", 404)
         language = pick_language(request)[0]
         title = STRINGS[language]["no_club"] if status == 404 else str(status)
@@ -344,7 +369,14 @@ def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette
         Route("/clubs/{club_id}/overlay", viewer.overlay_page),
         Route("/clubs/{club_id}/overlay/help", viewer.overlay_help),
         Route("/static/{digest}/{name:path}", viewer.static_file),
-        *Embed(viewer).routes(),  # the live score on other sites (viewer/embed.py)
+    ]
+    embed = Embed(viewer)
+    record, record_routes = record_pages.routes(viewer)
+    routes += [
+        *embed.routes(),  # the live score on other sites (viewer/embed.py)
+        *record_routes,  # the record of play's pages and downloads (viewer/record.py)
+        # The JSON API, one route per resource (viewer/api.py, docs/api.md).
+        *api.routes(viewer.settings, live=embed.live_api, record=record),
     ]
 
     @asynccontextmanager

@@ -2,7 +2,8 @@
 
 - ``broker`` (``broker.py``): the embedded broker against mosquitto, N WebSocket subscribers;
 - ``hostile`` (``hostile.py``): attacks by hostile clients, both brokers side by side;
-- ``pages`` (``pages.py``): press -> screen and first score in headless Chromium.
+- ``pages`` (``pages.py``): press -> screen and first score in headless Chromium;
+- ``record`` (``record.py``): the record pages' time with many stored matches.
 
 Shared: ``launch.py`` (brokers as subprocesses, also used by the test fixtures), ``wire.py``
 (raw MQTT/WebSocket clients), ``report.py`` (the broker table). ``python -m rallycast.bench
@@ -37,11 +38,19 @@ def run_pages_bench(args: argparse.Namespace) -> int:
     return print_pages_bench(args)
 
 
+def run_record_bench(args: argparse.Namespace) -> int:
+    """Record pages' time with many stored matches (rallycast/bench/record.py)."""
+    from rallycast.bench.record import print_record_bench
+
+    return print_record_bench(args)
+
+
 # target -> (function, help)
 TARGETS: dict[str, tuple[Callable[[argparse.Namespace], int], str]] = {
     "broker": (run_broker_bench, "embedded broker vs mosquitto, N WebSocket subscribers"),
     "pages": (run_pages_bench, "press -> screen and first score in headless Chromium"),
     "hostile": (run_hostile_bench, "attacks by hostile clients, embedded broker vs mosquitto"),
+    "record": (run_record_bench, "record pages' time with 10,000 stored matches"),
 }
 
 
@@ -79,10 +88,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
     from rallycast.bench.hostile import add_hostile_arguments
     from rallycast.bench.pages import add_pages_arguments
+    from rallycast.bench.record import add_record_arguments
 
     add_hostile_arguments(parser.add_argument_group("hostile"))
-
     add_pages_arguments(parser.add_argument_group("pages"))
+    add_record_arguments(parser.add_argument_group("record"))
 
 
 def main(args: argparse.Namespace) -> int:

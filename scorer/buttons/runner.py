@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import queue
+import secrets
 import threading
 import time
 from collections import OrderedDict
@@ -102,7 +103,9 @@ class ButtonRunner:
                 club,
                 specs,
                 resolve_address(broker, user=club, password=passwords[club]),
-                client_id=f"{client_id_prefix}-{club}",
+                # A random suffix: a guessable id lets anyone take the connection over
+                # (MQTT-3.1.4-2); the session is clean, so nothing needs a stable id.
+                client_id=f"{client_id_prefix}-{club}-{secrets.token_hex(4)}",
                 clock=clock,
                 on_verdict=on_verdict,
                 state_file=None if state_dir is None else state_dir / f"buttons-{club}.json",

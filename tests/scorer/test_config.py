@@ -147,6 +147,8 @@ OUT_OF_RANGE = {
     ],
     "boards": ["5", "'x'", "{a = 1}"],
     "buttons": ["5", "[1]", "'x'"],
+    "webhook_urls": ["'http://x'", "['ftp://x']", "[5]"],
+    "record_retention_days": ["-1"],
 }
 
 
