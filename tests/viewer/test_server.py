@@ -288,3 +288,19 @@ def test_the_docs_and_the_readme_describe_the_overlay_options() -> None:
     for name in ("`pos`", "`scale`", "`bg`", "`fg`", "`accent`"):
         assert name in pages, name
     assert "docs/pages.md" in (repo / "README.md").read_text()
+
+
+def test_a_list_of_public_websocket_urls_goes_to_the_pages_and_each_origin_to_the_csp() -> None:
+    nodes = [
+        "wss://n1.example.org/mqtt",
+        "wss://n2.example.org:8443/mqtt",
+        "ws://10.0.0.3:9001/mqtt",
+    ]
+    settings = Settings(clubs=SETTINGS.clubs, public_ws_url=",".join(nodes))
+    response = TestClient(create_app(settings)).get("/clubs/alpha")
+    assert page_config(response.text)["wsUrls"] == nodes
+    csp = response.headers["content-security-policy"]
+    assert (
+        "connect-src 'self' wss://n1.example.org wss://n2.example.org:8443 ws://10.0.0.3:9001;"
+        in csp
+    )
