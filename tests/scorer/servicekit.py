@@ -137,7 +137,13 @@ class Watcher:
         assert not rc.is_failure, f"connect refused: {rc}"
         self.codes: list[Any] = []
         if filters:
-            self.client.subscribe([(f, 1) for f in filters])
+            # A clean-session watcher follows as a page or ScoreClient does, at QoS 0: on the
+            # NATS cluster QoS 0 and QoS 1 deliveries take different paths (core NATS and
+            # JetStream) and are not ordered between them, so a QoS 1 watcher could get the
+            # snapshot after the scorer's QoS 0 reply. A persistent one keeps QoS 1 (its
+            # messages wait in its session while it is away).
+            qos = 0 if clean_session else 1
+            self.client.subscribe([(f, qos) for f in filters])
             self.codes = self.granted.get(timeout=WAIT)
 
     def _queue(self, topic: str) -> queue.Queue[mqtt.MQTTMessage]:
