@@ -250,15 +250,17 @@ def test_roles_follow_the_user_name():
         ("riverside", "subscribe", "clubs/+/game", False),
         ("riverside", "subscribe", "clubs/riverside/game/cmd", False),
         ("riverside", "subscribe", "rallycast/status/#", True),
-        ("riverside", "publish", "tele/board/RESULT", True),
-        ("riverside", "subscribe", "zigbee2mqtt/#", True),
+        ("riverside", "publish", "tele/riverside/board/RESULT", True),  # its own boards only
+        ("riverside", "publish", "tele/board/RESULT", False),  # (tests/broker/test_device_topics)
+        ("riverside", "subscribe", "zigbee2mqtt/riverside/#", True),
+        ("riverside", "subscribe", "zigbee2mqtt/#", False),
         ("riverside", "publish", "rallycast/status/scorer", False),
         # the service
         (S, "subscribe", "clubs/+/game/cmd", True),
         (S, "subscribe", "clubs/+/game", True),
         (S, "subscribe", "clubs/#", False),
         (S, "subscribe", "shellies/#", False),  # device topics are for the club's user
-        (S, "receive", "tele/board/RESULT", False),
+        (S, "receive", "tele/riverside/board/RESULT", False),
         (S, "publish", "clubs/riverside/game", True),
         (S, "publish", "clubs/riverside/game/reply", True),
         (S, "publish", "clubs/riverside/game/events", True),
