@@ -437,7 +437,9 @@ async def test_unknown_user_or_empty_password_never_reaches_argon2(tmp_path):
         ("alpha", "right", "clubs/beta/game/cmd", False),
         ("alpha", "right", "clubs/alpha/game", False),
         ("alpha", "right", "clubs/alpha/game/cmd", True),
-        ("alpha", "right", "tele/board/LWT", True),
+        ("alpha", "right", "tele/alpha/board/LWT", True),  # its own device topics only
+        ("alpha", "right", "tele/beta/board/LWT", False),
+        ("alpha", "right", "tele/board/LWT", False),
         ("alpha", "wrong", "clubs/alpha/game/cmd", False),
         (S, "svc", "rallycast/status/scorer", True),
         (S, "svc", "clubs/alpha/game/cmd", False),
