@@ -7,17 +7,19 @@ Roles (identical to mosquitto.acl, which expresses the same table for a real mos
   ``rallycast/status/#``. Publish nothing.
 - a club's scorer user, named after the club id (user ``riverside`` = club ``riverside``):
   write ``clubs/<id>/game/cmd``; read ``clubs/<id>/game``, ``.../reply``, ``.../events``,
-  ``rallycast/status/#``; read+write the device topics of button boards.
+  ``rallycast/status/#``; read+write its own button boards' device topics,
+  ``<root>/<id>/#`` for each root of ``scorer.topics.DEVICE_ROOTS`` (``stat/<id>/#``, ...).
 - the service user (``Settings.service_user``): read ``clubs/+/game/cmd``, ``clubs/+/game``;
   write ``clubs/+/game``, ``.../reply``, ``.../events``, ``rallycast/status/#``. No device
   topics: button boards are read by ``rallycast buttons``, logged in as the club's user.
 - any other named user: authenticated, but no rights (on mosquitto it gets what the ACL
   file's ``pattern`` lines give every named user: see docs/broker.md).
 
-The club level of a ``clubs/...`` topic must be a valid club id (``[a-z0-9-]{1,64}``); in a
-subscription it may also be ``+`` where the role reads every club (spectators, the service).
-``#``, an empty level or any other text there is refused. mosquitto's ACL file cannot check the
-syntax of a level, so on mosquitto only the role table holds (docs/broker.md).
+The club level (level 1) of a ``clubs/...`` topic or a device topic must be a valid club id
+(``[a-z0-9-]{1,64}``); in a subscription it may also be ``+`` where the role reads every club
+(spectators, the service). ``#``, an empty level or any other text there is refused. mosquitto's
+ACL file cannot check the syntax of a level, so on mosquitto only the role table holds
+(docs/broker.md).
 """
 
 from __future__ import annotations
@@ -46,7 +48,7 @@ from broker.limits import (
     is_command_topic,
 )
 from scorer.config import CLUB_ID_RE
-from scorer.topics import DEVICE_TOPIC_FILTERS
+from scorer.topics import DEVICE_ACL_PATTERNS, DEVICE_ROOTS
 
 log = logging.getLogger("rallycast.broker.acl")
 
@@ -73,7 +75,8 @@ RULES: dict[Role, tuple[tuple[str, str], ...]] = {
         (READ, "clubs/%u/game/reply"),
         (READ, "clubs/%u/game/events"),
         (READ, "rallycast/status/#"),
-        *((READWRITE, device) for device in DEVICE_TOPIC_FILTERS),
+        # Its own button boards only: <root>/<club>/# (scorer/topics.py; issue 9).
+        *((READWRITE, device) for device in DEVICE_ACL_PATTERNS),
     ),
     Role.SERVICE: (
         (READ, "clubs/+/game/cmd"),
@@ -110,12 +113,17 @@ def _level_ok(pattern_level: str, level: str, club_position: bool, is_filter: bo
     return level == pattern_level
 
 
+# Roots whose level 1 is a club id: the protocol's topics and the button boards' device topics.
+CLUB_ROOTS = frozenset(("clubs", *DEVICE_ROOTS))
+
+
 def covers(pattern: str, topic: str, *, is_filter: bool) -> bool:
     """Does ``pattern`` grant ``topic`` (a topic name, or a subscription filter that must be
-    a subset of the pattern)? Level 1 of ``clubs/...`` must be a club id (or ``+``)."""
+    a subset of the pattern)? Level 1 of ``clubs/...`` and of a device root (``stat/...``) must
+    be a club id (or ``+``)."""
     wanted = pattern.split("/")
     asked = topic.split("/")
-    clubs = wanted[0] == "clubs"
+    clubs = wanted[0] in CLUB_ROOTS
     for index, pattern_level in enumerate(wanted):
         if pattern_level == "#":
             return True  # '#' also covers its parent level, as in MQTT matching
