@@ -184,7 +184,8 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
 
     Device tokens (broker/tokens.py): a password that is a valid, unrevoked token of the user
     (a user still in the password file) logs in without argon2 (one SHA-256 and a dict
-    look-up); anything else goes the password way above, throttle included. Once a token
+    look-up); a token-shaped password that is not one is refused without argon2 (it takes a
+    throttle token, as a failed login does); anything else goes the password way above. Once a token
     session exists, the tokens file is checked every TOKEN_POLL_S and the connections of
     sessions whose token was removed (``rallycast passwd tokens revoke``, ``passwd add``,
     sign out) are dropped.
@@ -311,9 +312,17 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
             session.is_anonymous = True  # amqtt then keeps no offline queue for it
             return self._will_allowed(session, None)
         session.is_anonymous = False
-        if self._token_ok(session, user, session.password or ""):
-            return self._will_allowed(session, user)
-        if not await self._password_ok(user, session.password or "", getattr(session, "remote_address", None)):
+        password = session.password or ""
+        if looks_like_token(password):
+            # A token is never a password (`rallycast passwd add` refuses one): no argon2 for
+            # it, but a wrong one still counts against its address, as a wrong password does.
+            if self._token_ok(session, user, password):
+                return self._will_allowed(session, user)
+            address = getattr(session, "remote_address", None)
+            self.throttle.take(address)
+            log.info("refused login for user %r from %s: unknown or revoked token", user, address)
+            return False
+        if not await self._password_ok(user, password, getattr(session, "remote_address", None)):
             return False
         return self._will_allowed(session, user)
 

@@ -27,7 +27,7 @@ import sys
 
 from broker.acl import Role, role_of
 from broker.auth import PasswordFile, PasswordFileError
-from broker.tokens import TokenFile, TokenFileError, tokens_path
+from broker.tokens import TokenFile, TokenFileError, looks_like_token, tokens_path
 from scorer.config import load_settings
 
 # What `rallycast passwd list` prints for each role (a user in the file is never anonymous).
@@ -61,6 +61,9 @@ def configure(parser: argparse.ArgumentParser) -> None:
         # Also after the action (`rallycast passwd list --data-dir D`); SUPPRESS keeps a value
         # given before it. (rallycast.cli adds --config the same way.)
         action.add_argument("--data-dir", default=argparse.SUPPRESS, help=DATA_DIR_HELP)
+    for verb in (token_list, revoke):  # rallycast.cli adds --config one level down only
+        verb.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS,
+                          help="settings file (its data_dir)")  # fmt: skip
 
 
 def _read_password(args: argparse.Namespace) -> str:
@@ -117,7 +120,12 @@ def main(args: argparse.Namespace) -> int:
                 " it can log in but has no rights",
                 file=sys.stderr,
             )
-        passwords.set(args.user, _read_password(args))
+        password = _read_password(args)
+        if looks_like_token(password):
+            raise PasswordFileError(
+                "that is a device token, not a password (choose another, or use --generate)"
+            )
+        passwords.set(args.user, password)
         print(f"saved {args.user} in {passwords.path}", file=sys.stderr)
         # A new password: the devices signed in with the old one must sign in again.
         _revoke_all(tokens, args.user)

@@ -15,7 +15,8 @@ Refusals are ``{"error": <English text>, "code": <snake_case>}``: ``403 cross_or
 passwords here or sign a phone out), ``415 not_json``, ``400 bad_request``, ``404 no_club``,
 ``401 wrong_password``, ``429 too_many_attempts`` (``Retry-After``; the broker's per-address
 throttle, :class:`broker.limits.LoginThrottle`, counted per source address, every POST takes a
-token), ``503 busy`` (SLOTS argon2 checks already run), ``404 tokens_off``: this viewer does
+token), ``503 busy`` (SLOTS argon2 checks already run), ``503 store_failed`` (the files cannot be
+read or written: the log says why), ``404 tokens_off``: this viewer does
 not see the broker's password file (the split layout against mosquitto, where the broker
 cannot check a token either); the page then signs in with the password and keeps it in memory
 only.
@@ -25,16 +26,19 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from broker.auth import PasswordFile
+from broker.auth import PasswordFile, PasswordFileError
 from broker.limits import LoginThrottle, address_key
-from broker.tokens import TokenFile, device_label, tokens_path
+from broker.tokens import TokenFile, TokenFileError, device_label, tokens_path
 from scorer.config import Settings
+
+log = logging.getLogger("rallycast.viewer.session")
 
 MAX_BODY_BYTES = 4096
 MAX_PASSWORD_CHARS = 1024
@@ -119,12 +123,18 @@ class Sessions:
         try:
             async with self._slots:
                 ok = await asyncio.to_thread(self.passwords.verify, user, password)
+            if not ok:
+                return _refuse(401, "wrong_password", "wrong password")
+            device = device_label(request.headers.get("user-agent", ""))
+            token, record = await asyncio.to_thread(self.tokens.issue, user, device)
+        except (OSError, PasswordFileError, TokenFileError) as exc:
+            log.error("cannot sign in %r: %s", user, exc)
+            return _refuse(
+                503, "store_failed",
+                "the viewer cannot read the password file or write the tokens file: see its log",
+            )  # fmt: skip
         finally:
             self._waiting -= 1
-        if not ok:
-            return _refuse(401, "wrong_password", "wrong password")
-        device = device_label(request.headers.get("user-agent", ""))
-        token, record = await asyncio.to_thread(self.tokens.issue, user, device)
         return JSONResponse(
             {"token": token, "id": record.id},
             status_code=201,
@@ -135,8 +145,14 @@ class Sessions:
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not token:
             return _refuse(400, "bad_request", "send Authorization: Bearer <token>")
-        if await asyncio.to_thread(self.tokens.find, token.strip()) is not None:
-            await asyncio.to_thread(self.tokens.revoke_secret, user, token.strip())
+        try:
+            if await asyncio.to_thread(self.tokens.find, token.strip()) is not None:
+                await asyncio.to_thread(self.tokens.revoke_secret, user, token.strip())
+        except (OSError, TokenFileError) as exc:
+            log.error("cannot sign out a device of %r: %s", user, exc)
+            return _refuse(
+                503, "store_failed", "the viewer cannot write the tokens file: see its log"
+            )
         return Response(status_code=204, headers={"Cache-Control": "no-store"})
 
 

@@ -155,3 +155,17 @@ def test_the_broker_notes_when_a_token_was_last_used(amqtt_broker: Any) -> None:
     while tokens.find(token).used is None:  # type: ignore[union-attr]
         assert time.monotonic() < deadline, "the broker did not note the token's use"
         time.sleep(0.1)
+
+
+def test_passwd_add_refuses_a_password_that_is_a_token(
+    tmp_path: Path, monkeypatch: Any, capsys: Any
+) -> None:
+    # The broker treats a token-shaped password as a token only (no argon2 for it).
+    import io
+
+    token, _ = TokenFile(tmp_path / "tokens").issue("alpha")
+    monkeypatch.setattr("sys.stdin", io.StringIO(token + "\n"))
+    assert rallycast(["passwd", "--data-dir", str(tmp_path),
+                      "add", "alpha", "--password-stdin"]) == 1  # fmt: skip
+    assert "that is a device token, not a password" in capsys.readouterr().err
+    assert not (tmp_path / "passwd").exists()
