@@ -269,7 +269,13 @@
     }
 
     // The password, once, for a device token (viewer/session.py).
+    let signingIn = false; // one sign-in at a time (a double tap on "Sign in")
     async function signIn(password) {
+      if (signingIn || client) return;
+      signingIn = true;
+      try { await exchange(password); } finally { signingIn = false; }
+    }
+    async function exchange(password) {
       signinMessage.textContent = S.connecting;
       if (!config.tokens) {
         // This viewer cannot issue tokens: the password, in memory only (never stored).
