@@ -46,7 +46,7 @@ from scorer.config import (
     url_host,
 )
 from scorer.logs import setup_logging
-from viewer import api
+from viewer import api, session
 from viewer import record as record_pages
 from viewer.embed import Embed
 from viewer.i18n import LANG_COOKIE, STRINGS, browser_strings, pick_language
@@ -294,10 +294,11 @@ class Viewer:
             if self.record is not None
             else []
         )
-        # The scorer's password lives on the page: never let another site frame it.
+        # The scorer's password is typed on the page: never let another site frame it.
+        # "tokens": this viewer can issue device tokens (viewer/session.py).
         return self.render(
             request, "score.html", page="score", club=club, frame_ancestors="'none'",
-            player_names=names,
+            player_names=names, browser={"tokens": session.tokens_available(self.settings)},
         )  # fmt: skip
 
     async def display_page(self, request: Request) -> Response:
@@ -366,6 +367,7 @@ def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette
     routes += [
         *embed.routes(),  # the live score on other sites (viewer/embed.py)
         *record_routes,  # the record of play's pages and downloads (viewer/record.py)
+        *session.routes(viewer.settings),  # the scorer page's sign-in (viewer/session.py)
         # The JSON API, one route per resource (viewer/api.py, docs/api.md).
         *api.routes(viewer.settings, live=embed.live_api, record=record),
     ]
