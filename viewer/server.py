@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -393,6 +394,8 @@ def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette
 
 # --- running it ---
 
+STOP_WITHIN = 0.8  # seconds: `rallycast up` promises to stop within 2 s
+
 
 @dataclass
 class RunningViewer:
@@ -407,9 +410,23 @@ class RunningViewer:
     def url(self) -> str:
         return f"http://{url_host(local_host(self.host))}:{self.port}"
 
-    async def stop(self) -> None:
+    async def stop(self, within: float = STOP_WITHIN) -> None:
+        """Stop serving within about ``within`` seconds: uvicorn's graceful stop first, then
+        its forced one (open connections dropped); the lifespan's shutdown always runs."""
         self.server.should_exit = True
-        await self.task
+        done, _ = await asyncio.wait({self.task}, timeout=within)
+        if not done:
+            self.server.force_exit = True
+            await asyncio.wait({self.task}, timeout=0.3)
+        if self.task.done() and not self.task.cancelled():
+            self.task.exception()  # seen: a stop is not an error to report later
+
+
+def _not_a_stop(record: logging.LogRecord) -> bool:
+    """uvicorn logs the lifespan task's CancelledError (and a KeyboardInterrupt) with a
+    traceback when a stop cancels it mid-shutdown: that is a stop, not an error."""
+    error = record.exc_info[1] if record.exc_info else None
+    return not isinstance(error, asyncio.CancelledError | KeyboardInterrupt)
 
 
 def uvicorn_server(settings: Settings) -> uvicorn.Server:
@@ -422,8 +439,11 @@ def uvicorn_server(settings: Settings) -> uvicorn.Server:
         access_log=False,
         lifespan="on",  # starts and stops the viewer's own MQTT client
         proxy_headers=True,
-        timeout_graceful_shutdown=1,
+        timeout_graceful_shutdown=0.5,  # open connections, then forced (STOP_WITHIN)
     )
+    error_log = logging.getLogger("uvicorn.error")
+    if _not_a_stop not in error_log.filters:
+        error_log.addFilter(_not_a_stop)
     if settings.log_level.upper() != "DEBUG":
         # "Uvicorn running on ... (Press CTRL+C to quit)" is not true inside `rallycast up`:
         # the viewer logs its own URL; uvicorn keeps its warnings and errors.
@@ -520,6 +540,10 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
 
     async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         running = await start_viewer(settings)
         print(
             f"Rallycast pages on {running.url}/ (listening on {bind_description(settings.bind)},"
@@ -534,12 +558,20 @@ def main(args: argparse.Namespace) -> int:
             f"  first scores from {following.url()}; browsers use {browser_ws(settings)}",
             flush=True,
         )
-        await running.task
+        # Ctrl-C / SIGTERM: a quiet stop (no KeyboardInterrupt through the event loop).
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({running.task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not running.task.done():
+            await running.stop()
+        else:
+            await running.task  # it ended by itself: say why
 
     try:
         asyncio.run(run())
+        print("rallycast viewer: stopped", flush=True)
     except KeyboardInterrupt:
-        pass
+        print("rallycast viewer: stopped", flush=True)
     except OSError as exc:
         from broker.startup import listen_failure
 
