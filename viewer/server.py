@@ -32,7 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
@@ -109,7 +109,11 @@ def overlay_options(query: Mapping[str, str]) -> tuple[dict[str, Any], list[str]
             if COLOUR_RE.fullmatch(query[name]):
                 options[name] = query[name]
             else:
-                problems.append(f"{name}: a colour like #000000cc, #fff or white")
+                # A browser takes a typed "#" as the start of the fragment: bg= arrives empty.
+                problems.append(
+                    f"{name}: a colour like #000000cc, #fff or white; in a URL write # as %23"
+                    f" ({name}=%23000000cc)"
+                )
     if "pos" in query:
         if query["pos"] in OVERLAY_POSITIONS:
             options["pos"] = query["pos"]
@@ -257,8 +261,18 @@ class Viewer:
         return {topic: snapshot for topic, snapshot in found.items() if snapshot is not None}
 
     def club_or_404(self, request: Request) -> Club:
-        club = self.settings.club(request.path_params["club_id"])
+        """The club of the URL; a club id typed in another case (``/clubs/Demo``) redirects
+        to the club's own spelling, anything else is a 404 page."""
+        given = request.path_params["club_id"]
+        club = self.settings.club(given)
         if club is None:
+            same = [c for c in self.settings.clubs if c.id.lower() == given.lower()]
+            if len(same) == 1:
+                rest = request.url.path.split("/", 3)[3:]  # "", "clubs", id, rest
+                location = f"/clubs/{same[0].id}" + (f"/{rest[0]}" if rest else "")
+                if request.url.query:
+                    location += f"?{request.url.query}"
+                raise HTTPException(308, headers={"Location": location})
             raise HTTPException(404)
         return club
 
@@ -343,6 +357,8 @@ class Viewer:
         )
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException) and exc.status_code == 308 and exc.headers:
+            return RedirectResponse(exc.headers["Location"], status_code=308)
         if request.url.path.startswith(api.PREFIX):
             return api.not_served(self.settings, request, exc)  # JSON, as every API answer
         status = getattr(exc, "status_code", 404)
@@ -355,6 +371,9 @@ def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette
     viewer = viewer or Viewer(settings)
     routes = [
         Route("/", viewer.index),
+        # "/clubs" alone lists nothing of its own: the index lists the clubs.
+        Route("/clubs", lambda _request: RedirectResponse("/", status_code=308)),
+        Route("/clubs/", lambda _request: RedirectResponse("/", status_code=308)),
         Route("/clubs/{club_id}", viewer.club_page),
         Route("/clubs/{club_id}/score", viewer.score_page),
         Route("/clubs/{club_id}/display", viewer.display_page),

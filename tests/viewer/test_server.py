@@ -96,6 +96,33 @@ def test_bad_overlay_parameters_are_refused_with_the_reason(client: TestClient, 
     assert f"<li>{name}: " in response.text
 
 
+@pytest.mark.parametrize("query", ["bg=", "bg=000", "fg=#fff"])
+def test_a_colour_typed_with_a_hash_gets_the_percent_23_hint(client: TestClient, query: str) -> None:
+    # A browser sends "?bg=#000" typed in the address bar as "?bg=" (the rest is the fragment).
+    response = client.get(f"/clubs/alpha/overlay?{query}")
+    assert response.status_code == 400
+    assert "write # as %23" in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        ("/clubs/Alpha", "/clubs/alpha"),
+        ("/clubs/ALPHA/overlay?bg=%23000", "/clubs/alpha/overlay?bg=%23000"),
+        ("/clubs/Beta/score", "/clubs/beta/score"),
+        ("/clubs", "/"),
+        ("/clubs/", "/"),
+    ],
+)
+def test_a_club_in_another_case_and_bare_clubs_redirect(
+    client: TestClient, path: str, location: str
+) -> None:
+    response = client.get(path, follow_redirects=False)
+    assert response.status_code == 308
+    assert response.headers["location"] == location
+    assert client.get(path).status_code == 200
+
+
 def test_good_overlay_parameters_reach_the_page(client: TestClient) -> None:
     response = client.get("/clubs/alpha/overlay?bg=%23000000cc&fg=white&pos=bottom-right&scale=1.5")
     assert response.status_code == 200
@@ -188,6 +215,9 @@ def test_rallycast_viewer_serves_the_pages_and_stops_on_ctrl_c(tmp_path: Path) -
         process.send_signal(signal.SIGINT)
         assert process.wait(5) == 0
         assert time.monotonic() - started < 2.5
+        out, err = process.communicate(timeout=5)
+        assert "rallycast viewer: stopped" in out
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     finally:
         if process.poll() is None:
             process.kill()
