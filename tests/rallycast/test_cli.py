@@ -87,3 +87,16 @@ def test_a_taken_port_is_one_sentence_not_a_traceback(tmp_path: Path, command, f
     assert result.stderr.splitlines()[-1] == (
         f"rallycast {words[0]}: port {port} is in use: stop the other {what} or pass {flag}"
     )
+
+
+@pytest.mark.parametrize("where", ["flag", "env"])
+def test_a_missing_config_file_points_at_the_sample(tmp_path: Path, where: str):
+    missing = tmp_path / "missing.toml"
+    if where == "flag":
+        result = rallycast("up", "--config", str(missing), "--data-dir", str(tmp_path / "d"))
+    else:
+        result = rallycast("up", env={"RALLYCAST_CONFIG": str(missing)})
+    assert result.returncode == 2
+    assert f"config file {missing} does not exist" in result.stderr
+    assert f"(a sample to copy: {ROOT / 'deploy' / 'rallycast.toml'})" in result.stderr
+    assert not (tmp_path / "d").exists()
