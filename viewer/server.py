@@ -442,10 +442,18 @@ class RunningViewer:
 
 
 def _not_a_stop(record: logging.LogRecord) -> bool:
-    """uvicorn logs the lifespan task's CancelledError (and a KeyboardInterrupt) with a
-    traceback when a stop cancels it mid-shutdown: that is a stop, not an error."""
+    """uvicorn logs the lifespan task's CancelledError (and a KeyboardInterrupt) as an ERROR
+    with a traceback (as text, uvicorn/lifespan/on.py) when a stop cancels it mid-shutdown:
+    that is a stop, not an error."""
     error = record.exc_info[1] if record.exc_info else None
-    return not isinstance(error, asyncio.CancelledError | KeyboardInterrupt)
+    if isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
+        return False
+    text = str(record.msg)
+    return not (
+        text.startswith("Traceback")
+        and text.rstrip().rsplit("\n", 1)[-1].strip()
+        in ("asyncio.exceptions.CancelledError", "KeyboardInterrupt")
+    )
 
 
 def uvicorn_server(settings: Settings) -> uvicorn.Server:
