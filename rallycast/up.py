@@ -383,6 +383,8 @@ def main(args: argparse.Namespace) -> int:
             "http_port": args.http_port,
         },
     )
+    # Absolute from here on: the banner, the hints and the lock message name the real place.
+    settings = replace(settings, data_dir=settings.data_dir.expanduser().resolve())
     setup_logging(settings.log_level)
     passwords_file = None
     if args.passwords_file:
