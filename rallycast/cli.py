@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 CONFIG_HELP = "TOML config file (default: $RALLYCAST_CONFIG, then built-in defaults)"
 DESCRIPTION = (
@@ -23,6 +24,9 @@ EPILOG = (
     " FILE, before or after COMMAND, or $RALLYCAST_CONFIG), RALLYCAST_<SETTING> variables and"
     " flags; see README.md."
 )
+
+# The commented sample config shipped with the source (the systemd units use it too).
+SAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "rallycast.toml"
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -40,6 +44,29 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "matches": ("scorer.matches_command", "list or delete matches of the record of play"),
     "soak": ("rallycast.soak", "kill -9 broker/service under load, then check no press is lost"),
 }
+
+
+# Commands that own one role's files in the data dir: one process each (`rallycast up` and
+# `rallycast broker` take theirs themselves; scorer/datadir_lock.py).
+DATA_DIR_ROLES = {"scorer": "scorer"}
+
+
+def lock_role(args: argparse.Namespace, role: str) -> bool:
+    """Take ``role``'s lock in the command's data dir; False (said on stderr) when another
+    process holds it."""
+    from scorer.config import load_settings
+    from scorer.datadir_lock import DataDirInUse, lock_data_dir
+
+    settings = load_settings(
+        getattr(args, "config", None), overrides={"data_dir": getattr(args, "data_dir", None)}
+    )
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock_data_dir(settings.data_dir, role, f"rallycast {args.command}")
+    except DataDirInUse as exc:
+        print(f"rallycast {args.command}: {exc}", file=sys.stderr)
+        return False
+    return True
 
 
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
@@ -83,9 +110,14 @@ def main(argv: list[str] | None = None) -> int:
     from scorer.config import ConfigError
 
     try:
+        if args.command in DATA_DIR_ROLES and not lock_role(args, DATA_DIR_ROLES[args.command]):
+            return 1
         return int(module.main(args) or 0)
     except ConfigError as exc:
-        print(f"rallycast {args.command}: {exc}", file=sys.stderr)
+        message = str(exc)
+        if message.startswith("config file ") and message.endswith(" does not exist"):
+            message += f" (a sample to copy: {SAMPLE_CONFIG})"
+        print(f"rallycast {args.command}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130
