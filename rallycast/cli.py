@@ -46,29 +46,6 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-# Commands that own one role's files in the data dir: one process each (`rallycast up` and
-# `rallycast broker` take theirs themselves; scorer/datadir_lock.py).
-DATA_DIR_ROLES = {"scorer": "scorer"}
-
-
-def lock_role(args: argparse.Namespace, role: str) -> bool:
-    """Take ``role``'s lock in the command's data dir; False (said on stderr) when another
-    process holds it."""
-    from scorer.config import load_settings
-    from scorer.datadir_lock import DataDirInUse, lock_data_dir
-
-    settings = load_settings(
-        getattr(args, "config", None), overrides={"data_dir": getattr(args, "data_dir", None)}
-    )
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    try:
-        lock_data_dir(settings.data_dir, role, f"rallycast {args.command}")
-    except DataDirInUse as exc:
-        print(f"rallycast {args.command}: {exc}", file=sys.stderr)
-        return False
-    return True
-
-
 def build_parser(chosen: str | None = None) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rallycast", description=DESCRIPTION, epilog=EPILOG)
     parser.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
@@ -110,8 +87,6 @@ def main(argv: list[str] | None = None) -> int:
     from scorer.config import ConfigError
 
     try:
-        if args.command in DATA_DIR_ROLES and not lock_role(args, DATA_DIR_ROLES[args.command]):
-            return 1
         return int(module.main(args) or 0)
     except ConfigError as exc:
         message = str(exc)

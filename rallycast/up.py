@@ -272,8 +272,8 @@ async def run_up(
     check_ports_free(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     try:
+        # The scorer service takes scorer.lock itself when it starts (scorer/service.py).
         lock_data_dir(settings.data_dir, "broker", "rallycast up")
-        lock_data_dir(settings.data_dir, "scorer", "rallycast up")
     except DataDirInUse as exc:
         raise StartFailed(str(exc)) from None
     credentials = await asyncio.to_thread(ensure_credentials, settings)

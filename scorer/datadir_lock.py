@@ -1,6 +1,7 @@
-"""One running process per role and data dir: ``rallycast up`` takes ``broker.lock`` and
-``scorer.lock`` in the data dir, ``rallycast broker`` only ``broker.lock`` (the split layout's
-broker and scorer on one machine share a data dir legitimately, one process each).
+"""One running broker per data dir: ``rallycast up`` and ``rallycast broker`` take
+``broker.lock`` in the data dir (the scorer service takes ``scorer.lock`` itself when it
+starts, scorer/service.py; the split layout's broker and scorer on one machine share a data
+dir legitimately, one process each).
 
 The lock is ``fcntl.flock`` (LOCK_EX | LOCK_NB) on a file in the data dir, held for the
 process's life: the kernel drops it when the process ends, also after a crash or SIGKILL, so
