@@ -7,17 +7,19 @@ Roles (identical to mosquitto.acl, which expresses the same table for a real mos
   ``rallycast/status/#``. Publish nothing.
 - a club's scorer user, named after the club id (user ``riverside`` = club ``riverside``):
   write ``clubs/<id>/game/cmd``; read ``clubs/<id>/game``, ``.../reply``, ``.../events``,
-  ``rallycast/status/#``; read+write the device topics of button boards.
+  ``rallycast/status/#``; read+write its own button boards' device topics,
+  ``<root>/<id>/#`` for each root of ``scorer.topics.DEVICE_ROOTS`` (``stat/<id>/#``, ...).
 - the service user (``Settings.service_user``): read ``clubs/+/game/cmd``, ``clubs/+/game``;
   write ``clubs/+/game``, ``.../reply``, ``.../events``, ``rallycast/status/#``. No device
   topics: button boards are read by ``rallycast buttons``, logged in as the club's user.
 - any other named user: authenticated, but no rights (on mosquitto it gets what the ACL
   file's ``pattern`` lines give every named user: see docs/broker.md).
 
-The club level of a ``clubs/...`` topic must be a valid club id (``[a-z0-9-]{1,64}``); in a
-subscription it may also be ``+`` where the role reads every club (spectators, the service).
-``#``, an empty level or any other text there is refused. mosquitto's ACL file cannot check the
-syntax of a level, so on mosquitto only the role table holds (docs/broker.md).
+The club level (level 1) of a ``clubs/...`` topic or a device topic must be a valid club id
+(``[a-z0-9-]{1,64}``); in a subscription it may also be ``+`` where the role reads every club
+(spectators, the service). ``#``, an empty level or any other text there is refused. mosquitto's
+ACL file cannot check the syntax of a level, so on mosquitto only the role table holds
+(docs/broker.md).
 """
 
 from __future__ import annotations
@@ -39,14 +41,23 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from broker.auth import PasswordFile, PasswordFileError
+from broker.hardening import _abort
 from broker.limits import (
     DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE,
     DEFAULT_MAX_SUBSCRIPTIONS,
     LoginThrottle,
     is_command_topic,
 )
+from broker.tokens import (
+    Token,
+    TokenFile,
+    TokenFileError,
+    looks_like_token,
+    token_digest,
+    tokens_path,
+)
 from scorer.config import CLUB_ID_RE
-from scorer.topics import DEVICE_TOPIC_FILTERS
+from scorer.topics import DEVICE_ACL_PATTERNS, DEVICE_ROOTS
 
 log = logging.getLogger("rallycast.broker.acl")
 
@@ -73,7 +84,8 @@ RULES: dict[Role, tuple[tuple[str, str], ...]] = {
         (READ, "clubs/%u/game/reply"),
         (READ, "clubs/%u/game/events"),
         (READ, "rallycast/status/#"),
-        *((READWRITE, device) for device in DEVICE_TOPIC_FILTERS),
+        # Its own button boards only: <root>/<club>/# (scorer/topics.py; issue 9).
+        *((READWRITE, device) for device in DEVICE_ACL_PATTERNS),
     ),
     Role.SERVICE: (
         (READ, "clubs/+/game/cmd"),
@@ -110,12 +122,17 @@ def _level_ok(pattern_level: str, level: str, club_position: bool, is_filter: bo
     return level == pattern_level
 
 
+# Roots whose level 1 is a club id: the protocol's topics and the button boards' device topics.
+CLUB_ROOTS = frozenset(("clubs", *DEVICE_ROOTS))
+
+
 def covers(pattern: str, topic: str, *, is_filter: bool) -> bool:
     """Does ``pattern`` grant ``topic`` (a topic name, or a subscription filter that must be
-    a subset of the pattern)? Level 1 of ``clubs/...`` must be a club id (or ``+``)."""
+    a subset of the pattern)? Level 1 of ``clubs/...`` and of a device root (``stat/...``) must
+    be a club id (or ``+``)."""
     wanted = pattern.split("/")
     asked = topic.split("/")
-    clubs = wanted[0] == "clubs"
+    clubs = wanted[0] in CLUB_ROOTS
     for index, pattern_level in enumerate(wanted):
         if pattern_level == "#":
             return True  # '#' also covers its parent level, as in MQTT matching
@@ -151,6 +168,8 @@ def allowed(user: str | None, role: Role, action: str, topic: str) -> bool:
 ARGON_SLOTS = 2  # argon2 checks running at once (worker threads)
 ARGON_QUEUE = 8  # logins waiting for a slot; beyond that a login needing argon2 is refused
 FAILED_CACHE_SIZE = 4096  # (user, password) pairs known to be wrong, most recent kept
+TOKEN_POLL_S = 1.0  # how often the tokens file is checked while token sessions may be live
+TOKEN_USED_EVERY_S = 600.0  # a token's "used" time is written at most this often
 
 
 class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
@@ -170,6 +189,14 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
     number of addresses). The memory is bounded: FAILED_CACHE_SIZE pairs, LoginThrottle's
     table. The password file is re-read when its mtime changes, so ``rallycast passwd`` takes
     effect without a restart (and the caches start afresh).
+
+    Device tokens (broker/tokens.py): a password that is a valid, unrevoked token of the user
+    (a user still in the password file) logs in without argon2 (one SHA-256 and a dict
+    look-up); a token-shaped password that is not one is refused without argon2 (it takes a
+    throttle token, as a failed login does); anything else goes the password way above. Once a token
+    session exists, the tokens file is checked every TOKEN_POLL_S and the connections of
+    sessions whose token was removed (``rallycast passwd tokens revoke``, ``passwd add``,
+    sign out) are dropped.
 
     Subscriptions: a session may hold at most ``max_subscriptions`` filters; a SUBSCRIBE for
     one more gets SUBACK 0x80 for it (a page needs a handful, the service 2), so no client
@@ -199,6 +226,13 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
         self._argon_slots = asyncio.Semaphore(ARGON_SLOTS)
         self._argon_pending = 0  # running + waiting for a slot
         self.argon_checks = 0  # argon2 verifications run (tests, bench)
+        self._tokens = TokenFile(tokens_path(self.config.password_file or "/nonexistent/passwd"))
+        self._token_table: dict[str, Token] = {}  # sha256 -> record
+        self._token_stamp: tuple[int, int] | None = None
+        self._token_watch: asyncio.Task[None] | None = None
+        self._token_used: dict[str, float] = {}  # sha256 -> when "used" was last queued
+        self._token_used_pending: set[str] = set()
+        self.token_disconnects = 0  # connections dropped for a revoked token (tests)
 
     def _current_hashes(self) -> dict[str, str]:
         try:
@@ -217,6 +251,67 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
             self._failed.clear()
         return self._hashes
 
+    def _current_tokens(self) -> dict[str, Token]:
+        stamp = self._tokens.stamp()
+        if stamp != self._token_stamp:
+            try:
+                table = self._tokens.by_digest() if stamp else {}
+            except (OSError, TokenFileError) as exc:
+                log.error("cannot read the tokens file: %s (keeping the previous tokens)", exc)
+                return self._token_table
+            revoked = self._token_table.keys() - table.keys()
+            self._token_table, self._token_stamp = table, stamp
+            if revoked:
+                self._drop_token_sessions(revoked)
+        return self._token_table
+
+    def _drop_token_sessions(self, revoked: set[str] | frozenset[str]) -> None:
+        """Close the connections that logged in with a token that is gone."""
+        broker = getattr(self.context, "_broker_instance", None)
+        for session, handler in list(getattr(broker, "sessions", {}).values()):
+            if getattr(session, "rallycast_token", None) in revoked and handler is not None:
+                log.info(
+                    "closing connection of client %s (user %r): its device token was revoked",
+                    session.client_id,
+                    session.username,
+                )
+                self.token_disconnects += 1
+                _abort(handler.writer)
+
+    def _token_ok(self, session: Session, user: str, password: str) -> bool:
+        """Is ``password`` a valid token of ``user``? Marks the session with it."""
+        if not looks_like_token(password) or user not in self._current_hashes():
+            return False
+        digest = token_digest(password)
+        record = self._current_tokens().get(digest)
+        if record is None or record.user != user:
+            return False
+        session.rallycast_token = digest  # type: ignore[attr-defined]
+        now = asyncio.get_running_loop().time()
+        if now - self._token_used.get(digest, -TOKEN_USED_EVERY_S) >= TOKEN_USED_EVERY_S:
+            self._token_used[digest] = now
+            self._token_used_pending.add(digest)
+        if self._token_watch is None or self._token_watch.done():
+            self._token_watch = asyncio.create_task(self._watch_tokens())
+        return True
+
+    async def _watch_tokens(self) -> None:
+        """Revocations take effect within TOKEN_POLL_S; "used" times are written here."""
+        while True:
+            await asyncio.sleep(TOKEN_POLL_S)
+            self._current_tokens()
+            if self._token_used_pending:
+                used, self._token_used_pending = self._token_used_pending, set()
+                try:
+                    await asyncio.to_thread(self._tokens.mark_used, used)
+                except (OSError, TokenFileError) as exc:
+                    log.warning("cannot note the use of device tokens: %s", exc)
+
+    async def close(self) -> None:
+        if self._token_watch is not None:
+            self._token_watch.cancel()
+        await super().close()
+
     async def authenticate(self, *, session: Session) -> bool | None:
         user = session.username
         if not user:
@@ -225,7 +320,17 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
             session.is_anonymous = True  # amqtt then keeps no offline queue for it
             return self._will_allowed(session, None)
         session.is_anonymous = False
-        if not await self._password_ok(user, session.password or "", getattr(session, "remote_address", None)):
+        password = session.password or ""
+        if looks_like_token(password):
+            # A token is never a password (`rallycast passwd add` refuses one): no argon2 for
+            # it, but a wrong one still counts against its address, as a wrong password does.
+            if self._token_ok(session, user, password):
+                return self._will_allowed(session, user)
+            address = getattr(session, "remote_address", None)
+            self.throttle.take(address)
+            log.info("refused login for user %r from %s: unknown or revoked token", user, address)
+            return False
+        if not await self._password_ok(user, password, getattr(session, "remote_address", None)):
             return False
         return self._will_allowed(session, user)
 

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import signal
 import sys
 
-from scorer.config import Settings, bind_description, load_settings
+from scorer.config import Settings, bind_description, default_data_dir, load_settings
+from scorer.datadir_lock import DataDirInUse, lock_data_dir
 from scorer.logs import setup_logging
 
 
@@ -36,9 +38,25 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     )
 
 
-async def serve(settings: Settings) -> None:
-    from broker.startup import start_broker_plainly
+def add_user_hint(settings: Settings) -> str:
+    """The command that adds a user to THIS broker's password file (``--data-dir`` named when
+    it is not the default one, which a bare ``rallycast passwd`` writes to)."""
+    command = "rallycast passwd add USER"
+    if settings.data_dir.expanduser().resolve() != default_data_dir().resolve():
+        command += f" --data-dir {shlex.quote(str(settings.data_dir))}"
+    return command
 
+
+async def serve(settings: Settings) -> None:
+    from broker.startup import StartFailed, start_broker_plainly
+
+    # One broker per data dir: two would share broker.db (the split layout's scorer on the
+    # same machine takes scorer.lock, not this one).
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        lock_data_dir(settings.data_dir, "broker", "rallycast broker")
+    except DataDirInUse as exc:
+        raise StartFailed(str(exc)) from None
     running = await start_broker_plainly(settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -51,7 +69,7 @@ async def serve(settings: Settings) -> None:
     if not settings.password_file.exists():
         print(
             f"note: no users yet ({settings.password_file}); add one with"
-            " `rallycast passwd add USER`",
+            f" `{add_user_hint(settings)}`",
             file=sys.stderr,
         )
     try:

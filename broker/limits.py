@@ -631,7 +631,9 @@ def log_retained_command_once(session: Any, topic: str) -> None:
 
 
 # Rallycast's own files in the data directory (and their SQLite -wal/-shm companions).
-PRIVATE_FILE_PREFIXES = ("passwd", ".passwd-", "broker.db", "matches.sqlite3", "service.secret")
+PRIVATE_FILE_PREFIXES = (
+    "passwd", ".passwd-", "tokens", ".tokens-", "broker.db", "matches.sqlite3", "service.secret",
+)  # fmt: skip
 
 
 def private_data_dir(path: str | os.PathLike[str]) -> Path:

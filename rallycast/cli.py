@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import sys
+from pathlib import Path
 
 CONFIG_HELP = "TOML config file (default: $RALLYCAST_CONFIG, then built-in defaults)"
 DESCRIPTION = (
@@ -23,6 +24,9 @@ EPILOG = (
     " FILE, before or after COMMAND, or $RALLYCAST_CONFIG), RALLYCAST_<SETTING> variables and"
     " flags; see README.md."
 )
+
+# The commented sample config shipped with the source (the systemd units use it too).
+SAMPLE_CONFIG = Path(__file__).resolve().parent.parent / "deploy" / "rallycast.toml"
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
@@ -85,7 +89,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.main(args) or 0)
     except ConfigError as exc:
-        print(f"rallycast {args.command}: {exc}", file=sys.stderr)
+        message = str(exc)
+        if message.startswith("config file ") and message.endswith(" does not exist"):
+            message += f" (a sample to copy: {SAMPLE_CONFIG})"
+        print(f"rallycast {args.command}: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

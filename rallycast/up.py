@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import errno
+import fcntl
 import logging
 import os
 import secrets
@@ -22,6 +24,7 @@ import shlex
 import shutil
 import signal
 import socket
+import struct
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -30,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from broker.startup import StartFailed, listen_failure, start_broker_plainly
 from scorer.config import Settings, bind_description, default_data_dir, load_settings
+from scorer.datadir_lock import DataDirInUse, lock_data_dir
 from scorer.logs import setup_logging
 from scorer.service import ScorerService, ensure_service_secret
 
@@ -137,6 +141,7 @@ def banner(
     """What ``up`` prints once it runs. With ``passwords_file`` a new password is not shown:
     the banner points at that file."""
     rallycast = _rallycast_command()
+    ids = secrets.token_hex(2)  # a prefix new to this start: ids of earlier starts are used
     host, mqtt_port = broker.host, broker.mqtt_port  # mosquitto_pub -h takes IPv6 bare
     lines = ["", "Rallycast is running.", ""]
     lines.append(f"  MQTT broker:  {broker.mqtt_url}   WebSocket: {broker.ws_url}")
@@ -144,7 +149,7 @@ def banner(
     if http_url is not None:
         ports += f", pages {http_url.rsplit(':', 1)[1]}"
     lines.append(f"  Listening on: {bind_description(settings.bind)} (ports {ports})")
-    lines.append(f"  Data dir:     {settings.data_dir}")
+    lines.append(f"  Data dir:     {settings.data_dir.expanduser().resolve()}")
     if http_url is None:
         lines.append("  Live pages:   not available (the viewer package is not installed)")
     for club in settings.clubs:
@@ -159,43 +164,46 @@ def banner(
         password = credentials.new_club_passwords.get(club.id)
         if password is not None and passwords_file is not None:
             lines.append(f"  scorer login: user {club.id}, new password in {passwords_file}")
-            shown = "PASSWORD"
         elif password is not None:
             lines.append(f"  scorer login: user {club.id} password {password}")
             lines.append(
                 f"  (shown only now: write it down; a new one: "
                 f"{passwd_command(settings, club.id, rallycast)})"
             )
-            shown = password
         else:
             lines.append(
                 f"  scorer login: user {club.id}, password set at first start "
                 f"(forgotten? {passwd_command(settings, club.id, rallycast)})"
             )
-            shown = "PASSWORD"
-        lines.append("  score from a terminal:")
+        # The shell fills in "$PASSWORD": the password is printed once, above, and never
+        # as a word the commands would send literally.
+        lines.append("  score from a terminal (with PASSWORD set to the scorer password):")
         lines.append(
             f"    {rallycast} score --club {club.id} --url {broker.mqtt_url} "
-            f"--user {club.id} --password '{shown}'"
+            f'--user {club.id} --password "$PASSWORD"'
         )
         lines.append("  or with mosquitto-clients:")
         lines.append(f"    mosquitto_sub -h {host} -p {mqtt_port} -t clubs/{club.id}/game -v")
-        # With ids: a command the broker delivers twice (after a crash) is applied once.
+        # An id applies once per club, across matches and restarts: ids new to this start.
         lines.append(
-            f"    mosquitto_pub -h {host} -p {mqtt_port} -u {club.id} -P '{shown}' -q 1 "
-            f'-t clubs/{club.id}/game/cmd -m \'{{"id": "s1", "cmd": "start", "player1": "Ann", '
-            f'"player2": "Bob"}}\''
+            f'    mosquitto_pub -h {host} -p {mqtt_port} -u {club.id} -P "$PASSWORD" -q 1 '
+            f'-t clubs/{club.id}/game/cmd -m \'{{"id": "{ids}-s1", "cmd": "start", '
+            f'"player1": "Ann", "player2": "Bob"}}\''
         )
         lines.append(
-            f"    mosquitto_pub -h {host} -p {mqtt_port} -u {club.id} -P '{shown}' -q 1 "
-            f'-t clubs/{club.id}/game/cmd -m \'{{"id": "p1", "cmd": "point", "side": 1}}\''
+            f'    mosquitto_pub -h {host} -p {mqtt_port} -u {club.id} -P "$PASSWORD" -q 1 '
+            f'-t clubs/{club.id}/game/cmd -m \'{{"id": "{ids}-p1", "cmd": "point", "side": 1}}\''
         )
-        lines.append("    (each command its own id: p2, p3, ...; a repeated id is applied once)")
+        lines.append(
+            f"    (use a new id per press: {ids}-p2, {ids}-p3, ...; the service applies an id"
+            " once per club, so a reused id only gets its first reply again)"
+        )
     if settings.bind in ("", "0.0.0.0", "::"):
         lines.append("")
+        addresses = ipv4_addresses()
+        example = f" ({', '.join(addresses)})" if addresses else ""
         lines.append(
-            f"From other devices use this machine's address instead of {host} "
-            f"(e.g. {socket.gethostname()})."
+            f"From other devices use this machine's address{example} instead of {host}."
         )
     elif settings.local_host.startswith("127.") or settings.local_host in ("::1", "localhost"):
         lines.append("")
@@ -208,12 +216,66 @@ def banner(
     return "\n".join(lines)
 
 
+SIOCGIFADDR = 0x8915  # Linux netdevice(7): an interface's IPv4 address
+
+
+def ipv4_addresses() -> list[str]:
+    """This machine's non-loopback IPv4 addresses, read from its interfaces (netdevice(7));
+    no outside lookups. Empty where the ioctl is not available."""
+    found: list[str] = []
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    except OSError:
+        return found
+    with probe:
+        for name in names:
+            try:
+                packed = fcntl.ioctl(
+                    probe.fileno(), SIOCGIFADDR, struct.pack("256s", name[:15].encode())
+                )
+            except OSError:
+                continue  # down, or no IPv4 address
+            address = socket.inet_ntoa(packed[20:24])
+            if not address.startswith("127.") and address not in found:
+                found.append(address)
+    return found
+
+
+def check_ports_free(settings: Settings) -> None:
+    """Bind-test each fixed port before anything is written (port 0 is always free): a clash
+    is said before the data dir exists. Raises StartFailed (:func:`listen_failure`)."""
+    host = settings.bind or "0.0.0.0"
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    for port, flag, what in (
+        (settings.mqtt_port, "--mqtt-port", "broker"),
+        (settings.ws_port, "--ws-port", "broker"),
+        (settings.http_port, "--http-port", "web server"),
+    ):
+        if not port:
+            continue
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers bind
+            try:
+                probe.bind((host, port))
+            except OSError as exc:
+                if exc.errno in (errno.EACCES,):
+                    continue  # a port below 1024 as a user: the real start says it better
+                raise listen_failure(exc, port, flag, what, settings.bind) from exc
+
+
 async def run_up(
     settings: Settings, stop: asyncio.Event, passwords_file: Path | None = None
 ) -> int:
     """Run everything until ``stop`` is set; returns the exit code. ``passwords_file``: new
     club passwords go there (see :func:`write_new_passwords`) instead of to stdout."""
+    check_ports_free(settings)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        # The scorer service takes scorer.lock itself when it starts (scorer/service.py).
+        lock_data_dir(settings.data_dir, "broker", "rallycast up")
+    except DataDirInUse as exc:
+        raise StartFailed(str(exc)) from None
     credentials = await asyncio.to_thread(ensure_credentials, settings)
     if credentials.new_club_passwords and passwords_file is not None:
         try:
@@ -224,9 +286,13 @@ async def run_up(
             passwords_file = None
         else:
             print(passwords_file_notice(passwords_file, credentials), flush=True)
-    if credentials.new_club_passwords and passwords_file is None:
-        print(new_passwords_notice(credentials), flush=True)
-    broker = await start_broker_plainly(settings)  # StartFailed: said plainly by main()
+    try:
+        broker = await start_broker_plainly(settings)  # StartFailed: said plainly by main()
+    except BaseException:
+        # The banner will not show the new passwords: they exist only here, so say them now.
+        if credentials.new_club_passwords and passwords_file is None:
+            print(new_passwords_notice(credentials), flush=True)
+        raise
     # The real ports (settings may say 0); the pages need the real WebSocket port.
     settings = replace(
         settings, mqtt_port=broker.mqtt_port, ws_port=broker.ws_port, broker_url=broker.mqtt_url
@@ -238,6 +304,7 @@ async def run_up(
         password=credentials.service_password,
     )
     viewer: Any = None
+    banner_shown = False
     try:
         service.start()
         if not await asyncio.to_thread(service.wait_until_connected, SERVICE_CONNECT_TIMEOUT):
@@ -264,9 +331,12 @@ async def run_up(
             ),
             flush=True,
         )
+        banner_shown = True
         await stop.wait()
         return 0
     finally:
+        if not banner_shown and credentials.new_club_passwords and passwords_file is None:
+            print(new_passwords_notice(credentials), flush=True)
         await _shutdown(service, viewer, broker)
 
 
@@ -313,6 +383,8 @@ def main(args: argparse.Namespace) -> int:
             "http_port": args.http_port,
         },
     )
+    # Absolute from here on: the banner, the hints and the lock message name the real place.
+    settings = replace(settings, data_dir=settings.data_dir.expanduser().resolve())
     setup_logging(settings.log_level)
     passwords_file = None
     if args.passwords_file:
@@ -329,6 +401,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         code = asyncio.run(run())
+        if code == 0:
+            print("rallycast up: stopped", flush=True)
     except StartFailed as exc:
         print(f"rallycast up: {exc}", file=sys.stderr, flush=True)
         code = 1

@@ -116,7 +116,11 @@ def parse_command(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
         )
     spec = _COMMANDS.get(name)
     if spec is None:
-        raise _bad(f"unknown command {name!r}: use one of {', '.join(_COMMANDS)}", field="cmd")
+        raise _bad(
+            f"unknown command {name!r}: use one of {', '.join(_COMMANDS)} (or delete / clear, "
+            "which the service applies)",
+            field="cmd",
+        )
     allowed, normalize = spec
     unknown = sorted(str(key) for key in set(raw) - allowed - {"cmd", "id"})
     if unknown:

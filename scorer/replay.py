@@ -1,5 +1,10 @@
 """``rallycast replay FILE``: fold a match log through the rules engine and print the snapshot.
 
+``rallycast replay --club CLUB [--match ID] [--data-dir D]`` does the same for a match in the
+scorer service's store (``matches.sqlite3`` in the data dir, opened read-only, so it is safe
+while the service runs): the club's current match, else its latest, unless ``--match`` names
+one (``rallycast matches`` lists them).
+
 The log is JSON Lines, one command per line: a bare command (``{"cmd": "point", "side": 1}``,
 or a shorthand such as ``1+``) or a stored log entry (the same with ``"at"``, seconds since the
 epoch). Blank lines and lines starting with ``#`` are skipped; ``-`` reads standard input.
@@ -25,7 +30,14 @@ CLOCK_STEP = 1.0  # seconds between lines that carry no "at"
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("file", metavar="FILE", help="match log (JSON Lines); - for stdin")
+    parser.add_argument(
+        "file", metavar="FILE", nargs="?", help="match log (JSON Lines); - for stdin"
+    )
+    parser.add_argument("--club", help="replay a match of this club from the service's store")
+    parser.add_argument(
+        "--match", metavar="ID", help="with --club: this match (default: current, else latest)"
+    )
+    parser.add_argument("--data-dir", help="with --club: the data dir (default: the setting)")
     parser.add_argument(
         "--each",
         action="store_true",
@@ -39,17 +51,36 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    try:
-        text = _read_input(args.file)
-    except (OSError, UnicodeDecodeError) as exc:
-        if isinstance(exc, UnicodeDecodeError):
-            reason = f"not UTF-8 text (byte {exc.start})"
-        else:
-            reason = exc.strerror or str(exc)
-        print(f"rallycast replay: cannot read {args.file}: {reason}", file=sys.stderr)
+    club = getattr(args, "club", None)
+    if (args.file is None) == (club is None):
+        print("rallycast replay: give a FILE or --club CLUB (not both)", file=sys.stderr)
         return 2
+    match_id = args.match_id
+    if club is not None:
+        try:
+            match_id, text = _from_store(args, club)
+        except StoreNotReadable as exc:
+            print(f"rallycast replay: {exc}", file=sys.stderr)
+            return 2
+        if args.match_id != DEFAULT_MATCH_ID:
+            match_id = args.match_id
+    else:
+        try:
+            text = _read_input(args.file)
+        except (OSError, UnicodeDecodeError) as exc:
+            if isinstance(exc, UnicodeDecodeError):
+                reason = f"not UTF-8 text (byte {exc.start})"
+                if _is_sqlite(args.file):
+                    reason = (
+                        "an SQLite file, not a JSON Lines log; for the service's store use"
+                        " rallycast replay --club CLUB [--match ID] [--data-dir DIR]"
+                    )
+            else:
+                reason = exc.strerror or str(exc)
+            print(f"rallycast replay: cannot read {args.file}: {reason}", file=sys.stderr)
+            return 2
     out = _utf8(sys.stdout)
-    match = Match(args.match_id)
+    match = Match(match_id)
     refused = 0
     clock = 0.0
     for number, command, at in _commands(text):
@@ -72,6 +103,61 @@ def main(args: argparse.Namespace) -> int:
         out.write(_json(match.snapshot()) + "\n")
     out.flush()
     return 1 if refused else 0
+
+
+class StoreNotReadable(RuntimeError):
+    """The store, the club or the match is not there (the message says which)."""
+
+
+def _is_sqlite(path: str) -> bool:
+    try:
+        with open(path, "rb") as file:
+            return file.read(16) == b"SQLite format 3\x00"
+    except OSError:
+        return False
+
+
+def _from_store(args: argparse.Namespace, club: str) -> tuple[str, str]:
+    """(match id, its log as JSON Lines) from the data dir's store, read-only."""
+    import sqlite3
+
+    from scorer.config import load_settings
+    from scorer.record import RecordReader, _connect_ro
+
+    data_dir = load_settings(args.config, overrides={"data_dir": args.data_dir}).data_dir
+    reader = RecordReader(data_dir)
+    if not reader.store_path.exists():
+        raise StoreNotReadable(f"no store at {reader.store_path} (see --data-dir)")
+    try:
+        db = _connect_ro(reader.store_path)
+        try:
+            if args.match is not None:
+                row = db.execute(
+                    "SELECT match_id FROM matches WHERE club_id = ? AND match_id = ?",
+                    (club, args.match),
+                ).fetchone()
+                if row is None:
+                    raise StoreNotReadable(
+                        f"club {club} has no match {args.match} in {reader.store_path}"
+                        f" (rallycast matches list --club {club} lists the ended ones)"
+                    )
+            else:
+                row = db.execute(
+                    "SELECT match_id FROM current WHERE club_id = ?", (club,)
+                ).fetchone() or db.execute(
+                    "SELECT match_id FROM matches WHERE club_id = ? "
+                    "ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                    (club,),
+                ).fetchone()
+                if row is None:
+                    raise StoreNotReadable(f"club {club} has no matches in {reader.store_path}")
+        finally:
+            db.close()
+        match_id = str(row[0])
+        entries = reader.log(match_id)
+    except sqlite3.Error as exc:
+        raise StoreNotReadable(f"cannot read {reader.store_path}: {exc}") from exc
+    return match_id, "".join(json.dumps(entry, ensure_ascii=False) + "\n" for entry in entries)
 
 
 def _read_input(path: str) -> str:

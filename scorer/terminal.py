@@ -14,6 +14,7 @@ import argparse
 import getpass
 import json
 import os
+import shlex
 import sys
 import threading
 from collections.abc import Iterator
@@ -31,7 +32,7 @@ from scorer.client import (
     resolve_address,
     shorthand_to_command,
 )
-from scorer.config import load_settings
+from scorer.config import Settings, default_data_dir, load_settings
 from scorer.engine import ENDED_STATUSES
 from scorer.rules import BEST_OF_CHOICES
 
@@ -198,6 +199,15 @@ def command_for(entry: str) -> dict[str, Any] | str | None:
         return None
 
 
+def new_password_command(settings: Settings, user: str) -> str:
+    """``rallycast passwd add USER --generate``, with ``--data-dir`` when this machine's data
+    dir is not the default one (a bare ``rallycast passwd`` writes to the default one)."""
+    command = f"rallycast passwd add {shlex.quote(user)} --generate"
+    if settings.data_dir.expanduser().resolve() != default_data_dir().resolve():
+        command += f" --data-dir {shlex.quote(str(settings.data_dir))}"
+    return command
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--club", required=True, help="club id")
     parser.add_argument(
@@ -232,6 +242,10 @@ def main(args: argparse.Namespace) -> int:
     password = address.password or os.environ.get(PASSWORD_ENV)
     if password is None and interactive:
         password = getpass.getpass(f"password for {address.user or args.club}: ")
+    if not password:
+        # Without one the broker answers only "Not authorized" (anonymous may publish nothing).
+        screen.say(f"rallycast score: no password given: use --password or ${PASSWORD_ENV}")
+        return 2
     if (args.player1 is None) != (args.player2 is None):
         screen.say("rallycast score: give both --player1 and --player2 (or neither)")
         return 2
@@ -249,6 +263,12 @@ def main(args: argparse.Namespace) -> int:
         )
     except ConnectFailed as exc:
         screen.say(f"rallycast score: {exc}")
+        if "refused the connection" in str(exc):
+            user = address.user or args.club
+            screen.say(
+                f"  wrong user or password? On the broker's machine, a new password for {user}:"
+                f" {new_password_command(settings, user)}"
+            )
         return 1
 
     def send(command: dict[str, Any], label: str | None = None) -> bool:

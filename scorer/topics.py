@@ -49,10 +49,37 @@ def club_of(topic: str) -> str | None:
     return parts[1] if CLUB_ID_RE.fullmatch(parts[1]) else None
 
 
-# Where button boards publish (the vendors' default prefixes, plus ours for home-made boards).
-# A club's scorer user may publish and read these; the broker's ACL and the board config use them.
-DEVICE_TOPIC_PREFIXES = ("boards/", "stat/", "tele/", "zigbee2mqtt/", "shellies/")
-DEVICE_TOPIC_FILTERS = tuple(prefix + "#" for prefix in DEVICE_TOPIC_PREFIXES)
+# Where button boards publish: the vendors' roots (Tasmota's stat/tele/cmnd, Zigbee2MQTT,
+# Shelly Gen1) and ours for the rest (ESPHome, Shelly Gen2, home-made boards), each followed
+# by the club id, so that one club cannot publish or read another club's presses (issue 9;
+# docs/buttons.md says which setting of each device puts it there). A club's scorer user may
+# publish and read ``<root>/<its club>/#``; the broker's ACL, mosquitto.acl, the NATS
+# permissions and the board config all derive from this tuple.
+DEVICE_ROOTS = ("boards", "stat", "tele", "cmnd", "zigbee2mqtt", "shellies")
+# The same as ACL patterns, "%u" standing for the user's name (= the club id), as in mosquitto.
+DEVICE_ACL_PATTERNS = tuple(f"{root}/%u/#" for root in DEVICE_ROOTS)
+
+
+def device_prefixes(club_id: str) -> tuple[str, ...]:
+    """The topic prefixes of the club's devices, e.g. ``("boards/riverside/", "stat/riverside/",
+    ...)``; raises ``BadClubId`` for an invalid club id."""
+    check_club_id(club_id)
+    return tuple(f"{root}/{club_id}/" for root in DEVICE_ROOTS)
+
+
+def device_filters(club_id: str) -> list[str]:
+    """The subscription filters covering all the club's device topics (``stat/<club>/#``, ...)."""
+    return [prefix + "#" for prefix in device_prefixes(club_id)]
+
+
+def device_club_of(topic: str) -> str | None:
+    """The club id in a device topic (``stat/<club>/...``), or None when the topic is not under
+    a device root or its club level is not a valid club id."""
+    parts = topic.split("/")
+    if len(parts) < 3 or parts[0] not in DEVICE_ROOTS or not parts[2]:
+        return None
+    return parts[1] if CLUB_ID_RE.fullmatch(parts[1]) else None
+
 
 # Filters the scorer service subscribes to (one level for the club id).
 ALL_COMMANDS = f"{CLUBS_PREFIX}/+/game/cmd"

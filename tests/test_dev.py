@@ -33,23 +33,37 @@ def checkout(tmp_path: Path) -> Path:
     log.touch()
     for tool in ("python", "pip", "ruff", "rallycast"):
         executable(root / ".venv" / "bin" / tool, RECORDER.format(log=log))
+    (root / ".venv" / ".venv-complete").touch()  # a finished `python3 -m venv`
     system = tmp_path / "system-bin"
-    executable(system / "python3", "#!/bin/sh\nexit 0\n")  # "Python >= 3.11 with venv"
+    # "Python >= 3.11 with venv"; `python3 -m venv DIR` makes a stand-in venv and says so.
+    venv_maker = "".join(
+        f'  printf \'{RECORDER.format(log=log)}\' > "$3/bin/{tool}"; chmod +x "$3/bin/{tool}"\n'
+        for tool in ("python", "pip", "ruff", "rallycast")
+    )
+    executable(
+        system / "python3",
+        '#!/bin/sh\nif [ "$1 $2" = "-m venv" ]; then\n'
+        f'  echo "python3 -m venv $3" >> "{log}"; mkdir -p "$3/bin"\n{venv_maker}fi\nexit 0\n',
+    )
     executable(system / "dpkg-query", "#!/bin/sh\necho 'install ok installed'\n")
     return root
 
 
-def dev(checkout: Path, *args: str) -> list[str]:
-    """Run ./dev; returns the stand-ins' calls it made."""
+def run_dev(checkout: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
     log = checkout.parent / "calls.log"
     log.write_text("")
     env = {**os.environ, "PATH": f"{checkout.parent / 'system-bin'}:{os.environ['PATH']}"}
-    result = subprocess.run(
-        ["bash", str(checkout / "dev"), *args], cwd=checkout, env=env,
+    return subprocess.run(
+        ["bash", str(checkout / "dev"), *args], cwd=cwd or checkout, env=env,
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
+
+
+def dev(checkout: Path, *args: str, cwd: Path | None = None) -> list[str]:
+    """Run ./dev; returns the stand-ins' calls it made."""
+    result = run_dev(checkout, *args, cwd=cwd)
     assert result.returncode == 0, result.stderr
-    return log.read_text().splitlines()
+    return (checkout.parent / "calls.log").read_text().splitlines()
 
 
 def pip_installs(calls: list[str]) -> list[str]:
@@ -91,3 +105,71 @@ def test_a_changed_dependency_list_installs_again(checkout):
 def test_test_runs_the_linter_and_pytest_with_its_arguments(checkout):
     calls = dev(checkout, "test", "-k", "x")
     assert calls[-2:] == ["ruff check broker rallycast scorer viewer tests", "python -m pytest -k x"]
+
+
+@pytest.mark.parametrize("left", ["pip", "python", "nothing but a directory"])
+def test_an_interrupted_venv_creation_is_made_again(checkout, left):
+    """Ctrl-C during `python3 -m venv` leaves .venv without pip (or python), and no mark."""
+    venv = checkout / ".venv"
+    (venv / ".venv-complete").unlink()
+    if left == "pip":
+        (venv / "bin" / "pip").unlink()
+    elif left == "python":
+        (venv / "bin" / "python").unlink()
+    else:
+        shutil.rmtree(venv / "bin")
+    calls = dev(checkout, "up")
+    assert calls[0] == f"python3 -m venv {venv}"
+    assert pip_installs(calls) == ["pip install --disable-pip-version-check -e ."]
+    assert (venv / ".venv-complete").exists()
+    assert dev(checkout, "up") == ["rallycast up"]  # recovered for good
+
+
+def test_a_venv_made_before_the_mark_with_an_install_is_kept(checkout):
+    dev(checkout, "up")
+    (checkout / ".venv" / ".venv-complete").unlink()
+    assert dev(checkout, "up") == ["rallycast up"]
+
+
+def test_ctrl_c_during_pip_install_says_interrupted_not_network(checkout):
+    # pip as it behaves on Ctrl-C: the terminal's SIGINT reaches ./dev too; pip exits 1.
+    executable(
+        checkout / ".venv" / "bin" / "pip",
+        '#!/bin/sh\nkill -INT $PPID\necho "ERROR: Operation cancelled by user" >&2\nexit 1\n',
+    )
+    result = run_dev(checkout, "up")
+    assert result.returncode != 0
+    assert "interrupted; run ./dev up again" in result.stderr
+    assert "network" not in result.stderr
+
+
+def test_up_runs_in_the_callers_directory(checkout, tmp_path):
+    """Relative --config / --data-dir / RALLYCAST_CONFIG mean the caller's directory."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    executable(
+        checkout / ".venv" / "bin" / "rallycast",
+        f'#!/bin/sh\necho "rallycast $* in $(pwd)" >> "{tmp_path / "calls.log"}"\n',
+    )
+    calls = dev(checkout, "up", "--config", "rallycast.toml", cwd=elsewhere)
+    assert calls[-1] == f"rallycast up --config rallycast.toml in {elsewhere}"
+
+
+def test_options_before_up_are_passed_to_rallycast(checkout):
+    assert dev(checkout, "--config", "r.toml", "up", "--bind", "127.0.0.1")[-1] == (
+        "rallycast --config r.toml up --bind 127.0.0.1"
+    )
+    assert dev(checkout, "--config=r.toml", "up")[-1] == "rallycast --config=r.toml up"
+
+
+@pytest.mark.parametrize("args", [["upp"], ["--config", "r.toml", "upp"]])
+def test_an_unknown_command_is_named(checkout, args):
+    result = run_dev(checkout, *args)
+    assert result.returncode == 2
+    assert "unknown command: upp" in result.stderr
+    assert "./dev up" in result.stderr  # and the usage
+
+
+def test_no_command_prints_usage(checkout):
+    result = run_dev(checkout)
+    assert result.returncode == 2 and "./dev up" in result.stderr

@@ -15,6 +15,7 @@ import asyncio
 import hashlib
 import logging
 import re
+import signal
 import socket
 import sys
 from collections.abc import AsyncIterator, Mapping
@@ -31,7 +32,7 @@ from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
-from starlette.responses import FileResponse, Response
+from starlette.responses import FileResponse, RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
@@ -46,7 +47,7 @@ from scorer.config import (
     url_host,
 )
 from scorer.logs import setup_logging
-from viewer import api
+from viewer import api, session
 from viewer import record as record_pages
 from viewer.embed import Embed
 from viewer.i18n import LANG_COOKIE, STRINGS, browser_strings, pick_language
@@ -108,7 +109,11 @@ def overlay_options(query: Mapping[str, str]) -> tuple[dict[str, Any], list[str]
             if COLOUR_RE.fullmatch(query[name]):
                 options[name] = query[name]
             else:
-                problems.append(f"{name}: a colour like #000000cc, #fff or white")
+                # A browser takes a typed "#" as the start of the fragment: bg= arrives empty.
+                problems.append(
+                    f"{name}: a colour like #000000cc, #fff or white; in a URL write # as %23"
+                    f" ({name}=%23000000cc)"
+                )
     if "pos" in query:
         if query["pos"] in OVERLAY_POSITIONS:
             options["pos"] = query["pos"]
@@ -265,8 +270,18 @@ class Viewer:
         return {topic: snapshot for topic, snapshot in found.items() if snapshot is not None}
 
     def club_or_404(self, request: Request) -> Club:
-        club = self.settings.club(request.path_params["club_id"])
+        """The club of the URL; a club id typed in another case (``/clubs/Demo``) redirects
+        to the club's own spelling, anything else is a 404 page."""
+        given = request.path_params["club_id"]
+        club = self.settings.club(given)
         if club is None:
+            same = [c for c in self.settings.clubs if c.id.lower() == given.lower()]
+            if len(same) == 1:
+                rest = request.url.path.split("/", 3)[3:]  # "", "clubs", id, rest
+                location = f"/clubs/{same[0].id}" + (f"/{rest[0]}" if rest else "")
+                if request.url.query:
+                    location += f"?{request.url.query}"
+                raise HTTPException(308, headers={"Location": location})
             raise HTTPException(404)
         return club
 
@@ -303,10 +318,11 @@ class Viewer:
             if self.record is not None
             else []
         )
-        # The scorer's password lives on the page: never let another site frame it.
+        # The scorer's password is typed on the page: never let another site frame it.
+        # "tokens": this viewer can issue device tokens (viewer/session.py).
         return self.render(
             request, "score.html", page="score", club=club, frame_ancestors="'none'",
-            player_names=names,
+            player_names=names, browser={"tokens": session.tokens_available(self.settings)},
         )  # fmt: skip
 
     async def display_page(self, request: Request) -> Response:
@@ -351,6 +367,8 @@ class Viewer:
         )
 
     async def not_found(self, request: Request, exc: Exception) -> Response:
+        if isinstance(exc, HTTPException) and exc.status_code == 308 and exc.headers:
+            return RedirectResponse(exc.headers["Location"], status_code=308)
         if request.url.path.startswith(api.PREFIX):
             return api.not_served(self.settings, request, exc)  # JSON, as every API answer
         status = getattr(exc, "status_code", 404)
@@ -363,6 +381,9 @@ def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette
     viewer = viewer or Viewer(settings)
     routes = [
         Route("/", viewer.index),
+        # "/clubs" alone lists nothing of its own: the index lists the clubs.
+        Route("/clubs", lambda _request: RedirectResponse("/", status_code=308)),
+        Route("/clubs/", lambda _request: RedirectResponse("/", status_code=308)),
         Route("/clubs/{club_id}", viewer.club_page),
         Route("/clubs/{club_id}/score", viewer.score_page),
         Route("/clubs/{club_id}/display", viewer.display_page),
@@ -375,6 +396,7 @@ def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette
     routes += [
         *embed.routes(),  # the live score on other sites (viewer/embed.py)
         *record_routes,  # the record of play's pages and downloads (viewer/record.py)
+        *session.routes(viewer.settings),  # the scorer page's sign-in (viewer/session.py)
         # The JSON API, one route per resource (viewer/api.py, docs/api.md).
         *api.routes(viewer.settings, live=embed.live_api, record=record),
     ]
@@ -402,6 +424,8 @@ def create_app(settings: Settings, *, viewer: Viewer | None = None) -> Starlette
 
 # --- running it ---
 
+STOP_WITHIN = 0.8  # seconds: `rallycast up` promises to stop within 2 s
+
 
 @dataclass
 class RunningViewer:
@@ -416,9 +440,31 @@ class RunningViewer:
     def url(self) -> str:
         return f"http://{url_host(local_host(self.host))}:{self.port}"
 
-    async def stop(self) -> None:
+    async def stop(self, within: float = STOP_WITHIN) -> None:
+        """Stop serving within about ``within`` seconds: uvicorn's graceful stop first, then
+        its forced one (open connections dropped); the lifespan's shutdown always runs."""
         self.server.should_exit = True
-        await self.task
+        done, _ = await asyncio.wait({self.task}, timeout=within)
+        if not done:
+            self.server.force_exit = True
+            await asyncio.wait({self.task}, timeout=0.3)
+        if self.task.done() and not self.task.cancelled():
+            self.task.exception()  # seen: a stop is not an error to report later
+
+
+def _not_a_stop(record: logging.LogRecord) -> bool:
+    """uvicorn logs the lifespan task's CancelledError (and a KeyboardInterrupt) as an ERROR
+    with a traceback (as text, uvicorn/lifespan/on.py) when a stop cancels it mid-shutdown:
+    that is a stop, not an error."""
+    error = record.exc_info[1] if record.exc_info else None
+    if isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
+        return False
+    text = str(record.msg)
+    return not (
+        text.startswith("Traceback")
+        and text.rstrip().rsplit("\n", 1)[-1].strip()
+        in ("asyncio.exceptions.CancelledError", "KeyboardInterrupt")
+    )
 
 
 def uvicorn_server(settings: Settings) -> uvicorn.Server:
@@ -431,8 +477,11 @@ def uvicorn_server(settings: Settings) -> uvicorn.Server:
         access_log=False,
         lifespan="on",  # starts and stops the viewer's own MQTT client
         proxy_headers=True,
-        timeout_graceful_shutdown=1,
+        timeout_graceful_shutdown=0.5,  # open connections, then forced (STOP_WITHIN)
     )
+    error_log = logging.getLogger("uvicorn.error")
+    if _not_a_stop not in error_log.filters:
+        error_log.addFilter(_not_a_stop)
     if settings.log_level.upper() != "DEBUG":
         # "Uvicorn running on ... (Press CTRL+C to quit)" is not true inside `rallycast up`:
         # the viewer logs its own URL; uvicorn keeps its warnings and errors.
@@ -535,6 +584,10 @@ def main(args: argparse.Namespace) -> int:
     setup_logging(settings.log_level)
 
     async def run() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(signum, stop.set)
         running = await start_viewer(settings)
         print(
             f"Rallycast pages on {running.url}/ (listening on {bind_description(settings.bind)},"
@@ -549,12 +602,20 @@ def main(args: argparse.Namespace) -> int:
             f"  first scores from {following.url()}; browsers use {browser_ws(settings)}",
             flush=True,
         )
-        await running.task
+        # Ctrl-C / SIGTERM: a quiet stop (no KeyboardInterrupt through the event loop).
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({running.task, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+        if not running.task.done():
+            await running.stop()
+        else:
+            await running.task  # it ended by itself: say why
 
     try:
         asyncio.run(run())
+        print("rallycast viewer: stopped", flush=True)
     except KeyboardInterrupt:
-        pass
+        print("rallycast viewer: stopped", flush=True)
     except OSError as exc:
         from broker.startup import listen_failure
 

@@ -16,6 +16,7 @@ Example (docs/buttons.md has one per device family)::
     club = "riverside"
     kind = "tasmota"                        # tasmota | esphome | zigbee2mqtt | shelly1 | shelly2 | raw
     topic = "table1-buttons"                # Tasmota's %topic%
+    # it publishes on stat/riverside/table1-buttons/ (FullTopic %prefix%/riverside/%topic%/)
     [boards.buttons]
     1 = 1                                   # Button1 scores for side 1
     2 = { side = 2, double = "ignore" }     # Button2 for side 2; its double press does nothing
@@ -43,10 +44,11 @@ from scorer.buttons.mapping import (
     parse_action,
 )
 from scorer.config import Club, ConfigError, Settings, load_settings
-from scorer.topics import DEVICE_TOPIC_PREFIXES
+from scorer.topics import DEVICE_ROOTS, device_prefixes
 
-# Device topics a club's scorer user may use (the broker's ACL, docs/protocol.md). A board
-# outside them would connect fine and never see a message, so the config refuses it.
+# A board's topics must be under its club's device prefixes, ``<root>/<club>/`` (the broker's
+# ACL, scorer/topics.py; issue 9). A board outside them would connect fine and never see a
+# message, so the config refuses it and names the setting that puts it there.
 
 # Settings for each kind besides the common ones; the first listed is required.
 KIND_KEYS: dict[str, tuple[str, ...]] = {
@@ -119,13 +121,14 @@ def _parse_board(table: Any, index: int, default_debounce_ms: int) -> BoardSpec:
     for key, value in decoder_args.items():
         if not isinstance(value, str):
             raise ConfigError(f"{key!r} must be a text, not {value!r}")
-    decoder: Decoder = DECODERS[kind](**decoder_args)
+    decoder: Decoder = DECODERS[kind](**decoder_args, club=club)
+    prefixes = device_prefixes(club)
     for topic_filter in decoder.subscriptions():
-        if not topic_filter.startswith(DEVICE_TOPIC_PREFIXES):
+        if not topic_filter.startswith(prefixes):
             raise ConfigError(
-                f"its topic {topic_filter!r} is outside the device topics a club's user may use "
-                f"({', '.join(p + '#' for p in DEVICE_TOPIC_PREFIXES)}): set the device to "
-                f"publish under one of them, e.g. 'boards/...' (see docs/buttons.md)"
+                f"its topic {topic_filter!r} is not under club {club!r}'s device topics "
+                f"({', '.join(p + '#' for p in prefixes)}), the only ones user {club!r} may use: "
+                f"{_scoping_hint(kind, club, decoder_args)} (see docs/buttons.md)"
             )
 
     name = table.get("name", table[required])
@@ -184,6 +187,35 @@ def _parse_board(table: Any, index: int, default_debounce_ms: int) -> BoardSpec:
                     "button a side, or name one in the action (e.g. 'point 1' or '1+')"
                 )
     return BoardSpec(name, club, kind, decoder, buttons, other, debounce_ms)
+
+
+def _scoping_hint(kind: str, club: str, args: dict[str, str]) -> str:
+    """What to set so that a board of ``kind`` publishes under its club's prefixes."""
+    if kind == "tasmota":
+        return (
+            f"set full_topic and the device's FullTopic to '%prefix%/{club}/%topic%/' "
+            "(or leave full_topic out: that is its default)"
+        )
+    if kind == "zigbee2mqtt":
+        return (
+            f"set base_topic and Zigbee2MQTT's mqtt base_topic to 'zigbee2mqtt/{club}' "
+            "(or leave base_topic out: that is its default)"
+        )
+    setting = {"esphome": "topic_prefix", "shelly2": "topic_prefix", "raw": "topic"}.get(kind)
+    if setting is None:
+        return f"set the device's MQTT topic under 'boards/{club}/'"
+    old = args.get(setting, "")
+    # keep what follows a root the device already used (e.g. "boards/table1" -> "table1")
+    tail = old.split("/", 1)[1] if old.split("/", 1)[0] in _ROOTS and "/" in old else old
+    device_setting = {
+        "esphome": "ESPHome's mqtt topic_prefix",
+        "shelly2": "the Shelly's MQTT topic prefix",
+        "raw": "the board's firmware topic",
+    }[kind]
+    return f"set {setting} and {device_setting} to 'boards/{club}/{tail}'"
+
+
+_ROOTS = DEVICE_ROOTS
 
 
 def _side(value: Any, what: str) -> Side:

@@ -22,6 +22,14 @@ What each family publishes (checked against the vendors' documentation and sourc
 - Shelly Gen2+: ``<prefix>/events/rpc`` with JSON-RPC notifications; presses are ``NotifyEvent``
   entries ``{"component": "input:0", "event": "single_push", "ts": ...}``, several per message.
 - Home-made boards ("raw"): any payload text on one topic; the board's config maps it.
+
+Club level (issue 9): on Rallycast's broker each club's devices publish under
+``<root>/<club>/...`` (``scorer.topics.device_prefixes``). Given ``club``, the decoders of the
+families with a fixed root put the club level in themselves: Tasmota ``stat/<club>/<topic>/``
+(FullTopic ``%prefix%/<club>/%topic%/``), Zigbee2MQTT ``zigbee2mqtt/<club>/<device>``
+(base_topic ``zigbee2mqtt/<club>``), Shelly Gen1 ``shellies/<club>/<device>/...`` (custom MQTT
+id ``<club>/<device>``). ESPHome, Shelly Gen2 and raw boards take a whole prefix or topic, which
+the board config checks is under the club's prefixes (e.g. ``boards/<club>/table1``).
 """
 
 from __future__ import annotations
@@ -131,8 +139,10 @@ _TASMOTA_BUTTON_KEY = re.compile(r"button(\d+)", re.IGNORECASE)
 class TasmotaDecoder:
     kind: ClassVar[str] = "tasmota"
 
-    def __init__(self, topic: str, full_topic: str = "%prefix%/%topic%/") -> None:
+    def __init__(self, topic: str, full_topic: str | None = None, *, club: str | None = None):
         self.topic = _check_level(topic, "topic")
+        if full_topic is None:  # Tasmota's default, with the club level when there is a club
+            full_topic = "%prefix%/%topic%/" if club is None else f"%prefix%/{club}/%topic%/"
         if "%prefix%" not in full_topic or "%topic%" not in full_topic:
             raise ValueError(f"full_topic {full_topic!r} must contain %prefix% and %topic%")
         base = full_topic.replace("%prefix%", "stat").replace("%topic%", topic)
@@ -175,7 +185,8 @@ class TasmotaDecoder:
 class ESPHomeDecoder:
     kind: ClassVar[str] = "esphome"
 
-    def __init__(self, topic_prefix: str) -> None:
+    def __init__(self, topic_prefix: str, *, club: str | None = None) -> None:
+        # the whole prefix comes from the config (the board config checks its club level)
         self.prefix = _check_level(topic_prefix, "topic_prefix")
         self.base = f"{self.prefix}/binary_sensor/"
 
@@ -245,7 +256,11 @@ def _button_name(name: str) -> str:
 class Zigbee2MqttDecoder:
     kind: ClassVar[str] = "zigbee2mqtt"
 
-    def __init__(self, device: str, base_topic: str = "zigbee2mqtt") -> None:
+    def __init__(
+        self, device: str, base_topic: str | None = None, *, club: str | None = None
+    ) -> None:
+        if base_topic is None:  # Zigbee2MQTT's default, with the club level when there is one
+            base_topic = "zigbee2mqtt" if club is None else f"zigbee2mqtt/{club}"
         self.device = _check_level(device, "device")
         self.base_topic = _check_level(base_topic, "base_topic")
         self.state_topic = f"{self.base_topic}/{self.device}"
@@ -291,9 +306,13 @@ SHELLY1_EVENTS = {
 class ShellyGen1Decoder:
     kind: ClassVar[str] = "shelly1"
 
-    def __init__(self, device: str) -> None:
+    def __init__(self, device: str, *, club: str | None = None) -> None:
+        # Gen1 firmware fixes the "shellies/" root; only the id level can be set (its custom
+        # MQTT id), so the club level goes there: id "<club>/<device>" (docs/buttons.md).
         self.device = _check_level(device, "device")
-        self.base = f"shellies/{self.device}/input_event/"
+        self.club = club
+        root = "shellies" if club is None else f"shellies/{club}"
+        self.base = f"{root}/{self.device}/input_event/"
 
     def subscriptions(self) -> list[str]:
         return [self.base + "+"]
@@ -334,7 +353,7 @@ _SHELLY2_INPUT = re.compile(r"input:(\d+)")
 class ShellyGen2Decoder:
     kind: ClassVar[str] = "shelly2"
 
-    def __init__(self, topic_prefix: str) -> None:
+    def __init__(self, topic_prefix: str, *, club: str | None = None) -> None:
         self.prefix = _check_level(topic_prefix, "topic_prefix")
         self.topic = f"{self.prefix}/events/rpc"
 
@@ -378,7 +397,7 @@ class RawDecoder:
 
     kind: ClassVar[str] = "raw"
 
-    def __init__(self, topic: str) -> None:
+    def __init__(self, topic: str, *, club: str | None = None) -> None:
         if not isinstance(topic, str) or not topic.strip("/"):
             raise ValueError("topic must be a non-empty text")
         self.topic = topic

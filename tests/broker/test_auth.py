@@ -250,15 +250,17 @@ def test_roles_follow_the_user_name():
         ("riverside", "subscribe", "clubs/+/game", False),
         ("riverside", "subscribe", "clubs/riverside/game/cmd", False),
         ("riverside", "subscribe", "rallycast/status/#", True),
-        ("riverside", "publish", "tele/board/RESULT", True),
-        ("riverside", "subscribe", "zigbee2mqtt/#", True),
+        ("riverside", "publish", "tele/riverside/board/RESULT", True),  # its own boards only
+        ("riverside", "publish", "tele/board/RESULT", False),  # (tests/broker/test_device_topics)
+        ("riverside", "subscribe", "zigbee2mqtt/riverside/#", True),
+        ("riverside", "subscribe", "zigbee2mqtt/#", False),
         ("riverside", "publish", "rallycast/status/scorer", False),
         # the service
         (S, "subscribe", "clubs/+/game/cmd", True),
         (S, "subscribe", "clubs/+/game", True),
         (S, "subscribe", "clubs/#", False),
         (S, "subscribe", "shellies/#", False),  # device topics are for the club's user
-        (S, "receive", "tele/board/RESULT", False),
+        (S, "receive", "tele/riverside/board/RESULT", False),
         (S, "publish", "clubs/riverside/game", True),
         (S, "publish", "clubs/riverside/game/reply", True),
         (S, "publish", "clubs/riverside/game/events", True),
@@ -435,7 +437,9 @@ async def test_unknown_user_or_empty_password_never_reaches_argon2(tmp_path):
         ("alpha", "right", "clubs/beta/game/cmd", False),
         ("alpha", "right", "clubs/alpha/game", False),
         ("alpha", "right", "clubs/alpha/game/cmd", True),
-        ("alpha", "right", "tele/board/LWT", True),
+        ("alpha", "right", "tele/alpha/board/LWT", True),  # its own device topics only
+        ("alpha", "right", "tele/beta/board/LWT", False),
+        ("alpha", "right", "tele/board/LWT", False),
         ("alpha", "wrong", "clubs/alpha/game/cmd", False),
         (S, "svc", "rallycast/status/scorer", True),
         (S, "svc", "clubs/alpha/game/cmd", False),

@@ -305,30 +305,37 @@ def test_club_user_reads_its_own_club_but_not_another(any_broker):
     snooper.assert_nothing(GRACE)
 
 
-DEVICE_FILTERS = ["tele/#", "stat/#", "zigbee2mqtt/#", "shellies/#", "boards/#"]
+# Each club's boards use their own device topics, <root>/<club>/#
+# (tests/broker/test_device_topics.py has the cross-club cases).
+DEVICE_FILTERS = ["tele/#", "stat/#", "cmnd/#", "zigbee2mqtt/#", "shellies/#", "boards/#"]
 DEVICE_TOPICS = [
-    "tele/b1/RESULT",
-    "stat/b1/POWER",
-    "zigbee2mqtt/btn",
-    "shellies/s1/input_event/0",
-    "boards/x/press",
+    "tele/{club}/b1/RESULT",
+    "stat/{club}/b1/POWER",
+    "zigbee2mqtt/{club}/btn",
+    "shellies/{club}/s1/input_event/0",
+    "boards/{club}/x/press",
 ]
+
+
+def club_filters(club: str) -> list[str]:
+    return [f.replace("#", club + "/#") for f in DEVICE_FILTERS]
 
 
 def test_button_boards_publish_device_topics_their_clubs_user_reads(any_broker):
     # `rallycast buttons` reads the boards' topics logged in as the club's user
-    bridge = any_broker.recorder(DEVICE_FILTERS, user="beta")
+    bridge = any_broker.recorder(club_filters("beta"), user="beta")
     board = any_broker.client("beta")  # boards log in with their club's credentials
-    for topic in DEVICE_TOPICS:
+    beta_topics = [topic.format(club="beta") for topic in DEVICE_TOPICS]
+    for topic in beta_topics:
         publish(board, topic, topic.encode())
-    for topic in DEVICE_TOPICS:
+    for topic in beta_topics:
         bridge.wait_for(lambda m, t=topic: m.topic == t)
 
 
 def test_spectator_cannot_publish_device_topics(any_broker):
-    bridge = any_broker.recorder(["tele/#"], user="alpha")
-    publish(any_broker.client(None), "tele/b1/RESULT", b"fake press")
-    publish(any_broker.client("alpha"), "tele/b1/RESULT", b"sentinel")
+    bridge = any_broker.recorder(["tele/alpha/#"], user="alpha")
+    publish(any_broker.client(None), "tele/alpha/b1/RESULT", b"fake press")
+    publish(any_broker.client("alpha"), "tele/alpha/b1/RESULT", b"sentinel")
     only_sentinel_arrives(bridge, b"sentinel")
 
 
@@ -336,13 +343,13 @@ def test_service_neither_reads_nor_publishes_device_topics(any_broker):
     service = any_broker.recorder(DEVICE_FILTERS, user=any_broker.service_user)
     if any_broker.kind == "amqtt":
         assert service.granted == [128] * len(DEVICE_FILTERS)
-    bridge = any_broker.recorder(DEVICE_FILTERS, user="alpha")
+    bridge = any_broker.recorder(club_filters("alpha"), user="alpha")
     for topic in DEVICE_TOPICS:
-        publish(service.client, topic, b"from the service")
+        publish(service.client, topic.format(club="alpha"), b"from the service")
     board = any_broker.client("alpha")
     for topic in DEVICE_TOPICS:
-        publish(board, topic, b"press")
-    publish(board, "tele/b1/RESULT", b"sentinel")
+        publish(board, topic.format(club="alpha"), b"press")
+    publish(board, "tele/alpha/b1/RESULT", b"sentinel")
     bridge.wait_for(lambda m: m.payload == b"sentinel")
     time.sleep(GRACE)
     assert {m.payload for m in bridge.messages} == {b"press", b"sentinel"}

@@ -278,10 +278,10 @@ def receive_unacknowledged(broker: BrokerEndpoint, client_id: str) -> list[tuple
     """A persistent QoS 2 subscriber gets a QoS 1 and a QoS 2 message and acks neither."""
     raw = RawSession(broker)
     assert raw.connect(client_id, "alpha", clean=False) == (0, 0)
-    assert raw.subscribe("boards/#", 2) == 2
+    assert raw.subscribe("boards/alpha/#", 2) == 2
     board = broker.client("alpha")
-    publish(board, "boards/table-1/a", b"qos 1", qos=1)
-    publish(board, "boards/table-1/b", b"qos 2", qos=2)
+    publish(board, "boards/alpha/table-1/a", b"qos 1", qos=1)
+    publish(board, "boards/alpha/table-1/b", b"qos 2", qos=2)
     first = raw.publishes(2, 5.0)
     assert [(q, d, p) for _i, q, d, _t, p in first] == [(1, False, b"qos 1"), (2, False, b"qos 2")]
     raw.disconnect()
@@ -329,10 +329,10 @@ def test_unacknowledged_deliveries_survive_a_broker_restart(any_broker_process, 
 def test_unacknowledged_qos1_backlog_is_resent_in_order_before_newer_messages(amqtt_broker):
     raw = RawSession(amqtt_broker)
     assert raw.connect("board-raw", "alpha", clean=False) == (0, 0)
-    assert raw.subscribe("boards/#", 1) == 1
+    assert raw.subscribe("boards/alpha/#", 1) == 1
     board = amqtt_broker.client("alpha")
     for i in range(MAX_INFLIGHT + 10):
-        publish(board, "boards/t/x", f"m{i}".encode())
+        publish(board, "boards/alpha/t/x", f"m{i}".encode())
     window = raw.publishes(MAX_INFLIGHT, 5.0)
     raw.nothing(0.3)  # the in-flight window is full: the rest waits
     raw.close()
@@ -354,10 +354,10 @@ def test_a_window_full_for_longer_than_the_keep_alive_is_logged_then_drains(amqt
     caplog.set_level(logging.WARNING)
     raw = RawSession(amqtt_broker)
     assert raw.connect("board-slow", "alpha", clean=False, keepalive=1) == (0, 0)
-    assert raw.subscribe("boards/#", 1) == 1
+    assert raw.subscribe("boards/alpha/#", 1) == 1
     board = amqtt_broker.client("alpha")
     for i in range(MAX_INFLIGHT + 5):
-        publish(board, "boards/t/x", f"m{i}".encode())
+        publish(board, "boards/alpha/t/x", f"m{i}".encode())
     window = raw.publishes(MAX_INFLIGHT, 5.0)
     deadline = time.monotonic() + 6
     while time.monotonic() < deadline:
@@ -436,10 +436,10 @@ def test_new_connections_clean_session_flag_decides_what_is_kept(
     board = any_broker.client("alpha")
     old = RawSession(any_broker)
     assert old.connect("board-x", "alpha", clean=old_clean)[1] == 0
-    assert old.subscribe("boards/#", 1) == 1
+    assert old.subscribe("boards/alpha/#", 1) == 1
     if not takeover:
         old.disconnect()
-        publish(board, "boards/t/x", b"queued between")
+        publish(board, "boards/alpha/t/x", b"queued between")
     new = RawSession(any_broker)
     present, code = new.connect("board-x", "alpha", clean=new_clean)
     assert code == 0
@@ -451,10 +451,10 @@ def test_new_connections_clean_session_flag_decides_what_is_kept(
     else:
         new.nothing(0.3)
     if not present:
-        assert new.subscribe("boards/#", 1) == 1
+        assert new.subscribe("boards/alpha/#", 1) == 1
     new.disconnect()
     old.close()
-    publish(board, "boards/t/x", b"queued after")
+    publish(board, "boards/alpha/t/x", b"queued after")
     last = RawSession(any_broker)
     present, code = last.connect("board-x", "alpha", clean=False)
     assert (present, code) == (int(not new_clean), 0)
@@ -475,7 +475,7 @@ def _offline_sessions(broker: BrokerEndpoint, count: int) -> list[str]:
     for client_id in ids:
         raw = RawSession(broker)
         assert raw.connect(client_id, "alpha", clean=False)[1] == 0
-        assert raw.subscribe("boards/#", 1) == 1
+        assert raw.subscribe("boards/alpha/#", 1) == 1
         raw.disconnect()
     return ids
 
@@ -502,7 +502,7 @@ def test_offline_queue_keeps_the_oldest_up_to_max_queued_messages(any_broker):
     limit = 1000  # Settings.max_queued_messages, mosquitto.conf max_queued_messages
     sent = [f"m{i}".encode() for i in range(limit + 100)]
     for payload in sent:
-        publish(board, "boards/t/x", payload)
+        publish(board, "boards/alpha/t/x", payload)
     got = _drain(any_broker, client_id)
     assert got == sent[: len(got)], "the newest are dropped, what is kept is in order"
     # mosquitto keeps max_inflight_messages more than max_queued_messages
@@ -526,7 +526,7 @@ def test_offline_queues_are_bounded_in_bytes_and_overflow_is_logged_once(amqtt_b
     payload = b"x" * 16000
     started = time.monotonic()
     for _ in range(300):  # 4.8 MB per session: more than max_queued_bytes
-        publish(board, "boards/t/x", payload)
+        publish(board, "boards/alpha/t/x", payload)
     elapsed = time.monotonic() - started
     bound = Settings().max_queued_bytes
     growth = size() - before
@@ -551,7 +551,7 @@ def test_the_services_session_has_its_own_larger_bound(amqtt_broker):
     sent = [f"cmd {i}".encode() for i in range(defaults.max_queued_messages + 50)]
     for payload in sent:
         publish(board, CMD, payload)
-        publish(board, "boards/t/x", payload)
+        publish(board, "boards/alpha/t/x", payload)
     collector = Collector()
     service(amqtt_broker, collector, subscribe=False)
     assert collector.wait_count(len(sent), 15) == sent
@@ -565,7 +565,7 @@ def test_store_loads_at_most_the_bound_of_each_session(tmp_path):
     writes = [
         (
             "INSERT INTO subscriptions (client_id, username, filter, qos) VALUES (?, ?, ?, ?)",
-            ("board-1", "alpha", "boards/#", 1),
+            ("board-1", "alpha", "boards/alpha/#", 1),
         )
     ]
     for i in range(50):
@@ -596,7 +596,7 @@ def test_a_stored_queue_over_its_bound_is_cut_to_the_oldest_at_start(amqtt_broke
     with sqlite3.connect(amqtt_broker.data_dir / "broker.db") as db:
         db.executemany(
             "INSERT INTO queued (client_id, topic, payload, qos) VALUES (?, ?, ?, ?)",
-            [(client_id, "boards/t/x", f"m{i}".encode(), 1) for i in range(limit + 200)],
+            [(client_id, "boards/alpha/t/x", f"m{i}".encode(), 1) for i in range(limit + 200)],
         )
     amqtt_broker.start()
     assert any(

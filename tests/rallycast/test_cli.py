@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -87,3 +88,45 @@ def test_a_taken_port_is_one_sentence_not_a_traceback(tmp_path: Path, command, f
     assert result.stderr.splitlines()[-1] == (
         f"rallycast {words[0]}: port {port} is in use: stop the other {what} or pass {flag}"
     )
+
+
+@pytest.mark.parametrize("where", ["flag", "env"])
+def test_a_missing_config_file_points_at_the_sample(tmp_path: Path, where: str):
+    missing = tmp_path / "missing.toml"
+    if where == "flag":
+        result = rallycast("up", "--config", str(missing), "--data-dir", str(tmp_path / "d"))
+    else:
+        result = rallycast("up", env={"RALLYCAST_CONFIG": str(missing)})
+    assert result.returncode == 2
+    assert f"config file {missing} does not exist" in result.stderr
+    assert f"(a sample to copy: {ROOT / 'deploy' / 'rallycast.toml'})" in result.stderr
+    assert not (tmp_path / "d").exists()
+
+
+def test_a_second_scorer_on_one_data_dir_is_refused_and_a_broker_may_share_it(tmp_path: Path):
+    data_dir = tmp_path / "data"
+    home = {"HOME": str(tmp_path / "home")}
+    # Nothing listens on this port: the first scorer keeps retrying, holding its lock.
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    scorer = ["scorer", "--url", f"mqtt://127.0.0.1:{port}", "--data-dir", str(data_dir)]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
+    first = subprocess.Popen(
+        [sys.executable, "-m", "rallycast.cli", *scorer], cwd=ROOT, env={**clean, **home},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert "rallycast scorer: serving" in first.stdout.readline()
+        second = rallycast(*scorer, env=home)
+        assert second.returncode == 1
+        assert (
+            f"data dir {data_dir} is in use by rallycast scorer (pid {first.pid})" in second.stderr
+        )
+        # The split layout's broker on the same machine shares the data dir.
+        from scorer.datadir_lock import lock_data_dir
+
+        lock_data_dir(data_dir, "broker", "this test")
+    finally:
+        first.send_signal(signal.SIGTERM)
+        first.communicate(timeout=10)

@@ -157,9 +157,13 @@ def test_up_scores_with_mosquitto_clients_and_stops_on_ctrl_c(tmp_path, data_dir
     try:
         password = up.password()
         assert password, up.output()
-        assert (
-            f"mosquitto_pub -h 127.0.0.1 -p {up.mqtt_port} -u demo -P '{password}'" in up.output()
+        # The password is printed once; the commands let the shell fill in "$PASSWORD".
+        assert up.output().count(password) == 1, up.output()
+        assert f'mosquitto_pub -h 127.0.0.1 -p {up.mqtt_port} -u demo -P "$PASSWORD"' in (
+            up.output()
         )
+        assert '--user demo --password "$PASSWORD"' in up.output()
+        assert f"Data dir:     {data_dir.resolve()}" in up.output()
         for page in ("", "/score", "/display", "/overlay"):
             assert f"{up.http_url}/clubs/demo{page}" in up.output()
         # Where it listens, in words: bound to 127.0.0.1 here, so this machine only.
@@ -191,6 +195,8 @@ def test_up_scores_with_mosquitto_clients_and_stops_on_ctrl_c(tmp_path, data_dir
         took = up.interrupt()
         assert up.process.returncode == 0, up.output()
         assert took < STOP_PROMISE, f"stopping took {took:.2f} s"
+        assert up.output().rstrip().endswith("rallycast up: stopped"), up.output()
+        assert "Traceback" not in up.output() and "ERROR" not in up.output()
     finally:
         up.kill()
 
@@ -200,6 +206,7 @@ def test_up_scores_with_mosquitto_clients_and_stops_on_ctrl_c(tmp_path, data_dir
     try:
         assert again.password() is None
         assert "password set at first start" in again.output()
+        assert "'PASSWORD'" not in again.output()  # never the literal word
         assert wait_for_snapshot(again, 4)["rev"] == 4
         mosquitto_pub(again, password, "undo")
         assert wait_for_snapshot(again, 5)["game_data"]["score2"] == 0
@@ -262,8 +269,8 @@ def test_a_stop_signal_stops_up_cleanly_and_leaves_the_scorer_offline(tmp_path, 
     assert retained_status(data_dir) == (b"offline", True)
 
 
-@pytest.mark.parametrize("flag", ["--mqtt-port", "--ws-port"])
-def test_a_taken_port_is_said_plainly_and_the_new_password_is_not_lost(tmp_path, data_dir, flag):
+@pytest.mark.parametrize("flag", ["--mqtt-port", "--ws-port", "--http-port"])
+def test_a_taken_port_is_said_before_the_data_dir_is_written(tmp_path, data_dir, flag):
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
@@ -278,13 +285,47 @@ def test_a_taken_port_is_said_plainly_and_the_new_password_is_not_lost(tmp_path,
         )
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
-    assert f"port {port} is in use: stop the other broker or pass {flag}" in result.stderr
-    assert "Traceback" not in output
-    # The club's password was created (only its hash is kept): it was shown all the same.
-    password = re.search(r"scorer login: user demo password (\S+)", result.stdout)[1]
-    from broker.auth import PasswordFile
+    other = "web server" if flag == "--http-port" else "broker"
+    assert f"port {port} is in use: stop the other {other} or pass {flag}" in result.stderr
+    assert "Traceback" not in output and "ERROR" not in output
+    assert not data_dir.exists()  # nothing written: no password to lose
 
-    assert PasswordFile(data_dir / "passwd").verify("demo", password)
+
+def test_a_second_up_on_the_same_data_dir_is_refused(tmp_path, data_dir):
+    first = Up(data_dir, tmp_path)
+    try:
+        result = subprocess.run(
+            up_command(data_dir), cwd=ROOT, env=up_env(tmp_path),
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+        assert result.returncode == 1, result.stdout + result.stderr
+        assert (
+            f"data dir {data_dir} is in use by rallycast up (pid {first.process.pid})"
+            in result.stderr
+        )
+        assert first.process.poll() is None
+    finally:
+        first.interrupt()
+        first.kill()
+    # Stopped (or killed): the lock goes with the process.
+    again = Up(data_dir, tmp_path)
+    again.interrupt()
+    again.kill()
+
+
+def test_the_other_devices_hint_names_this_machines_ipv4_addresses(tmp_path, monkeypatch):
+    from broker.server import RunningBroker
+    from rallycast import up as up_module
+    from scorer.config import Settings
+
+    addresses = up_module.ipv4_addresses()
+    assert all(not a.startswith("127.") and socket.inet_aton(a) for a in addresses)
+    monkeypatch.setattr(up_module, "ipv4_addresses", lambda: ["192.0.2.7", "198.51.100.2"])
+    settings = Settings(data_dir=tmp_path, bind="0.0.0.0")
+    broker = RunningBroker(None, "0.0.0.0", "127.0.0.1", 1883, 9001, settings)
+    text = up_module.banner(settings, up_module.Credentials("s", {}), broker, None)
+    assert "use this machine's address (192.0.2.7, 198.51.100.2) instead of 127.0.0.1" in text
+    assert socket.gethostname() not in text.split("Stop with")[0].split("From other")[1]
 
 
 def test_on_ipv6_the_printed_urls_parse(tmp_path):

@@ -251,3 +251,54 @@ def test_every_log_replays_to_the_fold_of_its_accepted_entries(path):
         except Refused:
             pass
     assert fold("replay", match.log) == match.snapshot() == json_lines(replay(str(path)).stdout)[0]
+
+
+def stored_match(data_dir: Path, club: str, match_id: str, commands: list[Any]) -> Match:
+    """A match as the service stores it: each accepted command's log entry, in order."""
+    from scorer.store import MatchStore
+
+    store = MatchStore(data_dir)
+    match = Match(match_id)
+    try:
+        for rev, command in enumerate(commands, start=1):
+            match.apply(command, 1_700_000_000.0 + rev)
+            if rev == 1:
+                store.start_match(club, match_id, match.latest)
+            else:
+                store.append(match_id, rev, match.latest, club_id=club)
+    finally:
+        store.close()
+    return match
+
+
+def test_replay_club_reads_the_services_store_read_only(tmp_path):
+    data_dir = tmp_path / "data"
+    start = {"cmd": "start", "player1": "Ann", "player2": "Bob"}
+    older = stored_match(data_dir, "demo", "m-old", [start, "1+"])
+    current = stored_match(data_dir, "demo", "m-new", [start, "1+", "2+", "2+"])
+    stored_match(data_dir, "other", "m-other", [start])
+    store = data_dir / "matches.sqlite3"
+    before = store.read_bytes()
+
+    result = replay("--club", "demo", "--data-dir", str(data_dir))
+    assert result.returncode == 0, result.stderr
+    assert json_lines(result.stdout) == [current.snapshot()]
+    result = replay("--club", "demo", "--match", "m-old", "--data-dir", str(data_dir))
+    assert json_lines(result.stdout) == [older.snapshot()]
+    assert store.read_bytes() == before
+
+    for args, said in (
+        (["--club", "demo", "--match", "m-other"], "club demo has no match m-other"),
+        (["--club", "nobody"], "club nobody has no matches"),
+    ):
+        result = replay(*args, "--data-dir", str(data_dir))
+        assert result.returncode == 2 and said in result.stderr.decode()
+    result = replay("--club", "demo", "--data-dir", str(tmp_path / "none"))
+    assert result.returncode == 2 and b"no store at" in result.stderr
+
+
+def test_replaying_the_store_file_itself_points_at_club(tmp_path):
+    stored_match(tmp_path, "demo", "m1", [{"cmd": "start", "player1": "A", "player2": "B"}])
+    result = replay(str(tmp_path / "matches.sqlite3"))
+    assert result.returncode == 2
+    assert b"rallycast replay --club CLUB" in result.stderr

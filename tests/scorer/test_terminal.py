@@ -86,6 +86,25 @@ def test_a_wrong_password_is_said_plainly(amqtt_broker):
     assert "refused the connection" in result.stdout
 
 
+def test_a_wrong_password_suggests_a_new_one_for_the_club(amqtt_broker):
+    result = run_score(amqtt_broker, keys="q\n", password="not-it")
+    assert "rallycast passwd add alpha --generate" in result.stdout
+
+
+def test_no_password_is_said_before_connecting(amqtt_broker):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
+    result = subprocess.run(
+        [
+            sys.executable, "-m", "rallycast.cli", "score", "--club", "alpha",
+            "--url", f"mqtt://{amqtt_broker.host}:{amqtt_broker.mqtt_port}",
+        ],
+        input="q\n", capture_output=True, text=True, cwd=ROOT, env=env, timeout=60,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "no password given: use --password or $RALLYCAST_PASSWORD" in result.stdout
+    assert "Not authorized" not in result.stdout
+
+
 def test_every_key_maps_to_a_command_the_engine_accepts_the_shape_of():
     from scorer.engine import parse_command
 

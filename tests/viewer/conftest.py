@@ -124,15 +124,18 @@ def running_stack(endpoint: Any, data_dir: Path) -> Iterator[Stack]:
 
 @pytest.fixture
 def stack(amqtt_broker: Any, tmp_path: Path) -> Iterator[Stack]:
-    """Everything on the embedded broker."""
-    with running_stack(amqtt_broker, tmp_path / "app") as running:
+    """Everything on the embedded broker, in one data dir as `rallycast up` runs it (so the
+    viewer issues device tokens beside the broker's password file)."""
+    with running_stack(amqtt_broker, amqtt_broker.data_dir) as running:
         yield running
 
 
 @pytest.fixture
 def any_stack(any_broker: Any, tmp_path: Path) -> Iterator[Stack]:
-    """Everything on the embedded broker, then on a real mosquitto."""
-    with running_stack(any_broker, tmp_path / "app") as running:
+    """Everything on the embedded broker (one data dir, as ``stack``), then on a real
+    mosquitto (the split layout: the viewer has no password file and issues no tokens)."""
+    data_dir = any_broker.data_dir if any_broker.kind == "amqtt" else tmp_path / "app"
+    with running_stack(any_broker, data_dir) as running:
         yield running
 
 

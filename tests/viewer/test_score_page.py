@@ -81,7 +81,7 @@ def test_a_scorer_page_and_two_spectators_play_a_full_friendly_game(
     assert snapshot["game_data"]["winner"] == "Иван Иванов"
 
 
-def test_the_scorer_page_shows_why_a_command_was_refused_and_keeps_the_password(
+def test_the_scorer_page_shows_why_a_command_was_refused_and_stays_signed_in_on_reload(
     stack: Any, open_page: Any, artifacts_dir: Path
 ) -> None:
     scorer = stack.scorer("alpha")
@@ -98,7 +98,7 @@ def test_the_scorer_page_shows_why_a_command_was_refused_and_keeps_the_password(
     phone.screenshot(path=str(artifacts_dir / "score-refused.png"))
     assert stack.service.matches["alpha"].rev == 1
 
-    # The password stays on the device: a reload signs in by itself.
+    # The device token stays on the phone (never the password): a reload signs in by itself.
     phone.reload()
     phone.wait_for_selector("#match", state="visible")
     phone.tap(pad(phone, 2))
@@ -112,6 +112,7 @@ def test_a_wrong_password_says_so_and_nothing_is_stored(
     stack = any_stack  # on the embedded broker, then on mosquitto
     phone = open_page(stack.url("/clubs/alpha/score"), **PHONE)
     phone.failures.allowed.append("WebSocket")  # the broker closes the refused connection
+    phone.failures.allowed.append("status of 401")  # the sign-in endpoint refuses it
     sign_in(phone, "not-the-password")
     phone.wait_for_function(
         "() => document.getElementById('signin-message').textContent.startsWith('Wrong password')"

@@ -96,6 +96,35 @@ def test_bad_overlay_parameters_are_refused_with_the_reason(client: TestClient, 
     assert f"<li>{name}: " in response.text
 
 
+@pytest.mark.parametrize("query", ["bg=", "bg=000", "fg=#fff"])
+def test_a_colour_typed_with_a_hash_gets_the_percent_23_hint(
+    client: TestClient, query: str
+) -> None:
+    # A browser sends "?bg=#000" typed in the address bar as "?bg=" (the rest is the fragment).
+    response = client.get(f"/clubs/alpha/overlay?{query}")
+    assert response.status_code == 400
+    assert "write # as %23" in response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "location"),
+    [
+        ("/clubs/Alpha", "/clubs/alpha"),
+        ("/clubs/ALPHA/overlay?bg=%23000", "/clubs/alpha/overlay?bg=%23000"),
+        ("/clubs/Beta/score", "/clubs/beta/score"),
+        ("/clubs", "/"),
+        ("/clubs/", "/"),
+    ],
+)
+def test_a_club_in_another_case_and_bare_clubs_redirect(
+    client: TestClient, path: str, location: str
+) -> None:
+    response = client.get(path, follow_redirects=False)
+    assert response.status_code == 308
+    assert response.headers["location"] == location
+    assert client.get(path).status_code == 200
+
+
 def test_good_overlay_parameters_reach_the_page(client: TestClient) -> None:
     response = client.get("/clubs/alpha/overlay?bg=%23000000cc&fg=white&pos=bottom-right&scale=1.5")
     assert response.status_code == 200
@@ -188,6 +217,9 @@ def test_rallycast_viewer_serves_the_pages_and_stops_on_ctrl_c(tmp_path: Path) -
         process.send_signal(signal.SIGINT)
         assert process.wait(5) == 0
         assert time.monotonic() - started < 2.5
+        out, err = process.communicate(timeout=5)
+        assert "rallycast viewer: stopped" in out
+        assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
     finally:
         if process.poll() is None:
             process.kill()
@@ -288,6 +320,47 @@ def test_the_docs_and_the_readme_describe_the_overlay_options() -> None:
     for name in ("`pos`", "`scale`", "`bg`", "`fg`", "`accent`"):
         assert name in pages, name
     assert "docs/pages.md" in (repo / "README.md").read_text()
+
+
+def test_a_stop_cut_short_mid_shutdown_logs_no_traceback(monkeypatch, caplog) -> None:
+    """`rallycast up` gives the stop a budget; when it runs out during the lifespan's shutdown,
+    asyncio.run cancels what is left, and uvicorn logged that CancelledError as an ERROR with
+    a traceback. A stop is not an error."""
+    from viewer.snapshots import RetainedSnapshots
+
+    async def slow_stop(self, within: float = 0.0) -> None:
+        await asyncio.sleep(30)  # a shutdown that outlives the budget
+
+    monkeypatch.setattr(RetainedSnapshots, "stop_soon", slow_stop)
+
+    async def run() -> None:
+        settings = Settings(clubs=SETTINGS.clubs, bind="127.0.0.1", http_port=0)
+        running = await start_viewer(settings)
+        started = time.monotonic()
+        await running.stop(within=0.2)
+        assert time.monotonic() - started < 1.0  # bounded, even with the shutdown stuck
+
+    with caplog.at_level(logging.DEBUG, logger="uvicorn.error"):
+        asyncio.run(run())  # cancels the stuck lifespan task on the way out
+    errors = [r for r in caplog.records if r.name == "uvicorn.error" and r.levelno >= logging.ERROR]
+    assert errors == [], [r.getMessage() for r in errors]
+
+
+@pytest.mark.parametrize(
+    ("last_line", "kept"),
+    [
+        ("asyncio.exceptions.CancelledError", False),
+        ("KeyboardInterrupt", False),
+        ("ValueError: a real fault", True),
+        ("RuntimeError: CancelledError in a message", True),
+    ],
+)
+def test_only_a_stop_is_kept_out_of_uvicorns_error_log(last_line: str, kept: bool) -> None:
+    from viewer.server import _not_a_stop
+
+    text = f'Traceback (most recent call last):\n  File "x.py", line 1, in f\n{last_line}\n'
+    record = logging.LogRecord("uvicorn.error", logging.ERROR, "on.py", 1, text, None, None)
+    assert _not_a_stop(record) is kept
 
 
 def test_a_list_of_public_websocket_urls_goes_to_the_pages_and_each_origin_to_the_csp() -> None:

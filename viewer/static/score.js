@@ -24,7 +24,16 @@
   R.pages.score = function () {
     const config = R.config;
     const clubId = config.club.id;
-    const passwordKey = 'rallycast.password.' + clubId; // kept on this device only, as asked
+    // Sign-in (docs/security.md, "Device tokens"): the password goes once to the viewer,
+    // which answers with a device token; only the token is kept (localStorage), and it is
+    // what the page logs in to the broker with. Revoked (`rallycast passwd tokens revoke`,
+    // a new password) or signed out, it stops working and the page asks for the password.
+    // A viewer that cannot issue tokens (split layout on mosquitto) says `tokens_off`: then
+    // the password is used as before but kept in memory only, so a reload asks again.
+    const tokenKey = 'rallycast.token.' + clubId;
+    const sessionUrl = '/clubs/' + encodeURIComponent(clubId) + '/session';
+    // Older pages kept the password itself here: delete it at once, whatever happens next.
+    localStorage.removeItem('rallycast.password.' + clubId);
     const queueKey = 'rallycast.queue.' + clubId;
     const scorer = document.getElementById('scorer');
     const replyLine = document.getElementById('reply');
@@ -213,15 +222,19 @@
       scorer.querySelector('[data-cmd="redo"]').disabled = !next.can_redo;
     }
 
-    function signIn(password) {
+    // Log in to the broker with `secret` (a device token, or the password in the fallback).
+    // `fallback`: the password just typed, used (in memory only) if the broker refuses the
+    // token it was just given (a viewer that issues tokens in front of a broker that cannot
+    // check them).
+    function connectWith(secret, fallback) {
       signinMessage.textContent = S.connecting;
       client = R.connect({
         username: clubId,
-        password: password,
+        password: secret,
         topics: [config.topics.game, config.topics.reply],
         qos1: [config.topics.reply],
         onConnect() {
-          localStorage.setItem(passwordKey, password);
+          fallback = null; // accepted: the password is no longer needed anywhere
           signinMessage.textContent = '';
           setView();
           // Right after a (re)connect the first press goes again, same id, a fresh round.
@@ -229,9 +242,14 @@
         },
         onOffline() { clearResend(); },
         onAuthRefused() {
-          localStorage.removeItem(passwordKey);
           client = null;
-          signinMessage.textContent = S.wrong_password;
+          if (secret.startsWith('rct_')) {
+            localStorage.removeItem(tokenKey);
+            if (fallback) { dropToken(secret); connectWith(fallback, null); return; }
+            signinMessage.textContent = S.signed_out; // revoked, or the password changed
+          } else {
+            signinMessage.textContent = S.wrong_password;
+          }
           setView();
         },
         onMessage(topic, text) {
@@ -251,6 +269,63 @@
       if (client) scorer.dataset.view = 'connecting';
     }
 
+    // The password, once, for a device token (viewer/session.py).
+    let signingIn = false; // one sign-in at a time (a double tap on "Sign in")
+    async function signIn(password) {
+      if (signingIn || client) return;
+      signingIn = true;
+      try { await exchange(password); } finally { signingIn = false; }
+    }
+    async function exchange(password) {
+      signinMessage.textContent = S.connecting;
+      if (!config.tokens) {
+        // This viewer cannot issue tokens: the password, in memory only (never stored).
+        signinForm.elements.password.value = '';
+        connectWith(password, null);
+        return;
+      }
+      let answer = null;
+      let body = {};
+      try {
+        answer = await fetch(sessionUrl, {
+          method: 'POST',
+          headers: { 'Content-Type': 'application/json' },
+          body: JSON.stringify({ password: password }),
+          credentials: 'same-origin',
+          cache: 'no-store',
+        });
+        body = await answer.json().catch(() => ({}));
+      } catch (error) {
+        signinMessage.textContent = R.format(S.sign_in_failed, { reason: String(error.message || error) });
+        return;
+      }
+      if (answer.status === 201 && typeof body.token === 'string') {
+        signinForm.elements.password.value = '';
+        localStorage.setItem(tokenKey, body.token);
+        connectWith(body.token, password);
+      } else if (answer.status === 404 && body.code === 'tokens_off') {
+        signinForm.elements.password.value = '';
+        connectWith(password, null); // memory only: never stored
+      } else if (answer.status === 401) {
+        signinMessage.textContent = S.wrong_password;
+      } else if (answer.status === 429) {
+        signinMessage.textContent = S.too_many_attempts;
+      } else {
+        signinMessage.textContent = R.format(S.sign_in_failed, { reason: body.error || String(answer.status) });
+      }
+    }
+
+    // Remove a token on the server (sign out): best effort, the page forgets it anyway.
+    function dropToken(token) {
+      fetch(sessionUrl, {
+        method: 'DELETE',
+        headers: { Authorization: 'Bearer ' + token },
+        credentials: 'same-origin',
+        cache: 'no-store',
+        keepalive: true,
+      }).catch(() => {});
+    }
+
     signinForm.addEventListener('submit', (event) => {
       event.preventDefault();
       const password = signinForm.elements.password.value;
@@ -258,10 +333,13 @@
     });
 
     document.getElementById('sign-out').addEventListener('click', () => {
-      localStorage.removeItem(passwordKey);
+      const token = localStorage.getItem(tokenKey);
+      localStorage.removeItem(tokenKey);
+      if (token) dropToken(token);
       if (client) client.end(true);
       client = null;
       clearResend();
+      signinMessage.textContent = '';
       setView();
     });
 
@@ -331,8 +409,8 @@
     startForm.dataset.type = 'single';
 
     renderQueue();
-    const stored = localStorage.getItem(passwordKey);
-    if (stored) signIn(stored);
+    const stored = localStorage.getItem(tokenKey);
+    if (stored) connectWith(stored, null);
     else setView();
   };
 })();

@@ -70,7 +70,11 @@ def error_of(table: dict, index: int = 0) -> str:
         ),
         (
             {"name": "t1", "club": "alpha", "kind": "esphome", "topic_prefix": "table1", "side": 1},
-            ["board 't1'", "'table1/binary_sensor/+/state' is outside", "boards/"],
+            [
+                "board 't1'",
+                "'table1/binary_sensor/+/state' is not under club 'alpha'",
+                "'boards/alpha/table1'",
+            ],
         ),
         (
             {"name": "t1", "club": "alpha", "kind": "tasmota", "topic": "a/+", "side": 1},
@@ -92,7 +96,13 @@ def error_of(table: dict, index: int = 0) -> str:
             ["name 'bad name'"],
         ),
         (
-            {"name": "t1", "club": "alpha", "kind": "raw", "topic": "boards/t", "buttons": {}},
+            {
+                "name": "t1",
+                "club": "alpha",
+                "kind": "raw",
+                "topic": "boards/alpha/t",
+                "buttons": {},
+            },
             ["'payloads', not 'buttons'"],
         ),
     ],
@@ -151,7 +161,7 @@ topic = "table1-buttons"
 name = "table2"
 club = "beta"
 kind = "raw"
-topic = "boards/table2/press"
+topic = "boards/beta/table2/press"
 debounce_ms = 500
 [boards.payloads]
 home = "1+"
@@ -231,7 +241,7 @@ def test_describe_lists_each_boards_topics_and_mapping(tmp_path: Path) -> None:
     config = load_buttons_config(write_config(tmp_path), env={"RALLYCAST_PASSWORD_BETA": "b"})
     text = describe(config)
     assert "board table1: club alpha, tasmota, debounce 150 ms" in text
-    assert "follows stat/table1-buttons/+" in text
+    assert "follows stat/alpha/table1-buttons/+" in text
     assert "button '2' (side 2): single = point, hold = undo" in text
     assert "button 'home' (no side): single = point 1" in text
 
@@ -253,7 +263,7 @@ def test_cli_check_prints_the_boards(tmp_path: Path) -> None:
         "buttons", "--config", str(path), "--check", env={"RALLYCAST_PASSWORD_BETA": "b"}
     )
     assert done.returncode == 0, done.stderr
-    assert "follows boards/table2/press" in done.stdout
+    assert "follows boards/beta/table2/press" in done.stdout
     # the top-level --config works too
     done = run_cli(
         "--config", str(path), "buttons", "--check", env={"RALLYCAST_PASSWORD_BETA": "b"}

@@ -9,13 +9,20 @@ from scorer.buttons.boards import parse_board
 from scorer.buttons.decoders import DeviceMessage
 from scorer.buttons.mapping import Board, parse_action
 from scorer.engine import parse_command
-from tests.scorer.buttons.payloads import (
-    ESPHOME,
-    RAW,
-    SHELLY1,
-    SHELLY2,
-    TASMOTA,
-    ZIGBEE,
+from tests.scorer.buttons import payloads
+from tests.scorer.buttons.payloads import for_club
+
+# The recorded messages as the boards of club "alpha" publish them (club level after the root).
+ESPHOME, RAW, SHELLY1, SHELLY2, TASMOTA, ZIGBEE = (
+    for_club(kind, "alpha")
+    for kind in (
+        payloads.ESPHOME,
+        payloads.RAW,
+        payloads.SHELLY1,
+        payloads.SHELLY2,
+        payloads.TASMOTA,
+        payloads.ZIGBEE,
+    )
 )
 
 T0 = 1_764_170_000.0  # any wall-clock time; only differences matter
@@ -74,9 +81,9 @@ def test_board_gestures_and_button_options_override_the_defaults() -> None:
     ]
     assert commands(custom.handle(TASMOTA["button1_double"], T0)) == [{"cmd": "undo"}]
     assert commands(custom.handle(TASMOTA["button2_single"], T0)) == [{"cmd": "point", "side": 2}]
-    double2 = DeviceMessage("stat/table1-buttons/RESULT", b'{"Button2":{"Action":"DOUBLE"}}')
+    double2 = DeviceMessage("stat/alpha/table1-buttons/RESULT", b'{"Button2":{"Action":"DOUBLE"}}')
     assert commands(custom.handle(double2, T0)) == []
-    triple2 = DeviceMessage("stat/table1-buttons/RESULT", b'{"Button2":{"Action":"TRIPLE"}}')
+    triple2 = DeviceMessage("stat/alpha/table1-buttons/RESULT", b'{"Button2":{"Action":"TRIPLE"}}')
     assert commands(custom.handle(triple2, T0)) == [{"cmd": "timeout", "side": 2}]
 
 
@@ -106,7 +113,7 @@ def test_unmapped_button_gives_no_command_and_names_the_button() -> None:
 def test_raw_board_maps_its_words_and_ignores_others() -> None:
     raw = board(
         kind="raw",
-        topic="boards/table1/press",
+        topic="boards/alpha/table1/press",
         payloads={"home": "1+", "opponent": "2+", "home_undo": "1-"},
     )
     assert commands(raw.handle(RAW["home"], T0)) == [{"cmd": "point", "side": 1}]
@@ -117,7 +124,7 @@ def test_raw_board_maps_its_words_and_ignores_others() -> None:
 
 
 def test_raw_board_without_payloads_understands_the_rallycast_shorthands() -> None:
-    raw = board(kind="raw", topic="boards/table2/press")
+    raw = board(kind="raw", topic="boards/alpha/table2/press")
     assert commands(raw.handle(RAW["shorthand_2_plus"], T0)) == [{"cmd": "point", "side": 2}]
     assert commands(raw.handle(RAW["shorthand_undo"], T0)) == [{"cmd": "undo"}]
 
@@ -167,7 +174,7 @@ def test_every_command_a_board_makes_is_valid_for_the_rules_engine() -> None:
 
 
 def test_retained_esphome_state_replayed_on_subscribe_is_not_a_press() -> None:
-    esphome = board(kind="esphome", topic_prefix="boards/table1", buttons={"left_button": 1})
+    esphome = board(kind="esphome", topic_prefix="boards/alpha/table1", buttons={"left_button": 1})
     (verdict,) = esphome.handle(ESPHOME["left_on_replayed"], T0)
     assert verdict.command is None and "retained" in verdict.reason
     assert commands(esphome.handle(ESPHOME["left_on"], T0 + 1)) == [{"cmd": "point", "side": 1}]
@@ -268,7 +275,7 @@ def test_a_retained_event_sets_the_counter_so_its_live_resend_is_no_press() -> N
 
 def test_esphome_on_published_again_without_an_off_is_no_press() -> None:
     # ESPHome publishes its states again after a reconnect.
-    esphome = board(kind="esphome", topic_prefix="boards/table1", side=1)
+    esphome = board(kind="esphome", topic_prefix="boards/alpha/table1", side=1)
     assert commands(esphome.handle(ESPHOME["left_on"], T0))
     (again,) = esphome.handle(ESPHOME["left_on"], T0 + 5)
     assert again.command is None and "no change" in again.reason
@@ -277,7 +284,7 @@ def test_esphome_on_published_again_without_an_off_is_no_press() -> None:
 
 
 def test_shelly_gen2_repeated_frame_is_one_press_and_one_frame_can_score_both_sides() -> None:
-    shelly = board(kind="shelly2", topic_prefix="shellies/table1", buttons={"0": 1, "1": 2})
+    shelly = board(kind="shelly2", topic_prefix="shellies/alpha/table1", buttons={"0": 1, "1": 2})
     assert commands(shelly.handle(SHELLY2["single_push"], T0)) == [{"cmd": "point", "side": 1}]
     assert commands(shelly.handle(SHELLY2["single_push_again"], T0 + 1)) == []
     assert commands(shelly.handle(SHELLY2["two_inputs_one_frame"], T0 + 2)) == [
@@ -315,7 +322,7 @@ def test_debounce_window_is_configurable_per_board() -> None:
 
 
 def test_esphome_contact_bounce_on_off_on_counts_once() -> None:
-    esphome = board(kind="esphome", topic_prefix="boards/table1", side=1)
+    esphome = board(kind="esphome", topic_prefix="boards/alpha/table1", side=1)
     sent = []
     for message, at in [
         (ESPHOME["left_on"], T0),
@@ -386,7 +393,7 @@ def test_actions_may_name_an_end_instead_of_a_side() -> None:
 
 
 def test_shelly_gen2_frame_resent_long_after_is_no_press() -> None:
-    shelly = board(kind="shelly2", topic_prefix="shellies/table1", buttons={"0": 1, "1": 2})
+    shelly = board(kind="shelly2", topic_prefix="shellies/alpha/table1", buttons={"0": 1, "1": 2})
     assert commands(shelly.handle(SHELLY2["single_push"], T0))
     for later in (61, 600):
         assert commands(shelly.handle(SHELLY2["single_push_again"], T0 + later)) == [], later
@@ -396,13 +403,16 @@ def test_shelly_gen2_frame_resent_long_after_is_no_press() -> None:
     ("table", "message"),
     [
         ({"kind": "tasmota", "topic": "table1-buttons", "side": 1}, TASMOTA["button1_single"]),
-        ({"kind": "esphome", "topic_prefix": "boards/table1", "side": 1}, ESPHOME["left_on"]),
+        ({"kind": "esphome", "topic_prefix": "boards/alpha/table1", "side": 1}, ESPHOME["left_on"]),
         ({"kind": "zigbee2mqtt", "device": "table1-left", "side": 1}, ZIGBEE["state_single"]),
         (
             {"kind": "shelly1", "device": "shellybutton1-A4CF12F45301", "side": 1},
             SHELLY1["button_s"],
         ),
-        ({"kind": "shelly2", "topic_prefix": "shellies/table1", "side": 1}, SHELLY2["single_push"]),
+        (
+            {"kind": "shelly2", "topic_prefix": "shellies/alpha/table1", "side": 1},
+            SHELLY2["single_push"],
+        ),
     ],
 )
 def test_every_kind_ignores_a_stored_state_replayed_at_subscribe(table, message) -> None:

@@ -22,7 +22,14 @@ from scorer.buttons import ButtonRunner, parse_boards
 from scorer.client import ConnectFailed
 from scorer.config import Settings
 from scorer.service import ScorerService
-from tests.scorer.buttons.payloads import ESPHOME, SHELLY1, TASMOTA, ZIGBEE
+from tests.scorer.buttons import payloads
+from tests.scorer.buttons.payloads import for_club
+
+# The recorded messages as the boards of club "alpha" publish them (club level after the root).
+ESPHOME, SHELLY1, TASMOTA, ZIGBEE = (
+    for_club(kind, "alpha")
+    for kind in (payloads.ESPHOME, payloads.SHELLY1, payloads.TASMOTA, payloads.ZIGBEE)
+)
 
 REPO = Path(__file__).resolve().parents[3]
 WAIT = 5.0
@@ -91,7 +98,7 @@ def test_retained_esphome_state_is_not_replayed_as_a_press_but_live_presses_coun
     device = any_broker.client("alpha")
     # ESPHome publishes its states retained: the broker keeps the last ON for new subscribers.
     publish(device, ESPHOME["left_on"], retain=True)
-    board = {"club": "alpha", "kind": "esphome", "topic_prefix": "boards/table1", "side": 1}
+    board = {"club": "alpha", "kind": "esphome", "topic_prefix": "boards/alpha/table1", "side": 1}
     with running(any_broker, board):
         service_view.assert_nothing(QUIET)
         publish(device, ESPHOME["left_off"], retain=True)
@@ -120,13 +127,16 @@ def test_bad_device_payloads_are_logged_and_the_next_press_still_counts(any_brok
     device = any_broker.client("alpha")
     with running(any_broker, TASMOTA_BOARD):
         for junk in [b"\xff\xfe", b"{not json", b'{"Button1":{"Action":42}}', b"[]"]:
-            device.publish("stat/table1-buttons/RESULT", junk, qos=1).wait_for_publish(WAIT)
+            device.publish("stat/alpha/table1-buttons/RESULT", junk, qos=1).wait_for_publish(WAIT)
         publish(device, TASMOTA["button1_single"])
         service_view.wait_for(timeout=WAIT)
     assert [c["side"] for c in commands(service_view)] == [1]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert (
-        sum("board table1: ignored a message on stat/table1-buttons/RESULT" in w for w in warnings)
+        sum(
+            "board table1: ignored a message on stat/alpha/table1-buttons/RESULT" in w
+            for w in warnings
+        )
         == 4
     )
 
@@ -229,7 +239,7 @@ broker_url = "mqtt://{any_broker.host}:{any_broker.mqtt_port}"
 name = "esp32"
 club = "alpha"
 kind = "raw"
-topic = "boards/table1/press"
+topic = "boards/alpha/table1/press"
 [boards.payloads]
 home = "1+"
 opponent = "2+"
@@ -252,7 +262,7 @@ opponent = "2+"
         banner = process.stdout.readline()  # printed once the runner is connected
         assert "1 board(s) for club(s) alpha" in banner
         device = any_broker.client("alpha")
-        device.publish("boards/table1/press", b"opponent", qos=1).wait_for_publish(WAIT)
+        device.publish("boards/alpha/table1/press", b"opponent", qos=1).wait_for_publish(WAIT)
         received = service_view.wait_for(timeout=WAIT)
         assert json.loads(received.payload)["side"] == 2
         process.send_signal(signal.SIGINT)
@@ -330,7 +340,7 @@ SHELLY_IX3 = {
     "device": "shellyix3-XXXX",
     "buttons": {"0": 1},
 }
-IX3_TOPIC = "shellies/shellyix3-XXXX/input_event/0"
+IX3_TOPIC = "shellies/alpha/shellyix3-XXXX/input_event/0"
 IX3_EVENT = b'{"event":"S","event_cnt":4}'
 
 

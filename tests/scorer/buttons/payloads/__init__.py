@@ -25,3 +25,13 @@ ZIGBEE = recorded("zigbee2mqtt")
 SHELLY1 = recorded("shelly1")
 SHELLY2 = recorded("shelly2")
 RAW = recorded("raw")
+
+
+def for_club(messages: dict[str, DeviceMessage], club: str) -> dict[str, DeviceMessage]:
+    """The same messages as a device scoped to ``club`` publishes them on Rallycast's broker:
+    the club level after the root (``stat/t1/RESULT`` -> ``stat/<club>/t1/RESULT``; issue 9)."""
+    scoped = {}
+    for name, message in messages.items():
+        root, rest = message.topic.split("/", 1)
+        scoped[name] = DeviceMessage(f"{root}/{club}/{rest}", message.payload, message.retain)
+    return scoped
