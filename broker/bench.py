@@ -50,6 +50,7 @@ REPO = Path(__file__).resolve().parent.parent
 CLUB = "bench"
 TOPIC = f"clubs/{CLUB}/game"
 SERVICE_USER = "rallycast-service"
+BENCH_MAX_CONNECTIONS = 20_000  # per listener, for the embedded and stock brokers
 CONNECT_BATCH = 50  # subscribers connecting at once (listen backlog is 100)
 PUBLISH_WINDOW = 20  # unacknowledged QoS 1 publishes (mosquitto's default inflight limit)
 STAMP = struct.Struct(">QQ")  # sequence number, perf_counter_ns at publish
@@ -347,6 +348,8 @@ class BrokerProcess:
 def _broker_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
     env["RALLYCAST_LOG_LEVEL"] = "WARNING"
+    # The default (5000, 16 kept for logged-in users) would refuse subscribers past 4984.
+    env["RALLYCAST_MAX_CONNECTIONS"] = str(BENCH_MAX_CONNECTIONS)
     env["PYTHONPATH"] = str(REPO) + os.pathsep + env.get("PYTHONPATH", "")
     return env
 
