@@ -66,12 +66,13 @@ from amqtt.adapters import (
 )
 from amqtt.broker import Broker, ListenerType, Server
 from amqtt.contexts import Action, BrokerConfig
-from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError
-from amqtt.events import BrokerEvents
+from amqtt.errors import AMQTTError, BrokerError, MQTTError, NoDataError, ProtocolHandlerError
+from amqtt.events import BrokerEvents, MQTTEvents
+from amqtt.mqtt import packet_class
 from amqtt.mqtt.connack import NOT_AUTHORIZED, SERVER_UNAVAILABLE, ConnackPacket
 from amqtt.mqtt.connect import ConnectPacket
 from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
-from amqtt.mqtt.packet import PUBACK, PUBCOMP, PUBREC
+from amqtt.mqtt.packet import CONNECT, PUBACK, PUBCOMP, PUBREC, MQTTFixedHeader
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
 from amqtt.mqtt.pubcomp import PubcompPacket
@@ -717,6 +718,28 @@ class _Ready:
         return True
 
 
+# The handler method for each packet type a client may send (CONNECT: handled inline).
+_DISPATCH = {
+    CONNECT: "handle_connect",
+    limits.PUBLISH: "handle_publish",
+    PUBACK: "handle_puback",
+    PUBREC: "handle_pubrec",
+    limits.PUBREL: "handle_pubrel",
+    PUBCOMP: "handle_pubcomp",
+    limits.SUBSCRIBE: "handle_subscribe",
+    limits.UNSUBSCRIBE: "handle_unsubscribe",
+    limits.PINGREQ: "handle_pingreq",
+    limits.DISCONNECT: "handle_disconnect",
+}
+# Packets of one connection handled at once before its reader waits (the fan-out bound).
+MAX_PACKETS_IN_HANDLING = 32
+
+
+def _cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
 def _post_disconnect(inbox: LeanQueue, waiter: asyncio.Future[Any]) -> None:
     inbox.put_nowait(("disconnect", waiter))
 
@@ -734,6 +757,11 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         # Resolved when this connection's lifecycle is over (lets a take-over wait for it).
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._retries: set[asyncio.Future[Any]] = set()
+        # amqtt's Event for "reader stopped" (a deque each): a future made only when stop()
+        # has to wait for the reader.
+        self._reader_stopped = None  # type: ignore[assignment]
+        self._reader_end: asyncio.Future[None] | None = None
+        self._reader_over = False
 
     @classmethod
     async def init_from_connect(  # type: ignore[override]
@@ -752,11 +780,115 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         await super().handle_unsubscribe(unsubscribe)
 
     def handle_read_timeout(self) -> None:
-        # Nothing heard for 1.5 x keep-alive: the client is gone [MQTT-3.1.2-24].
+        # Nothing heard for 1.5 x keep-alive: the client is gone [MQTT-3.1.2-24]. The reader
+        # loop below ends itself after this; another caller's reader gets cancelled.
         client_id = self.session.client_id if self.session else None
         logger.info("client %s silent past its keep-alive: disconnecting it", client_id)
-        if self._reader_task is not None and not self._reader_task.done():
-            self._reader_task.cancel()
+        task = self._reader_task
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            task.cancel()
+
+    # -- the connection's reader: one task, nothing kept between packets
+
+    async def start(self) -> None:
+        """Start the reader. Unlike amqtt: no Events, no wait for the reader to run, and no
+        idle write timer (``handle_write_timeout`` does nothing on a broker)."""
+        if not self._is_attached():
+            raise ProtocolHandlerError("Handler is not attached to a stream")
+        loop = asyncio.get_running_loop()
+        self._reader_task = loop.create_task(self._reader_loop())
+        if self._disconnect_waiter is None or self._disconnect_waiter.done():
+            self._disconnect_waiter = loop.create_future()
+        await self._retry_deliveries()
+
+    async def stop(self) -> None:
+        """Stop the reader (waits until it has ended) and close the connection."""
+        self._stop_waiters()
+        task = self._reader_task
+        if (
+            task is not None
+            and task is not asyncio.current_task()
+            and not task.done()
+            and not self._reader_over
+        ):
+            task.cancel()
+            if self._reader_end is None:
+                self._reader_end = asyncio.get_running_loop().create_future()
+            await asyncio.shield(self._reader_end)
+        with contextlib.suppress(asyncio.CancelledError, TimeoutError, OSError):
+            if self.writer is not None:
+                await self.writer.close()
+        waiter = self._disconnect_waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self._disconnect_waiter = None
+
+    async def _reader_loop(self) -> None:
+        """Read and dispatch packets until EOF, keep-alive expiry, a fault or cancellation.
+
+        Each read runs under ``asyncio.timeout`` (amqtt: ``asyncio.wait_for``, one extra task
+        per read, and in Python 3.11 a cancel arriving as the read completes is swallowed, so
+        stopping a handler with unread packets did nothing until keep-alive). No packet or
+        task is held between reads. Fan-out bound: at most MAX_PACKETS_IN_HANDLING packets of
+        one connection are being handled at once; past that the reader waits for the oldest,
+        and the socket's unread bytes are the backpressure (a publisher's QoS 1 window makes
+        this rare: its PUBLISHes wait for the routing before their PUBACK)."""
+        session, reader = self.session, self.reader
+        keep_alive = session.keep_alive if session is not None and session.keep_alive > 0 else None
+        running: deque[asyncio.Task[None]] | None = None
+        try:
+            while reader is not None and session is not None:
+                try:
+                    async with asyncio.timeout(keep_alive):
+                        header = await MQTTFixedHeader.from_stream(reader)
+                        if not header:
+                            break  # EOF (FramedReader ends the stream at a violation)
+                        kind = header.packet_type
+                        if kind not in _DISPATCH:
+                            logger.warning(
+                                "%s sent packet type %d: closing", session.client_id, kind
+                            )
+                            break
+                        packet = await packet_class(header).from_stream(reader, fixed_header=header)
+                except TimeoutError:
+                    self.handle_read_timeout()
+                    break
+                except MQTTError:
+                    continue  # amqtt's "message discarded"
+                await self.plugins_manager.fire_event(
+                    MQTTEvents.PACKET_RECEIVED, packet=packet, session=session
+                )
+                if kind == CONNECT:
+                    await self.handle_connect(packet)  # type: ignore[arg-type]
+                    packet = None
+                    continue
+                if running is None:
+                    running = deque()
+                while running and running[0].done():
+                    running.popleft()
+                if len(running) >= MAX_PACKETS_IN_HANDLING:
+                    await asyncio.wait({running.popleft()})
+                running.append(asyncio.ensure_future(getattr(self, _DISPATCH[kind])(packet)))
+                header = packet = None
+        except asyncio.CancelledError:
+            pass
+        except (NoDataError, ConnectionError, asyncio.IncompleteReadError):
+            pass
+        except Exception as exc:  # noqa: BLE001 - amqtt's reader ends the same way
+            logger.warning("reader of %s ended: %r", session.client_id if session else None, exc)
+        finally:
+            if running and not _cancelling():
+                # EOF: packets read before it are still handled (a PUBLISH then a close must
+                # not lose the message), within a bound.
+                with contextlib.suppress(asyncio.CancelledError):
+                    await asyncio.wait(running, timeout=CLOSE_GRACE)
+            while running:
+                running.popleft().cancel()
+            self._reader_over = True
+            if self._reader_end is not None and not self._reader_end.done():
+                self._reader_end.set_result(None)
+        await self.handle_connection_closed()
+        await self.stop()
 
     # -- delivery: the session's Outbox runs the outgoing QoS flows
 
@@ -1263,6 +1395,7 @@ class RallycastBroker(Broker):
                     packet = item.result()
                 await self._handle_disconnect(client_session, handler, _Ready(packet))  # type: ignore[arg-type]
                 return
+            item = None  # an idle connection keeps no packet alive
 
     async def _take_over(self, client_id: str, old_handler: BrokerProtocolHandler) -> None:
         """A client id connected again: close the previous connection first [MQTT-3.1.4-2]."""

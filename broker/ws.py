@@ -33,7 +33,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, WebSocketsWriter
-from websockets.frames import Frame, Opcode
+from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
+from websockets.frames import OK_CLOSE_CODES, Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
@@ -52,9 +53,23 @@ UNSUPPORTED_DATA = 1003  # WebSocket close code (RFC 6455 7.4.1)
 Handler = Callable[[ReaderAdapter, "WsWriter"], Awaitable[None]]
 
 
+def _closed_error(protocol: ServerProtocol) -> ConnectionClosed:
+    """What websockets raises for a write after the close (``Protocol.close_exc``, also while
+    the close handshake is still going on)."""
+    ok = (
+        protocol.close_rcvd is not None
+        and protocol.close_sent is not None
+        and protocol.close_rcvd.code in OK_CLOSE_CODES
+        and protocol.close_sent.code in OK_CLOSE_CODES
+    )
+    kind = ConnectionClosedOK if ok else ConnectionClosedError
+    return kind(protocol.close_rcvd, protocol.close_sent, protocol.close_rcvd_then_sent)
+
+
 def _log_failure(task: asyncio.Task[None]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        log.warning("WebSocket connection handler failed: %r", task.exception())
+    exc = None if task.cancelled() else task.exception()
+    if exc is not None and not isinstance(exc, ConnectionClosed):  # closed: an ordinary end
+        log.warning("WebSocket connection handler failed: %r", exc)
 
 
 class WsServer:
@@ -247,10 +262,14 @@ class WsConnection(asyncio.Protocol):
                 transport.close()
 
     def send_binary(self, data: bytes) -> None:
-        """One binary frame; dropped when the connection is no longer open."""
+        """One binary frame. Raises ``websockets.ConnectionClosedOK`` (the peer closed with
+        1000/1001) or ``ConnectionClosedError`` once the connection is no longer open, as
+        websockets' own connection does (broker/server.py tells the two apart in logs)."""
         protocol = self.protocol
-        if protocol is None or protocol.state is not OPEN or self.transport is None:
-            return
+        if protocol is None:
+            raise ConnectionClosedError(None, None)
+        if protocol.state is not OPEN or self.transport is None:
+            raise _closed_error(protocol)
         protocol.send_binary(data)
         self.send_data()
 
