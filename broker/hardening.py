@@ -626,7 +626,14 @@ class LeanQueue:
     def get_nowait(self) -> Any:
         if not self._items:
             raise asyncio.QueueEmpty
-        return self._items.popleft()
+        return self._take()
+
+    def _take(self) -> Any:
+        items = self._items
+        item = items.popleft()  # type: ignore[union-attr]
+        if not items:
+            self._items = None  # an empty deque keeps a 64-slot block (~0.7 KB): let it go
+        return item
 
     async def get(self) -> Any:
         while not self._items:
@@ -640,9 +647,11 @@ class LeanQueue:
                 with contextlib.suppress(ValueError):
                     self._getters.remove(getter)
                 if getter.done() and not getter.cancelled() and self._items:
-                    self.put_nowait(self._items.popleft())  # pass the wake-up on
+                    self.put_nowait(self._take())  # pass the wake-up on
                 raise
-        return self._items.popleft()
+            if not self._getters:
+                self._getters = None
+        return self._take()
 
 
 class TaggedQueue:
@@ -671,6 +680,20 @@ class TaggedQueue:
 
     def get_nowait(self) -> Any:
         raise asyncio.QueueEmpty
+
+
+class LeanSession(Session):
+    """amqtt's Session with slots for what Rallycast adds to it. A Session's ``__dict__``
+    already fills CPython's shared-keys layout (30 keys); one more attribute turned it into a
+    plain dict of ~1.6 KB per connection (broker/acl.py adds ``rallycast_filters`` to every
+    subscriber, RallycastBroker the ``outbox``)."""
+
+    __slots__ = (
+        "outbox",
+        "rallycast_cap_logged",
+        "rallycast_filters",
+        "rallycast_retained_logged",
+    )
 
 
 class SessionState:
@@ -767,7 +790,9 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
     async def init_from_connect(  # type: ignore[override]
         cls, reader: ReaderAdapter, writer: WriterAdapter, plugins_manager: Any, loop: Any = None
     ) -> tuple[RallycastProtocolHandler, Session]:
-        handler, session = await super().init_from_connect(reader, writer, plugins_manager, loop)
+        handler, made = await super().init_from_connect(reader, writer, plugins_manager, loop)
+        session = LeanSession.__new__(LeanSession)
+        session.__dict__.update(made.__dict__)  # amqtt's 29 attributes: a shared-keys dict
         session.transitions = SessionState(session)  # type: ignore[assignment]
         session.retained_messages = LeanQueue()  # type: ignore[assignment]
         return handler, session  # type: ignore[return-value]
@@ -835,7 +860,7 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         this rare: its PUBLISHes wait for the routing before their PUBACK)."""
         session, reader = self.session, self.reader
         keep_alive = session.keep_alive if session is not None and session.keep_alive > 0 else None
-        running: deque[asyncio.Task[None]] | None = None
+        running: list[asyncio.Future[None]] = []  # small: a deque starts at 64 slots
         try:
             while reader is not None and session is not None:
                 try:
@@ -862,14 +887,12 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
                     await self.handle_connect(packet)  # type: ignore[arg-type]
                     packet = None
                     continue
-                if running is None:
-                    running = deque()
-                while running and running[0].done():
-                    running.popleft()
                 if len(running) >= MAX_PACKETS_IN_HANDLING:
-                    await asyncio.wait({running.popleft()})
-                running.append(asyncio.ensure_future(getattr(self, _DISPATCH[kind])(packet)))
-                header = packet = None
+                    await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                task = asyncio.ensure_future(getattr(self, _DISPATCH[kind])(packet))
+                running.append(task)
+                task.add_done_callback(running.remove)  # a finished one is not kept
+                header = packet = task = None
         except asyncio.CancelledError:
             pass
         except (NoDataError, ConnectionError, asyncio.IncompleteReadError):
@@ -882,8 +905,8 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
                 # not lose the message), within a bound.
                 with contextlib.suppress(asyncio.CancelledError):
                     await asyncio.wait(running, timeout=CLOSE_GRACE)
-            while running:
-                running.popleft().cancel()
+            for task in list(running):
+                task.cancel()
             self._reader_over = True
             if self._reader_end is not None and not self._reader_end.done():
                 self._reader_end.set_result(None)
