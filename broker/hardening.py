@@ -779,7 +779,7 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         self._pending_unsubscriptions = TaggedQueue(self.inbox, "unsub")  # type: ignore[assignment]
         # Resolved when this connection's lifecycle is over (lets a take-over wait for it).
         self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self._retries: set[asyncio.Future[Any]] = set()
+        self._retries: set[asyncio.Future[Any]] | None = None  # made when there are some
         # amqtt's Event for "reader stopped" (a deque each): a future made only when stop()
         # has to wait for the reader.
         self._reader_stopped = None  # type: ignore[assignment]
@@ -865,6 +865,8 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
             while reader is not None and session is not None:
                 try:
                     async with asyncio.timeout(keep_alive):
+                        if isinstance(reader, limits.FramedReader) and not await reader.fill():
+                            break  # EOF, or a violation (FramedReader logged it)
                         header = await MQTTFixedHeader.from_stream(reader)
                         if not header:
                             break  # EOF (FramedReader ends the stream at a violation)
@@ -926,6 +928,8 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
             task = asyncio.ensure_future(
                 asyncio.wait_for(self._handle_message_flow(message), 10)  # type: ignore[arg-type]
             )
+            if self._retries is None:
+                self._retries = set()
             self._retries.add(task)
             task.add_done_callback(self._retries.discard)
 
