@@ -40,9 +40,12 @@ amqtt never drops a silent client), delivered QoS is min(published, granted) as 
 (stock amqtt uses the subscription's QoS), a client id that logs in again closes its previous
 connection (stock amqtt leaves it open after a clean-session take-over), and WebSocket
 connections run without permessage-deflate (CPU per delivery) and without WebSocket pings
-(MQTT keep-alive covers it). An idle connection costs ~27 KB instead of ~58 KB of RSS: a small
-:class:`SessionState` replaces each Session's ``transitions.Machine`` and one lazily allocated
-inbox (:class:`LeanQueue`) served by one task replaces four queues and four waiting tasks.
+(MQTT keep-alive covers it). An idle WebSocket connection costs ~12-14 KB instead of ~58 KB of
+RSS (docs/benchmarks.md): a small :class:`SessionState` replaces each Session's
+``transitions.Machine``, :class:`LeanSession` keeps the Session's dict compact, one lazily
+allocated inbox (:class:`LeanQueue`) served by one task replaces four queues and four waiting
+tasks, the reader loop keeps nothing between packets, and the WebSocket listener is our thin
+layer over websockets' sans-I/O protocol (broker/ws.py).
 """
 
 from __future__ import annotations
@@ -758,6 +761,9 @@ _DISPATCH = {
 MAX_PACKETS_IN_HANDLING = 32
 
 
+_HANDLER_LOGGER = logging.getLogger("amqtt.mqtt.protocol.handler")  # amqtt's own name
+
+
 def _cancelling() -> bool:
     task = asyncio.current_task()
     return task is not None and task.cancelling() > 0
@@ -785,6 +791,9 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         self._reader_stopped = None  # type: ignore[assignment]
         self._reader_end: asyncio.Future[None] | None = None
         self._reader_over = False
+        self._last_read = 0.0  # loop time of the latest packet (keep-alive)
+        self._alive_timer: asyncio.TimerHandle | None = None
+        self._expired = False  # the keep-alive ran out: the reader was cancelled for it
 
     @classmethod
     async def init_from_connect(  # type: ignore[override]
@@ -814,6 +823,26 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
             task.cancel()
 
     # -- the connection's reader: one task, nothing kept between packets
+
+    def _init_session(self, session: Session) -> None:
+        super()._init_session(session)
+        self.logger = _HANDLER_LOGGER  # not a LoggerAdapter per connection
+
+    def _check_alive(self, keep_alive: float) -> None:
+        """Keep-alive: one timer per connection, moved on only when it fires (a timeout
+        object per read cost memory and CPU on every packet)."""
+        task = self._reader_task
+        if task is None or task.done() or self._reader_over:
+            self._alive_timer = None
+            return
+        loop = asyncio.get_running_loop()
+        silent = loop.time() - self._last_read
+        if silent >= keep_alive:
+            self._alive_timer = None
+            self._expired = True
+            task.cancel()
+        else:
+            self._alive_timer = loop.call_later(keep_alive - silent, self._check_alive, keep_alive)
 
     async def start(self) -> None:
         """Start the reader. Unlike amqtt: no Events, no wait for the reader to run, and no
@@ -851,37 +880,39 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
     async def _reader_loop(self) -> None:
         """Read and dispatch packets until EOF, keep-alive expiry, a fault or cancellation.
 
-        Each read runs under ``asyncio.timeout`` (amqtt: ``asyncio.wait_for``, one extra task
-        per read, and in Python 3.11 a cancel arriving as the read completes is swallowed, so
-        stopping a handler with unread packets did nothing until keep-alive). No packet or
-        task is held between reads. Fan-out bound: at most MAX_PACKETS_IN_HANDLING packets of
+        Reads are plain awaits: amqtt wraps each in ``asyncio.wait_for`` (one extra task per
+        read, and in Python 3.11 a cancel arriving as the read completes is swallowed, so
+        stopping a handler with unread packets did nothing until keep-alive). Keep-alive is
+        one timer per connection (:meth:`_check_alive`) that cancels the reader when the
+        client has been silent for 1.5 x its keep-alive. No packet or task is held between
+        reads. Fan-out bound: at most MAX_PACKETS_IN_HANDLING packets of
         one connection are being handled at once; past that the reader waits for the oldest,
         and the socket's unread bytes are the backpressure (a publisher's QoS 1 window makes
         this rare: its PUBLISHes wait for the routing before their PUBACK)."""
         session, reader = self.session, self.reader
-        keep_alive = session.keep_alive if session is not None and session.keep_alive > 0 else None
+        keep_alive = session.keep_alive if session is not None and session.keep_alive > 0 else 0
+        loop = asyncio.get_running_loop()
+        if keep_alive:
+            self._last_read = loop.time()
+            self._alive_timer = loop.call_later(keep_alive, self._check_alive, keep_alive)
         running: list[asyncio.Future[None]] = []  # small: a deque starts at 64 slots
         try:
             while reader is not None and session is not None:
                 try:
-                    async with asyncio.timeout(keep_alive):
-                        if isinstance(reader, limits.FramedReader) and not await reader.fill():
-                            break  # EOF, or a violation (FramedReader logged it)
-                        header = await MQTTFixedHeader.from_stream(reader)
-                        if not header:
-                            break  # EOF (FramedReader ends the stream at a violation)
-                        kind = header.packet_type
-                        if kind not in _DISPATCH:
-                            logger.warning(
-                                "%s sent packet type %d: closing", session.client_id, kind
-                            )
-                            break
-                        packet = await packet_class(header).from_stream(reader, fixed_header=header)
-                except TimeoutError:
-                    self.handle_read_timeout()
-                    break
+                    if isinstance(reader, limits.FramedReader) and not await reader.fill():
+                        break  # EOF, or a violation (FramedReader logged it)
+                    header = await MQTTFixedHeader.from_stream(reader)
+                    if not header:
+                        break  # EOF (FramedReader ends the stream at a violation)
+                    kind = header.packet_type
+                    if kind not in _DISPATCH:
+                        logger.warning("%s sent packet type %d: closing", session.client_id, kind)
+                        break
+                    packet = await packet_class(header).from_stream(reader, fixed_header=header)
                 except MQTTError:
                     continue  # amqtt's "message discarded"
+                finally:
+                    self._last_read = loop.time()
                 await self.plugins_manager.fire_event(
                     MQTTEvents.PACKET_RECEIVED, packet=packet, session=session
                 )
@@ -896,7 +927,9 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
                 task.add_done_callback(running.remove)  # a finished one is not kept
                 header = packet = task = None
         except asyncio.CancelledError:
-            pass
+            if self._expired:
+                asyncio.current_task().uncancel()  # type: ignore[union-attr]  # our own cancel
+                self.handle_read_timeout()
         except (NoDataError, ConnectionError, asyncio.IncompleteReadError):
             pass
         except Exception as exc:  # noqa: BLE001 - amqtt's reader ends the same way
@@ -909,6 +942,9 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
                     await asyncio.wait(running, timeout=CLOSE_GRACE)
             for task in list(running):
                 task.cancel()
+            if self._alive_timer is not None:
+                self._alive_timer.cancel()
+                self._alive_timer = None
             self._reader_over = True
             if self._reader_end is not None and not self._reader_end.done():
                 self._reader_end.set_result(None)
