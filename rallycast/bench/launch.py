@@ -74,6 +74,9 @@ class BrokerProcess:
 # -- the embedded broker
 
 
+BENCH_MAX_CONNECTIONS = 20_000  # per listener, for the embedded and stock brokers
+
+
 def broker_env(extra: Mapping[str, str] | None = None) -> dict[str, str]:
     """This environment without RALLYCAST_* settings (the caller's own config must not leak
     into a measured broker), the repository on PYTHONPATH, plus ``extra``."""
@@ -274,6 +277,14 @@ def start_embedded(kind: str, workdir: Path, env: Mapping[str, str] | None = Non
     log_path = workdir / f"{kind}.log"
     process, mqtt_port, ws_port = spawn_embedded(
         workdir / f"{kind}-data", log_path, stock=kind == "stock",
-        env=broker_env({"RALLYCAST_LOG_LEVEL": "WARNING", **(env or {})}),
+        env=broker_env(
+            {
+                "RALLYCAST_LOG_LEVEL": "WARNING",
+                # The default (5000, 16 kept for logged-in users) would refuse subscribers
+                # past 4984; a caller's own value (the hostile bench) wins.
+                "RALLYCAST_MAX_CONNECTIONS": str(BENCH_MAX_CONNECTIONS),
+                **(env or {}),
+            }
+        ),
     )  # fmt: skip
     return BrokerProcess(kind, process, mqtt_port, ws_port, log_path)
