@@ -604,3 +604,60 @@ def test_a_stored_queue_over_its_bound_is_cut_to_the_oldest_at_start(amqtt_broke
         for r in caplog.records
     )
     assert _drain(amqtt_broker, client_id) == [f"m{i}".encode() for i in range(limit)]
+
+
+# -- 6. a resumed session with a backlog, while messages keep coming (the soak's stall) ------
+
+
+def _flood(broker: BrokerEndpoint, count: int) -> tuple[list[bytes], threading.Event]:
+    """Publish ``count`` QoS 1 messages on distinct device topics from a thread, without
+    waiting for each PUBACK (as boards under load do). The payloads in order, and an event
+    set once the first 20 are handed to the client."""
+    board = broker.client("alpha")
+    payloads = [f"live {i}".encode() for i in range(count)]
+    started = threading.Event()
+
+    def run() -> None:
+        for i, payload in enumerate(payloads):
+            board.publish(f"boards/live/{i}", payload, qos=1)
+            if i == 20:
+                started.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return payloads, started
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kill", [False, True], ids=["reconnect", "kill-9"])
+def test_a_resumed_backlog_drains_while_live_messages_keep_arriving(amqtt_broker_process, kill):
+    """The session's queue is checked against the ACL when it is resumed: every topic's check
+    awaits, and meanwhile the broker routes new messages into the same queue. Before the fix
+    the check iterated the queue across those awaits ("deque mutated during iteration"): the
+    connection died before its CONNACK, at every reconnect while messages kept coming."""
+    broker = amqtt_broker_process
+    raw = RawSession(broker)
+    assert raw.connect("board-raw", "alpha", clean=False) == (0, 0)
+    assert raw.subscribe("boards/#", 1) == 1
+    raw.disconnect()
+    board = broker.client("alpha")
+    # A distinct topic per message: each one is an ACL decision (an await) on resume.
+    backlog = [f"queued {i}".encode() for i in range(60)]
+    for i, payload in enumerate(backlog):
+        publish(board, f"boards/queued/{i}", payload)
+    if kill:
+        broker.close_clients()
+        broker.restart(kill=True)
+    live, started = _flood(broker, 400)
+    assert started.wait(10), "the flood did not start"
+    raw = RawSession(broker)
+    assert raw.connect("board-raw", "alpha", clean=False) == (1, 0), "session not resumed"
+    got: list[bytes] = []
+    while len(got) < len(backlog) + len(live):
+        # Acknowledged one by one: the in-flight window must keep moving.
+        for packet_id, _qos, _dup, _topic, payload in raw.publishes(1, 10.0):
+            got.append(payload)
+            raw.send(PUBACK, packet_id)
+    raw.nothing(0.3)
+    raw.close()
+    assert got[: len(backlog)] == backlog, "the backlog is not complete and first, in order"
+    assert got[len(backlog) :] == live, "live messages lost, duplicated or out of order"
