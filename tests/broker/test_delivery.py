@@ -661,3 +661,44 @@ def test_a_resumed_backlog_drains_while_live_messages_keep_arriving(amqtt_broker
     raw.close()
     assert got[: len(backlog)] == backlog, "the backlog is not complete and first, in order"
     assert got[len(backlog) :] == live, "live messages lost, duplicated or out of order"
+    # Every acknowledged copy leaves the store (written behind: a bounded wait).
+    deadline = time.monotonic() + 5
+    while (left := _stored_rows(broker, "board-raw")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == 0, f"{left} acknowledged message(s) still stored"
+
+
+def _stored_rows(broker: BrokerEndpoint, client_id: str) -> int:
+    with sqlite3.connect(broker.data_dir / "broker.db") as db:
+        query = "SELECT COUNT(*) FROM queued WHERE client_id = ?"
+        return int(db.execute(query, (client_id,)).fetchone()[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stored=st.lists(
+        st.tuples(st.one_of(st.none(), st.integers(1, 65535)), st.integers(1, 2)), max_size=60
+    ),
+    new=st.integers(1, MAX_INFLIGHT),
+)
+def test_packet_ids_after_a_restore_never_take_one_still_in_flight(stored, new):
+    """Rows restored from broker.db keep their packet ids (in flight) or none (waiting); a
+    second row with an id already taken waits. Messages sent afterwards take ids that are
+    free, also across the 65535 wrap: an id in flight twice would leave one entry that no
+    PUBACK ever frees, and the in-flight window would fill for good."""
+    from amqtt.session import Session
+
+    from broker.hardening import Delivery, OutgoingMessage, Outbox
+
+    session = Session()
+    session.client_id, session.clean_session, session.is_anonymous = "c", False, False
+    outbox = Outbox(session, 1000, 2**20, lambda _o: None)
+    rows = [(row, "t", b"x", qos, pid, False) for row, (pid, qos) in enumerate(stored, 1)]
+    outbox.restore(rows)
+    restored = {pid for _r, _t, _p, _q, pid, _d in rows if pid is not None}
+    assert set(outbox.inflight) == restored
+    assert len(outbox.inflight) + len(outbox.pending) == len(rows), "a row lost or doubled"
+    for _ in range(new):
+        packet_id = outbox._new_packet_id()  # what _send uses
+        assert 1 <= packet_id <= 65535 and packet_id not in outbox.inflight
+        outbox.inflight[packet_id] = Delivery(OutgoingMessage("t", b"new"), 1)
