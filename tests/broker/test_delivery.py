@@ -688,7 +688,7 @@ def test_packet_ids_after_a_restore_never_take_one_still_in_flight(stored, new):
     PUBACK ever frees, and the in-flight window would fill for good."""
     from amqtt.session import Session
 
-    from broker.hardening import Delivery, OutgoingMessage, Outbox
+    from broker.hardening import Delivery, Outbox, OutgoingMessage
 
     session = Session()
     session.client_id, session.clean_session, session.is_anonymous = "c", False, False
