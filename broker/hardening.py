@@ -1118,24 +1118,33 @@ class RallycastBroker(Broker):
 
     async def _drop_unreadable(self, session: Session, outbox: Outbox) -> None:
         """A resumed session may belong to another user now (MQTT allows it) or the ACL
-        changed: what waits for it is checked against the current user's read rights."""
+        changed: what waits for it is checked against the current user's read rights.
+
+        Every topic is decided first, then the queue is filtered without an await: while an
+        ACL check awaits, the broker keeps routing new messages into this same outbox (the
+        session counts as connected), so the queue must not be iterated across an await
+        (that raised "deque mutated during iteration" and killed the connection before its
+        CONNACK, again at every reconnect under load)."""
         decisions: dict[str, bool] = {}
-
-        async def readable(topic: str) -> bool:
-            if topic not in decisions:
+        while True:
+            topics = {entry.message.topic for entry in outbox.inflight.values()}
+            topics.update(entry.message.topic for entry in outbox.pending)
+            undecided = topics.difference(decisions)
+            if not undecided:
+                break
+            for topic in undecided:
                 decisions[topic] = await self._topic_filtering(session, topic, Action.RECEIVE)
-            return decisions[topic]
-
+        # No await from here on.
         store = self.message_store if outbox._persistent() else None
         for packet_id, entry in list(outbox.inflight.items()):
-            if not await readable(entry.message.topic):
+            if not decisions[entry.message.topic]:
                 del outbox.inflight[packet_id]
                 if store is not None and entry.row is not None:
                     store.queue_done(entry.row)
         if outbox.pending:
             kept: deque[Delivery] = deque()
             for entry in outbox.pending:
-                if await readable(entry.message.topic):
+                if decisions[entry.message.topic]:
                     kept.append(entry)
                 elif store is not None and entry.row is not None:
                     store.queue_done(entry.row)

@@ -604,3 +604,101 @@ def test_a_stored_queue_over_its_bound_is_cut_to_the_oldest_at_start(amqtt_broke
         for r in caplog.records
     )
     assert _drain(amqtt_broker, client_id) == [f"m{i}".encode() for i in range(limit)]
+
+
+# -- 6. a resumed session with a backlog, while messages keep coming (the soak's stall) ------
+
+
+def _flood(broker: BrokerEndpoint, count: int) -> tuple[list[bytes], threading.Event]:
+    """Publish ``count`` QoS 1 messages on distinct device topics from a thread, without
+    waiting for each PUBACK (as boards under load do). The payloads in order, and an event
+    set once the first 20 are handed to the client."""
+    board = broker.client("alpha")
+    payloads = [f"live {i}".encode() for i in range(count)]
+    started = threading.Event()
+
+    def run() -> None:
+        for i, payload in enumerate(payloads):
+            board.publish(f"boards/live/{i}", payload, qos=1)
+            if i == 20:
+                started.set()
+
+    threading.Thread(target=run, daemon=True).start()
+    return payloads, started
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("kill", [False, True], ids=["reconnect", "kill-9"])
+def test_a_resumed_backlog_drains_while_live_messages_keep_arriving(amqtt_broker_process, kill):
+    """The session's queue is checked against the ACL when it is resumed: every topic's check
+    awaits, and meanwhile the broker routes new messages into the same queue. Before the fix
+    the check iterated the queue across those awaits ("deque mutated during iteration"): the
+    connection died before its CONNACK, at every reconnect while messages kept coming."""
+    broker = amqtt_broker_process
+    raw = RawSession(broker)
+    assert raw.connect("board-raw", "alpha", clean=False) == (0, 0)
+    assert raw.subscribe("boards/#", 1) == 1
+    raw.disconnect()
+    board = broker.client("alpha")
+    # A distinct topic per message: each one is an ACL decision (an await) on resume.
+    backlog = [f"queued {i}".encode() for i in range(60)]
+    for i, payload in enumerate(backlog):
+        publish(board, f"boards/queued/{i}", payload)
+    if kill:
+        broker.close_clients()
+        broker.restart(kill=True)
+    live, started = _flood(broker, 400)
+    assert started.wait(10), "the flood did not start"
+    raw = RawSession(broker)
+    assert raw.connect("board-raw", "alpha", clean=False) == (1, 0), "session not resumed"
+    got: list[bytes] = []
+    while len(got) < len(backlog) + len(live):
+        # Acknowledged one by one: the in-flight window must keep moving.
+        for packet_id, _qos, _dup, _topic, payload in raw.publishes(1, 10.0):
+            got.append(payload)
+            raw.send(PUBACK, packet_id)
+    raw.nothing(0.3)
+    raw.close()
+    assert got[: len(backlog)] == backlog, "the backlog is not complete and first, in order"
+    assert got[len(backlog) :] == live, "live messages lost, duplicated or out of order"
+    # Every acknowledged copy leaves the store (written behind: a bounded wait).
+    deadline = time.monotonic() + 5
+    while (left := _stored_rows(broker, "board-raw")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert left == 0, f"{left} acknowledged message(s) still stored"
+
+
+def _stored_rows(broker: BrokerEndpoint, client_id: str) -> int:
+    with sqlite3.connect(broker.data_dir / "broker.db") as db:
+        query = "SELECT COUNT(*) FROM queued WHERE client_id = ?"
+        return int(db.execute(query, (client_id,)).fetchone()[0])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    stored=st.lists(
+        st.tuples(st.one_of(st.none(), st.integers(1, 65535)), st.integers(1, 2)), max_size=60
+    ),
+    new=st.integers(1, MAX_INFLIGHT),
+)
+def test_packet_ids_after_a_restore_never_take_one_still_in_flight(stored, new):
+    """Rows restored from broker.db keep their packet ids (in flight) or none (waiting); a
+    second row with an id already taken waits. Messages sent afterwards take ids that are
+    free, also across the 65535 wrap: an id in flight twice would leave one entry that no
+    PUBACK ever frees, and the in-flight window would fill for good."""
+    from amqtt.session import Session
+
+    from broker.hardening import Delivery, Outbox, OutgoingMessage
+
+    session = Session()
+    session.client_id, session.clean_session, session.is_anonymous = "c", False, False
+    outbox = Outbox(session, 1000, 2**20, lambda _o: None)
+    rows = [(row, "t", b"x", qos, pid, False) for row, (pid, qos) in enumerate(stored, 1)]
+    outbox.restore(rows)
+    restored = {pid for _r, _t, _p, _q, pid, _d in rows if pid is not None}
+    assert set(outbox.inflight) == restored
+    assert len(outbox.inflight) + len(outbox.pending) == len(rows), "a row lost or doubled"
+    for _ in range(new):
+        packet_id = outbox._new_packet_id()  # what _send uses
+        assert 1 <= packet_id <= 65535 and packet_id not in outbox.inflight
+        outbox.inflight[packet_id] = Delivery(OutgoingMessage("t", b"new"), 1)
