@@ -631,7 +631,7 @@ def test_rallycast_up_on_a_data_dir_in_use_says_so_in_one_sentence(tmp_path):
             [
                 sys.executable,
                 "-m",
-                "scorer.cli",
+                "rallycast.cli",
                 "up",
                 "--data-dir",
                 str(data_dir),
