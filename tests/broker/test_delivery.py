@@ -619,7 +619,7 @@ def _flood(broker: BrokerEndpoint, count: int) -> tuple[list[bytes], threading.E
 
     def run() -> None:
         for i, payload in enumerate(payloads):
-            board.publish(f"boards/live/{i}", payload, qos=1)
+            board.publish(f"boards/alpha/live/{i}", payload, qos=1)
             if i == 20:
                 started.set()
 
@@ -637,13 +637,13 @@ def test_a_resumed_backlog_drains_while_live_messages_keep_arriving(amqtt_broker
     broker = amqtt_broker_process
     raw = RawSession(broker)
     assert raw.connect("board-raw", "alpha", clean=False) == (0, 0)
-    assert raw.subscribe("boards/#", 1) == 1
+    assert raw.subscribe("boards/alpha/#", 1) == 1
     raw.disconnect()
     board = broker.client("alpha")
     # A distinct topic per message: each one is an ACL decision (an await) on resume.
     backlog = [f"queued {i}".encode() for i in range(60)]
     for i, payload in enumerate(backlog):
-        publish(board, f"boards/queued/{i}", payload)
+        publish(board, f"boards/alpha/queued/{i}", payload)
     if kill:
         broker.close_clients()
         broker.restart(kill=True)
