@@ -120,19 +120,25 @@ class PasswordFile:
     def _write(self, hashes: dict[str, str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = "".join(f"{user}:{hashed}\n" for user, hashed in sorted(hashes.items()))
-        # mkstemp creates the file with mode 0600 before anything is written into it.
-        fd, temp_name = tempfile.mkstemp(prefix=".passwd-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp_name, 0o600)
-            os.replace(temp_name, self.path)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        _fsync_dir(self.path.parent)
+        write_private_file(self.path, text, prefix=".passwd-")
+
+
+def write_private_file(path: Path, text: str, *, prefix: str) -> None:
+    """Replace ``path`` with ``text`` atomically (temp file + fsync + rename + directory
+    fsync), mode 0600: a crash leaves the old file or the new one, never half of one."""
+    # mkstemp creates the file with mode 0600 before anything is written into it.
+    fd, temp_name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(temp_name, 0o600)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
+    _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:

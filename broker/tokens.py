@@ -29,11 +29,12 @@ import json
 import os
 import re
 import secrets
-import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+from broker.auth import write_private_file
 
 TOKEN_PREFIX = "rct_"
 TOKEN_BYTES = 32
@@ -211,20 +212,4 @@ class TokenFile:
 
     def _write(self, tokens: list[Token]) -> None:
         text = json.dumps({"tokens": [asdict(t) for t in tokens]}, indent=1) + "\n"
-        # mkstemp creates the file with mode 0600 before anything is written into it.
-        fd, temp_name = tempfile.mkstemp(prefix=".tokens-", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.chmod(temp_name, 0o600)
-            os.replace(temp_name, self.path)
-        except BaseException:
-            Path(temp_name).unlink(missing_ok=True)
-            raise
-        fd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_private_file(self.path, text, prefix=".tokens-")
