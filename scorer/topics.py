@@ -21,32 +21,93 @@ def check_club_id(club_id: str) -> str:
     return club_id
 
 
-def game(club_id: str) -> str:
-    """Retained snapshot of the club's match (QoS 1)."""
-    return f"{CLUBS_PREFIX}/{check_club_id(club_id)}/game"
+# Tables (issue 12). A club has tables 1..N. Table 1 keeps the original topics
+# ``clubs/<club>/game[/cmd|/reply|/events]`` so that one-table clubs, old pages and old boards
+# work unchanged; table n >= 2 lives under ``clubs/<club>/tables/<n>/game[/...]``. Each table
+# has exactly one topic: ``clubs/<club>/tables/1/game`` is not a table topic. A page follows all
+# of a club's tables with two subscriptions (``club_game_filters``).
+TABLES_LEVEL = "tables"
+MAX_TABLES = 64
 
 
-def commands(club_id: str) -> str:
-    """Commands from the club's scorers and boards (QoS 1, never retained)."""
-    return f"{game(club_id)}/cmd"
+class BadTable(ValueError):
+    pass
 
 
-def replies(club_id: str) -> str:
-    """The service's answer to each command: accepted/refused, with the command's id."""
-    return f"{game(club_id)}/reply"
+def check_table(table: object) -> int:
+    """The table number as an int in 1..MAX_TABLES; raises ``BadTable`` otherwise (bools and
+    strings with signs, spaces or leading zeros are refused)."""
+    if isinstance(table, bool):
+        raise BadTable(f"table {table!r} is not valid: use a whole number 1-{MAX_TABLES}")
+    if isinstance(table, str) and table.isdigit() and table == str(int(table)):
+        table = int(table)
+    if not isinstance(table, int) or not 1 <= table <= MAX_TABLES:
+        raise BadTable(f"table {table!r} is not valid: use a whole number 1-{MAX_TABLES}")
+    return table
 
 
-def events(club_id: str) -> str:
-    """One non-retained message per accepted change (point, undo, game end, ...)."""
-    return f"{game(club_id)}/events"
+def game(club_id: str, table: int = 1) -> str:
+    """Retained snapshot of the match on the club's table (QoS 1): ``clubs/<club>/game`` for
+    table 1, ``clubs/<club>/tables/<n>/game`` for table n >= 2. Raises ``BadClubId``/``BadTable``."""
+    club = check_club_id(club_id)
+    number = check_table(table)
+    if number == 1:
+        return f"{CLUBS_PREFIX}/{club}/game"
+    return f"{CLUBS_PREFIX}/{club}/{TABLES_LEVEL}/{number}/game"
+
+
+def commands(club_id: str, table: int = 1) -> str:
+    """Commands from the club's scorers and boards for one table (QoS 1, never retained)."""
+    return f"{game(club_id, table)}/cmd"
+
+
+def replies(club_id: str, table: int = 1) -> str:
+    """The service's answer to each command of the table: accepted/refused, with its id."""
+    return f"{game(club_id, table)}/reply"
+
+
+def events(club_id: str, table: int = 1) -> str:
+    """One non-retained message per accepted change on the table (point, undo, game end, ...)."""
+    return f"{game(club_id, table)}/events"
+
+
+def club_game_filters(club_id: str) -> list[str]:
+    """The two filters that follow every table's snapshot of a club."""
+    club = check_club_id(club_id)
+    return [f"{CLUBS_PREFIX}/{club}/game", f"{CLUBS_PREFIX}/{club}/{TABLES_LEVEL}/+/game"]
+
+
+def table_of(topic: str) -> tuple[str, int, str] | None:
+    """``(club_id, table, suffix)`` of a game topic, where suffix is ``""`` for the snapshot or
+    ``"cmd"``/``"reply"``/``"events"``; None when the topic is not a valid game topic of the
+    scheme above (bad club id, table 1 spelt as ``tables/1``, table out of range, ...)."""
+    parts = topic.split("/")
+    if len(parts) < 3 or parts[0] != CLUBS_PREFIX or not CLUB_ID_RE.fullmatch(parts[1]):
+        return None
+    if parts[2] == "game":
+        table, rest = 1, parts[3:]
+    elif parts[2] == TABLES_LEVEL and len(parts) >= 5 and parts[4] == "game":
+        try:
+            table = check_table(parts[3])
+        except BadTable:
+            return None
+        if table == 1:
+            return None
+        rest = parts[5:]
+    else:
+        return None
+    if not rest:
+        return parts[1], table, ""
+    if len(rest) == 1 and rest[0] in ("cmd", "reply", "events"):
+        return parts[1], table, rest[0]
+    return None
 
 
 def club_of(topic: str) -> str | None:
-    """The club id in a ``clubs/<id>/...`` topic, or None when the topic has no valid one."""
-    parts = topic.split("/")
-    if len(parts) < 3 or parts[0] != CLUBS_PREFIX or parts[2] != "game":
-        return None
-    return parts[1] if CLUB_ID_RE.fullmatch(parts[1]) else None
+    """The club id in a ``clubs/<id>/game...`` or ``clubs/<id>/tables/<n>/game...`` topic, or
+    None when the topic has no valid one."""
+    found = table_of(topic)
+    return found[0] if found else None
 
 
 # Where button boards publish: the vendors' roots (Tasmota's stat/tele/cmnd, Zigbee2MQTT,
@@ -84,3 +145,5 @@ def device_club_of(topic: str) -> str | None:
 # Filters the scorer service subscribes to (one level for the club id).
 ALL_COMMANDS = f"{CLUBS_PREFIX}/+/game/cmd"
 ALL_GAMES = f"{CLUBS_PREFIX}/+/game"
+ALL_TABLE_COMMANDS = f"{CLUBS_PREFIX}/+/{TABLES_LEVEL}/+/game/cmd"
+ALL_TABLE_GAMES = f"{CLUBS_PREFIX}/+/{TABLES_LEVEL}/+/game"

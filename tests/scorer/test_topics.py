@@ -1,4 +1,6 @@
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from scorer import topics
 
@@ -29,3 +31,62 @@ def test_unsafe_club_ids_are_refused(club_id):
 )
 def test_club_of_reads_only_valid_club_levels(topic, club):
     assert topics.club_of(topic) == club
+
+
+def test_table_one_keeps_the_original_topics_and_other_tables_live_under_tables():
+    assert topics.game("riverside", 1) == "clubs/riverside/game"
+    assert topics.game("riverside", 2) == "clubs/riverside/tables/2/game"
+    assert topics.commands("riverside", 12) == "clubs/riverside/tables/12/game/cmd"
+    assert topics.replies("riverside", 3) == "clubs/riverside/tables/3/game/reply"
+    assert topics.events("riverside", 3) == "clubs/riverside/tables/3/game/events"
+    assert topics.club_game_filters("riverside") == [
+        "clubs/riverside/game",
+        "clubs/riverside/tables/+/game",
+    ]
+
+
+@pytest.mark.parametrize("table", [0, -1, topics.MAX_TABLES + 1, True, 1.0, "02", " 2", "+2", None])
+def test_bad_table_numbers_are_refused(table):
+    with pytest.raises(topics.BadTable):
+        topics.game("riverside", table)
+
+
+@pytest.mark.parametrize(
+    "topic",
+    [
+        "clubs/riverside/tables/1/game",  # table 1 has exactly one topic: clubs/<club>/game
+        "clubs/riverside/tables/01/game/cmd",
+        "clubs/riverside/tables/0/game",
+        f"clubs/riverside/tables/{topics.MAX_TABLES + 1}/game",
+        "clubs/riverside/tables/+/game/cmd",
+        "clubs/riverside/tables/2/game/other",
+        "clubs/riverside/tables/2",
+        "clubs/riverside/game/cmd/extra",
+    ],
+)
+def test_table_of_refuses_topics_outside_the_scheme(topic):
+    assert topics.table_of(topic) is None
+    assert topics.club_of(topic) is None
+
+
+@given(
+    club=st.from_regex(topics.CLUB_ID_RE, fullmatch=True),
+    table=st.integers(1, topics.MAX_TABLES),
+    suffix=st.sampled_from(["", "cmd", "reply", "events"]),
+)
+def test_every_table_topic_reads_back_as_its_club_table_and_kind(club, table, suffix):
+    topic = {
+        "": topics.game,
+        "cmd": topics.commands,
+        "reply": topics.replies,
+        "events": topics.events,
+    }[suffix](club, table)
+    assert topics.table_of(topic) == (club, table, suffix)
+    filters = topics.club_game_filters(club)
+    if suffix == "":
+        # one of the two club filters matches it (MQTT '+' = exactly one level)
+        assert any(
+            len(f.split("/")) == len(topic.split("/"))
+            and all(a in ("+", b) for a, b in zip(f.split("/"), topic.split("/"), strict=True))
+            for f in filters
+        )
