@@ -40,10 +40,20 @@ def default_data_dir() -> Path:
     return Path(base) / "rallycast"
 
 
+# A club's tables are numbered 1..MAX_TABLES (scorer/topics.py puts them in topics).
+MAX_TABLES = 64
+
+
 @dataclass(frozen=True)
 class Club:
+    """A club: its id (the MQTT user and topic level), a display name, how many tables it plays
+    on (1..MAX_TABLES) and optional table names (``table_names[0]`` names table 1; missing or
+    empty names read "Table <n>")."""
+
     id: str
     name: str = ""
+    tables: int = 1
+    table_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not CLUB_ID_RE.fullmatch(self.id):
@@ -52,6 +62,31 @@ class Club:
             )
         if not self.name:
             object.__setattr__(self, "name", self.id)
+        tables = self.tables
+        if isinstance(tables, bool) or not isinstance(tables, int) or not 1 <= tables <= MAX_TABLES:
+            raise ConfigError(
+                f"club {self.id!r}: tables = {tables!r} is not valid: use a whole number "
+                f"1-{MAX_TABLES}"
+            )
+        names = self.table_names
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+            raise ConfigError(f"club {self.id!r}: table_names must be a list of strings")
+        if len(names) > tables:
+            raise ConfigError(
+                f"club {self.id!r}: {len(names)} table_names for {tables} tables: "
+                "give at most one name per table"
+            )
+        if any(len(n) > 40 or not n.isprintable() for n in names):
+            raise ConfigError(
+                f"club {self.id!r}: each table name must be at most 40 printable characters"
+            )
+        object.__setattr__(self, "table_names", tuple(n.strip() for n in names))
+
+    def table_name(self, table: int) -> str:
+        """The name shown for table ``table`` (1-based): its configured name or "Table <n>"."""
+        if 1 <= table <= len(self.table_names) and self.table_names[table - 1]:
+            return self.table_names[table - 1]
+        return f"Table {table}"
 
 
 @dataclass(frozen=True)
@@ -153,7 +188,7 @@ INT_RANGES: dict[str, tuple[int, int | None]] = {
     "max_payload_bytes": (0, MQTT_MAX_PAYLOAD),  # 0 = no limit
     "max_queued_messages": (1, None),
 }
-CLUB_KEYS = ("id", "name")
+CLUB_KEYS = ("id", "name", "tables", "table_names")
 HOST_RE = re.compile(r"^[A-Za-z0-9.:_%\[\]-]*$")
 
 
@@ -219,7 +254,7 @@ def _clubs(value: Any, from_text: bool) -> tuple[Club, ...]:
         club_id, name = entry["id"], entry.get("name", "")
         if not isinstance(club_id, str) or not isinstance(name, str):
             raise ValueError(f"club #{number}: id and name must be strings (in quotes)")
-        clubs.append(Club(club_id, name))
+        clubs.append(Club(club_id, name, entry.get("tables", 1), entry.get("table_names", ())))
     return tuple(clubs)
 
 

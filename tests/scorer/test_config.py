@@ -144,6 +144,14 @@ OUT_OF_RANGE = {
         "[{id = 'a', nmae = 'b'}]",
         "[{id = 'a'}, {id = 'a'}]",
         "[{id = 'rallycast-service'}]",
+        "[{id = 'a', tables = 0}]",
+        "[{id = 'a', tables = 65}]",
+        "[{id = 'a', tables = '2'}]",
+        "[{id = 'a', tables = true}]",
+        "[{id = 'a', tables = 2, table_names = ['x', 'y', 'z']}]",
+        "[{id = 'a', tables = 2, table_names = 'x'}]",
+        "[{id = 'a', tables = 2, table_names = [5]}]",
+        "[{id = 'a', table_names = ['" + "x" * 41 + "']}]",
     ],
     "boards": ["5", "'x'", "{a = 1}"],
     "buttons": ["5", "[1]", "'x'"],
@@ -294,3 +302,16 @@ def test_the_reserved_club_id_is_the_configured_service_user():
     assert [club.id for club in settings.clubs] == ["rallycast-service"]
     with pytest.raises(ConfigError, match="'svc' is reserved"):
         load_settings(env={"RALLYCAST_SERVICE_USER": "svc", "RALLYCAST_CLUBS": "svc"})
+
+
+def test_a_club_has_tables_with_names_or_numbers(tmp_path: Path):
+    config = tmp_path / "rallycast.toml"
+    config.write_text(
+        '[[clubs]]\nid = "riverside"\ntables = 4\ntable_names = ["Centre court", ""]\n'
+        '[[clubs]]\nid = "hill"\n'
+    )
+    riverside, hill = load_settings(config, env={}).clubs
+    assert riverside.tables == 4 and hill.tables == 1
+    names = [riverside.table_name(n) for n in range(1, 5)]
+    assert names == ["Centre court", "Table 2", "Table 3", "Table 4"]
+    assert hill.table_name(1) == "Table 1"
