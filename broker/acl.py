@@ -3,22 +3,30 @@ plugin that enforces them (authentication + topic checks in one lean plugin).
 
 Roles (identical to mosquitto.acl, which expresses the same table for a real mosquitto):
 
-- anonymous (no user name): spectators. Read ``clubs/+/game``, ``clubs/+/game/events``,
-  ``rallycast/status/#``. Publish nothing.
+Each rule on a club's game topics comes twice: for table 1 (``clubs/<id>/game...``) and for
+its other tables (``clubs/<id>/tables/+/game...``, scorer/topics.py); "the game topics" below
+means both.
+
+- anonymous (no user name): spectators. Read every club's game snapshots and events
+  (``clubs/+/game``, ``clubs/+/game/events``, ``clubs/+/tables/+/game``,
+  ``clubs/+/tables/+/game/events``) and ``rallycast/status/#``. Publish nothing.
 - a club's scorer user, named after the club id (user ``riverside`` = club ``riverside``):
-  write ``clubs/<id>/game/cmd``; read ``clubs/<id>/game``, ``.../reply``, ``.../events``,
-  ``rallycast/status/#``; read+write its own button boards' device topics,
+  write the ``.../cmd`` of every table of its club; read their snapshots, ``.../reply`` and
+  ``.../events``, and ``rallycast/status/#``; read+write its own button boards' device topics,
   ``<root>/<id>/#`` for each root of ``scorer.topics.DEVICE_ROOTS`` (``stat/<id>/#``, ...).
-- the service user (``Settings.service_user``): read ``clubs/+/game/cmd``, ``clubs/+/game``;
-  write ``clubs/+/game``, ``.../reply``, ``.../events``, ``rallycast/status/#``. No device
+  Nothing of another club.
+- the service user (``Settings.service_user``): read every table's ``.../cmd`` and snapshot;
+  write snapshots, ``.../reply``, ``.../events``, ``rallycast/status/#``. No device
   topics: button boards are read by ``rallycast buttons``, logged in as the club's user.
 - any other named user: authenticated, but no rights (on mosquitto it gets what the ACL
   file's ``pattern`` lines give every named user: see docs/broker.md).
 
 The club level (level 1) of a ``clubs/...`` topic or a device topic must be a valid club id
 (``[a-z0-9-]{1,64}``); in a subscription it may also be ``+`` where the role reads every club
-(spectators, the service). ``#``, an empty level or any other text there is refused. mosquitto's
-ACL file cannot check the syntax of a level, so on mosquitto only the role table holds
+(spectators, the service). ``#``, an empty level or any other text there is refused. Likewise
+the table level of ``clubs/<id>/tables/<n>/...`` must be a table number 2..64 without leading
+zeros (table 1 has no ``tables/1`` topic), or ``+`` in a subscription. mosquitto's ACL file
+cannot check the syntax of a level, so on mosquitto only the role table holds
 (docs/broker.md).
 """
 
@@ -57,7 +65,7 @@ from broker.tokens import (
     tokens_path,
 )
 from scorer.config import CLUB_ID_RE
-from scorer.topics import DEVICE_ACL_PATTERNS, DEVICE_ROOTS
+from scorer.topics import DEVICE_ACL_PATTERNS, DEVICE_ROOTS, TABLES_LEVEL, BadTable, check_table
 
 log = logging.getLogger("rallycast.broker.acl")
 
@@ -76,13 +84,21 @@ RULES: dict[Role, tuple[tuple[str, str], ...]] = {
     Role.ANONYMOUS: (
         (READ, "clubs/+/game"),
         (READ, "clubs/+/game/events"),
+        (READ, "clubs/+/tables/+/game"),
+        (READ, "clubs/+/tables/+/game/events"),
         (READ, "rallycast/status/#"),
     ),
     Role.CLUB: (
+        # Every table of its own club: table 1 on clubs/<club>/game, table n on
+        # clubs/<club>/tables/<n>/game (scorer/topics.py; issue 12).
         (WRITE, "clubs/%u/game/cmd"),
         (READ, "clubs/%u/game"),
         (READ, "clubs/%u/game/reply"),
         (READ, "clubs/%u/game/events"),
+        (WRITE, "clubs/%u/tables/+/game/cmd"),
+        (READ, "clubs/%u/tables/+/game"),
+        (READ, "clubs/%u/tables/+/game/reply"),
+        (READ, "clubs/%u/tables/+/game/events"),
         (READ, "rallycast/status/#"),
         # Its own button boards only: <root>/<club>/# (scorer/topics.py; issue 9).
         *((READWRITE, device) for device in DEVICE_ACL_PATTERNS),
@@ -92,6 +108,10 @@ RULES: dict[Role, tuple[tuple[str, str], ...]] = {
         (READWRITE, "clubs/+/game"),
         (WRITE, "clubs/+/game/reply"),
         (WRITE, "clubs/+/game/events"),
+        (READ, "clubs/+/tables/+/game/cmd"),
+        (READWRITE, "clubs/+/tables/+/game"),
+        (WRITE, "clubs/+/tables/+/game/reply"),
+        (WRITE, "clubs/+/tables/+/game/events"),
         (WRITE, "rallycast/status/#"),
         # The liveness probe comes back to the service the way commands do (docs/protocol.md).
         (READ, "rallycast/status/scorer/probe/#"),
@@ -110,12 +130,24 @@ def role_of(user: str | None, service_user: str) -> Role:
     return Role.NONE
 
 
-def _level_ok(pattern_level: str, level: str, club_position: bool, is_filter: bool) -> bool:
+def _is_table_level(level: str) -> bool:
+    """A table of the ``clubs/<id>/tables/<n>`` scheme: 2..64, written without leading zeros."""
+    try:
+        return check_table(level) >= 2 and level == str(int(level))
+    except BadTable:
+        return False
+
+
+def _level_ok(
+    pattern_level: str, level: str, club_position: bool, table_position: bool, is_filter: bool
+) -> bool:
     if pattern_level == "+":
         if level == "+":
             return is_filter  # a '+' only covers a '+' in a subscription
         if club_position:
             return bool(CLUB_ID_RE.fullmatch(level))
+        if table_position:
+            return _is_table_level(level)
         return level != "#"
     if club_position and not CLUB_ID_RE.fullmatch(level):
         return False
@@ -129,16 +161,20 @@ CLUB_ROOTS = frozenset(("clubs", *DEVICE_ROOTS))
 def covers(pattern: str, topic: str, *, is_filter: bool) -> bool:
     """Does ``pattern`` grant ``topic`` (a topic name, or a subscription filter that must be
     a subset of the pattern)? Level 1 of ``clubs/...`` and of a device root (``stat/...``) must
-    be a club id (or ``+``)."""
+    be a club id (or ``+``); level 3 of ``clubs/<id>/tables/...`` a table number 2..64 (or
+    ``+``)."""
     wanted = pattern.split("/")
     asked = topic.split("/")
     clubs = wanted[0] in CLUB_ROOTS
+    tables = wanted[0] == "clubs" and len(wanted) > 3 and wanted[2] == TABLES_LEVEL
     for index, pattern_level in enumerate(wanted):
         if pattern_level == "#":
             return True  # '#' also covers its parent level, as in MQTT matching
         if index >= len(asked):
             return False
-        if not _level_ok(pattern_level, asked[index], clubs and index == 1, is_filter):
+        if not _level_ok(
+            pattern_level, asked[index], clubs and index == 1, tables and index == 3, is_filter
+        ):
             return False
     return len(asked) == len(wanted)
 

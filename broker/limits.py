@@ -617,11 +617,12 @@ def client_id_refusal(
 
 # -- command topics --------------------------------------------------------------------------
 
-_COMMAND_TOPIC = re.compile(r"^clubs/[^/]+/game/cmd$")
+_COMMAND_TOPIC = re.compile(r"^clubs/[^/]+/(?:tables/[^/]+/)?game/cmd$")
 
 
 def is_command_topic(topic: str) -> bool:
-    """``clubs/<club>/game/cmd``: a retained command would replay on every restart."""
+    """``clubs/<club>/game/cmd`` or a table's ``clubs/<club>/tables/<n>/game/cmd``: a retained
+    command would replay on every restart."""
     return bool(_COMMAND_TOPIC.match(topic))
 
 

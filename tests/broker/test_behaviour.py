@@ -305,6 +305,92 @@ def test_club_user_reads_its_own_club_but_not_another(any_broker):
     snooper.assert_nothing(GRACE)
 
 
+# -- tables (issue 12): table n >= 2 on clubs/<club>/tables/<n>/game[/cmd|/reply|/events] ----
+
+
+def test_club_user_commands_and_reads_every_table_of_its_club(any_broker):
+    service = any_broker.recorder(
+        ["clubs/+/game/cmd", "clubs/+/tables/+/game/cmd"], user=any_broker.service_user
+    )
+    alpha = any_broker.recorder(
+        ["clubs/alpha/tables/+/game", "clubs/alpha/tables/+/game/reply"]
+        + ["clubs/alpha/tables/+/game/events"],
+        user="alpha",
+    )
+    assert all(code in (0, 1) for code in alpha.granted)
+    for table in (2, 64):
+        publish(alpha.client, f"clubs/alpha/tables/{table}/game/cmd", f"cmd-{table}".encode())
+        message = service.wait_for(lambda m, t=table: m.payload == f"cmd-{t}".encode())
+        assert (message.topic, message.retain) == (f"clubs/alpha/tables/{table}/game/cmd", False)
+    for suffix in ("", "/reply", "/events"):
+        topic = f"clubs/alpha/tables/2/game{suffix}"
+        publish(service.client, topic, topic.encode(), retain=not suffix)
+        alpha.wait_for(lambda m, t=topic: m.topic == t and m.payload == t.encode())
+
+
+def test_club_user_cannot_command_read_or_forge_another_clubs_tables(any_broker):
+    service = any_broker.recorder(
+        ["clubs/+/tables/+/game/cmd", "clubs/+/tables/+/game"], user=any_broker.service_user
+    )
+    alpha = any_broker.client("alpha")
+    publish(alpha, "clubs/beta/tables/2/game/cmd", b"cross-club table 2")
+    publish(alpha, "clubs/alpha/tables/2/game", b"forged snapshot", retain=True)
+    publish(alpha, "clubs/beta/tables/2/game", b"forged other club", retain=True)
+    publish(alpha, "clubs/alpha/tables/2/game/cmd", b"sentinel")
+    only_sentinel_arrives(service, b"sentinel")
+    snooper = any_broker.recorder(
+        ["clubs/beta/tables/2/game", "clubs/beta/tables/2/game/reply"]
+        + ["clubs/beta/tables/+/game/events"],
+        user="alpha",
+    )
+    if any_broker.kind == "amqtt":
+        assert snooper.granted == [128, 128, 128]
+    writer = any_broker.client(any_broker.service_user)
+    publish(writer, "clubs/beta/tables/2/game", b"beta-snap", retain=True)
+    publish(writer, "clubs/beta/tables/2/game/reply", b"beta-reply")
+    publish(writer, "clubs/beta/tables/2/game/events", b"beta-event")
+    beta = any_broker.recorder(["clubs/beta/tables/2/game"], user="beta")
+    beta.wait_for(lambda m: m.payload == b"beta-snap")
+    snooper.assert_nothing(GRACE)
+
+
+def test_club_user_cannot_forge_its_own_tables_replies_or_events(any_broker):
+    alpha = any_broker.recorder(
+        ["clubs/alpha/tables/2/game/reply", "clubs/alpha/tables/2/game/events"], user="alpha"
+    )
+    forger = any_broker.client("alpha")
+    publish(forger, "clubs/alpha/tables/2/game/reply", b"forged reply")
+    publish(forger, "clubs/alpha/tables/2/game/events", b"forged event")
+    publish(any_broker.client(any_broker.service_user), "clubs/alpha/tables/2/game/events",
+            b"sentinel")  # fmt: skip
+    alpha.wait_for(lambda m: m.payload == b"sentinel")
+    time.sleep(GRACE)
+    assert [m.payload for m in alpha.messages] == [b"sentinel"]
+
+
+def test_spectator_follows_every_table_with_two_subscriptions_and_reads_no_commands(any_broker):
+    spectator = any_broker.recorder(
+        ["clubs/alpha/game", "clubs/alpha/tables/+/game", "clubs/alpha/tables/+/game/events"]
+        + ["clubs/alpha/tables/+/game/cmd", "clubs/alpha/tables/+/game/reply"]
+    )
+    if any_broker.kind == "amqtt":
+        assert spectator.granted[3:] == [128, 128]
+    service = any_broker.client(any_broker.service_user)
+    for table in (1, 2, 3):
+        topic = "clubs/alpha/game" if table == 1 else f"clubs/alpha/tables/{table}/game"
+        publish(service, topic, f"snap-{table}".encode(), retain=True)
+    publish(any_broker.client("alpha"), "clubs/alpha/tables/2/game/cmd", b"cmd")
+    publish(service, "clubs/alpha/tables/2/game/reply", b"reply")
+    publish(service, "clubs/alpha/tables/2/game/events", b"event-2")
+    publish(any_broker.client(None), "clubs/alpha/tables/2/game", b"forged", retain=True)
+    for payload in (b"snap-1", b"snap-2", b"snap-3", b"event-2"):
+        spectator.wait_for(lambda m, p=payload: m.payload == p)
+    time.sleep(GRACE)
+    assert sorted(m.payload for m in spectator.messages) == [
+        b"event-2", b"snap-1", b"snap-2", b"snap-3"
+    ]  # fmt: skip
+
+
 # Each club's boards use their own device topics, <root>/<club>/#
 # (tests/broker/test_device_topics.py has the cross-club cases).
 DEVICE_FILTERS = ["tele/#", "stat/#", "cmnd/#", "zigbee2mqtt/#", "shellies/#", "boards/#"]

@@ -694,6 +694,8 @@ def test_command_topics():
     assert is_command_topic("clubs/alpha/game/cmd")
     assert not is_command_topic("clubs/alpha/game")
     assert not is_command_topic("clubs/alpha/game/cmd/x")
+    assert is_command_topic("clubs/alpha/tables/2/game/cmd")  # a table's commands (issue 12)
+    assert not is_command_topic("clubs/alpha/tables/2/game")
 
 
 # -- 9. the benchmark -------------------------------------------------------------------------
