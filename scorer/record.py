@@ -10,8 +10,9 @@ match, indexed for the pages' reads. It is rebuilt from the logs at any time
 ``rallycast export`` commands; the pages open both files read-only (``mode=ro``; WAL lets
 them read while the service writes).
 
-A ``table`` column is there for clubs with several tables (NULL until the service knows
-tables); pages show it where it is set.
+``table_id`` is the number of the club's table the match was played on ("1", "2", ...; the
+store's ``matches.table_no``); NULL for rows summarized from a store written before tables
+(those were all table 1). Pages name it with ``Club.table_name(int(table_id))``.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS results (
     match_id TEXT PRIMARY KEY,
     club_id TEXT NOT NULL,
-    table_id TEXT,                 -- NULL: the club's one table
+    table_id TEXT,                 -- the table number as text; NULL: before tables (table 1)
     status TEXT NOT NULL,          -- finished | abandoned | open (not ended: not listed)
     started_at REAL NOT NULL,
     ended_at REAL,
@@ -205,6 +206,22 @@ class RecordReader:
             ).fetchone()
         return _row(row) if row else None
 
+    def table_of(self, match_id: str) -> int | None:
+        """The club's table the match was played on, from the service's store; None when
+        the store does not say (no such match, or a store from before tables)."""
+        if not self.store_path.exists():
+            return None
+        db = _connect_ro(self.store_path)
+        try:
+            row = db.execute(
+                "SELECT table_no FROM matches WHERE match_id = ?", (match_id,)
+            ).fetchone()
+        except sqlite3.OperationalError:  # no table_no column: the service migrates it
+            return None
+        finally:
+            db.close()
+        return int(row[0]) if row and row[0] is not None else None
+
     def log(self, match_id: str) -> list[dict[str, Any]]:
         """The match's log from the service's store (read-only)."""
         if not self.store_path.exists():
@@ -307,19 +324,20 @@ class RecordWriter:
         except Refused:
             return None
         status = stats["status"] if stats["status"] in ENDED_STATUSES else "open"
-        self._put(club_id, stats, status)
+        table = self.reader.table_of(match_id)
+        self._put(club_id, stats, status, None if table is None else str(table))
         return status
 
-    def _put(self, club_id: str, stats: dict[str, Any], status: str) -> None:
+    def _put(self, club_id: str, stats: dict[str, Any], status: str, table: str | None) -> None:
         games = [game["score"] for game in stats["games"]]
         ended = stats["ended_at"]
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.execute(
-                "INSERT OR REPLACE INTO results VALUES (?, ?, NULL, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
+                "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, "
                 "?, ?)",
                 (
-                    stats["match_id"], club_id, status, stats["started_at"], ended,
+                    stats["match_id"], club_id, table, status, stats["started_at"], ended,
                     stats["players"][0], stats["players"][1], int(stats["doubles"]),
                     stats["best_of"], stats["games_won"][0], stats["games_won"][1],
                     stats["winner"], json.dumps(games), stats["duration_s"],

@@ -1,8 +1,11 @@
 """The scorer service (``rallycast scorer``): the one authority for every club's score.
 
-It takes commands from ``clubs/<club>/game/cmd``, applies them through the rules engine in the
+It takes commands from each table of each club (``clubs/<club>/game/cmd`` for table 1,
+``clubs/<club>/tables/<n>/game/cmd`` for table n), applies them through the rules engine in the
 order they arrive, keeps each accepted command in the match store (SQLite, before anything is
-published), and publishes the retained snapshot, an event and a reply. See docs/protocol.md.
+published), and publishes the table's retained snapshot, an event and a reply. Each table has
+its own current match; command ids are applied at most once per club, across its tables. See
+docs/protocol.md.
 
 paho runs the network in its own thread and calls ``on_message`` there one message at a time,
 so commands are applied strictly in arrival order without further locking.
@@ -33,7 +36,7 @@ import paho.mqtt.client as mqtt
 
 from scorer import topics
 from scorer.client import BrokerAddress, Failover, join_urls, make_client, resolve_address
-from scorer.config import Settings, load_settings
+from scorer.config import Club, Settings, load_settings
 from scorer.engine import ENDED_STATUSES, Match, Refused, check_command_id, parse_command
 from scorer.logs import setup_logging
 from scorer.record_hooks import RecordHooks
@@ -221,6 +224,34 @@ class ClubMatch:
         return self.match.rev
 
 
+# Where a match is played: (club id, table number 1..64).
+Slot = tuple[str, int]
+
+
+def _slot(key: str | Slot) -> Slot:
+    return (key, 1) if isinstance(key, str) else key
+
+
+class TableMatches(dict[Slot, ClubMatch]):
+    """The current match of each (club, table). A bare club id stands for the club's table 1,
+    so ``matches["riverside"]`` is what it was before clubs had tables."""
+
+    def __getitem__(self, key: str | Slot) -> ClubMatch:  # type: ignore[override]
+        return super().__getitem__(_slot(key))
+
+    def __setitem__(self, key: str | Slot, value: ClubMatch) -> None:  # type: ignore[override]
+        super().__setitem__(_slot(key), value)
+
+    def __delitem__(self, key: str | Slot) -> None:  # type: ignore[override]
+        super().__delitem__(_slot(key))
+
+    def __contains__(self, key: object) -> bool:
+        return super().__contains__(_slot(key) if isinstance(key, str) else key)
+
+    def get(self, key: str | Slot, default: Any = None) -> Any:  # type: ignore[override]
+        return super().get(_slot(key), default)
+
+
 class ScorerService:
     """Run with ``start()`` / ``stop()``; the MQTT work happens in paho's thread."""
 
@@ -241,12 +272,13 @@ class ScorerService:
             password=address.password or read_service_secret(settings.data_dir),
         )
         self.clock = clock
-        self.matches: dict[str, ClubMatch] = {}
+        self.matches = TableMatches()
         self.connected = threading.Event()
-        # Per club: command id key -> the reply it got (accepted ones are also in the store).
+        # Per club (all its tables): command id key -> the reply it got (accepted ones are
+        # also in the store).
         self._replies: dict[str, OrderedDict[str, dict[str, Any]]] = {}
         self._refusals: dict[str, OrderedDict[str, dict[str, Any]]] = {}
-        self._retained_logged: OrderedDict[tuple[str, bytes], None] = OrderedDict()
+        self._retained_logged: OrderedDict[tuple[str, int, bytes], None] = OrderedDict()
         self._probe_topic: str | None = None
         self._probe_enabled = False
         self._probe_ever_back = False
@@ -369,22 +401,24 @@ class ScorerService:
             self._lock_file = None
 
     def _recover(self) -> None:
-        """Rebuild each club's current match from its stored log."""
+        """Rebuild each table's current match from its stored log."""
         assert self._store is not None
         for stored in self._store.current_matches():
             try:
                 match = Match.from_log(stored.match_id, stored.log)
             except Exception:  # a log the engine no longer accepts must not stop the others
                 log.exception(
-                    "club %s: cannot rebuild match %s from the store; it is not served",
+                    "club %s table %d: cannot rebuild match %s from the store; it is not served",
                     stored.club_id,
+                    stored.table,
                     stored.match_id,
                 )
                 continue
-            self.matches[stored.club_id] = ClubMatch(stored.match_id, match)
+            self.matches[stored.club_id, stored.table] = ClubMatch(stored.match_id, match)
             log.info(
-                "club %s: match %s restored at rev %d",
+                "club %s table %d: match %s restored at rev %d",
                 stored.club_id,
+                stored.table,
                 stored.match_id,
                 len(stored.log),
             )
@@ -397,17 +431,24 @@ class ScorerService:
             return
         where = self._failover.url() if self._failover is not None else self.address.url()
         log.info("connected to %s (session present: %s)", where, flags.session_present)
-        # Retained snapshots of clubs/+/game are compared with the store for a few seconds:
+        # Retained snapshots of every table are compared with the store for a few seconds:
         # a crashed instance may have left one that the store does not back.
         self._reconcile_until = time.monotonic() + RECONCILE_SECONDS
         self._games_unsubscribed = False
         with self._probe_lock:
             self._probe_sent.clear()
+        # Table 1's filters first and the probe third (as before tables); the tables' after.
         self._subscribe_mid = client.subscribe(
-            [(topics.ALL_COMMANDS, 1), (topics.ALL_GAMES, 1), (self._probe_topic, 1)]
+            [
+                (topics.ALL_COMMANDS, 1),
+                (topics.ALL_GAMES, 1),
+                (self._probe_topic, 1),
+                (topics.ALL_TABLE_COMMANDS, 1),
+                (topics.ALL_TABLE_GAMES, 1),
+            ]
         )[1]
-        for club_id, current in sorted(self.matches.items()):
-            self._publish_snapshot(club_id, current)
+        for (club_id, table), current in sorted(self.matches.items()):
+            self._publish_snapshot(club_id, current, table)
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
         # "Connected" means commands reach us: only once the broker has granted the filters.
@@ -420,6 +461,14 @@ class ScorerService:
         # commands the broker sent first: the comparison window starts now.
         self._reconcile_until = time.monotonic() + RECONCILE_SECONDS
         self._probe_enabled = len(reason_codes) > 2 and not reason_codes[2].is_failure
+        if any(code.is_failure for code in reason_codes[3:5]):
+            log.error(
+                "the broker refused the tables' filters %s and %s (%s): only table 1 of each "
+                "club is served (grant the service read on clubs/+/tables/+/game/#)",
+                topics.ALL_TABLE_COMMANDS,
+                topics.ALL_TABLE_GAMES,
+                reason_codes[3:5],
+            )
         if not self._probe_enabled:
             log.warning(
                 "the broker refused the probe topic %s: the status says online while "
@@ -498,8 +547,8 @@ class ScorerService:
         if self.connected.is_set() and not self._store_failing:
             self._set_status("online")
 
-    def _log_retained_once(self, club_id: str, payload: bytes) -> None:
-        key = (club_id, payload[:256])
+    def _log_retained_once(self, club_id: str, table: int, payload: bytes) -> None:
+        key = (club_id, table, payload[:256])
         if key in self._retained_logged:
             return
         self._retained_logged[key] = None
@@ -510,7 +559,7 @@ class ScorerService:
             "with: mosquitto_pub -r -n -t %s)",
             club_id,
             payload[:80],
-            topics.commands(club_id),
+            topics.commands(club_id, table),
         )
 
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
@@ -518,42 +567,54 @@ class ScorerService:
             if message.topic == self._probe_topic:
                 self._probe_back(message.payload)
                 return
-            parts = message.topic.split("/")
-            club_id = topics.club_of(message.topic)
-            if club_id is None:
+            found = topics.table_of(message.topic)
+            if found is None:
                 log.warning("ignored a message on %r: not a valid club topic", message.topic)
-            elif len(parts) == 4 and parts[3] == "cmd":
+                return
+            club_id, table, suffix = found
+            if suffix == "cmd":
                 if message.retain:
-                    self._log_retained_once(club_id, message.payload)
+                    self._log_retained_once(club_id, table, message.payload)
                 try:
                     reply = self.handle_command(
-                        club_id, message.payload, retain=bool(message.retain)
+                        club_id, message.payload, retain=bool(message.retain), table=table
                     )
                 except Exception:  # a bug of ours: say so to the sender, keep serving
-                    log.exception("club %s: error while handling a command", club_id)
+                    log.exception(
+                        "club %s table %d: error while handling a command", club_id, table
+                    )
                     reply = self._refuse(
-                        club_id, None, "internal error in the scorer service", "internal_error"
+                        club_id,
+                        None,
+                        "internal error in the scorer service",
+                        "internal_error",
+                        on_table=table,
                     )
                 if reply is not None:
-                    client.publish(topics.replies(club_id), _dumps(reply), qos=1)
-            elif len(parts) == 3:
-                self._reconcile(club_id, message)
+                    client.publish(topics.replies(club_id, table), _dumps(reply), qos=1)
+            elif suffix == "":
+                self._reconcile(club_id, message, table)
         except Exception:  # nothing a client sends may stop the service
             log.exception("error while handling a message on %r", message.topic)
 
     # -- commands ---------------------------------------------------------------------------
 
-    def handle_command(
-        self, club_id: str, payload: bytes, *, retain: bool = False
-    ) -> dict[str, Any] | None:
-        """Apply one command from the club's command topic; publish what changed; return the
-        reply (docs/protocol.md: ``{"id", "ok", "error", "code", "params", "rev",
-        "match_id"}``), or None when nothing is to be answered (a retained command the
-        service has already answered).
+    def club(self, club_id: str) -> Club:
+        """The club's configuration; a club that is not configured has one table."""
+        return self.settings.club(club_id) or Club(club_id)
 
-        Laws kept here: an id is applied at most once per club (across matches and
-        restarts: the store's command index); nothing changes in memory before the store
-        has committed; a refusal changes nothing."""
+    def handle_command(
+        self, club_id: str, payload: bytes, *, retain: bool = False, table: int = 1
+    ) -> dict[str, Any] | None:
+        """Apply one command from the command topic of the club's ``table``; publish what
+        changed; return the reply (docs/protocol.md: ``{"id", "ok", "error", "code",
+        "params", "rev", "match_id", "table"}``), or None when nothing is to be answered (a
+        retained command the service has already answered).
+
+        Laws kept here: an id is applied at most once per club, whichever of its tables it
+        came on (across matches and restarts: the store's command index); nothing changes
+        in memory before the store has committed; a refusal changes nothing; a table beyond
+        the club's configured ``tables`` is refused (``no_such_table``)."""
         limit = self.settings.max_payload_bytes
         if limit and len(payload) > limit:  # 0: no limit (as for the broker)
             return self._refuse(
@@ -561,13 +622,16 @@ class ScorerService:
                 None,
                 f"the command is too large ({len(payload)} bytes; limit {limit})",
                 "too_large",
+                on_table=table,
                 size=len(payload),
                 limit=limit,
             )
         try:
             text = payload.decode("utf-8")
         except UnicodeDecodeError:
-            return self._refuse(club_id, None, "the command is not UTF-8 text", "bad_command")
+            return self._refuse(
+                club_id, None, "the command is not UTF-8 text", "bad_command", on_table=table
+            )
         raw: str | dict[str, Any] = text
         self._fingerprint = None
         command_id: str | int | None = None
@@ -577,11 +641,19 @@ class ScorerService:
                 decoded = json.loads(text, parse_constant=_no_constant)
             except RecursionError:
                 return self._refuse(
-                    club_id, None, "the command is not valid JSON (nested too deep)", "bad_command"
+                    club_id,
+                    None,
+                    "the command is not valid JSON (nested too deep)",
+                    "bad_command",
+                    on_table=table,
                 )
             except ValueError as exc:
                 return self._refuse(
-                    club_id, None, f"the command is not valid JSON ({exc})", "bad_command"
+                    club_id,
+                    None,
+                    f"the command is not valid JSON ({exc})",
+                    "bad_command",
+                    on_table=table,
                 )
             bad_text = _invalid_unicode(decoded)
             if bad_text is not None:
@@ -591,10 +663,15 @@ class ScorerService:
                     f"the command contains text that is not valid Unicode ({bad_text}): "
                     "send UTF-8 text without lone surrogates",
                     "bad_command",
+                    on_table=table,
                 )
             if isinstance(decoded, dict):
                 decoded = dict(decoded)
-                self._fingerprint = _fingerprint(decoded)
+                # Table 1 keeps the fingerprints stored before tables; on another table the
+                # same command under the same id is another press (id_reused), not a resend.
+                self._fingerprint = _fingerprint(
+                    decoded if table == 1 else {"table": table, "command": decoded}
+                )
                 try:
                     command_id = check_command_id(decoded.get("id"))
                 except Refused:  # no usable id: the reply carries none
@@ -607,10 +684,29 @@ class ScorerService:
                             command_id,
                             '"match" must be a match id (a string of 1 to 128 characters)',
                             "bad_command",
+                            on_table=table,
                         )
                 raw = decoded
+        is_delete = (
+            isinstance(raw, dict)
+            and isinstance(raw.get("cmd"), str)
+            and raw["cmd"] in DELETE_COMMANDS
+        )
+        tables = self.club(club_id).tables
+        # A match left on a table the configuration no longer has can still be deleted.
+        if table > tables and not (is_delete and (club_id, table) in self.matches):
+            return self._refuse(
+                club_id,
+                command_id,
+                f"club {club_id} has no table {table} (it has {tables}): send to tables "
+                f"1-{tables}, or configure more tables",
+                "no_such_table",
+                on_table=table,
+                table=table,
+                tables=tables,
+            )
         if command_id is not None:
-            earlier = self._earlier_reply(club_id, command_id)
+            earlier = self._earlier_reply(club_id, command_id, table)
             if earlier is not None:  # a resent command: nothing changes, same answer
                 if retain:
                     return None
@@ -623,13 +719,11 @@ class ScorerService:
                 "restart): publish commands without the retain flag, and clear this one "
                 "with an empty retained message on the command topic",
                 "retained_command",
+                on_table=table,
             )
-        if (
-            isinstance(raw, dict)
-            and isinstance(raw.get("cmd"), str)
-            and raw["cmd"] in DELETE_COMMANDS
-        ):
-            return self._delete(club_id, raw, command_id, wanted_match)
+        if is_delete:
+            assert isinstance(raw, dict)
+            return self._delete(club_id, raw, command_id, wanted_match, table)
         try:
             command = parse_command(raw)
         except Refused as exc:
@@ -639,10 +733,11 @@ class ScorerService:
                 command_id,
                 str(exc),
                 "bad_command" if code == "refused" else code,
+                on_table=table,
                 **getattr(exc, "params", {}),
             )
         command_id = command.get("id")
-        current = self.matches.get(club_id)
+        current = self.matches.get((club_id, table))
         if wanted_match is not None and (current is None or current.match_id != wanted_match):
             return self._refuse(
                 club_id,
@@ -650,6 +745,7 @@ class ScorerService:
                 f"the command is for match {wanted_match}, but "
                 + (f"match {current.match_id} is current" if current else "no match is current"),
                 "wrong_match",
+                on_table=table,
                 match=wanted_match,
             )
         if command.get("cmd") == "start" and (
@@ -657,16 +753,18 @@ class ScorerService:
             or current.match.status in ENDED_STATUSES
             or command.get("force") is True
         ):
-            return self._start_new_match(club_id, command, command_id)
+            return self._start_new_match(club_id, command, command_id, table)
         if current is None:
             # Remembered: a resend of this id after the next match has started must not
             # score in it (the press was made for no match).
             return self._remember_refusal(
                 club_id,
                 command_id,
-                self._refuse(club_id, command_id, "no match: start one first", "no_match"),
+                self._refuse(
+                    club_id, command_id, "no match: start one first", "no_match", on_table=table
+                ),
             )
-        # The new match is computed on a copy; the club's match changes only once the
+        # The new match is computed on a copy; the table's match changes only once the
         # store has committed the command (a failure leaves memory and store as they were).
         trial = fork(current.match)
         try:
@@ -680,12 +778,13 @@ class ScorerService:
                     command_id,
                     str(exc),
                     getattr(exc, "code", "refused"),
+                    on_table=table,
                     **getattr(exc, "params", {}),
                 ),
             )
         if outcome.duplicate:  # (caught above already; kept in case the engine knows more)
-            return self._reply(command_id, trial.rev, current.match_id)
-        reply = self._reply(command_id, trial.rev, current.match_id)
+            return self._reply(command_id, trial.rev, current.match_id, table)
+        reply = self._reply(command_id, trial.rev, current.match_id, table)
         try:
             self._require_store().append(
                 current.match_id,
@@ -696,27 +795,33 @@ class ScorerService:
                 reply=self._with_fingerprint(reply),
             )
         except StoreError as exc:
-            return self._store_failed(club_id, command_id, exc)
+            return self._store_failed(club_id, command_id, exc, table)
         self._store_works()
         was_ended = current.match.status in ENDED_STATUSES
         current.match = trial
         self._remember_reply(club_id, command_id, reply)
-        self._publish_change(club_id, current, outcome.snapshot, outcome.event)
+        self._publish_change(club_id, table, outcome.snapshot, outcome.event)
         if self._record is not None and (was_ended or trial.status in ENDED_STATUSES):
             # The record and the webhooks (queued; never blocks: scorer/record_hooks.py).
             self._record.match_changed(
                 club_id, current.match_id, ended=not was_ended and trial.status in ENDED_STATUSES
             )
-        log.debug("club %s: accepted %s -> rev %d", club_id, command.get("cmd"), current.rev)
+        log.debug(
+            "club %s table %d: accepted %s -> rev %d",
+            club_id,
+            table,
+            command.get("cmd"),
+            current.rev,
+        )
         return reply
 
     def _start_new_match(
-        self, club_id: str, command: dict[str, Any], command_id: str | int | None
+        self, club_id: str, command: dict[str, Any], command_id: str | int | None, table: int
     ) -> dict[str, Any]:
         now = self.clock()
         match_id = new_match_id(now)
         match = Match(match_id)
-        previous = self.matches.get(club_id)
+        previous = self.matches.get((club_id, table))
         try:
             outcome = match.apply(command, now)
         except Refused as exc:
@@ -728,29 +833,37 @@ class ScorerService:
                     command_id,
                     str(exc),
                     getattr(exc, "code", "refused"),
+                    on_table=table,
                     **getattr(exc, "params", {}),
                 ),
             )
-        reply = self._reply(command_id, match.rev, match_id)
+        reply = self._reply(command_id, match.rev, match_id, table)
         try:
             self._require_store().start_match(
                 club_id,
                 match_id,
                 match.latest,
+                table=table,
                 command_id=command_id,
                 reply=self._with_fingerprint(reply),
             )
         except StoreError as exc:
-            return self._store_failed(club_id, command_id, exc)
+            return self._store_failed(club_id, command_id, exc, table)
         self._store_works()
         current = ClubMatch(match_id, match)
-        self.matches[club_id] = current
+        self.matches[club_id, table] = current
         self._remember_reply(club_id, command_id, reply)
         if previous is not None:
-            log.info("club %s: match %s replaced by %s", club_id, previous.match_id, match_id)
+            log.info(
+                "club %s table %d: match %s replaced by %s",
+                club_id,
+                table,
+                previous.match_id,
+                match_id,
+            )
         else:
-            log.info("club %s: match %s started", club_id, match_id)
-        self._publish_change(club_id, current, outcome.snapshot, outcome.event)
+            log.info("club %s table %d: match %s started", club_id, table, match_id)
+        self._publish_change(club_id, table, outcome.snapshot, outcome.event)
         return reply
 
     def _delete(
@@ -759,11 +872,16 @@ class ScorerService:
         command: dict[str, Any],
         command_id: str | int | None,
         wanted_match: str | None,
+        table: int,
     ) -> dict[str, Any]:
         extra = sorted(str(key) for key in set(command) - {"cmd", "id"})
         if extra:
             return self._refuse(
-                club_id, command_id, f"delete takes no other fields: {extra}", "bad_command"
+                club_id,
+                command_id,
+                f"delete takes no other fields: {extra}",
+                "bad_command",
+                on_table=table,
             )
         if "id" in command and command_id is None:
             return self._refuse(
@@ -771,8 +889,9 @@ class ScorerService:
                 None,
                 '"id" must be a string of 1 to 128 characters or an integer',
                 "bad_command",
+                on_table=table,
             )
-        current = self.matches.get(club_id)
+        current = self.matches.get((club_id, table))
         if wanted_match is not None and (current is None or current.match_id != wanted_match):
             return self._refuse(
                 club_id,
@@ -780,26 +899,30 @@ class ScorerService:
                 f"the command is for match {wanted_match}, but "
                 + (f"match {current.match_id} is current" if current else "no match is current"),
                 "wrong_match",
+                on_table=table,
                 match=wanted_match,
             )
-        reply = self._reply(command_id, 0, None)
+        reply = self._reply(command_id, 0, None, table)
         # Stored even with no match to delete: a resend of this id after a restart and a
         # new start must be answered, not delete the new match.
         if current is not None or command_id is not None:
             try:
                 self._require_store().clear_current(
-                    club_id, command_id=command_id, reply=self._with_fingerprint(reply)
+                    club_id,
+                    table=table,
+                    command_id=command_id,
+                    reply=self._with_fingerprint(reply),
                 )
             except StoreError as exc:
-                return self._store_failed(club_id, command_id, exc)
+                return self._store_failed(club_id, command_id, exc, table)
             self._store_works()
         if current is not None:
-            del self.matches[club_id]
+            del self.matches[club_id, table]
             client = self._require_client()
-            client.publish(topics.game(club_id), b"", qos=1, retain=True)
-            event = {"kind": "delete", "match_id": current.match_id, "rev": 0}
-            client.publish(topics.events(club_id), _dumps(event), qos=1)
-            log.info("club %s: match %s deleted", club_id, current.match_id)
+            client.publish(topics.game(club_id, table), b"", qos=1, retain=True)
+            event = {"kind": "delete", "match_id": current.match_id, "rev": 0, "table": table}
+            client.publish(topics.events(club_id, table), _dumps(event), qos=1)
+            log.info("club %s table %d: match %s deleted", club_id, table, current.match_id)
         self._remember_reply(club_id, command_id, reply)
         return reply
 
@@ -815,21 +938,24 @@ class ScorerService:
             self._replies[club_id] = index
         return index
 
-    def _earlier_reply(self, club_id: str, command_id: str | int) -> dict[str, Any] | None:
+    def _earlier_reply(
+        self, club_id: str, command_id: str | int, table: int
+    ) -> dict[str, Any] | None:
         key = command_id_key(command_id)
         reply = self._index(club_id).get(key)
         if reply is None:
             reply = self._refusals.get(club_id, {}).get(key)
         if reply is None:
             # Stores written before the index existed: the current match's log knows its ids.
-            current = self.matches.get(club_id)
+            current = self.matches.get((club_id, table))
             accepted_at = current.match.rev_of(command_id) if current is not None else None
             if accepted_at is not None:
                 assert current is not None
-                reply = self._reply(command_id, accepted_at, current.match_id)
+                reply = self._reply(command_id, accepted_at, current.match_id, table)
         if reply is None:
             return None
         reply = dict(reply)
+        reply.setdefault("table", 1)  # (remembered before tables: table 1's)
         known = reply.pop(FINGERPRINT_KEY, None)
         if known is not None and self._fingerprint is not None and known != self._fingerprint:
             # Not a resend: another command under a used id (a board that numbers its
@@ -840,6 +966,7 @@ class ScorerService:
                 command_id,
                 "this id was already used for another command: give each command a new id",
                 "id_reused",
+                on_table=table,
                 id=command_id,
             )
         return reply
@@ -888,10 +1015,16 @@ class ScorerService:
         command_id: str | int | None,
         reason: str,
         code: str = "refused",
+        *,
+        on_table: int = 1,
         **params: Any,
     ) -> dict[str, Any]:
-        log.info("club %s: refused a command (id %r): %s", club_id, command_id, reason)
-        current = self.matches.get(club_id)
+        """The refusal reply on the club's table ``on_table`` (``params`` go to the reply's
+        ``params``)."""
+        log.info(
+            "club %s table %d: refused a command (id %r): %s", club_id, on_table, command_id, reason
+        )
+        current = self.matches.get((club_id, on_table))
         return {
             "id": command_id,
             "ok": False,
@@ -900,10 +1033,11 @@ class ScorerService:
             "params": params,
             "rev": current.rev if current else 0,
             "match_id": current.match_id if current else None,
+            "table": on_table,
         }
 
     def _store_failed(
-        self, club_id: str, command_id: str | int | None, exc: StoreError
+        self, club_id: str, command_id: str | int | None, exc: StoreError, table: int
     ) -> dict[str, Any]:
         """A write the store refused: the command is refused (store_failed, nothing
         changed) and, until a write works again, the status says stalled: commands do not
@@ -918,7 +1052,11 @@ class ScorerService:
             )
             self._set_status("stalled")
         return self._refuse(
-            club_id, command_id, "the service could not save the command", "store_failed"
+            club_id,
+            command_id,
+            "the service could not save the command",
+            "store_failed",
+            on_table=table,
         )
 
     def _store_works(self) -> None:
@@ -934,7 +1072,9 @@ class ScorerService:
                     self._set_status("online")
 
     @staticmethod
-    def _reply(command_id: str | int | None, rev: int, match_id: str | None) -> dict[str, Any]:
+    def _reply(
+        command_id: str | int | None, rev: int, match_id: str | None, table: int
+    ) -> dict[str, Any]:
         return {
             "id": command_id,
             "ok": True,
@@ -942,30 +1082,38 @@ class ScorerService:
             "code": None,
             "rev": rev,
             "match_id": match_id,
+            "table": table,
         }
 
     # -- publishing -------------------------------------------------------------------------
 
+    def table_snapshot(self, club_id: str, table: int, snapshot: dict[str, Any]) -> dict[str, Any]:
+        """The engine's snapshot as the table's topic carries it: with ``"table": n`` and
+        ``"table_name"`` (the configured name or "Table n")."""
+        return {**snapshot, "table": table, "table_name": self.club(club_id).table_name(table)}
+
     def _publish_change(
         self,
         club_id: str,
-        current: ClubMatch,
+        table: int,
         snapshot: dict[str, Any],
         event: dict[str, Any] | None,
     ) -> None:
         client = self._require_client()
-        client.publish(topics.game(club_id), _dumps(snapshot), qos=1, retain=True)
+        shown = self.table_snapshot(club_id, table, snapshot)
+        client.publish(topics.game(club_id, table), _dumps(shown), qos=1, retain=True)
         if event is not None:
-            client.publish(topics.events(club_id), _dumps(event), qos=1)
+            client.publish(topics.events(club_id, table), _dumps({**event, "table": table}), qos=1)
 
-    def _publish_snapshot(self, club_id: str, current: ClubMatch) -> None:
+    def _publish_snapshot(self, club_id: str, current: ClubMatch, table: int) -> None:
         snapshot = current.match.snapshot()
         if snapshot is not None:
+            shown = self.table_snapshot(club_id, table, snapshot)
             self._require_client().publish(
-                topics.game(club_id), _dumps(snapshot), qos=1, retain=True
+                topics.game(club_id, table), _dumps(shown), qos=1, retain=True
             )
 
-    def _reconcile(self, club_id: str, message: mqtt.MQTTMessage) -> None:
+    def _reconcile(self, club_id: str, message: mqtt.MQTTMessage, table: int) -> None:
         """Correct a retained snapshot that the store does not back (left by a crash).
         A copy with the retain flag comes only from our subscription, whenever the broker
         gets to it (amqtt sends it after a backlog of queued commands): it is always
@@ -974,7 +1122,7 @@ class ScorerService:
         if not message.retain:
             if time.monotonic() > self._reconcile_until and not self._games_unsubscribed:
                 self._games_unsubscribed = True
-                self._require_client().unsubscribe(topics.ALL_GAMES)
+                self._require_client().unsubscribe([topics.ALL_GAMES, topics.ALL_TABLE_GAMES])
             return
         if not message.payload:
             return
@@ -983,18 +1131,23 @@ class ScorerService:
             shown_key = (shown.get("match_id"), shown.get("rev"))
         except (ValueError, AttributeError, RecursionError):
             shown_key = None
-        current = self.matches.get(club_id)
+        current = self.matches.get((club_id, table))
         if current is None:
-            log.warning("club %s: clearing a retained snapshot the store has no match for", club_id)
-            self._require_client().publish(topics.game(club_id), b"", qos=1, retain=True)
+            log.warning(
+                "club %s table %d: clearing a retained snapshot the store has no match for",
+                club_id,
+                table,
+            )
+            self._require_client().publish(topics.game(club_id, table), b"", qos=1, retain=True)
         elif shown_key != (current.match_id, current.rev):
             log.warning(
-                "club %s: retained snapshot %s is stale; republishing rev %d",
+                "club %s table %d: retained snapshot %s is stale; republishing rev %d",
                 club_id,
+                table,
                 shown_key,
                 current.rev,
             )
-            self._publish_snapshot(club_id, current)
+            self._publish_snapshot(club_id, current, table)
 
     def _require_client(self) -> mqtt.Client:
         if self._client is None:

@@ -28,7 +28,8 @@ CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS matches (
     match_id TEXT PRIMARY KEY,
     club_id TEXT NOT NULL,
-    created_at REAL NOT NULL
+    created_at REAL NOT NULL,
+    table_no INTEGER NOT NULL DEFAULT 1  -- the club's table it was played on (1..64)
 );
 CREATE TABLE IF NOT EXISTS entries (
     match_id TEXT NOT NULL REFERENCES matches(match_id),
@@ -36,13 +37,15 @@ CREATE TABLE IF NOT EXISTS entries (
     entry TEXT NOT NULL,
     PRIMARY KEY (match_id, seq)
 );
--- The club's current match (the one on its retained topic); no row = no match.
+-- Each table's current match (the one on its retained topic); no row = no match.
 CREATE TABLE IF NOT EXISTS current (
-    club_id TEXT PRIMARY KEY,
-    match_id TEXT NOT NULL REFERENCES matches(match_id)
+    club_id TEXT NOT NULL,
+    table_no INTEGER NOT NULL DEFAULT 1,
+    match_id TEXT NOT NULL REFERENCES matches(match_id),
+    PRIMARY KEY (club_id, table_no)
 );
--- The latest command ids each club's commands carried, with the reply they got: a resend
--- is answered again and applied at most once, whatever match is current now.
+-- The latest command ids each club's commands carried (on any of its tables), with the reply
+-- they got: a resend is answered again and applied at most once, whatever match is current now.
 CREATE TABLE IF NOT EXISTS command_ids (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     club_id TEXT NOT NULL,
@@ -51,6 +54,18 @@ CREATE TABLE IF NOT EXISTS command_ids (
     UNIQUE (club_id, command_id)
 );
 """
+
+# Stores written before tables (issue 12) have ``current (club_id PRIMARY KEY, match_id)`` and
+# no ``matches.table_no``: each club's current match becomes its table 1's, in one transaction.
+_MIGRATE_MATCHES = "ALTER TABLE matches ADD COLUMN table_no INTEGER NOT NULL DEFAULT 1"
+_MIGRATE_CURRENT = [
+    "CREATE TABLE current_tables (club_id TEXT NOT NULL, table_no INTEGER NOT NULL DEFAULT 1, "
+    "match_id TEXT NOT NULL REFERENCES matches(match_id), PRIMARY KEY (club_id, table_no))",
+    "INSERT INTO current_tables (club_id, table_no, match_id) "
+    "SELECT club_id, 1, match_id FROM current",
+    "DROP TABLE current",
+    "ALTER TABLE current_tables RENAME TO current",
+]
 
 
 class StoreError(RuntimeError):
@@ -62,6 +77,7 @@ class StoredMatch:
     club_id: str
     match_id: str
     log: list[dict[str, Any]]
+    table: int = 1
 
 
 class MatchStore:
@@ -86,9 +102,33 @@ class MatchStore:
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.executescript(_SCHEMA)
+        self._migrate()
         # The file this connection writes: a write after it was deleted or replaced (a
         # cleaner in the data dir, a restore over it) would go to a file no restart reads.
         self._identity = _identity(self.path)
+
+    def _migrate(self) -> None:
+        """Bring a store of an older schema to this one (in one transaction: a failure
+        leaves the file as it was and raises sqlite3.Error)."""
+
+        def columns(table: str) -> set[str]:
+            return {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}
+
+        statements = []
+        if "table_no" not in columns("matches"):
+            statements.append(_MIGRATE_MATCHES)
+        if "table_no" not in columns("current"):
+            statements.extend(_MIGRATE_CURRENT)
+        if not statements:
+            return
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in statements:
+                self._db.execute(statement)
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def close(self) -> None:
         with self._lock:
@@ -139,25 +179,28 @@ class MatchStore:
         match_id: str,
         first_entry: dict[str, Any],
         *,
+        table: int = 1,
         command_id: str | int | None = None,
         reply: dict[str, Any] | None = None,
     ) -> None:
-        """Record a new match with its first command and make it the club's current one
-        (and remember ``command_id`` with its ``reply``, in the same transaction)."""
+        """Record a new match with its first command and make it the current one of the
+        club's ``table`` (and remember ``command_id`` with its ``reply``, in the same
+        transaction)."""
         self._write(
             lambda: [
                 (
-                    "INSERT INTO matches (match_id, club_id, created_at) VALUES (?, ?, ?)",
-                    (match_id, club_id, time.time()),
+                    "INSERT INTO matches (match_id, club_id, created_at, table_no) "
+                    "VALUES (?, ?, ?, ?)",
+                    (match_id, club_id, time.time(), table),
                 ),
                 (
                     "INSERT INTO entries (match_id, seq, entry) VALUES (?, 1, ?)",
                     (match_id, _encode(first_entry)),
                 ),
                 (
-                    "INSERT INTO current (club_id, match_id) VALUES (?, ?) "
-                    "ON CONFLICT (club_id) DO UPDATE SET match_id = excluded.match_id",
-                    (club_id, match_id),
+                    "INSERT INTO current (club_id, table_no, match_id) VALUES (?, ?, ?) "
+                    "ON CONFLICT (club_id, table_no) DO UPDATE SET match_id = excluded.match_id",
+                    (club_id, table, match_id),
                 ),
                 *self._remember(club_id, command_id, reply),
             ]
@@ -189,13 +232,14 @@ class MatchStore:
         self,
         club_id: str,
         *,
+        table: int = 1,
         command_id: str | int | None = None,
         reply: dict[str, Any] | None = None,
     ) -> None:
-        """The club has no match any more; the match's log stays in the store."""
+        """The club's ``table`` has no match any more; the match's log stays in the store."""
         self._write(
             lambda: [
-                ("DELETE FROM current WHERE club_id = ?", (club_id,)),
+                ("DELETE FROM current WHERE club_id = ? AND table_no = ?", (club_id, table)),
                 *self._remember(club_id, command_id, reply),
             ]
         )
@@ -246,9 +290,11 @@ class MatchStore:
     def current_matches(self) -> list[StoredMatch]:
         with self._lock:
             rows = self._db.execute(
-                "SELECT club_id, match_id FROM current ORDER BY club_id"
+                "SELECT club_id, table_no, match_id FROM current ORDER BY club_id, table_no"
             ).fetchall()
-        return [StoredMatch(club, match_id, self.log(match_id)) for club, match_id in rows]
+        return [
+            StoredMatch(club, match_id, self.log(match_id), table) for club, table, match_id in rows
+        ]
 
     def matches_of(self, club_id: str) -> list[str]:
         """Every match id the club ever had, oldest first."""

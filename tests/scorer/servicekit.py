@@ -183,11 +183,13 @@ class Watcher:
         self.client.loop_stop()
 
 
-def current_snapshot(endpoint: Any, club_id: str, timeout: float = 2.0) -> dict[str, Any] | None:
-    """What a new spectator gets on the club's retained topic (None = no match)."""
-    watcher = Watcher(endpoint, topics.game(club_id))
+def current_snapshot(
+    endpoint: Any, club_id: str, timeout: float = 2.0, table: int = 1
+) -> dict[str, Any] | None:
+    """What a new spectator gets on the retained topic of the club's table (None = no match)."""
+    watcher = Watcher(endpoint, topics.game(club_id, table))
     try:
-        message = watcher.next(topics.game(club_id), timeout)
+        message = watcher.next(topics.game(club_id, table), timeout)
     except AssertionError:
         return None
     finally:
@@ -196,22 +198,29 @@ def current_snapshot(endpoint: Any, club_id: str, timeout: float = 2.0) -> dict[
 
 
 class Scorer:
-    """A club's scorer: publishes commands and matches replies by id (and keeps everything
-    else it sees on the club's topics)."""
+    """A scorer at one table of a club: publishes commands and matches replies by id (and
+    keeps everything else it sees on the table's topics)."""
 
-    def __init__(self, endpoint: Any, club_id: str, user: str | None = None) -> None:
+    def __init__(
+        self, endpoint: Any, club_id: str, user: str | None = None, table: int = 1
+    ) -> None:
         self.club_id = club_id
+        self.table = table
         self.watcher_endpoint = endpoint
         self.watcher = Watcher(
             endpoint,
-            topics.replies(club_id),
-            topics.game(club_id),
-            topics.events(club_id),
+            topics.replies(club_id, table),
+            topics.game(club_id, table),
+            topics.events(club_id, table),
             user=user or club_id,
         )
 
+    @property
+    def reply_topic(self) -> str:
+        return topics.replies(self.club_id, self.table)
+
     def send_raw(self, payload: bytes | str) -> None:
-        self.watcher.publish(topics.commands(self.club_id), payload)
+        self.watcher.publish(topics.commands(self.club_id, self.table), payload)
 
     def send(self, command: dict[str, Any] | str, *, with_id: bool = True) -> dict[str, Any]:
         """Publish and return the reply to this command."""
@@ -225,7 +234,7 @@ class Scorer:
             self.send_raw(command)
             wanted = None
         while True:
-            reply = self.watcher.next_json(topics.replies(self.club_id))
+            reply = self.watcher.next_json(self.reply_topic)
             if reply.get("id") == wanted:
                 return reply
 

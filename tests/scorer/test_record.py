@@ -37,7 +37,7 @@ def test_list_is_newest_first_per_club_with_results(record) -> None:
     assert total == 3 and [r.match_id for r in rows] == ["m3", "m2", "m1"]
     assert rows[0].status == "abandoned" and rows[0].winner is None
     assert rows[2].players == ("Ann", "Bob") and rows[2].games_won == (2, 0)
-    assert rows[2].table is None
+    assert rows[2].table == "1"  # the store's table of the match
     assert reader.matches("club", page=2, per_page=2)[0][0].match_id == "m1"
 
 

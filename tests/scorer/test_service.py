@@ -29,8 +29,8 @@ START = {"cmd": "start", "player1": "Ann", "player2": "Bob", "best_of": 3, "firs
 VOLATILE = ("match_id", "updated_at")  # differ between the service's match and a reference
 
 
-def accepted(command_id, rev: int, match_id) -> dict:
-    """The reply to an accepted command (docs/protocol.md)."""
+def accepted(command_id, rev: int, match_id, table: int = 1) -> dict:
+    """The reply to an accepted command on ``table`` (docs/protocol.md)."""
     return {
         "id": command_id,
         "ok": True,
@@ -38,6 +38,7 @@ def accepted(command_id, rev: int, match_id) -> dict:
         "code": None,
         "rev": rev,
         "match_id": match_id,
+        "table": table,
     }
 
 
@@ -82,7 +83,9 @@ def test_each_accepted_command_publishes_one_retained_snapshot_equal_to_the_engi
     assert [s["rev"] for s in published] == list(range(1, len(commands) + 1))
     shown = current_snapshot(any_broker, "alpha")
     assert shown == published[-1]
-    assert without_volatile(shown) == without_volatile(reference.snapshot())
+    # The engine's snapshot, and where it is played: table 1, named "Table 1" by default.
+    table = {"table": 1, "table_name": "Table 1"}
+    assert without_volatile(shown) == without_volatile({**reference.snapshot(), **table})
     # -1 took back side 1's point of game 2; undo reverses the latest change: the timeout.
     assert shown["games"] == [[11, 0]] and shown["status"] == "in_progress"
     assert shown["game_data"]["score2"] == 1 and shown["timeouts_used"] == [0, 0]
@@ -93,7 +96,7 @@ def test_each_accepted_command_publishes_one_retained_snapshot_equal_to_the_engi
         rebuilt = Match.from_log(shown["match_id"], store.log(shown["match_id"]))
     finally:
         store.close()
-    assert rebuilt.snapshot() == shown
+    assert {**rebuilt.snapshot(), **table} == shown
 
 
 def test_every_accepted_change_has_one_event_and_refusals_have_none(service, alpha):
@@ -217,6 +220,7 @@ def test_delete_clears_the_retained_snapshot(any_broker, service, alpha):
         "kind": "delete",
         "match_id": match_id,
         "rev": 0,
+        "table": 1,
     }
     assert current_snapshot(any_broker, "alpha", timeout=0.7) is None
     refused = alpha.send("1+")
