@@ -370,8 +370,14 @@ def new_command_id() -> str:
 
 
 class ScoreClient:
-    """A connection to one club's score topics: send commands and wait for their replies,
-    and keep the latest snapshot. Use as a context manager or call ``close()``.
+    """A connection to the score topics of one table of a club: send commands and wait for
+    their replies, and keep the latest snapshot. Use as a context manager or call ``close()``.
+
+    ``table``: the club's table (1-64, default 1; table 1 is ``clubs/<club>/game``, table n
+    ``clubs/<club>/tables/<n>/game``: docs/protocol.md "Tables"). Raises ``BadTable`` (a
+    ValueError) for a number outside 1-64, or beyond the club's ``tables`` when given
+    ``Settings`` that configure the club; otherwise the service refuses such a table's
+    commands (``no_such_table``).
 
     ``send`` is end-to-end: a command is done when the service's reply for its id arrives
     (not when the broker acknowledges it); until then the same id is resent (``resend``,
@@ -388,6 +394,7 @@ class ScoreClient:
         url_or_settings: str | Settings | BrokerAddress,
         club_id: str,
         *,
+        table: int = 1,
         user: str | None = None,
         password: str | None = None,
         timeout: float = 5.0,
@@ -398,6 +405,13 @@ class ScoreClient:
         max_payload_bytes: int | None = None,
     ) -> None:
         self.club_id = topics.check_club_id(club_id)
+        self.table = topics.check_table(table)
+        club = url_or_settings.club(club_id) if isinstance(url_or_settings, Settings) else None
+        if club is not None and self.table > club.tables:
+            raise topics.BadTable(
+                f"club {club_id} has {club.tables} table(s): table {self.table} is not one "
+                f"of them (use 1-{club.tables}, or raise tables in its [[clubs]] entry)"
+            )
         # By default the club's scorer user is named after the club.
         self.address = resolve_address(url_or_settings, user=user, password=password)
         if self.address.user is None:
@@ -427,14 +441,14 @@ class ScoreClient:
         # cluster a QoS 1 subscription is a replicated JetStream consumer: its SUBACK, and the
         # clean-up of the old session on a reconnect, wait seconds for a new leader after a
         # node is lost (docs/scale.md "Failover").
-        self._filters = [(topics.replies(club_id), 0)]
+        self._filters = [(topics.replies(club_id, self.table), 0)]
         self._watch_snapshot = watch_snapshot
         # The match of the latest snapshot: the match a press is meant for. (Not taken
         # from replies: a resent id is answered with its original reply, of an older match.
         # The service publishes a start's snapshot before its reply.)
         self._match_id: str | None = None
         if watch_snapshot:
-            self._filters.append((topics.game(club_id), 0))
+            self._filters.append((topics.game(club_id, self.table), 0))
         self._client = make_client(
             self.address, client_id=f"rallycast-score-{new_command_id()[:12]}"
         )
@@ -458,8 +472,8 @@ class ScoreClient:
         if not codes or any(code.is_failure for code in codes):
             self.close()
             raise ConnectFailed(
-                f"the broker did not let user {self.address.user!r} follow club {club_id}'s "
-                "replies (wrong club, or not its scorer user?)"
+                f"the broker did not let user {self.address.user!r} follow the replies of club "
+                f"{club_id}'s table {self.table} (wrong club, or not its scorer user?)"
             )
 
     def __enter__(self) -> ScoreClient:
@@ -599,14 +613,14 @@ class ScoreClient:
         raise NoReply(f"no reply from the scorer service within {limit:g} s (is it running?)")
 
     def _publish(self, payload: bytes) -> None:
-        info = self._client.publish(topics.commands(self.club_id), payload, qos=1)
+        info = self._client.publish(topics.commands(self.club_id, self.table), payload, qos=1)
         # NO_CONN: the connection is down, paho keeps the message and sends it on
         # reconnect (it keeps trying): the reply may still come.
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             raise ConnectFailed(f"could not publish the command: {mqtt.error_string(info.rc)}")
 
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
-        if message.topic == topics.game(self.club_id):
+        if message.topic == topics.game(self.club_id, self.table):
             try:
                 self.snapshot = json.loads(message.payload) if message.payload else None
             except ValueError:
@@ -645,17 +659,19 @@ def send_command(
     club_id: str,
     command: dict[str, Any] | str,
     *,
+    table: int = 1,
     user: str | None = None,
     password: str | None = None,
     timeout: float | None = None,
 ) -> dict[str, Any]:
-    """Send one command to a club with a fresh id, resending it until the service's reply
-    arrives (``ScoreClient.send``), and return that reply. ``timeout`` bounds both the
-    connect and the wait for the reply (default: 5 s to connect, 30 s for the reply).
-    For several commands, keep a ``ScoreClient`` open instead."""
+    """Send one command to a club's ``table`` (default 1) with a fresh id, resending it until
+    the service's reply arrives (``ScoreClient.send``), and return that reply. ``timeout``
+    bounds both the connect and the wait for the reply (default: 5 s to connect, 30 s for the
+    reply). For several commands, keep a ``ScoreClient`` open instead."""
     with ScoreClient(
         url_or_settings,
         club_id,
+        table=table,
         user=user,
         password=password,
         timeout=5.0 if timeout is None else timeout,

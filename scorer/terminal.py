@@ -1,4 +1,5 @@
-"""``rallycast score``: score a club's match from a laptop's keyboard.
+"""``rallycast score``: score a club's match from a laptop's keyboard (``--table N`` for a
+club with several tables; default table 1).
 
 Single keys on a terminal (no Enter needed); when stdin is not a terminal (a pipe, a test)
 it reads one key or command per line instead, so the same tool scripts well:
@@ -22,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any, TextIO
 
+from scorer import topics
 from scorer.client import (
     RESEND,
     ConnectFailed,
@@ -211,6 +213,11 @@ def new_password_command(settings: Settings, user: str) -> str:
 def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--club", required=True, help="club id")
     parser.add_argument(
+        "--table",
+        default="1",
+        help="the club's table to score (1-64, up to the club's configured tables; default 1)",
+    )
+    parser.add_argument(
         "--url",
         action="append",
         help="broker URL (default: broker_url from the config); a cluster's nodes as a"
@@ -249,6 +256,18 @@ def main(args: argparse.Namespace) -> int:
     if (args.player1 is None) != (args.player2 is None):
         screen.say("rallycast score: give both --player1 and --player2 (or neither)")
         return 2
+    try:
+        table = topics.check_table(args.table)
+    except topics.BadTable as exc:
+        screen.say(f"rallycast score: --table: {exc}")
+        return 2
+    club = settings.club(args.club)
+    if club is not None and table > club.tables:
+        screen.say(
+            f"rallycast score: --table {table}: club {args.club} has {club.tables} table(s) in "
+            f"the config; use --table 1-{club.tables}, or raise tables in its [[clubs]] entry"
+        )
+        return 2
 
     def show_snapshot(snapshot: dict[str, Any] | None) -> None:
         screen.say(format_snapshot(snapshot))
@@ -257,6 +276,7 @@ def main(args: argparse.Namespace) -> int:
         client = ScoreClient(
             address,
             args.club,
+            table=table,
             password=password,
             on_snapshot=show_snapshot,
             resend=replace(RESEND, total=args.timeout),

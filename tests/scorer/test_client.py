@@ -23,8 +23,9 @@ from scorer.client import (
     send_command,
     shorthand_to_command,
 )
-from scorer.config import Settings
+from scorer.config import Club, Settings
 from scorer.engine import SHORTHANDS, parse_command
+from scorer.topics import BadTable
 from tests.scorer.servicekit import current_snapshot, service_running, wait_for
 
 START = {"cmd": "start", "player1": "Ann", "player2": "Bob"}
@@ -157,6 +158,39 @@ def test_score_client_keeps_the_latest_snapshot(any_broker, running_service):
         snapshot = later.wait_for_snapshot(5)
     assert snapshot is not None and snapshot["rev"] == 3
     assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (1, 1)
+
+
+def test_a_score_client_for_table_2_scores_and_follows_that_table_only(any_broker, tmp_path):
+    url = f"mqtt://alpha:{any_broker.users['alpha']}@127.0.0.1:{any_broker.mqtt_port}"
+    clubs = (Club("alpha", tables=2, table_names=("", "Court B")),)
+    with service_running(any_broker, tmp_path / "service", clubs=clubs):
+        with ScoreClient(url, "alpha", table=2) as second, ScoreClient(url, "alpha") as first:
+            assert second.wait_for_snapshot(0.5) is None
+            started = second.send({"cmd": "start", "player1": "Cy", "player2": "Di"})
+            assert (started["ok"], started["table"]) == (True, 2)
+            assert second.send("2+")["rev"] == 2
+            shown = wait_for(lambda: second.snapshot)
+            assert (shown["table"], shown["table_name"]) == (2, "Court B")
+            assert first.wait_for_snapshot(0.5) is None  # table 1 has no match
+            assert first.send("1+")["code"] == "no_match"
+        reply = send_command(url, "alpha", "2+", table=2)
+        assert (reply["ok"], reply["rev"], reply["table"]) == (True, 3, 2)
+        refused = send_command(url, "alpha", "2+", table=3)
+        assert (refused["code"], refused["table"]) == ("no_such_table", 3)
+    snapshot = current_snapshot(any_broker, "alpha", table=2)
+    assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (0, 2)
+
+
+@pytest.mark.parametrize("table", [0, 65, -1, True, "02", 2.0, None])
+def test_a_score_client_refuses_a_table_outside_1_to_64_before_connecting(table):
+    with pytest.raises(BadTable, match="table"):
+        ScoreClient("mqtt://127.0.0.1:1", "alpha", table=table, timeout=0.1)
+
+
+def test_a_score_client_given_settings_refuses_a_table_the_club_does_not_have():
+    settings = Settings(clubs=(Club("alpha", tables=2),), broker_url="mqtt://127.0.0.1:1")
+    with pytest.raises(BadTable, match="club alpha has 2 table"):
+        ScoreClient(settings, "alpha", table=3, timeout=0.1)
 
 
 def test_a_wrong_password_is_a_clear_connect_failure(any_broker):

@@ -14,6 +14,7 @@ import pytest
 from rallycast.cli import build_parser
 from scorer import terminal
 from scorer.client import ScoreClient
+from scorer.config import Club
 from scorer.engine import Match
 from scorer.terminal import KEYS, command_for, format_snapshot, prompt_start
 from tests.scorer.servicekit import ROOT, current_snapshot, service_running, wait_for
@@ -78,6 +79,36 @@ def test_without_players_it_follows_the_current_match(amqtt_broker, service):
     assert "Ann 0 : 2 Bob" in result.stdout
     assert "refused: " in result.stdout  # the second timeout of side 1
     assert current_snapshot(amqtt_broker, "alpha")["timeouts_used"] == [1, 0]
+
+
+def test_table_flag_scores_that_table_of_the_club(amqtt_broker, tmp_path):
+    clubs = (Club("alpha", tables=2),)
+    with service_running(amqtt_broker, tmp_path / "service", clubs=clubs):
+        result = run_score(
+            amqtt_broker, "--table", "2", "--player1", "Cy", "--player2", "Di", keys="a\nk\nk\n"
+        )
+        assert result.returncode == 0, result.stderr
+        assert "done (start, rev 1)" in result.stdout and "Cy 1 : 2 Di" in result.stdout
+        on_two = current_snapshot(amqtt_broker, "alpha", table=2)
+        assert (on_two["table"], on_two["rev"], on_two["game_data"]["player1"]) == (2, 4, "Cy")
+        assert current_snapshot(amqtt_broker, "alpha", timeout=0.5) is None  # table 1 untouched
+
+
+@pytest.mark.parametrize("table", ["0", "65", "two", "02"])
+def test_a_table_outside_1_to_64_is_refused_before_connecting(amqtt_broker, table):
+    result = run_score(amqtt_broker, "--table", table, keys="q\n")
+    assert result.returncode == 2
+    assert "--table" in result.stdout and "1-64" in result.stdout
+
+
+def test_a_table_beyond_the_configured_tables_is_refused_with_the_clubs_count(
+    amqtt_broker, tmp_path
+):
+    config = tmp_path / "rallycast.toml"
+    config.write_text('[[clubs]]\nid = "alpha"\ntables = 2\n', encoding="utf-8")
+    result = run_score(amqtt_broker, "--table", "3", "--config", str(config), keys="q\n")
+    assert result.returncode == 2
+    assert "club alpha has 2 table(s)" in result.stdout and "--table 1-2" in result.stdout
 
 
 def test_a_wrong_password_is_said_plainly(amqtt_broker):
