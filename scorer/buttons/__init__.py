@@ -58,7 +58,8 @@ def describe(config: ButtonsConfig) -> str:
     lines = [f"broker: {parse_broker_url(config.settings.broker_url).url()}"]
     for board in config.boards:
         lines.append(
-            f"board {board.name}: club {board.club}, {board.kind}, debounce {board.debounce_ms} ms"
+            f"board {board.name}: club {board.club}, table {board.table}, {board.kind}, "
+            f"debounce {board.debounce_ms} ms"
         )
         for topic_filter in board.decoder.subscriptions():
             lines.append(f"  follows {topic_filter}")

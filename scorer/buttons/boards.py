@@ -14,6 +14,7 @@ Example (docs/buttons.md has one per device family)::
     [[boards]]
     name = "table1"
     club = "riverside"
+    table = 1                               # the club's table it scores (default 1)
     kind = "tasmota"                        # tasmota | esphome | zigbee2mqtt | shelly1 | shelly2 | raw
     topic = "table1-buttons"                # Tasmota's %topic%
     # it publishes on stat/riverside/table1-buttons/ (FullTopic %prefix%/riverside/%topic%/)
@@ -44,7 +45,7 @@ from scorer.buttons.mapping import (
     parse_action,
 )
 from scorer.config import Club, ConfigError, Settings, load_settings
-from scorer.topics import DEVICE_ROOTS, device_prefixes
+from scorer.topics import DEVICE_ROOTS, BadTable, check_table, device_prefixes
 
 # A board's topics must be under its club's device prefixes, ``<root>/<club>/`` (the broker's
 # ACL, scorer/topics.py; issue 9). A board outside them would connect fine and never see a
@@ -59,7 +60,7 @@ KIND_KEYS: dict[str, tuple[str, ...]] = {
     "shelly2": ("topic_prefix",),
     "raw": ("topic", "payloads"),
 }
-COMMON_KEYS = ("name", "club", "kind", "side", "buttons", "gestures", "debounce_ms")
+COMMON_KEYS = ("name", "club", "table", "kind", "side", "buttons", "gestures", "debounce_ms")
 # A raw board without a payloads table understands Rallycast's own shorthands.
 RAW_DEFAULT_PAYLOADS = {"1+": "1+", "1-": "1-", "2+": "2+", "2-": "2-", "undo": "undo"}
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]{1,40}$")
@@ -114,6 +115,13 @@ def _parse_board(table: Any, index: int, default_debounce_ms: int) -> BoardSpec:
     if "club" not in table:
         raise ConfigError("needs 'club' (the club whose match it scores)")
     club = Club(str(table["club"])).id  # same rules as everywhere: a-z 0-9 -, not reserved
+    try:
+        # (not a text: TOML says table = 2; "2" would be a typo that works by chance)
+        if isinstance(table.get("table", 1), str):
+            raise BadTable(f"table {table['table']!r} is not valid: write a whole number 1-64")
+        board_table = check_table(table.get("table", 1))
+    except BadTable as exc:
+        raise ConfigError(f"{exc} (the club's table whose match the board scores)") from None
 
     decoder_args = {
         key: table[key] for key in KIND_KEYS[kind] if key in table and key != "payloads"
@@ -186,7 +194,7 @@ def _parse_board(table: Any, index: int, default_debounce_ms: int) -> BoardSpec:
                     f"button {button!r}: {gesture} = {str(action)!r} needs a side: give the "
                     "button a side, or name one in the action (e.g. 'point 1' or '1+')"
                 )
-    return BoardSpec(name, club, kind, decoder, buttons, other, debounce_ms)
+    return BoardSpec(name, club, kind, decoder, buttons, other, debounce_ms, board_table)
 
 
 def _scoping_hint(kind: str, club: str, args: dict[str, str]) -> str:
@@ -271,6 +279,29 @@ class ButtonsConfig:
         return sorted({board.club for board in self.boards})
 
 
+def check_board_tables(
+    boards: tuple[BoardSpec, ...], settings: Settings, path: Path | str = "the config"
+) -> None:
+    """Each board's ``table`` must be one of its club's tables (``[[clubs]] tables = N``; a
+    club not listed has one). Raises ConfigError naming the board and what to change."""
+    for board in boards:
+        club = settings.club(board.club)
+        tables = club.tables if club is not None else 1
+        if board.table <= tables:
+            continue
+        if club is None:
+            fix = (
+                f"list the club in {path}: [[clubs]] id = {board.club!r}, tables = "
+                f"{board.table} (or more), as on the scorer service's machine"
+            )
+        else:
+            fix = f"use table = 1 to {tables}, or raise tables in club {board.club!r}'s [[clubs]]"
+        raise ConfigError(
+            f"board {board.name!r}: table = {board.table}, but club {board.club!r} has "
+            f"{tables} table(s): {fix}"
+        )
+
+
 def password_env_var(club: str) -> str:
     return "RALLYCAST_PASSWORD_" + club.upper().replace("-", "_")
 
@@ -303,6 +334,7 @@ def load_buttons_config(
     if boards_data is None:
         raise ConfigError(f"config file {path} has no [[boards]] entries (see docs/buttons.md)")
     boards = parse_boards(boards_data, default_debounce_ms=default_debounce)
+    check_board_tables(boards, settings, path)
 
     logins = buttons_data.get("logins", {})
     if not isinstance(logins, dict):

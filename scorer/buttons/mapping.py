@@ -155,6 +155,8 @@ class BoardSpec:
     # Rule for buttons not listed in ``buttons`` (from the board's ``side``), or None.
     other_buttons: ButtonRule | None = None
     debounce_ms: int = DEFAULT_DEBOUNCE_MS
+    # The club's table whose match it scores (1..64; clubs/<club>/game is table 1).
+    table: int = 1
 
     def rule_for(self, button: str) -> ButtonRule | None:
         return self.buttons.get(button, self.other_buttons)

@@ -3,7 +3,10 @@ score commands their presses mean. ``rallycast buttons`` runs it; it is also usa
 (``start()``/``stop()``).
 
 One MQTT connection per club, logged in as the club's scorer user (named after the club): that
-user may read the device topics and publish the club's commands, and nothing of other clubs.
+user may read the device topics and publish the commands of every table of the club, and
+nothing of other clubs. Each board sends to its own table (``table`` in its ``[[boards]]``
+entry: table 1 on ``clubs/<club>/game/cmd``, table n on ``clubs/<club>/tables/<n>/game/cmd``)
+and follows that table's replies and snapshot.
 
 A press is done when the service's reply for its command id arrives; until then the runner
 resends the same command (0.5 s, doubling to 4 s, at once after a reconnect, 30 s in all:
@@ -66,6 +69,7 @@ class PendingPress:
 
     payload: bytes
     what: str
+    topic: str  # the command topic of the board's table
     first_sent: float  # time.monotonic()
     next_send: float
     interval: float
@@ -165,10 +169,11 @@ class ClubLink:
         self.boards = [Board(spec) for spec in specs]
         self.clock = clock
         self.on_verdict = on_verdict
-        self.reply_topic = topics.replies(club)
-        # The club's snapshot says which side stands at the left end (for "left"/"right").
-        self.game_topic = topics.game(club)
-        self.command_topic = topics.commands(club)
+        # Each table the boards score: its replies, and its snapshot, which says which side
+        # stands at the left end (for "left"/"right").
+        self.tables = sorted({board.spec.table for board in self.boards})
+        self.reply_topics = {topics.replies(club, table): table for table in self.tables}
+        self.game_topics = {topics.game(club, table): table for table in self.tables}
         self._filters = list(dict.fromkeys(f for b in self.boards for f in b.subscriptions()))
         self._pending: OrderedDict[str, PendingPress] = OrderedDict()
         self._pending_lock = threading.Lock()  # paho's thread and the resend thread
@@ -207,7 +212,7 @@ class ClubLink:
             raise ConnectFailed(
                 f"club {self.club}: the broker did not answer the subscription"
             ) from None
-        if len(refused) == len(self._filters) + 2:
+        if len(refused) == len(self._filters) + 2 * len(self.tables):
             self.stop()
             raise ConnectFailed(
                 f"club {self.club}: the broker refused every topic to user {self.club!r} "
@@ -234,7 +239,7 @@ class ClubLink:
             log.error("club %s: the broker refused the login: %s", self.club, reason_code)
             return
         # A clean session starts with no subscriptions: subscribe on every (re)connect.
-        wanted = [*self._filters, self.reply_topic, self.game_topic]
+        wanted = [*self._filters, *self.reply_topics, *self.game_topics]
         result, mid = client.subscribe([(topic_filter, 1) for topic_filter in wanted])
         if result == mqtt.MQTT_ERR_SUCCESS:
             self._subscribing[mid] = wanted
@@ -266,11 +271,12 @@ class ClubLink:
     def _on_message(self, client, userdata, message: mqtt.MQTTMessage) -> None:  # type: ignore[no-untyped-def]
         # Never let an exception escape: it would stop paho's network thread.
         try:
-            if message.topic == self.reply_topic:
+            if message.topic in self.reply_topics:
                 self._on_reply(message.payload)
                 return
-            if message.topic == self.game_topic:
-                self._on_snapshot(message.payload)
+            table = self.game_topics.get(message.topic)
+            if table is not None:
+                self._on_snapshot(table, message.payload)
                 return
             device_message = DeviceMessage(message.topic, message.payload, bool(message.retain))
             for board in self.boards:
@@ -318,17 +324,19 @@ class ClubLink:
         except CommandTooLarge as exc:
             log.error("board %s: %s NOT sent: %s", board.name, what, exc)
             return
-        info = self.client.publish(self.command_topic, payload, qos=1)
+        command_topic = topics.commands(self.club, board.spec.table)
+        info = self.client.publish(command_topic, payload, qos=1)
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             log.error("board %s: %s NOT sent: %s", board.name, what, mqtt.error_string(info.rc))
             return
         # NO_CONN: paho keeps QoS 1 messages and sends them once it has reconnected.
-        log.info("board %s: %s: sent %s to %s", board.name, what, payload, self.command_topic)
+        log.info("board %s: %s: sent %s to %s", board.name, what, payload, command_topic)
         now = time.monotonic()
         with self._pending_lock:
             self._pending[command_id] = PendingPress(
                 payload,
                 f"board {board.name}: {what}",
+                command_topic,
                 first_sent=now,
                 next_send=now + self.resend.first,
                 interval=self.resend.first,
@@ -373,7 +381,7 @@ class ClubLink:
                     due.append(pending)
         for pending in due:
             log.info("%s: no reply yet, resent (send %d)", pending.what, pending.sends)
-            self.client.publish(self.command_topic, pending.payload, qos=1)
+            self.client.publish(pending.topic, pending.payload, qos=1)
 
     # --- what the boards remember, across restarts ------------------------------------------
 
@@ -416,7 +424,7 @@ class ClubLink:
         for board in self.boards:
             self._saved_versions[board.name] = board.memory_version
 
-    def _on_snapshot(self, payload: bytes) -> None:
+    def _on_snapshot(self, table: int, payload: bytes) -> None:
         left_side = 1  # no match (empty payload) or a snapshot without the field
         if payload:
             try:
@@ -426,7 +434,7 @@ class ClubLink:
             if isinstance(snapshot, dict) and snapshot.get("left_side") in (1, 2):
                 left_side = snapshot["left_side"]
         for board in self.boards:
-            if board.left_side != left_side:
+            if board.spec.table == table and board.left_side != left_side:
                 log.info("board %s: side %d is now at the left end", board.name, left_side)
                 board.left_side = left_side
 

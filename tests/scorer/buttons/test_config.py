@@ -240,7 +240,7 @@ def test_no_config_file_at_all_says_what_to_pass() -> None:
 def test_describe_lists_each_boards_topics_and_mapping(tmp_path: Path) -> None:
     config = load_buttons_config(write_config(tmp_path), env={"RALLYCAST_PASSWORD_BETA": "b"})
     text = describe(config)
-    assert "board table1: club alpha, tasmota, debounce 150 ms" in text
+    assert "board table1: club alpha, table 1, tasmota, debounce 150 ms" in text
     assert "follows stat/alpha/table1-buttons/+" in text
     assert "button '2' (side 2): single = point, hold = undo" in text
     assert "button 'home' (no side): single = point 1" in text
@@ -363,3 +363,63 @@ def test_cli_check_never_prints_a_password_from_the_broker_url(tmp_path: Path) -
     assert done.returncode == 0, done.stderr
     assert "127.0.0.1:1883" in done.stdout
     assert "s3cret" not in done.stdout + done.stderr
+
+
+# -- a board is bound to one of its club's tables (issue 12) ---------------------------------
+
+TABLE_BOARD = {"name": "t2", "club": "alpha", "kind": "raw", "topic": "boards/alpha/t2/press"}
+
+
+def test_a_board_scores_table_1_unless_its_config_names_another() -> None:
+    assert parse_board(TABLE_BOARD).table == 1
+    assert parse_board({**TABLE_BOARD, "table": 2}).table == 2
+    assert parse_board({**TABLE_BOARD, "table": 64}).table == 64
+
+
+@pytest.mark.parametrize("value", [0, 65, -1, True, "2", 2.5, [2]])
+def test_a_board_table_outside_1_to_64_is_refused_naming_the_board(value) -> None:
+    words = error_of({**TABLE_BOARD, "table": value})
+    assert "board 't2'" in words and "table" in words and "1-64" in words
+
+
+TABLES_CONFIG = """
+[[clubs]]
+id = "alpha"
+tables = 2
+
+[buttons.logins.alpha]
+password_file = "alpha.secret"
+
+[[boards]]
+name = "court-b"
+club = "alpha"
+table = {table}
+kind = "raw"
+topic = "boards/alpha/court-b/press"
+"""
+
+
+def test_a_board_on_one_of_its_clubs_tables_loads_and_check_shows_the_table(
+    tmp_path: Path,
+) -> None:
+    config = load_buttons_config(write_config(tmp_path, TABLES_CONFIG.format(table=2)), env={})
+    assert [(b.name, b.table) for b in config.boards] == [("court-b", 2)]
+    assert "board court-b: club alpha, table 2, raw" in describe(config)
+
+
+def test_a_board_on_a_table_its_club_does_not_have_is_a_clear_error(tmp_path: Path) -> None:
+    path = write_config(tmp_path, TABLES_CONFIG.format(table=3))
+    with pytest.raises(ConfigError) as caught:
+        load_buttons_config(path, env={})
+    words = str(caught.value)
+    assert "board 'court-b'" in words and "table = 3" in words
+    assert "club 'alpha' has 2 table(s)" in words and "table = 1 to 2" in words
+
+
+def test_a_board_on_table_2_of_a_club_not_listed_says_to_list_the_club(tmp_path: Path) -> None:
+    text = TABLES_CONFIG.format(table=2).replace('id = "alpha"', 'id = "other"')
+    with pytest.raises(ConfigError) as caught:
+        load_buttons_config(write_config(tmp_path, text), env={})
+    words = str(caught.value)
+    assert "club 'alpha' has 1 table(s)" in words
+    assert "[[clubs]] id = 'alpha', tables = 2" in words

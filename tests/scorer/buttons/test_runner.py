@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,7 @@ import pytest
 from scorer import topics
 from scorer.buttons import ButtonRunner, parse_boards
 from scorer.client import ConnectFailed
-from scorer.config import Settings
+from scorer.config import Club, Settings
 from scorer.service import ScorerService
 from tests.scorer.buttons import payloads
 from tests.scorer.buttons.payloads import for_club
@@ -228,6 +229,46 @@ def test_presses_change_the_retained_snapshot_through_the_scorer_service(
         time.sleep(QUIET)  # nothing else may have been accepted (the repeat was dropped)
         revs = [json.loads(m.payload)["rev"] for m in spectator.messages if m.payload]
         assert max(revs) == 4
+
+
+def test_a_board_bound_to_table_2_scores_that_tables_match_only(any_broker, tmp_path) -> None:
+    # Two boards of one club, one per table: each press goes to its own table's match.
+    table2_board = {**TASMOTA_BOARD, "name": "court-b", "topic": "court-buttons", "table": 2}
+    settings = Settings(
+        data_dir=tmp_path / "service",
+        broker_url=f"mqtt://{any_broker.host}:{any_broker.mqtt_port}",
+        service_user=any_broker.service_user,
+        clubs=(Club("alpha", tables=2),),
+    )
+    service = ScorerService(settings, password=any_broker.users[any_broker.service_user])
+    service.start()
+    try:
+        assert service.wait_until_connected(WAIT)
+        commands_seen = any_broker.recorder(
+            [topics.commands("alpha"), topics.commands("alpha", 2)], user=any_broker.service_user
+        )
+        table1 = any_broker.recorder([topics.game("alpha")])
+        table2 = any_broker.recorder([topics.game("alpha", 2)])
+        scorer = any_broker.client("alpha")
+        for table in (1, 2):
+            start = {"cmd": "start", "player1": f"A{table}", "player2": "B", "id": f"s{table}"}
+            scorer.publish(topics.commands("alpha", table), json.dumps(start), qos=1)
+        latest_snapshot(table1, 1)
+        latest_snapshot(table2, 1)
+        device = any_broker.client("alpha")
+        with running(any_broker, TASMOTA_BOARD, table2_board):
+            court_b = TASMOTA["button2_single"]  # the same press, from the court-b device
+            publish(device, replace(court_b, topic=court_b.topic.replace("table1-", "court-")))
+            after = latest_snapshot(table2, 2)
+            assert (after["table"], after["game_data"]["score2"]) == (2, 1)
+            publish(device, TASMOTA["button1_single"])  # the table 1 board
+            assert latest_snapshot(table1, 2)["game_data"]["score1"] == 1
+            time.sleep(QUIET)
+        by_topic = {m.topic for m in commands_seen.messages if b"btn-" in m.payload}
+        assert by_topic == {topics.commands("alpha"), topics.commands("alpha", 2)}
+        assert service.matches["alpha", 2].rev == 2 and service.matches["alpha"].rev == 2
+    finally:
+        service.stop()
 
 
 def test_rallycast_buttons_command_runs_boards_until_sigint(any_broker, tmp_path) -> None:
