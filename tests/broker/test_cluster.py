@@ -137,10 +137,22 @@ def test_topic_filters_become_nats_subjects():
 def test_spectators_may_publish_nothing_and_clubs_only_their_own_commands():
     assert permissions(Role.ANONYMOUS, None)["publish"] == {"deny": [">"]}
     alpha = permissions(Role.CLUB, "alpha")["publish"]["allow"]
-    assert "clubs.alpha.game.cmd" in alpha
-    assert not [s for s in alpha if s.startswith("clubs.") and s != "clubs.alpha.game.cmd"]
+    # Its commands on every table: table 1 and clubs/alpha/tables/<n>/game/cmd (issue 12).
+    own_commands = ["clubs.alpha.game.cmd", "clubs.alpha.tables.*.game.cmd"]
+    assert [s for s in alpha if s.startswith("clubs.")] == own_commands
     service = permissions(Role.SERVICE, "rallycast-service")["publish"]["allow"]
-    assert "clubs.*.game" in service and not [s for s in service if s.endswith(".cmd")]
+    assert "clubs.*.game" in service and "clubs.*.tables.*.game" in service
+    assert not [s for s in service if s.endswith(".cmd")]
+
+
+def test_club_users_read_every_table_of_their_club_and_spectators_every_clubs_tables():
+    alpha = permissions(Role.CLUB, "alpha")["subscribe"]["allow"]
+    for subject in ("clubs.alpha.tables.*.game", "clubs.alpha.tables.*.game.reply"):
+        assert subject in alpha
+    assert not [s for s in alpha if s.startswith("clubs.") and not s.startswith("clubs.alpha.")]
+    spectator = permissions(Role.ANONYMOUS, None)["subscribe"]["allow"]
+    assert "clubs.*.tables.*.game" in spectator and "clubs.*.tables.*.game.events" in spectator
+    assert not [s for s in spectator if s.endswith((".cmd", ".reply"))]
 
 
 def test_cluster_config_for_three_hosts_routes_each_node_to_the_other_two(tmp_path):
