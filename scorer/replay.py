@@ -37,6 +37,12 @@ def configure(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--match", metavar="ID", help="with --club: this match (default: current, else latest)"
     )
+    parser.add_argument(
+        "--table",
+        type=int,
+        default=1,
+        help="with --club and no --match: the current match of this table (default 1)",
+    )
     parser.add_argument("--data-dir", help="with --club: the data dir (default: the setting)")
     parser.add_argument(
         "--each",
@@ -142,13 +148,28 @@ def _from_store(args: argparse.Namespace, club: str) -> tuple[str, str]:
                         f" (rallycast matches list --club {club} lists the ended ones)"
                     )
             else:
-                row = db.execute(
-                    "SELECT match_id FROM current WHERE club_id = ?", (club,)
-                ).fetchone() or db.execute(
-                    "SELECT match_id FROM matches WHERE club_id = ? "
-                    "ORDER BY created_at DESC, rowid DESC LIMIT 1",
-                    (club,),
-                ).fetchone()
+                table = getattr(args, "table", 1)
+                try:
+                    current = db.execute(
+                        "SELECT match_id FROM current WHERE club_id = ? AND table_no = ?",
+                        (club, table),
+                    ).fetchone()
+                except sqlite3.OperationalError:  # a store from before tables: all table 1
+                    current = (
+                        db.execute(
+                            "SELECT match_id FROM current WHERE club_id = ?", (club,)
+                        ).fetchone()
+                        if table == 1
+                        else None
+                    )
+                row = (
+                    current
+                    or db.execute(
+                        "SELECT match_id FROM matches WHERE club_id = ? "
+                        "ORDER BY created_at DESC, rowid DESC LIMIT 1",
+                        (club,),
+                    ).fetchone()
+                )
                 if row is None:
                     raise StoreNotReadable(f"club {club} has no matches in {reader.store_path}")
         finally:

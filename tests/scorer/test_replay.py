@@ -302,3 +302,26 @@ def test_replaying_the_store_file_itself_points_at_club(tmp_path):
     result = replay(str(tmp_path / "matches.sqlite3"))
     assert result.returncode == 2
     assert b"rallycast replay --club CLUB" in result.stderr
+
+
+def test_replay_club_table_reads_that_tables_current_match(tmp_path):
+    from scorer.store import MatchStore
+
+    data_dir = tmp_path / "data"
+    start = {"cmd": "start", "player1": "Ann", "player2": "Bob"}
+    table1 = stored_match(data_dir, "demo", "m-t1", [start, "1+"])
+    store = MatchStore(data_dir)
+    table2 = Match("m-t2")
+    try:
+        for rev, command in enumerate([start, "2+", "2+"], start=1):
+            table2.apply(command, 1_700_000_100.0 + rev)
+            if rev == 1:
+                store.start_match("demo", "m-t2", table2.latest, table=2)
+            else:
+                store.append("m-t2", rev, table2.latest, club_id="demo")
+    finally:
+        store.close()
+    for flags, expected in (([], table1), (["--table", "1"], table1), (["--table", "2"], table2)):
+        result = replay("--club", "demo", *flags, "--data-dir", str(data_dir))
+        assert result.returncode == 0, result.stderr
+        assert json_lines(result.stdout) == [expected.snapshot()], flags
