@@ -16,6 +16,8 @@ from types import SimpleNamespace
 import pytest
 from amqtt.contexts import BaseContext
 from argon2 import PasswordHasher
+from hypothesis import assume, given, settings
+from hypothesis import strategies as st
 
 from broker import acl as guards
 from broker import passwd as broker_passwd
@@ -493,3 +495,57 @@ async def test_a_retained_last_will_on_a_command_topic_is_refused(tmp_path):
     will = "clubs/alpha/game/cmd"
     assert await login(plugin, "alpha", "right", will, will_retain=False) is True
     assert await login(plugin, "alpha", "right", will, will_retain=True) is False
+
+
+# -- tables: the role table holds for every table of every club (issue 12) ----------------------
+
+CLUB_IDS = st.from_regex(r"[a-z0-9-]{1,12}", fullmatch=True).filter(lambda c: c != S)
+
+
+@settings(max_examples=300, deadline=None)
+@given(club=CLUB_IDS, other=CLUB_IDS, table=st.integers(1, 64))
+def test_every_table_of_a_club_is_its_scorers_alone_and_every_snapshot_is_public(
+    club: str, other: str, table: int
+) -> None:
+    from scorer import topics
+
+    assume(club != other)
+    game = topics.game(club, table)
+    # The club's scorer: commands and replies of every table of its own club only.
+    assert decide(club, "publish", game + "/cmd")
+    assert decide(club, "subscribe", game + "/reply")
+    assert decide(club, "subscribe", game)
+    assert not decide(other, "publish", game + "/cmd")
+    assert not decide(other, "subscribe", game + "/reply")
+    assert not decide(other, "receive", game)
+    # Only the service writes snapshots, replies and events; it never sends commands.
+    for suffix in ("", "/reply", "/events"):
+        assert decide(S, "publish", game + suffix)
+        assert not decide(club, "publish", game + suffix)
+        assert not decide(None, "publish", game + suffix)
+    assert not decide(S, "publish", game + "/cmd")
+    assert decide(S, "receive", game + "/cmd")
+    # Spectators read every table's snapshot and events, never its commands or replies.
+    assert decide(None, "receive", game) and decide(None, "receive", game + "/events")
+    assert not decide(None, "receive", game + "/cmd")
+    assert not decide(None, "receive", game + "/reply")
+    # The two filters that follow every table of a club.
+    assert all(decide(None, "subscribe", f) for f in topics.club_game_filters(club))
+
+
+@settings(max_examples=200, deadline=None)
+@given(club=CLUB_IDS, level=st.text(min_size=0, max_size=4))
+def test_a_table_level_the_scheme_does_not_have_is_refused_to_everyone(
+    club: str, level: str
+) -> None:
+    from scorer import topics
+
+    topic = f"clubs/{club}/tables/{level}/game"
+    assume("/" not in level and "#" not in level and "+" not in level)
+    is_table = topics.table_of(topic) is not None
+    for user, action, suffix in (
+        (club, "publish", "/cmd"),
+        (S, "publish", ""),
+        (None, "receive", ""),
+    ):
+        assert decide(user, action, topic + suffix) is is_table, (user, topic)
