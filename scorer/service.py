@@ -464,7 +464,8 @@ class ScorerService:
         if any(code.is_failure for code in reason_codes[3:5]):
             log.error(
                 "the broker refused the tables' filters %s and %s (%s): only table 1 of each "
-                "club is served (grant the service read on clubs/+/tables/+/game/#)",
+                "club is served (grant the service read on clubs/+/tables/+/game/cmd and "
+                "read+write on clubs/+/tables/+/game, as in mosquitto.acl)",
                 topics.ALL_TABLE_COMMANDS,
                 topics.ALL_TABLE_GAMES,
                 reason_codes[3:5],
