@@ -126,3 +126,35 @@ def test_the_display_names_its_table_and_the_overlay_help_lists_the_table_option
     assert page_config(score)["askedTable"] == 3
     assert page_config(client.get("/clubs/alpha/score").text)["askedTable"] is None
     assert 'id="table-pick"' not in client.get("/clubs/beta/score").text
+
+
+def test_the_record_pages_name_the_table_a_match_was_played_on(tmp_path) -> None:
+    from scorer.record import RecordWriter
+    from scorer.record_fill import played_log, store_log
+
+    store_log(tmp_path, "alpha", "on-centre", played_log("Ann", "Bob", 1, 1000.0))
+    store_log(tmp_path, "alpha", "on-three", played_log("Cleo", "Dan", 2, 5000.0))
+    store_log(tmp_path, "alpha", "no-table", played_log("Eve", "Fay", 1, 9000.0))
+    writer = RecordWriter(tmp_path)
+    writer.sync()
+    # The table as the service records it (scorer/record.py's table_id column).
+    with writer._db:
+        writer._db.execute("UPDATE results SET table_id = '1' WHERE match_id = 'on-centre'")
+        writer._db.execute("UPDATE results SET table_id = '3' WHERE match_id = 'on-three'")
+    writer.close()
+    client = TestClient(create_app(Settings(data_dir=tmp_path, clubs=CLUBS, ws_port=19001)))
+
+    listed = client.get("/clubs/alpha/matches?lang=ru").text
+    rows = re.findall(r'<tr data-match="([^"]+)".*?</td>\s*<td>(.*?)</td>', listed, re.S)
+    assert rows == [
+        ("no-table", "<bdi></bdi>"),
+        ("on-three", "<bdi>Стол 3</bdi>"),
+        ("on-centre", "<bdi>Centre court</bdi>"),
+    ]
+    assert '<th scope="col" data-col="table">Стол</th>' in listed
+    page = client.get("/clubs/alpha/matches/on-three?lang=en").text
+    assert '<bdi id="match-table">Table 3</bdi>' in page
+    assert 'id="match-table"' not in client.get("/clubs/alpha/matches/no-table").text
+    # The club page's recent results too, and record.js gets the names in the config.
+    club = client.get("/clubs/alpha").text
+    assert "<bdi>Centre court</bdi></td>" in club
