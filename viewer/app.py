@@ -186,13 +186,25 @@ class Viewer:
     # --- pages ---
 
     async def index(self, request: Request) -> Response:
-        clubs = [{"id": c.id, "name": c.name} for c in self.settings.clubs]
+        # Each club's table topics (table 1 first): a club is "on" while any table has a match.
+        clubs = [
+            {
+                "id": c.id,
+                "name": c.name,
+                "topics": [topics.game(c.id, n) for n in range(1, c.tables + 1)],
+            }
+            for c in self.settings.clubs
+        ]
         return self.render(
             request,
             "index.html",
             page="index",
-            browser={"clubs": clubs, "gamesTopic": topics.ALL_GAMES},
-            embed=tuple((c.id, 1) for c in self.settings.clubs),
+            browser={
+                "clubs": clubs,
+                "gamesTopic": topics.ALL_GAMES,
+                "tablesTopic": topics.ALL_TABLE_GAMES,
+            },
+            embed=tuple((c.id, n) for c in self.settings.clubs for n in range(1, c.tables + 1)),
         )
 
     async def club_page(self, request: Request) -> Response:

@@ -114,10 +114,12 @@ def visible_cards(page: Any) -> list[str]:
 def test_each_card_follows_its_own_table_appears_at_start_and_hides_3s_after_its_end(
     night: Night, open_page: Any, artifacts_dir: Path
 ) -> None:
+    index = open_page(night.url("/"))
     alpha = open_page(night.url("/clubs/alpha"))
     beta = open_page(night.url("/clubs/beta"))
-    wait_connected(alpha)
-    wait_connected(beta)
+    for page in (index, alpha, beta):
+        wait_connected(page)
+    alpha_state = '.club-item[data-club="alpha"] [data-field="state"]'
     # The cards stand in table order, named as configured, all hidden while nothing is on.
     assert alpha.evaluate(
         "() => Array.from(document.querySelectorAll('section.live'))"
@@ -131,6 +133,9 @@ def test_each_card_follows_its_own_table_appears_at_start_and_hides_3s_after_its
     wait_text(alpha, f'{card(2)} [data-field="score"][data-side="1"]', "1")
     assert visible_cards(alpha) == ["2"] and alpha.locator("#no-match").is_hidden()
     assert alpha.inner_text(f'{card(2)} [data-field="name"][data-side="1"]') == "Ann"
+    # The club list says a match is on at Alpha (its only one is on table 2).
+    wait_text(index, alpha_state, "Ann 1–0 Bob")
+    assert index.get_attribute('.club-item[data-club="alpha"]', "data-match") == "on"
 
     # Tables 3 and 1 start; each card shows its own match.
     night.play(3, start("Cleo", "Dan"), POINT2, POINT2)
@@ -141,6 +146,7 @@ def test_each_card_follows_its_own_table_appears_at_start_and_hides_3s_after_its
     assert visible_cards(alpha) == ["1", "2", "3"]
     assert alpha.inner_text(f'{card(1)} [data-field="name"][data-side="2"]') == "Fay"
     assert alpha.inner_text(f'{card(3)} [data-field="name"][data-side="1"]') == "Cleo"
+    wait_text(index, alpha_state, "Eve 0–0 Fay")  # the lowest-numbered table that is on
 
     # Points on table 3 reach card 3 only.
     for _ in range(3):
@@ -157,6 +163,7 @@ def test_each_card_follows_its_own_table_appears_at_start_and_hides_3s_after_its
     beta.wait_for_selector(card(2), state="visible")
     assert beta.inner_text(f'{card(2)} [data-field="name"][data-side="1"]') == "Gus"
     assert visible_cards(beta) == ["2"]
+    wait_text(index, '.club-item[data-club="beta"] [data-field="state"]', "Gus 1–0 Hal")
     assert [t for t in texts(beta, "name", "1") if t not in ("", "Gus")] == []
     assert visible_cards(alpha) == ["1", "2", "3"]
     alpha.screenshot(path=str(artifacts_dir / "club-three-tables.png"))

@@ -211,21 +211,36 @@
 
   const pages = {};
 
+  // The club list: per club, whether a match is on, with the score of the lowest-numbered
+  // table that has one. config.clubs[i].topics lists each club's table topics (table 1
+  // first); the other tables come through config.tablesTopic, subscribed when a club has them.
   pages.index = function () {
     const filter = new SnapshotFilter();
+    const where = new Map(); // game topic -> [club id, table number]
+    for (const club of config.clubs) (club.topics || []).forEach((topic, i) => where.set(topic, [club.id, i + 1]));
+    const live = new Map(); // club id -> Map(table -> snapshot in progress)
     follow({
       topics: [config.gamesTopic],
+      optional: config.clubs.some((club) => (club.topics || []).length > 1) ? [config.tablesTopic] : [],
       onSnapshot(topic, snapshot) {
-        const clubId = topic.split('/')[1];
+        const found = where.get(topic);
+        if (!found || !filter.accept(topic, snapshot)) return;
+        const [clubId, table] = found;
         const item = $('.club-item[data-club="' + clubId + '"]');
-        if (!item || !filter.accept(clubId, snapshot)) return;
-        const live = snapshot !== null && snapshot.type !== 'game_end';
-        item.dataset.match = live ? 'on' : 'off';
-        const g = live ? snapshot.game_data : null;
+        if (!item) return;
+        if (!live.has(clubId)) live.set(clubId, new Map());
+        const tables = live.get(clubId);
+        if (snapshot !== null && snapshot.type !== 'game_end') tables.set(table, snapshot);
+        else tables.delete(table);
+        const first = Math.min(...tables.keys());
+        const shown = tables.get(first);
+        item.dataset.match = shown ? 'on' : 'off';
         const state = $('[data-field="state"]', item);
-        if (live) fill(state, rich('{a} ' + g.score1 + '–' + g.score2 + ' {b}', { a: asName(g.player1), b: asName(g.player2) }));
-        else state.textContent = S.no_match;
-        if (live) scoreShown();
+        if (shown) {
+          const g = shown.game_data;
+          fill(state, rich('{a} ' + g.score1 + '–' + g.score2 + ' {b}', { a: asName(g.player1), b: asName(g.player2) }));
+          scoreShown();
+        } else state.textContent = S.no_match;
       },
     });
   };
