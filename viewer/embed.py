@@ -14,7 +14,6 @@ import functools
 import io
 import json
 from typing import Any
-from urllib.parse import urlsplit
 
 import segno
 from markupsafe import Markup
@@ -23,8 +22,11 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from scorer import topics
-from scorer.config import Settings, url_host
+from scorer.config import Settings
+from scorer.ws_urls import ws_origin
 from viewer.api import club_or_error
+from viewer.assets import MQTT_JS_NAME, STATIC_DIR
+from viewer.headers import security_headers
 from viewer.i18n import LANGUAGES, STRINGS, pick_language
 
 # Words of the embed's own pages and messages (the element's buttons are in viewer/i18n.py,
@@ -32,6 +34,7 @@ from viewer.i18n import LANGUAGES, STRINGS, pick_language
 EMBED_STRINGS: dict[str, dict[str, str]] = {
     "en": {
         "unknown_club": "rallycast-live: there is no club {club}",
+        "unknown_table": "rallycast-live: club {club} has no table {table}",
         "embed_title": "Put the live score on your website",
         "embed_script": "Any web page (one script and one element)",
         "embed_django": "Django template (the club page)",
@@ -46,6 +49,7 @@ EMBED_STRINGS: dict[str, dict[str, str]] = {
     },
     "ru": {
         "unknown_club": "rallycast-live: клуба {club} нет",
+        "unknown_table": "rallycast-live: у клуба {club} нет стола {table}",
         "embed_title": "Живой счёт на сайте клуба",
         "embed_script": "Любая страница (один скрипт и один элемент)",
         "embed_django": "Шаблон Django (страница клуба)",
@@ -63,7 +67,8 @@ ELEMENT_KEYS = (
     "live_on", "no_match", "game_scores", "game_no", "between_games", "won_by", "won_by_pair",
     "abandoned", "heading_friendly", "heading_match", "heading_finished", "heading_abandoned",
     "serves_one", "serves_to", "timeout_side", "game_to", "game_to_pair", "interval",
-    "change_ends", "sound", "speech", "notify", "unknown_club",
+    "change_ends", "sound", "speech", "notify", "unknown_club", "best_of_n", "final_game",
+    "unknown_table",
 )  # fmt: skip
 
 
@@ -74,9 +79,8 @@ def element_strings() -> dict[str, dict[str, str]]:
 
 
 def embed_script(settings: Settings, mqtt_js_url: str) -> bytes:
-    """/embed.js: its settings line, then announce.js, then embed.js (one request)."""
-    from viewer.server import STATIC_DIR
-
+    """/embed.js: its settings line, then announce.js, scoreview.js (how a snapshot is shown,
+    the same file as our pages'), then embed.js (one request)."""
     preamble = {
         "wsUrl": settings.public_ws_url,
         "wsPort": settings.ws_port,
@@ -87,6 +91,7 @@ def embed_script(settings: Settings, mqtt_js_url: str) -> bytes:
         "/* Rallycast live score for any web page: docs/embed.md */",
         f"window.RallycastEmbed = window.RallycastEmbed || {json.dumps(preamble)};",
         (STATIC_DIR / "announce.js").read_text("utf-8"),
+        (STATIC_DIR / "scoreview.js").read_text("utf-8"),
         (STATIC_DIR / "embed.js").read_text("utf-8"),
     ]
     return "\n".join(parts).encode("utf-8")
@@ -128,13 +133,11 @@ def qr_inline(url: str, element_id: str, css_class: str, label: str) -> Markup:
 
 
 class Embed:
-    """The routes; ``viewer`` is the running :class:`viewer.server.Viewer`."""
+    """The routes; ``viewer`` is the running :class:`viewer.app.Viewer`."""
 
     def __init__(self, viewer: Any) -> None:
         self.viewer = viewer
         self.settings: Settings = viewer.settings
-        from viewer.server import MQTT_JS_NAME
-
         mqtt_js = "" if viewer.mqtt_js_missing else viewer.static_url(MQTT_JS_NAME)
         self.script = embed_script(self.settings, mqtt_js)
         # {{ club_qr(request, club.id, "id", "class", "label") }} in the club page and the TV.
@@ -163,24 +166,35 @@ class Embed:
         )
 
     async def live_api(self, request: Request) -> Response:
-        """``{"club": {"id", "name"}, "topic": "clubs/<id>/game", "known": bool,
-        "snapshot": <the retained snapshot> | null}``; ``known`` is false while the viewer is
-        not following the broker (then null means "ask MQTT", not "no match"). Served as
-        ``/api/clubs/<id>/live`` by viewer/api.py (CORS, errors: 404 ``no_club``)."""
+        """``{"club": {"id", "name"}, "known": bool, "tables": [{"table": n, "name": str,
+        "topic": str, "snapshot": <the retained snapshot> | null}, ...], "topic", "snapshot"}``:
+        every table of the club in order (``name``: its configured name or "Table <n>");
+        ``topic`` and ``snapshot`` at the top are table 1's, as before tables. ``known`` is
+        false while the viewer is not following the broker (then null means "ask MQTT", not
+        "no match"). Served as ``/api/clubs/<id>/live`` by viewer/api.py (CORS, errors: 404
+        ``no_club``)."""
         club = club_or_error(self.settings, request)
         snapshots = self.viewer.snapshots
         known = snapshots is not None and snapshots.ready
+        tables = [
+            {
+                "table": n,
+                "name": club.table_name(n),
+                "topic": topics.game(club.id, n),
+                "snapshot": snapshots.snapshot(club.id, n) if known else None,
+            }
+            for n in range(1, club.tables + 1)
+        ]
         body = {
             "club": {"id": club.id, "name": club.name},
-            "topic": topics.game(club.id),
+            "topic": tables[0]["topic"],
             "known": known,
-            "snapshot": snapshots.snapshot(club.id) if known else None,
+            "snapshot": tables[0]["snapshot"],
+            "tables": tables,
         }
         return JSONResponse(body, headers={"Cache-Control": "no-store"})
 
     def page(self, request: Request, template: str, frame: str, **context: Any) -> Response:
-        from viewer.server import security_headers
-
         club = self.viewer.club_or_404(request)
         language = pick_language(request)[0]
         return self.viewer.templates.TemplateResponse(
@@ -197,17 +211,20 @@ class Embed:
         )
 
     async def frame_page(self, request: Request) -> Response:
-        return self.page(request, "embed_frame.html", frame_ancestors(self.settings))
+        """The iframe page; ``?table=n`` shows the club's table n (400/404 page otherwise)."""
+        club = self.viewer.club_or_404(request)
+        table, bad = self.viewer.table_or_page(request, club)
+        if bad is not None:
+            return bad
+        return self.page(
+            request, "embed_frame.html", frame_ancestors(self.settings), table=table or 1
+        )
 
     async def snippet_page(self, request: Request) -> Response:
         base = str(request.base_url).rstrip("/")
         club = self.viewer.club_or_404(request)
         language = pick_language(request)[0]
-        if self.settings.public_ws_url:
-            parts = urlsplit(self.settings.public_ws_url)
-            ws = f"{parts.scheme}://{parts.netloc}"
-        else:
-            ws = f"ws://{url_host(request.url.hostname or '')}:{self.settings.ws_port}"
+        ws = ws_origin(self.settings, request.url.hostname or "")
         return self.page(
             request,
             "embed_snippet.html",

@@ -390,6 +390,34 @@ _RECORD_STRINGS: dict[str, dict[str, str]] = {
 for _language, _words in _RECORD_STRINGS.items():
     STRINGS[_language].update(_words)
 
+# Tables (issue 12): the club page's card per table, ?table= on the display, overlay and
+# scorer pages, the scorer's choice of table. One block, so that merges stay easy.
+_TABLE_STRINGS: dict[str, dict[str, str]] = {
+    "en": {
+        "table_n": "Table {n}",
+        "pick_table": "Table",
+        "table_busy": "Send or forget the waiting presses before changing tables.",
+        "bad_table": "Bad table",
+        "bad_table_value": "table: a table number from 1 to {count}, e.g. ?table=2",
+        "no_table": "No such table",
+        "no_table_text": "{club} has {count} table(s); there is no table {n}. Its tables:",
+        "ov_table": "which of the club's tables it shows: 1 to {count}",
+    },
+    "ru": {
+        "table_n": "Стол {n}",
+        "pick_table": "Стол",
+        "table_busy": "Отправьте или забудьте ждущие нажатия, прежде чем сменить стол.",
+        "bad_table": "Неверный стол",
+        "bad_table_value": "table: номер стола от 1 до {count}, например ?table=2",
+        "no_table": "Нет такого стола",
+        "no_table_text": "У клуба {club} столов: {count}; стола {n} нет. Столы клуба:",
+        "ov_table": "какой стол клуба показывать: от 1 до {count}",
+    },
+}
+for _language, _words in _TABLE_STRINGS.items():
+    STRINGS[_language].update(_words)
+BROWSER_KEYS += ("table_busy",)
+
 
 def _from_accept_language(header: str) -> str | None:
     """The best supported language in an Accept-Language header (RFC 9110 q-values)."""

@@ -36,7 +36,7 @@ from viewer.charts import lead_chart
 from viewer.i18n import STRINGS, pick_language
 
 if TYPE_CHECKING:
-    from viewer.server import Viewer
+    from viewer.app import Viewer
 
 RECENT = 5  # matches in the club page's "Recent results"
 API_PAGE_MAX = 100

@@ -1,7 +1,8 @@
 """The viewer's own spectator connection: the latest retained snapshot of every club, so a page
 can carry its club's current score in its HTML and show it before mqtt.js has even loaded.
 
-One small paho client (anonymous, MQTT 3.1.1, clean session) subscribes ``clubs/+/game`` and
+One small paho client (anonymous, MQTT 3.1.1, clean session) subscribes ``clubs/+/game``,
+``clubs/+/tables/+/game`` (every table of every club, docs/protocol.md) and
 ``rallycast/status/scorer`` — what any spectator page may — and keeps the last payload of
 each. While it is not connected (or not yet subscribed) it knows nothing: the pages then carry
 no snapshot and work exactly as before, from MQTT alone."""
@@ -12,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import re
 import secrets
 import threading
 from collections.abc import Callable
@@ -25,7 +25,6 @@ from scorer.config import Settings, url_host
 
 log = logging.getLogger("rallycast.viewer")
 
-GAME_TOPIC_RE = re.compile(r"^clubs/([a-z0-9-]{1,64})/game$")
 READY_WAIT = 1.0  # at start, how long the web server waits for the first subscription
 STOP_WAIT = 0.1  # at stop, how long to wait for the network thread (a daemon: it may linger)
 _DEFAULT_BROKER_URL = next(f.default for f in fields(Settings) if f.name == "broker_url")
@@ -55,12 +54,13 @@ def valid_snapshot(payload: bytes) -> dict[str, Any] | None:
 
 
 class RetainedSnapshots:
-    """The latest snapshot per club and the scorer service's status, kept by a paho client in
-    its own network thread. Readers (the web server's loop) only read whole dict entries."""
+    """The latest snapshot per club and table and the scorer service's status, kept by a paho
+    client in its own network thread. Readers (the web server's loop) only read whole dict
+    entries."""
 
     def __init__(self, url: str) -> None:
         self.url = url
-        self._snapshots: dict[str, dict[str, Any]] = {}
+        self._snapshots: dict[tuple[str, int], dict[str, Any]] = {}
         self._status: str | None = None
         self._ready = threading.Event()  # connected and subscribed
         self._tried = threading.Event()  # the first connection attempt is over, either way
@@ -74,8 +74,10 @@ class RetainedSnapshots:
     def ready(self) -> bool:
         return self._ready.is_set()
 
-    def snapshot(self, club_id: str) -> dict[str, Any] | None:
-        return self._snapshots.get(club_id) if self._ready.is_set() else None
+    def snapshot(self, club_id: str, table: int = 1) -> dict[str, Any] | None:
+        """The retained snapshot of the club's table, None when there is none or the viewer
+        is not following the broker."""
+        return self._snapshots.get((club_id, table)) if self._ready.is_set() else None
 
     @property
     def scorer_offline(self) -> bool:
@@ -175,13 +177,24 @@ class RetainedSnapshots:
             return
         # QoS 0: retained messages come all the same, and on a NATS cluster each QoS 1
         # subscription is a replicated JetStream consumer (docs/scale.md).
-        client.subscribe([(topics.ALL_GAMES, 0), (topics.SCORER_STATUS, 0)])
+        client.subscribe(
+            [(topics.ALL_GAMES, 0), (topics.ALL_TABLE_GAMES, 0), (topics.SCORER_STATUS, 0)]
+        )
 
     def _on_connect_fail(self, client, userdata):  # type: ignore[no-untyped-def]
         self._tried_now()
 
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties):  # type: ignore[no-untyped-def]
-        if any(code.is_failure for code in reason_codes):
+        # In the order subscribed: every club's table 1, every club's other tables, status.
+        games, tables, status = (list(reason_codes) + [None] * 3)[:3]
+        if tables is not None and tables.is_failure and not games.is_failure:
+            # A broker whose ACL predates tables (an old mosquitto.acl): table 1 still works.
+            log.warning(
+                "viewer: the broker refused %s to spectators: tables 2 and up get no"
+                " server-side snapshot (update the broker's ACL: docs/broker.md)",
+                topics.ALL_TABLE_GAMES,
+            )
+        if games is None or games.is_failure or (status is not None and status.is_failure):
             log.warning("viewer: the broker refused the spectator subscriptions")
         else:
             self._ready.set()
@@ -198,15 +211,15 @@ class RetainedSnapshots:
         if message.topic == topics.SCORER_STATUS:
             self._status = message.payload.decode("utf-8", "replace").strip()
             return
-        found = GAME_TOPIC_RE.fullmatch(message.topic)
-        if found is None:
+        found = topics.table_of(message.topic)
+        if found is None or found[2] != "":
             return
-        club_id = found.group(1)
+        key = (found[0], found[1])  # (club, table)
         snapshot = valid_snapshot(message.payload) if message.payload.strip() else None
         if snapshot is None:
-            self._snapshots.pop(club_id, None)  # an empty payload: the club has no match
+            self._snapshots.pop(key, None)  # an empty payload: the table has no match
         else:
-            self._snapshots[club_id] = snapshot
+            self._snapshots[key] = snapshot
 
 
 def _threadsafe_setter(event: asyncio.Event) -> Callable[[], None]:

@@ -70,7 +70,7 @@ def run(matches: int, requests: int, data_dir: Path | None = None) -> dict[str, 
     from starlette.testclient import TestClient
 
     from scorer.config import Club, Settings
-    from viewer.server import create_app
+    from viewer.app import create_app
 
     with tempfile.TemporaryDirectory(prefix="rallycast-record-bench-") as temp:
         data = data_dir or Path(temp)

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from scorer.engine import Match, Refused
-from viewer.server import STATIC_DIR
+from viewer.assets import STATIC_DIR
 
 pytestmark = pytest.mark.browser
 

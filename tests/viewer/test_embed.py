@@ -337,7 +337,8 @@ def test_a_bad_or_unknown_club_says_so_in_place_of_the_score(
         stack.viewer.url,
         club="nope",
         extra='<rallycast-live id="bad" club="Bad/Club"></rallycast-live>'
-        '<rallycast-live id="t2" club="alpha" table="2"></rallycast-live>',
+        '<rallycast-live id="t2" club="alpha" table="2"></rallycast-live>'
+        '<rallycast-live id="t02" club="alpha" table="02"></rallycast-live>',
     )
     page = open_page(host.origin + "/")
     page.failures.allowed.append("404 (Not Found)")  # the API's answer for the unknown club
@@ -345,7 +346,10 @@ def test_a_bad_or_unknown_club_says_so_in_place_of_the_score(
     page.wait_for_selector(problem.format(":not([id])"), state="visible")
     assert page.inner_text(problem.format(":not([id])")) == "rallycast-live: there is no club nope"
     assert "must be a club id" in page.inner_text(problem.format("#bad"))
-    assert 'only table="1"' in page.inner_text(problem.format("#t2"))
+    # Alpha has one table (issue 12: a club's tables come from its config).
+    page.wait_for_selector(problem.format("#t2"), state="visible")
+    assert page.inner_text(problem.format("#t2")) == "rallycast-live: club alpha has no table 2"
+    assert "must be a table number 1-64" in page.inner_text(problem.format("#t02"))
 
 
 def test_first_score_comes_from_the_json_api_before_mqtt_connects(

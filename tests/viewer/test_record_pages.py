@@ -20,7 +20,7 @@ from scorer.record import RecordReader, RecordWriter
 from scorer.record_fill import fill, played_log, store_log
 from scorer.stats import match_stats
 from tests.scorer.test_stats import known_log
-from viewer.server import create_app
+from viewer.app import create_app
 
 ORIGIN = "https://club.example.org"
 
@@ -153,6 +153,10 @@ def test_api_matches_are_paged_and_checked(client: TestClient) -> None:
         "topic": "clubs/alpha/game",
         "known": False,
         "snapshot": None,
+        # Every table of the club (issue 12, docs/api.md); alpha has one.
+        "tables": [
+            {"table": 1, "name": "Table 1", "topic": "clubs/alpha/game", "snapshot": None}
+        ],
     }
     assert "Bob" in client.get("/api/clubs/alpha/players?prefix=B").json()["players"]
     ladder = client.get("/api/clubs/alpha/ladder").json()["ladder"]
@@ -204,7 +208,8 @@ def test_the_api_has_one_route_per_resource_and_no_catch_all(client: TestClient)
     paths = [r.path for r in client.app.routes if r.path.startswith("/api/")]
     assert sorted(paths) == sorted(API_PATHS)
     # /live is the embed element's shape, whoever mounted it (not a record "tables" shape).
-    assert set(client.get("/api/clubs/alpha/live").json()) == {"club", "topic", "known", "snapshot"}
+    live = set(client.get("/api/clubs/alpha/live").json())
+    assert live == {"club", "topic", "known", "snapshot", "tables"}
 
 
 def test_api_paths_no_route_serves_answer_json_with_cors(client: TestClient) -> None:

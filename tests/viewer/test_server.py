@@ -20,8 +20,10 @@ import pytest
 from starlette.testclient import TestClient
 
 from scorer.config import Club, Settings
+from viewer.app import Viewer, create_app
+from viewer.assets import IMMUTABLE, collect_assets
 from viewer.i18n import BROWSER_KEYS, STRINGS
-from viewer.server import IMMUTABLE, Viewer, collect_assets, create_app, start_viewer
+from viewer.server import start_viewer
 
 SETTINGS = Settings(clubs=(Club("alpha", "Alpha TTC"), Club("beta")), ws_port=19001)
 PAGES = ["/", "/clubs/alpha", "/clubs/alpha/score", "/clubs/alpha/display", "/clubs/alpha/overlay"]
@@ -50,7 +52,8 @@ def test_every_page_renders_with_a_strict_content_security_policy(
     assert response.headers["x-content-type-options"] == "nosniff"
     assert "<script>" not in response.text and " on" + "click=" not in response.text
     config = page_config(response.text)
-    assert config["wsPort"] == 19001 and config["wsUrls"] == []
+    # The broker URL the server works out for the page (scorer/ws_urls.py); the browser uses it.
+    assert config["wsPort"] == 19001 and config["wsUrls"] == ["ws://testserver:19001/mqtt"]
 
 
 def test_the_club_page_config_names_the_club_topics(client: TestClient) -> None:
@@ -295,7 +298,7 @@ def test_every_refusal_code_has_words_in_every_language() -> None:
 def test_the_overlay_help_lists_every_url_option_with_its_default(
     client: TestClient, lang: str
 ) -> None:
-    from viewer.server import OVERLAY_DEFAULTS, OVERLAY_POSITIONS
+    from viewer.overlay import OVERLAY_DEFAULTS, OVERLAY_POSITIONS
 
     response = client.get(f"/clubs/alpha/overlay/help?lang={lang}")
     assert response.status_code == 200

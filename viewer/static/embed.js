@@ -7,19 +7,24 @@
  * constructed stylesheet (no <style> element, so a strict host CSP needs no 'unsafe-inline'),
  * names are put in as text, and nothing from a snapshot is ever run.
  *
- * Attributes: club (required), table (1: one table per club today), lang (en, ru; default:
+ * Attributes: club (required), table (the club's table number, default 1), lang (en, ru; default:
  * the host page's <html lang>), show-idle (say "no match" instead of hiding), controls="none"
  * (no sound/speech/notification buttons), server (the viewer's origin, default: where this
- * script came from). Theming: the CSS custom properties --rallycast-* and ::part() below. */
+ * script came from). Theming: the CSS custom properties --rallycast-* and ::part() below.
+ *
+ * How a snapshot is shown (fields, clocks, which snapshot wins, the 3 s after the end) is
+ * scoreview.js, the same file as our own pages', served just before this one. */
 (function () {
   'use strict';
   const settings = window.RallycastEmbed;
   if (!settings || window.customElements.get('rallycast-live')) return;
 
-  const END_HIDE_MS = 3000; // as the club page: the final score stays 3 s, then the section goes
+  const V = window.RallycastView; // scoreview.js, concatenated before this file
+  const { format, isSnapshot } = V;
   const CLUB_RE = /^[a-z0-9-]{1,64}$/;
+  const TABLE_RE = /^[1-9][0-9]?$/; // 1-64, no sign, space or leading zero
+  const MAX_TABLE = 64;
   const RETAINED_GRACE_MS = 2000; // as live.js: how long a retained snapshot may take
-  const PERIOD_MS = 60000; // ITTF: timeouts and intervals between games of up to 1 minute
   const scriptOrigin = document.currentScript ? new URL(document.currentScript.src).origin : location.origin;
 
   const CSS = `
@@ -62,14 +67,6 @@
     return sheet;
   }
 
-  function format(template, values) {
-    return template.replace(/\{(\w+)\}/g, (whole, key) => (key in values ? String(values[key]) : whole));
-  }
-
-  function isSnapshot(value) {
-    return Boolean(value) && typeof value === 'object' && Boolean(value.game_data) && typeof value.game_data === 'object';
-  }
-
   function randomHex(bytes) {
     return Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, '0')).join('');
   }
@@ -89,26 +86,6 @@
       });
     }
     return mqttLoading;
-  }
-
-  /* Put a value into an element as text: a string, or {tpl, v} (a sentence whose {name}
-   * values are names). Names go into <bdi> with textContent, never into HTML: a bidi
-   * character in a name reorders only the name, and markup in it stays text. */
-  function fill(node, value) {
-    if (!value || typeof value !== 'object') { node.textContent = value === undefined || value === null ? '' : String(value); return; }
-    const parts = value.tpl.split(/\{(\w+)\}/);
-    const nodes = [];
-    parts.forEach((part, i) => {
-      if (i % 2 === 0) { if (part) nodes.push(document.createTextNode(part)); return; }
-      const got = value.v[part];
-      if (got === undefined || got === null) return;
-      if (got && got.name !== undefined) {
-        const bdi = document.createElement('bdi');
-        bdi.textContent = got.name;
-        nodes.push(bdi);
-      } else nodes.push(document.createTextNode(String(got)));
-    });
-    node.replaceChildren(...nodes);
   }
 
   function el(tag, attrs, children) {
@@ -131,9 +108,6 @@
 
     disconnectedCallback() {
       this.started = false;
-      clearTimeout(this.hideTimer);
-      clearInterval(this.clockTimer);
-      this.clockTimer = null;
       if (this.client) this.client.end(true);
       this.client = null;
     }
@@ -220,13 +194,19 @@
       const club = this.getAttribute('club') || '';
       const table = this.getAttribute('table') || '1';
       if (!CLUB_RE.test(club)) { this.say('rallycast-live: club="…" must be a club id (a-z, 0-9, -)'); return; }
-      if (table !== '1') { this.say('rallycast-live: only table="1" exists (one table per club)'); return; }
+      if (!TABLE_RE.test(table) || Number(table) > MAX_TABLE) { this.say('rallycast-live: table="…" must be a table number 1-' + MAX_TABLE); return; }
+      const number = Number(table);
       const origin = this.getAttribute('server') || scriptOrigin;
-      this.topic = 'clubs/' + club + '/game';
-      this.shown = null; // {match_id, rev} of the snapshot on screen
-      this.seenLive = new Set();
+      // The topic scheme of docs/protocol.md ("Tables"): table 1 keeps clubs/<club>/game.
+      this.topic = number === 1 ? 'clubs/' + club + '/game' : 'clubs/' + club + '/tables/' + number + '/game';
       const generation = this.generation;
       const current = () => this.started && this.generation === generation;
+      this.filter = new V.SnapshotFilter();
+      this.update = V.liveSection(
+        (snapshot) => V.render(this.section, snapshot, this.S),
+        // A hide planned before a restart (another club or table) is not this start's.
+        (visible) => { if (this.generation === generation) this.setVisible(visible); },
+      );
       // The first score from the JSON API, so the element shows it at once; MQTT takes over.
       // Without CORS for this site (embed_origins) the retained MQTT copy arrives a moment later.
       try {
@@ -237,8 +217,12 @@
           const body = await response.json();
           if (!current()) return;
           if (body.club && body.club.name) this.announcer.title = String(body.club.name);
+          // Every table's snapshot (docs/api.md); a server from before tables has table 1 only.
+          const tables = Array.isArray(body.tables) ? body.tables : [{ table: 1, snapshot: body.snapshot }];
+          const mine = tables.find((entry) => entry && entry.table === number);
+          if (!mine) { this.say(format(this.S.unknown_table, { club, table: number })); return; }
           // What is on now is the baseline: the announcer tells only what changes after it.
-          if (isSnapshot(body.snapshot)) this.onSnapshot(body.snapshot);
+          if (isSnapshot(mine.snapshot)) this.onSnapshot(mine.snapshot);
           else if (body.known) this.announcer.update(null);
         }
       } catch (error) {
@@ -293,129 +277,22 @@
       client.on('message', (topic, payload) => {
         if (topic !== this.topic) return;
         heard = true;
-        const text = payload.toString();
-        if (!text.trim()) { this.onSnapshot(null); return; }
-        let snapshot;
-        try { snapshot = JSON.parse(text); } catch (error) { return; }
-        if (isSnapshot(snapshot)) this.onSnapshot(snapshot);
+        const snapshot = V.parseSnapshot(payload.toString());
+        if (snapshot !== undefined) this.onSnapshot(snapshot);
       });
     }
 
-    // Newer rev or another match wins (after a reconnect the broker resends its retained copy).
-    accept(snapshot) {
-      const shown = this.shown;
-      if (snapshot === null) { this.shown = null; return shown !== null; }
-      if (shown && shown.match_id === snapshot.match_id && !(snapshot.rev > shown.rev)) return false;
-      this.shown = { match_id: snapshot.match_id, rev: snapshot.rev };
-      return true;
-    }
-
+    // Newer rev or another match wins (after a reconnect the broker resends its retained
+    // copy); then the live section of scoreview.js shows, keeps or hides it.
     onSnapshot(snapshot) {
-      if (!this.accept(snapshot)) return;
+      if (!this.filter.accept('live', snapshot)) return;
       this.announcer.update(snapshot);
-      clearTimeout(this.hideTimer);
-      if (snapshot === null) { this.setVisible(false); return; }
-      if (snapshot.type !== 'game_end') {
-        this.seenLive.add(snapshot.match_id);
-        this.render(snapshot);
-        this.setVisible(true);
-      } else if (this.seenLive.has(snapshot.match_id)) {
-        this.render(snapshot);
-        this.setVisible(true);
-        this.hideTimer = setTimeout(() => this.setVisible(false), END_HIDE_MS);
-      } else {
-        this.setVisible(false); // ended before this page opened: nothing is on
-      }
+      this.update(snapshot);
+      if (snapshot === null) return;
       // For the host page (and tests): what the element shows now. Bubbles in the host's DOM.
       this.dispatchEvent(new CustomEvent('rallycast:snapshot', {
         bubbles: true, detail: { rev: snapshot.rev, status: snapshot.status, live: !this.section.hidden },
       }));
-    }
-
-    view(s) {
-      const S = this.S;
-      const g = s.game_data;
-      const doubles = g.game_type === 'double';
-      const won = s.games_won || [0, 0];
-      const games = s.games || [];
-      const names = { 1: g.player1, 2: g.player2 };
-      const playing = s.status === 'in_progress';
-      const dash = (pair) => pair[0] + '–' + pair[1];
-      const name = (text) => ({ name: text || '' });
-      const rich = (tpl, v) => ({ tpl, v });
-      let status;
-      if (s.status === 'between_games') status = S.between_games;
-      else if (s.status === 'finished') status = rich(doubles ? S.won_by_pair : S.won_by, { name: name(g.winner) });
-      else if (s.status === 'abandoned') status = S.abandoned;
-      else status = format(S.game_no, { n: s.game_no || 1 });
-      let heading;
-      if (s.status === 'finished') heading = rich(S.heading_finished, { name: name(g.winner) });
-      else if (s.status === 'abandoned') heading = S.heading_abandoned;
-      else heading = (s.best_of || 1) > 1 ? format(S.heading_match, { n: s.best_of }) : S.heading_friendly;
-      let serving = '';
-      if (playing && s.server_player) {
-        serving = doubles && s.receiver_player
-          ? rich(S.serves_to, { server: name(s.server_player), receiver: name(s.receiver_player) })
-          : rich(S.serves_one, { server: name(s.server_player) });
-      }
-      const timeout = playing && s.timeout && (s.timeout.side === 1 || s.timeout.side === 2) ? s.timeout : null;
-      const lastGame = s.status === 'between_games' && s.last_game ? s.last_game : null;
-      const winnerFirst = (game) => (game.winner === 2 ? [game.score[1], game.score[0]] : game.score);
-      return {
-        side: { name: names, score: { 1: g.score1, 2: g.score2 }, games: { 1: won[0], 2: won[1] } },
-        heading,
-        status,
-        serving,
-        timeout: timeout ? rich(S.timeout_side, { name: name(names[timeout.side]) }) : '',
-        timeout_until: timeout ? this.deadline(timeout.started_at) : 0,
-        interval: lastGame
-          ? rich(doubles ? S.game_to_pair : S.game_to, {
-            n: lastGame.game_no, name: name(lastGame.winner_name || names[lastGame.winner]), score: dash(winnerFirst(lastGame)),
-          })
-          : '',
-        interval_until: lastGame ? this.deadline(lastGame.ended_at) : 0,
-        ends: s.ends_changed && (playing || s.status === 'between_games') ? S.change_ends : '',
-        game_list: games.length ? games.map(dash).join(', ') : '—',
-        server: s.status === 'finished' || s.status === 'abandoned' ? 0 : g.server,
-      };
-    }
-
-    // When a 1-minute timeout or interval that began at `iso` (the service's clock) ends, in
-    // this device's time; a device clock clearly behind the service's counts from now.
-    deadline(iso) {
-      const began = Date.parse(iso || '');
-      if (Number.isNaN(began)) return 0;
-      const now = Date.now();
-      return (now - began >= -5000 ? began : now) + PERIOD_MS;
-    }
-
-    render(snapshot) {
-      const v = this.view(snapshot);
-      for (const node of this.section.querySelectorAll('[data-field]')) {
-        const field = node.dataset.field;
-        const value = node.dataset.side ? (v.side[field] || {})[node.dataset.side] : v[field];
-        const key = JSON.stringify(value === undefined || value === null ? '' : value);
-        if (node.rcShown === key) continue; // unchanged: nothing written
-        node.rcShown = key;
-        fill(node, value);
-      }
-      for (const node of this.section.querySelectorAll('[data-show-if]')) node.hidden = !v[node.dataset.showIf];
-      for (const node of this.section.querySelectorAll('[data-clock]')) node.dataset.until = String(v[node.dataset.clock + '_until'] || 0);
-      for (const node of this.section.querySelectorAll('[data-serve]')) {
-        node.classList.toggle('serving', Number(node.dataset.serve) === v.server);
-      }
-      this.section.dataset.status = snapshot.status || '';
-      this.tick();
-      if (!this.clockTimer) this.clockTimer = setInterval(() => this.tick(), 250);
-    }
-
-    tick() {
-      for (const node of this.section.querySelectorAll('[data-clock]')) {
-        const until = Number(node.dataset.until || 0);
-        const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
-        const text = until ? Math.floor(left / 60) + ':' + String(left % 60).padStart(2, '0') : '';
-        if (node.textContent !== text) node.textContent = text;
-      }
     }
   }
 

@@ -6,7 +6,9 @@
 
   const config = JSON.parse(document.getElementById('rallycast-config').textContent);
   const S = config.strings;
-  const END_HIDE_MS = 3000; // the club page's live section hides 3 s after a match ends
+  // How a snapshot is shown (scoreview.js, shared with the <rallycast-live> element).
+  const V = window.RallycastView;
+  const { format, isSnapshot, SnapshotFilter, fill, rich, asName, sideOf, clockText } = V;
   const AUTH_REFUSED = new Set([4, 5]); // CONNACK: bad user name or password / not authorised
   // After the first subscription, how long the broker gets to send the retained snapshot of
   // a topic whose snapshot came embedded in the page; none by then: the club has no match.
@@ -14,10 +16,6 @@
 
   const $ = (selector, root) => (root || document).querySelector(selector);
   const $$ = (selector, root) => Array.from((root || document).querySelectorAll(selector));
-
-  function format(template, values) {
-    return template.replace(/\{(\w+)\}/g, (whole, key) => (key in values ? String(values[key]) : whole));
-  }
 
   const brokerUrl = () => window.RallycastEarly.url; // preconnect.js works it out
 
@@ -31,10 +29,6 @@
       const protocol = url.protocol.replace(/:$/, '');
       return { host: url.hostname, port: Number(url.port) || (protocol === 'wss' ? 443 : 80), protocol };
     });
-  }
-
-  function isSnapshot(value) {
-    return Boolean(value) && typeof value === 'object' && Boolean(value.game_data) && typeof value.game_data === 'object';
   }
 
   // The snapshots the server put into the page ({topic: snapshot}, viewer/snapshots.py keeps
@@ -67,19 +61,6 @@
     return Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, '0')).join('');
   }
 
-  // A snapshot is shown only if its match differs from the shown one or its rev is greater:
-  // after a reconnect the broker resends the retained copy, and a late copy must not win.
-  class SnapshotFilter {
-    constructor() { this.shown = new Map(); }
-    accept(key, snapshot) {
-      const shown = this.shown.get(key);
-      if (snapshot === null) { this.shown.delete(key); return shown !== undefined; }
-      if (shown && shown.match_id === snapshot.match_id && !(snapshot.rev > shown.rev)) return false;
-      this.shown.set(key, { match_id: snapshot.match_id, rev: snapshot.rev });
-      return true;
-    }
-  }
-
   function showBanner(id, text) {
     const banner = document.getElementById(id);
     if (!banner) return;
@@ -89,7 +70,8 @@
 
   /* Connect to the broker. options: username, password, topics (subscribed once; mqtt.js
    * resubscribes after each reconnect and the broker resends the retained snapshots),
-   * qos1 (topics subscribed at QoS 1; the others at QoS 0),
+   * qos1 (topics subscribed at QoS 1; the others at QoS 0), optional (topics whose
+   * refusal must not cost the others),
    * onSnapshot(topic, snapshot|null), onMessage(topic, text), onConnect(),
    * onAuthRefused(). Returns the mqtt.js client. */
   // MQTT keep-alive: mqtt.js pings after KEEPALIVE_S without an ack and gives the connection up
@@ -99,6 +81,7 @@
 
   function connect(options) {
     if (typeof mqtt === 'undefined') return null; // the server page already says mqtt.js is missing
+    if (!brokerUrl()) return null; // no usable host to connect to (scorer/ws_urls.py)
     let socket = null; // the WebSocket under the current connection
     const client = mqtt.connect(brokerUrl(), {
       servers: brokerServers(),
@@ -129,6 +112,14 @@
         // QoS 1 only for options.qos1 (the scorer page's replies).
         const qos1 = new Set(options.qos1 || []);
         for (const topic of options.topics.concat([config.statusTopic])) wanted[topic] = { qos: qos1.has(topic) ? 1 : 0 };
+        // options.optional (a club's other tables) in a SUBSCRIBE of their own: mqtt.js
+        // forgets every topic of a SUBSCRIBE the broker refused one of (a broker whose ACL
+        // predates tables) and would not subscribe them again after a reconnect.
+        if (options.optional && options.optional.length) {
+          const optional = {};
+          for (const topic of options.optional) optional[topic] = { qos: 0 };
+          client.subscribe(optional, () => {});
+        }
         client.subscribe(wanted, (error) => {
           if (error || !embedded.length) return;
           // An embedded snapshot the broker no longer retains (the match was deleted between
@@ -159,14 +150,10 @@
         return;
       }
       if (options.onMessage) options.onMessage(topic, text);
-      if (!options.onSnapshot || !/^clubs\/[a-z0-9-]+\/game$/.test(topic)) return;
+      if (!options.onSnapshot || !/^clubs\/.+\/game$/.test(topic)) return; // a table's snapshot
       heard.add(topic);
-      let snapshot = null;
-      if (text.trim()) {
-        try { snapshot = JSON.parse(text); } catch (error) { return; }
-        if (!isSnapshot(snapshot)) return;
-      }
-      options.onSnapshot(topic, snapshot);
+      const snapshot = V.parseSnapshot(text);
+      if (snapshot !== undefined) options.onSnapshot(topic, snapshot);
     });
     // A closing tab ends its MQTT session cleanly (DISCONNECT, then a normal WebSocket close)
     // instead of leaving the broker a "1001 going away" close in the middle of a session.
@@ -204,194 +191,14 @@
     else go();
   }
 
-  // --- rendering: elements say what they show with data-field / data-side / data-serve ---
-  // A value is a string, or {tpl, v} (a sentence with names in it), or {lines} (a doubles
-  // pair's names, one per line). Names are always text inside <bdi>: a bidi-override
-  // character in a name can reorder only the name itself, never the score next to it.
-
-  const INTERVAL_MS = 60000; // ITTF: intervals of up to 1 minute between games; timeouts 1 minute
-  const firstSeen = new Map(); // clock fallback, see deadline()
-
-  function rich(tpl, values) { return { tpl: tpl, v: values }; }
-
-  function nameNode(name) {
-    const bdi = document.createElement('bdi');
-    bdi.textContent = name;
-    return bdi;
-  }
-
-  // Fill el with template text and <bdi> names (values named in `names` are names).
-  function fill(el, value) {
-    el.classList.toggle('as-lines', Boolean(value && value.lines));
-    if (value && value.lines) {
-      el.replaceChildren(...value.lines.map((line, i) => {
-        const node = nameNode(line);
-        node.className = 'name-line' + (value.roles[i] ? ' is-' + value.roles[i] : '');
-        return node;
-      }));
-      return;
-    }
-    if (!value || typeof value !== 'object') { el.textContent = value === undefined || value === null ? '' : String(value); return; }
-    const nodes = [];
-    const parts = value.tpl.split(/\{(\w+)\}/);
-    parts.forEach((part, i) => {
-      if (i % 2 === 0) { if (part) nodes.push(document.createTextNode(part)); return; }
-      const got = value.v[part];
-      if (got === undefined || got === null) return;
-      nodes.push(got && got.name !== undefined ? nameNode(got.name) : document.createTextNode(String(got)));
-    });
-    el.replaceChildren(...nodes);
-  }
-
-  const asName = (name) => ({ name: name || '' });
-
-  function statusText(s) {
-    const doubles = s.game_data.game_type === 'double';
-    switch (s.status) {
-      case 'between_games': return S.between_games;
-      case 'finished': return rich(doubles ? S.won_by_pair : S.won_by, { name: asName(s.game_data.winner) });
-      case 'abandoned': return S.abandoned;
-      default: return format(S.game_no, { n: s.game_no || 1 });
-    }
-  }
-
-  function headingText(s) {
-    if (s.status === 'finished') return rich(S.heading_finished, { name: asName(s.game_data.winner) });
-    if (s.status === 'abandoned') return S.heading_abandoned;
-    return (s.best_of || 1) > 1 ? format(S.heading_match, { n: s.best_of }) : S.heading_friendly;
-  }
-
-  /* The local time (ms) a 1-minute period that began at `iso` (service clock) ends. The
-   * device's clock is trusted unless it is clearly behind the service's (the period would
-   * start in the future): then the minute counts from when this page first saw it. */
-  function deadline(iso, key) {
-    const began = Date.parse(iso || '');
-    if (Number.isNaN(began)) return 0;
-    const now = Date.now();
-    if (now - began >= -5000) return began + INTERVAL_MS;
-    if (!firstSeen.has(key)) firstSeen.set(key, now);
-    return firstSeen.get(key) + INTERVAL_MS;
-  }
-
-  function clockText(until) {
-    if (!until) return '';
-    const left = Math.max(0, Math.ceil((until - Date.now()) / 1000));
-    return Math.floor(left / 60) + ':' + String(left % 60).padStart(2, '0');
-  }
-
-  function winnerFirst(game) {
-    const score = game.score || [0, 0];
-    return game.winner === 2 ? [score[1], score[0]] : score;
-  }
-
-  function view(s) {
-    const g = s.game_data;
-    const doubles = g.game_type === 'double';
-    const won = s.games_won || [0, 0];
-    const games = s.games || [];
-    const last = games.length ? games[games.length - 1] : null;
-    const names = { 1: g.player1, 2: g.player2 };
-    const playing = s.status === 'in_progress';
-    const dash = (pair) => pair[0] + '–' + pair[1];
-    const lastGame = s.last_game && (s.status === 'between_games' || s.status === 'finished') ? s.last_game : null;
-    const timeout = playing && s.timeout && (s.timeout.side === 1 || s.timeout.side === 2) ? s.timeout : null;
-    let serving = '';
-    if (playing && s.server_player) {
-      serving = doubles && s.receiver_player
-        ? rich(S.serves_to, { server: asName(s.server_player), receiver: asName(s.receiver_player) })
-        : rich(S.serves_one, { server: asName(s.server_player) });
-    }
-    return {
-      side: {
-        name: names,
-        score: { 1: g.score1, 2: g.score2 },
-        games: { 1: won[0], 2: won[1] },
-      },
-      doubles: doubles,
-      heading: headingText(s),
-      status: statusText(s),
-      serving: serving,
-      best_of: (s.best_of || 1) > 1 ? format(S.best_of_n, { n: s.best_of }) : S.heading_friendly,
-      game_list: games.length ? games.map(dash).join(', ') : '—',
-      // After a best-of-N match the games tell who won; otherwise the last game's score; the
-      // winner's number first, as it follows "won by ...".
-      result: s.status === 'finished' && (s.best_of || 1) > 1
-        ? dash(winnerFirst({ score: won, winner: won[1] > won[0] ? 2 : 1 }))
-        : last ? dash(s.status === 'finished' ? winnerFirst({ score: last, winner: last[1] > last[0] ? 2 : 1 }) : last) : '',
-      over: s.status === 'finished' || s.status === 'abandoned' ? 'yes' : '',
-      final_game: s.status === 'finished' && last ? format(S.final_game, { score: dash(last) }) : '',
-      timeout: timeout ? rich(S.timeout_side, { name: asName(names[timeout.side]) }) : '',
-      timeout_until: timeout ? deadline(timeout.started_at, 'timeout ' + s.match_id + ' ' + timeout.started_at) : 0,
-      interval: lastGame && s.status === 'between_games'
-        ? rich(doubles ? S.game_to_pair : S.game_to, {
-          // The winner's points first, as said aloud: "Game 3 to Petrov, 11-9".
-          n: lastGame.game_no, name: asName(lastGame.winner_name || names[lastGame.winner]), score: dash(winnerFirst(lastGame)),
-        })
-        : '',
-      interval_until: lastGame && s.status === 'between_games'
-        ? deadline(lastGame.ended_at, 'interval ' + s.match_id + ' ' + lastGame.game_no) : 0,
-      ends: s.ends_changed && (playing || s.status === 'between_games') ? S.change_ends : '',
-      server: s.status === 'finished' || s.status === 'abandoned' ? 0 : g.server,
-      server_player: playing ? s.server_player : null,
-      receiver_player: playing ? s.receiver_player : null,
-      left: s.left_side === 2 ? 2 : 1,
-    };
-  }
-
-  // "left"/"right" are the ends of the table (snapshot's left_side); "1"/"2" are the sides.
-  function sideOf(name, v) {
-    if (name === 'left') return v.left;
-    if (name === 'right') return 3 - v.left;
-    return Number(name);
-  }
-
-  function setValue(el, value) {
-    const key = JSON.stringify(value === undefined || value === null ? '' : value);
-    if (el.rcShown === key) return; // unchanged: nothing written (the tests count writes)
-    el.rcShown = key;
-    fill(el, value);
-  }
-
-  function tickClocks() {
-    for (const el of $$('[data-clock]')) {
-      const text = clockText(Number(el.dataset.until || 0));
-      if (el.textContent !== text) el.textContent = text;
-    }
-  }
-  let clockTimer = null;
+  // --- rendering: scoreview.js puts a snapshot into the elements under a root ---
 
   function render(root, snapshot) {
-    const v = view(snapshot);
-    for (const el of $$('[data-field]', root)) {
-      const field = el.dataset.field;
-      let value;
-      if (el.dataset.side) {
-        const side = sideOf(el.dataset.side, v);
-        value = (v.side[field] || {})[side];
-        // A pair on the TV: one name per line, so a long pair never wraps onto three lines.
-        if (field === 'name' && 'lines' in el.dataset && v.doubles && typeof value === 'string') {
-          const at = value.indexOf(' / ');
-          if (at > 0) {
-            const lines = [value.slice(0, at), value.slice(at + 3)];
-            // Who of the pair serves and who receives the next rally.
-            const roles = lines.map((n) => (n === v.server_player ? 'server' : n === v.receiver_player ? 'receiver' : ''));
-            value = { lines: lines, roles: roles };
-          }
-        }
-      } else value = v[field];
-      setValue(el, value);
-    }
-    for (const el of $$('[data-show-if]', root)) el.hidden = !v[el.dataset.showIf];
-    for (const el of $$('[data-clock]', root)) el.dataset.until = String(v[el.dataset.clock + '_until'] || 0);
-    for (const el of $$('[data-serve]', root)) {
-      el.classList.toggle('serving', sideOf(el.dataset.serve, v) === v.server);
-    }
-    root.dataset.status = snapshot.status || '';
-    tickClocks();
-    if (!clockTimer) clockTimer = setInterval(tickClocks, 250);
+    const v = V.render(root, snapshot, S);
     scoreShown();
     return v;
   }
+  const view = (snapshot) => V.view(snapshot, S);
 
   // When the page first showed a score (ms since navigation): what `rallycast bench` reads.
   function scoreShown() {
@@ -404,58 +211,67 @@
 
   const pages = {};
 
+  // The club list: per club, whether a match is on, with the score of the lowest-numbered
+  // table that has one. config.clubs[i].topics lists each club's table topics (table 1
+  // first); the other tables come through config.tablesTopic, subscribed when a club has them.
   pages.index = function () {
     const filter = new SnapshotFilter();
+    const where = new Map(); // game topic -> [club id, table number]
+    for (const club of config.clubs) (club.topics || []).forEach((topic, i) => where.set(topic, [club.id, i + 1]));
+    const live = new Map(); // club id -> Map(table -> snapshot in progress)
     follow({
       topics: [config.gamesTopic],
+      optional: config.clubs.some((club) => (club.topics || []).length > 1) ? [config.tablesTopic] : [],
       onSnapshot(topic, snapshot) {
-        const clubId = topic.split('/')[1];
+        const found = where.get(topic);
+        if (!found || !filter.accept(topic, snapshot)) return;
+        const [clubId, table] = found;
         const item = $('.club-item[data-club="' + clubId + '"]');
-        if (!item || !filter.accept(clubId, snapshot)) return;
-        const live = snapshot !== null && snapshot.type !== 'game_end';
-        item.dataset.match = live ? 'on' : 'off';
-        const g = live ? snapshot.game_data : null;
+        if (!item) return;
+        if (!live.has(clubId)) live.set(clubId, new Map());
+        const tables = live.get(clubId);
+        if (snapshot !== null && snapshot.type !== 'game_end') tables.set(table, snapshot);
+        else tables.delete(table);
+        const first = Math.min(...tables.keys());
+        const shown = tables.get(first);
+        item.dataset.match = shown ? 'on' : 'off';
         const state = $('[data-field="state"]', item);
-        if (live) fill(state, rich('{a} ' + g.score1 + '–' + g.score2 + ' {b}', { a: asName(g.player1), b: asName(g.player2) }));
-        else state.textContent = S.no_match;
-        if (live) scoreShown();
+        if (shown) {
+          const g = shown.game_data;
+          fill(state, rich('{a} ' + g.score1 + '–' + g.score2 + ' {b}', { a: asName(g.player1), b: asName(g.player2) }));
+          scoreShown();
+        } else state.textContent = S.no_match;
       },
     });
   };
 
+  // One card per table (the club's tables in order, from the server); each follows its own
+  // table's snapshots: appears when its match starts, hides 3 s after its end. The two
+  // filters of config.gameFilters follow every table of the club.
   pages.club = function () {
-    const section = document.getElementById('liveGameSection');
     const noMatch = document.getElementById('no-match');
     const filter = new SnapshotFilter();
-    const seenLive = new Set(); // matches this page showed in progress
-    let hideTimer = null;
-
-    function setVisible(visible) {
-      section.hidden = !visible;
-      noMatch.hidden = visible;
+    const cards = new Map(); // game topic -> update(snapshot)
+    const shown = new Set(); // tables with a card on screen
+    for (const card of $$('section.live[data-topic]')) {
+      const table = card.dataset.table;
+      cards.set(card.dataset.topic, V.liveSection(
+        (snapshot) => render(card, snapshot),
+        (visible) => {
+          card.hidden = !visible;
+          if (visible) shown.add(table); else shown.delete(table);
+          noMatch.hidden = shown.size > 0;
+        },
+      ));
     }
-    function cancelHide() {
-      clearTimeout(hideTimer);
-      hideTimer = null;
-    }
+    // gameFilters: [table 1's topic, the other tables' filter]; a club with one table needs
+    // only the first, as before tables.
     follow({
-      topics: [config.topics.game],
+      topics: config.gameFilters.slice(0, 1),
+      optional: cards.size > 1 ? config.gameFilters.slice(1) : [],
       onSnapshot(topic, snapshot) {
-        if (!filter.accept('club', snapshot)) return;
-        cancelHide();
-        if (snapshot === null) { setVisible(false); return; }
-        if (snapshot.type !== 'game_end') {
-          seenLive.add(snapshot.match_id);
-          render(section, snapshot);
-          setVisible(true);
-        } else if (seenLive.has(snapshot.match_id)) {
-          // The final score stays for a moment, then the section goes, as on the seed's page.
-          render(section, snapshot);
-          setVisible(true);
-          hideTimer = setTimeout(() => setVisible(false), END_HIDE_MS);
-        } else {
-          setVisible(false); // a match that ended before this page opened: nothing is on
-        }
+        const update = cards.get(topic); // none: a table this club does not have
+        if (update && filter.accept(topic, snapshot)) update(snapshot);
       },
     });
   };

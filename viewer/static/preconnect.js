@@ -5,14 +5,12 @@
   'use strict';
   const config = JSON.parse(document.getElementById('rallycast-config').textContent);
 
-  // The broker's WebSocket URLs: a cluster's nodes (config.wsUrls), or this page's host on
-  // wsPort. Shuffled once per page, so the pages of a club spread over the nodes; mqtt.js
-  // goes on to the next one in this order when its node is lost (live.js).
+  // The broker's WebSocket URLs as the server worked them out from its settings for this
+  // page (scorer/ws_urls.py): a cluster's nodes, or this page's host on ws_port. Shuffled
+  // once per page, so the pages of a club spread over the nodes; mqtt.js goes on to the next
+  // one in this order when its node is lost (live.js).
   function brokerUrls() {
-    if (config.wsUrls && config.wsUrls.length) return config.wsUrls.slice();
-    const scheme = location.protocol === 'https:' ? 'wss' : 'ws';
-    const host = location.hostname.includes(':') ? '[' + location.hostname + ']' : location.hostname;
-    return [scheme + '://' + host + ':' + config.wsPort + '/mqtt'];
+    return (config.wsUrls || []).slice();
   }
 
   function shuffled(items) {
@@ -26,7 +24,7 @@
   const urls = shuffled(brokerUrls());
   const early = { url: urls[0], urls: urls, socket: null };
   // Spectator pages connect at once; the scorer's page waits for a password.
-  if (config.page !== 'score' && config.page !== 'error' && typeof WebSocket !== 'undefined') {
+  if (early.url && config.page !== 'score' && config.page !== 'error' && typeof WebSocket !== 'undefined') {
     early.socket = new WebSocket(early.url, ['mqtt']);
     early.socket.binaryType = 'arraybuffer';
     early.socket.addEventListener('open', () => performance.mark('rallycast:ws-open'));

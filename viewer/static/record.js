@@ -1,14 +1,16 @@
-// The club page's "Recent results": when the live match ends (the live section's
+// The club page's "Recent results": when a live match ends (a table's live card's
 // data-status becomes finished or abandoned), ask the API for the latest results and show
 // them, so the match that just ended moves there. The record is written just after the
 // match ends (scorer/record_hooks.py), so a few tries, bounded, with a growing wait.
 (() => {
   'use strict';
   const section = document.getElementById('recent-results');
-  const live = document.getElementById('liveGameSection');
-  if (!section || !live) return;
+  const cards = Array.from(document.querySelectorAll('section.live[data-table]'));
+  if (!section || !cards.length) return;
   const config = JSON.parse(document.getElementById('rallycast-config').textContent);
   const club = config.club.id;
+  // A record's table (its number, as stored) by the name the server gave it for this page.
+  const tableNames = new Map((config.tables || []).map((t) => [String(t.table), t.name]));
   const TRIES = [800, 1500, 3000, 6000];
 
   function shownIds() {
@@ -43,6 +45,10 @@
   function render(matches) {
     const body = section.querySelector('tbody');
     if (!body) return false; // no table yet (no results before): reload shows it
+    // The server shows a Table column when a listed match has a table: a change of that
+    // needs the server's header (reload).
+    const withTable = matches.some((m) => m.table !== null && m.table !== undefined && m.table !== '');
+    if (withTable !== Boolean(section.querySelector('th[data-col="table"]'))) return false;
     const rows = matches.map((m) => {
       const tr = document.createElement('tr');
       tr.dataset.match = m.match_id;
@@ -54,6 +60,11 @@
       when.href = '/clubs/' + club + '/matches/' + encodeURIComponent(m.match_id);
       when.append(time);
       cell(tr, when);
+      if (withTable) {
+        const name = document.createElement('bdi');
+        name.textContent = m.table === null || m.table === undefined ? '' : tableNames.get(String(m.table)) || String(m.table);
+        cell(tr, name);
+      }
       const players = cell(tr, '');
       m.players.forEach((name, i) => {
         if (i) players.append(' – ');
@@ -85,13 +96,15 @@
     } catch (error) { /* offline for a moment: the next try */ }
     if (attempt + 1 < TRIES.length) setTimeout(() => refresh(before, attempt + 1), TRIES[attempt + 1]);
   }
-  let lastStatus = live.dataset.status;
-  new MutationObserver(() => {
-    const status = live.dataset.status;
-    if (status !== lastStatus && (status === 'finished' || status === 'abandoned')) {
-      const before = shownIds();
-      setTimeout(() => refresh(before, 0), TRIES[0]);
-    }
-    lastStatus = status;
-  }).observe(live, { attributes: true, attributeFilter: ['data-status'] });
+  for (const live of cards) {
+    let lastStatus = live.dataset.status;
+    new MutationObserver(() => {
+      const status = live.dataset.status;
+      if (status !== lastStatus && (status === 'finished' || status === 'abandoned')) {
+        const before = shownIds();
+        setTimeout(() => refresh(before, 0), TRIES[0]);
+      }
+      lastStatus = status;
+    }).observe(live, { attributes: true, attributeFilter: ['data-status'] });
+  }
 })();

@@ -9,7 +9,13 @@
  * order, never a silent double point: a scorer who taps +1 twice meant two points (as on a
  * paper score sheet), and one who did not sees the second press queued and can take it back
  * with -1 or Undo once it is applied. The queue is kept in localStorage, so a reload (or a
- * phone that kills the tab) resends what the page showed as queued, with the same ids. */
+ * phone that kills the tab) resends what the page showed as queued, with the same ids.
+ *
+ * Tables: a club with several tables gets a choice of table (#table-pick, the server's list
+ * of the club's tables with their topics). The page then sends to that table's cmd topic and
+ * waits for replies on its reply topic; the choice is remembered on this device, and a URL's
+ * ?table= wins. Each table has its own queue; the table can change only while no press waits,
+ * so a press always goes to the table it was made for. */
 (function () {
   'use strict';
 
@@ -34,7 +40,19 @@
     const sessionUrl = '/clubs/' + encodeURIComponent(clubId) + '/session';
     // Older pages kept the password itself here: delete it at once, whatever happens next.
     localStorage.removeItem('rallycast.password.' + clubId);
-    const queueKey = 'rallycast.queue.' + clubId;
+    // The table: ?table= of the URL, else this device's last choice, else table 1.
+    const tables = config.tables && config.tables.length ? config.tables : [{ table: 1, topics: config.topics }];
+    const tableKey = 'rallycast.table.' + clubId;
+    const tablePick = document.getElementById('table-pick');
+    const known = (n) => tables.some((t) => t.table === n);
+    let table = config.askedTable || Number(localStorage.getItem(tableKey)) || 1;
+    if (!known(table)) table = 1;
+    let topics = tables.find((t) => t.table === table).topics;
+    if (config.askedTable) localStorage.setItem(tableKey, String(table));
+    if (tablePick) tablePick.value = String(table);
+    // Table 1's queue keeps the key it always had (a queue saved before tables still goes).
+    const queueKeyOf = (n) => 'rallycast.queue.' + clubId + (n === 1 ? '' : '.table' + n);
+    let queueKey = queueKeyOf(table);
     const scorer = document.getElementById('scorer');
     const replyLine = document.getElementById('reply');
     const startReply = document.getElementById('start-reply');
@@ -46,7 +64,7 @@
     const queueBox = document.getElementById('queue-box');
     const queueList = document.getElementById('queue');
     const retryButton = document.getElementById('retry');
-    const filter = new R.SnapshotFilter();
+    let filter = new R.SnapshotFilter();
     let client = null;
     let snapshot = null;
     let shown = null; // view of the shown snapshot
@@ -140,7 +158,7 @@
         return;
       }
       press.tries += 1;
-      client.publish(config.topics.cmd, JSON.stringify(press.command), { qos: 1 });
+      client.publish(topics.cmd, JSON.stringify(press.command), { qos: 1 });
       const wait = Math.min(FIRST_RESEND_MS * 2 ** (press.tries - 1), MAX_RESEND_MS);
       resendTimer = setTimeout(transmit, wait);
       renderQueue();
@@ -231,8 +249,8 @@
       client = R.connect({
         username: clubId,
         password: secret,
-        topics: [config.topics.game, config.topics.reply],
-        qos1: [config.topics.reply],
+        topics: [topics.game, topics.reply],
+        qos1: [topics.reply],
         onConnect() {
           fallback = null; // accepted: the password is no longer needed anywhere
           signinMessage.textContent = '';
@@ -253,10 +271,11 @@
           setView();
         },
         onMessage(topic, text) {
-          if (topic === config.topics.reply) onReply(text);
+          if (topic === topics.reply) onReply(text);
         },
         onSnapshot(topic, next) {
-          if (!filter.accept('score', next)) return;
+          // A late copy from the table this page scored before is not this table's.
+          if (topic !== topics.game || !filter.accept('score', next)) return;
           const before = snapshot;
           snapshot = next;
           // A new match came in (from here or elsewhere): the start form has done its job.
@@ -325,6 +344,41 @@
         keepalive: true,
       }).catch(() => {});
     }
+
+    // Another table: only with no press waiting (each press goes to the table it was made
+    // for); then follow that table's snapshot and replies instead.
+    function switchTable(next) {
+      if (next === table || !known(next)) return;
+      if (queue.length) {
+        tablePick.value = String(table);
+        say(S.table_busy, 'refused');
+        return;
+      }
+      clearResend();
+      const before = topics;
+      table = next;
+      topics = tables.find((t) => t.table === table).topics;
+      localStorage.setItem(tableKey, String(table));
+      const url = new URL(location.href);
+      url.searchParams.set('table', String(table));
+      history.replaceState(null, '', url);
+      queueKey = queueKeyOf(table);
+      queue = loadQueue();
+      sentAt = 0;
+      filter = new R.SnapshotFilter();
+      snapshot = null;
+      shown = null;
+      wantNewMatch = false;
+      say('', '');
+      renderQueue();
+      if (client) {
+        client.unsubscribe([before.game, before.reply]);
+        client.subscribe({ [topics.game]: { qos: 0 }, [topics.reply]: { qos: 1 } });
+        if (queue.length && client.connected) newRound(); // left from an earlier visit
+      }
+      setView();
+    }
+    if (tablePick) tablePick.addEventListener('change', () => switchTable(Number(tablePick.value)));
 
     signinForm.addEventListener('submit', (event) => {
       event.preventDefault();
