@@ -46,7 +46,14 @@ from viewer.headers import security_headers
 from viewer.i18n import LANG_COOKIE, STRINGS, browser_strings, pick_language
 from viewer.overlay import OVERLAY_DEFAULTS, OVERLAY_POSITIONS, OVERLAY_SCALE, overlay_options
 from viewer.snapshots import RetainedSnapshots, viewer_broker_url
-from viewer.tables import BadTable, chosen_table, club_tables, record_table_label, table_topics
+from viewer.tables import (
+    BadTable,
+    chosen_table,
+    club_tables,
+    record_table_label,
+    shows_table_column,
+    table_topics,
+)
 
 log = logging.getLogger("rallycast.viewer")
 
@@ -131,6 +138,9 @@ class Viewer:
                 "table_label": (lambda table_id: record_table_label(club, table_id, words))
                 if club is not None
                 else str,
+                "shows_table_column": lambda rows: shows_table_column(
+                    club, (row.table for row in rows)
+                ),
                 "config": config,
                 "static_url": self.static_url,
                 "mqtt_js_missing": self.mqtt_js_missing,
@@ -159,7 +169,9 @@ class Viewer:
         """``(table, None)`` for the URL's ``?table=`` (None when it gives none), or
         ``(None, the 400/404 page)`` that says what is wrong and links the club's tables."""
         try:
-            return chosen_table(club, request.query_params, STRINGS[pick_language(request)[0]]), None
+            return chosen_table(
+                club, request.query_params, STRINGS[pick_language(request)[0]]
+            ), None
         except BadTable as exc:
             page = self.render(
                 request, "error.html", page="error", status_code=exc.status, title=exc.title,

@@ -6,7 +6,7 @@ the names of the topics come from scorer/topics.py only, so the browser never bu
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 from scorer import topics
@@ -41,6 +41,15 @@ def record_table_label(club: Club, table_id: Any, words: Mapping[str, str]) -> s
     return table_label(club, number, words)
 
 
+def shows_table_column(club: Club | None, table_ids: Iterable[Any]) -> bool:
+    """Whether a list of matches names their tables: when the club plays on several tables, or
+    a listed match was played on a table other than 1 (the club had more tables then). A
+    one-table club's list stays as it was before tables (record.js follows the same rule)."""
+    if club is not None and club.tables > 1:
+        return True
+    return any(t is not None and str(t) not in ("", "1") for t in table_ids)
+
+
 def table_topics(club: Club, table: int) -> dict[str, str]:
     return {
         "game": topics.game(club.id, table),
@@ -65,9 +74,7 @@ def chosen_table(club: Club, query: Mapping[str, str], words: Mapping[str, str])
     given = query.get("table")
     if given is None:
         return None
-    links = [
-        (table_label(club, n, words), f"?table={n}") for n in range(1, club.tables + 1)
-    ]
+    links = [(table_label(club, n, words), f"?table={n}") for n in range(1, club.tables + 1)]
     try:
         table = topics.check_table(given)
     except topics.BadTable:

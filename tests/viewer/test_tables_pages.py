@@ -119,7 +119,9 @@ def test_the_display_names_its_table_and_the_overlay_help_lists_the_table_option
     assert "<code>table</code>" not in client.get("/clubs/beta/overlay/help").text
     # The scorer's page offers the club's tables, the URL's one chosen.
     score = client.get("/clubs/alpha/score?table=3").text
-    pick = score[score.index('id="table-pick"') : score.index("</select>", score.index("table-pick"))]
+    pick = score[
+        score.index('id="table-pick"') : score.index("</select>", score.index("table-pick"))
+    ]
     assert re.findall(r'<option value="(\d)"( selected)?>([^<]+)</option>', pick) == [
         ("1", "", "Centre court"), ("2", "", "Table 2"), ("3", " selected", "Table 3"),
     ]  # fmt: skip
@@ -137,8 +139,10 @@ def test_the_record_pages_name_the_table_a_match_was_played_on(tmp_path) -> None
     store_log(tmp_path, "alpha", "no-table", played_log("Eve", "Fay", 1, 9000.0))
     writer = RecordWriter(tmp_path)
     writer.sync()
-    # The table as the service records it (scorer/record.py's table_id column).
+    # The table as the service records it (scorer/record.py's table_id column); a row
+    # summarised before tables existed has none.
     with writer._db:
+        writer._db.execute("UPDATE results SET table_id = NULL WHERE match_id = 'no-table'")
         writer._db.execute("UPDATE results SET table_id = '1' WHERE match_id = 'on-centre'")
         writer._db.execute("UPDATE results SET table_id = '3' WHERE match_id = 'on-three'")
     writer.close()
@@ -158,3 +162,26 @@ def test_the_record_pages_name_the_table_a_match_was_played_on(tmp_path) -> None
     # The club page's recent results too, and record.js gets the names in the config.
     club = client.get("/clubs/alpha").text
     assert "<bdi>Centre court</bdi></td>" in club
+
+
+def test_a_one_table_clubs_lists_have_no_table_column_until_a_match_names_another_table(
+    tmp_path,
+) -> None:
+    from scorer.record import RecordWriter
+    from scorer.record_fill import played_log, store_log
+
+    store_log(tmp_path, "beta", "on-one", played_log("Ann", "Bob", 1, 1000.0))
+    writer = RecordWriter(tmp_path)
+    writer.sync()
+    with writer._db:  # the service records table 1 as "1"
+        writer._db.execute("UPDATE results SET table_id = '1' WHERE match_id = 'on-one'")
+    client = TestClient(create_app(Settings(data_dir=tmp_path, clubs=CLUBS, ws_port=19001)))
+    for path in ("/clubs/beta/matches", "/clubs/beta", "/clubs/beta/players/Ann"):
+        page = client.get(path).text
+        assert 'data-match="on-one"' in page, path
+        assert 'data-col="table"' not in page, path
+    # A match from a time the club had more tables names its table again.
+    with writer._db:
+        writer._db.execute("UPDATE results SET table_id = '2' WHERE match_id = 'on-one'")
+    writer.close()
+    assert 'data-col="table"' in client.get("/clubs/beta/matches").text

@@ -45,9 +45,11 @@
   function render(matches) {
     const body = section.querySelector('tbody');
     if (!body) return false; // no table yet (no results before): reload shows it
-    // The server shows a Table column when a listed match has a table: a change of that
+    // The server shows a Table column when the club has several tables or a listed match was
+    // played on a table other than 1 (viewer/tables.py shows_table_column): a change of that
     // needs the server's header (reload).
-    const withTable = matches.some((m) => m.table !== null && m.table !== undefined && m.table !== '');
+    const withTable = tableNames.size > 1
+      || matches.some((m) => m.table !== null && m.table !== undefined && !['', '1'].includes(String(m.table)));
     if (withTable !== Boolean(section.querySelector('th[data-col="table"]'))) return false;
     const rows = matches.map((m) => {
       const tr = document.createElement('tr');
