@@ -20,7 +20,8 @@ import pytest
 
 from scorer import topics
 from scorer.client import ScoreClient
-from scorer.service import ScorerService, lock_data_dir
+from scorer.datadir_lock import lock_data_dir
+from scorer.service import ScorerService
 from scorer.store import STORE_FILE_NAME, MatchStore
 from tests.scorer.servicekit import (
     ROOT,
@@ -625,7 +626,7 @@ def test_an_id_reused_for_another_command_is_refused_not_answered_as_done(any_br
 
 def test_rallycast_up_on_a_data_dir_in_use_says_so_in_one_sentence(tmp_path):
     data_dir = tmp_path / "data"
-    holder = lock_data_dir(data_dir)  # a running scorer service holds the data dir
+    holder = lock_data_dir(data_dir, "scorer", "rallycast scorer")  # a running service
     try:
         result = subprocess.run(
             [
@@ -653,7 +654,7 @@ def test_rallycast_up_on_a_data_dir_in_use_says_so_in_one_sentence(tmp_path):
     finally:
         holder.close()
     assert result.returncode == 1, result
-    assert "another scorer service" in result.stderr and "Traceback" not in result.stderr
+    assert "is in use by rallycast scorer (pid" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_stale_snapshot_behind_a_backlog_of_commands_is_still_corrected(
