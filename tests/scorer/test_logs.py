@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from rallycast.bench.launch import embedded_command
 from scorer.config import ConfigError
 from scorer.logs import setup_logging
 from tests.rallycast.test_cli import rallycast
@@ -66,19 +67,7 @@ def run_until(command: list[str], wanted: re.Pattern[str], tmp_path: Path) -> st
 
 def test_the_broker_logs_in_the_one_format_and_says_where_it_listens(tmp_path):
     out, err = run_until(
-        [
-            sys.executable,
-            "-m",
-            "broker.cli",
-            "--bind",
-            "127.0.0.1",
-            "--mqtt-port",
-            "0",
-            "--ws-port",
-            "0",
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],  # fmt: skip
+        embedded_command(tmp_path / "data"),
         re.compile(r"broker listening on"),
         tmp_path,
     )

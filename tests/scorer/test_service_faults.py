@@ -9,7 +9,6 @@ import resource
 import signal
 import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import pytest
 
+from rallycast.bench.launch import up_command
 from scorer import topics
 from scorer.client import ScoreClient
 from scorer.datadir_lock import lock_data_dir
@@ -629,22 +629,7 @@ def test_rallycast_up_on_a_data_dir_in_use_says_so_in_one_sentence(tmp_path):
     holder = lock_data_dir(data_dir, "scorer", "rallycast scorer")  # a running service
     try:
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "rallycast.cli",
-                "up",
-                "--data-dir",
-                str(data_dir),
-                "--bind",
-                "127.0.0.1",
-                "--mqtt-port",
-                "0",
-                "--ws-port",
-                "0",
-                "--http-port",
-                "0",
-            ],
+            up_command(data_dir),
             cwd=ROOT,
             capture_output=True,
             text=True,
