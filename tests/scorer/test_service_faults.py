@@ -7,7 +7,6 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
 import threading
 import time
@@ -315,52 +314,13 @@ def test_a_broker_that_comes_back_without_its_retained_snapshots_gets_them_again
         status.close()
 
 
-class UpstreamFreezableProxy(FreezableProxy):
-    """FreezableProxy with the other direction frozen: what the client publishes is held
-    (a phone on a bad network) while everything the broker sends reaches it."""
-
-    def _pump(self, source: Any, target: Any, freezable: bool) -> None:
-        # (the base class calls this with freezable=True for broker -> client)
-        if freezable:
-            super()._pump(source, target, False)
-            return
-        try:
-            while not self.closed.is_set():
-                data = source.recv(65536)
-                if not data:
-                    break
-                # Held here once frozen, also a chunk read just before the freeze.
-                while not self.flowing.wait(0.1):
-                    if self.closed.is_set():
-                        return
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        # shutdown() first: close() alone does not end a connection another thread is
-        # blocked on, and the broker would wait for the keep-alive to see it gone.
-        for sock in self._sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        super().close()
-
-
 def test_a_press_held_by_the_network_while_another_scorer_replaces_the_match_does_not_score_in_the_new_one(  # noqa: E501
     any_broker, tmp_path
 ):
     """ScoreClient: a press made while match 1 was shown, held by the network until another
     scorer has force-started match 2, must not score in match 2 (it was meant for match 1):
     the client sends the match it was showing, and the service refuses it (wrong_match)."""
-    proxy = UpstreamFreezableProxy(any_broker.host, any_broker.mqtt_port)
+    proxy = FreezableProxy(any_broker.host, any_broker.mqtt_port, upstream=True)
     other = Scorer(any_broker, "alpha")
     password = any_broker.users["alpha"]
     try:
@@ -409,7 +369,7 @@ def test_kill_9_after_the_commit_before_the_reply_left_the_service_is_answered_o
     killed. After the restart the broker redelivers the press (no PUBACK came): it is
     answered with the original reply, not applied again; the snapshot is the store's."""
     broker = any_broker_process
-    proxy = UpstreamFreezableProxy(broker.host, broker.mqtt_port)
+    proxy = FreezableProxy(broker.host, broker.mqtt_port, upstream=True)
     via_proxy = SimpleNamespace(
         host="127.0.0.1",
         mqtt_port=proxy.port,
