@@ -92,7 +92,11 @@ def test_a_second_service_on_the_same_data_dir_refuses_to_start_and_the_first_ke
         second.start()
         code = wait_exit(second, PROCESS_START)
         assert code == 1, f"the second service did not refuse (exit {code}):\n{second.output()}"
-        assert "another scorer service" in second.output()
+        assert first.process is not None
+        assert (
+            f"data dir {data_dir} is in use by rallycast scorer (pid {first.process.pid})"
+            in second.output()
+        )
         assert "Traceback" not in second.output()
         for _ in range(5):
             assert alpha.send({"cmd": "point", "side": 1})["ok"]
