@@ -14,27 +14,29 @@ import shlex
 import signal
 import sys
 
-from scorer.config import Settings, bind_description, default_data_dir, load_settings
+from scorer.config import (
+    Settings,
+    add_setting_flags,
+    bind_description,
+    default_data_dir,
+    load_settings,
+    setting_overrides,
+)
 from scorer.datadir_lock import DataDirInUse, lock_data_dir
 from scorer.logs import setup_logging
 
+BROKER_FLAGS = ("bind", "mqtt_port", "ws_port", "data_dir")
+
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bind", help="address to listen on (default: settings.bind)")
-    parser.add_argument("--mqtt-port", type=int, help="MQTT/TCP port, 0 = any free port")
-    parser.add_argument("--ws-port", type=int, help="MQTT/WebSocket port, 0 = any free port")
-    parser.add_argument("--data-dir", help="password file and retained store directory")
+    add_setting_flags(
+        parser, *BROKER_FLAGS, help={"data_dir": "password file and retained store directory"}
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
     return load_settings(
-        getattr(args, "config", None),
-        overrides={
-            "bind": args.bind,
-            "mqtt_port": args.mqtt_port,
-            "ws_port": args.ws_port,
-            "data_dir": args.data_dir,
-        },
+        getattr(args, "config", None), overrides=setting_overrides(args, *BROKER_FLAGS)
     )
 
 

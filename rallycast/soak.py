@@ -4,7 +4,8 @@ scorer service or ``rallycast up`` is killed with SIGKILL and restarted, then ch
 Layouts (each on 127.0.0.1, ephemeral ports, a fresh temporary data dir):
 
 - ``embedded``: ``python -m broker.cli`` and ``rallycast scorer`` as two processes; kills hit
-  either (kinds ``broker`` and ``service``).
+  either (kinds ``broker`` and ``service``). Command lines, ports and the mosquitto config
+  come from ``rallycast/bench/launch.py``, as for the benchmarks and the test fixtures.
 - ``up``: ``rallycast up`` (broker + service + pages in one process); kind ``up``.
 - ``mosquitto``: mosquitto run from our ``mosquitto.conf`` (ports, paths and user rewritten)
   and ``rallycast scorer``; kinds ``broker`` and ``service``.
@@ -35,15 +36,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import getpass
 import json
-import os
 import queue
 import random
 import secrets
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -55,14 +53,26 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parent.parent
+from broker.process import stop_process
+from rallycast.bench.launch import (
+    SERVICE_USER,
+    BrokerNotInstalled,
+    broker_env,
+    embedded_command,
+    free_port,
+    mosquitto_config,
+    mosquitto_program,
+    port_accepts,
+    up_command,
+    write_mosquitto_passwords,
+)
+
 LAYOUTS: dict[str, tuple[str, ...]] = {
     "embedded": ("broker", "service"),
     "up": ("up",),
     "mosquitto": ("broker", "service"),
 }
 CLUB_IDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta")
-SERVICE_USER = "rallycast-service"
 MAX_DOWNTIME = 2.0  # seconds between a SIGKILL and the restart
 START_TIMEOUT = 20.0  # seconds for a (re)started process to be ready
 SETTLE_TIMEOUT = 30.0  # seconds for the system to be connected and quiet at the end
@@ -283,27 +293,6 @@ def _brief(snapshot: dict[str, Any] | None) -> str:
 # Processes
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def _listening(port: int) -> bool:
-    try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-            return True
-    except OSError:
-        return False
-
-
-def _child_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
-    env["PYTHONPATH"] = str(REPO) + (os.pathsep + env["PYTHONPATH"] if "PYTHONPATH" in env else "")
-    env.update(extra)
-    return env
-
-
 class Component:
     """One process of a layout, restartable. Ready = ``ports`` accept connections and, when
     ``marker`` is set, the log has one more line with it than before this start."""
@@ -354,7 +343,7 @@ class Component:
                     f"{self.name} exited with status {self.process.returncode} while starting; "
                     f"its log:\n{self.log_tail()}"
                 )
-            if all(_listening(port) for port in self.ports) and (
+            if all(port_accepts(port) for port in self.ports) and (
                 self.marker is None or self.marker_count() > before
             ):
                 return time.monotonic() - started
@@ -372,18 +361,11 @@ class Component:
 
     def stop(self, timeout: float = STOP_TIMEOUT) -> bool:
         """SIGTERM, then SIGKILL after ``timeout``; False when it had to be killed."""
-        if self.process is None or self.process.poll() is not None:
-            self.process = None
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
             return True
-        self.process.send_signal(signal.SIGTERM)
-        try:
-            self.process.wait(timeout)
-            return True
-        except subprocess.TimeoutExpired:
-            self.kill()
-            return False
-        finally:
-            self.process = None
+        stop_process(process, grace=timeout)
+        return process.returncode != -signal.SIGKILL
 
     @property
     def running(self) -> bool:
@@ -447,44 +429,6 @@ def _write_users(path: Path, users: dict[str, str]) -> None:
         passwords.set(user, password)
 
 
-def _write_mosquitto_users(path: Path, users: dict[str, str]) -> None:
-    program = shutil.which("mosquitto_passwd")
-    if program is None:
-        raise NotInstalled("mosquitto_passwd is not installed (apt-get install mosquitto)")
-    for user, password in users.items():
-        subprocess.run(
-            [program, *([] if path.exists() else ["-c"]), "-b", str(path), user, password],
-            check=True,
-            capture_output=True,
-        )
-    path.chmod(0o600)
-
-
-def mosquitto_config(work: Path, mqtt_port: int, ws_port: int) -> str:
-    """Our mosquitto.conf with only the lines naming ports, paths and the run-as user
-    changed (the same rewrite as tests/brokers.py and broker/bench.py)."""
-    replaced = {
-        "password_file": f"password_file {work / 'mosquitto.passwd'}",
-        "acl_file": f"acl_file {REPO / 'mosquitto.acl'}",
-        "user": f"user {getpass.getuser()}",
-        "persistence_location": f"persistence_location {work / 'mosquitto-data'}/",
-        "listener 1883": f"listener {mqtt_port} 127.0.0.1",
-        "listener 9001": f"listener {ws_port} 127.0.0.1",
-    }
-    seen = set()
-    lines = []
-    for line in (REPO / "mosquitto.conf").read_text().splitlines():
-        key = next((k for k in replaced if line == k or line.startswith(k + " ")), None)
-        if key is not None:
-            seen.add(key)
-            line = replaced[key]
-        lines.append(line)
-    missing = set(replaced) - seen
-    if missing:
-        raise SoakError(f"mosquitto.conf lost the lines the soak rewrites: {sorted(missing)}")
-    return "\n".join(lines) + "\n"
-
-
 def build_system(layout: str, work: Path, clubs: list[str]) -> System:
     """Write users, secrets and configuration for ``layout`` under ``work``; start nothing."""
     from scorer.service import ensure_service_secret
@@ -501,31 +445,16 @@ def build_system(layout: str, work: Path, clubs: list[str]) -> System:
         "--url", f"mqtt://127.0.0.1:{mqtt_port}",
         "--data-dir", str(service_dir),
     ]  # fmt: skip
-    service_env = _child_env(RALLYCAST_LOG_LEVEL="INFO")
+    service_env = broker_env({"RALLYCAST_LOG_LEVEL": "INFO"})
 
     if layout == "up":
         data = work / "up"
         _write_users(data / "passwd", users)
         up = Component(
             "rallycast up",
-            [
-                python,
-                "-m",
-                "rallycast.cli",
-                "up",
-                "--data-dir",
-                str(data),
-                "--bind",
-                "127.0.0.1",
-                "--mqtt-port",
-                str(mqtt_port),
-                "--ws-port",
-                str(ws_port),
-                "--http-port",
-                str(free_port()),
-            ],  # fmt: skip
+            up_command(data, mqtt_port=mqtt_port, ws_port=ws_port, http_port=free_port()),
             data / "up.log",
-            env=_child_env(RALLYCAST_LOG_LEVEL="INFO", RALLYCAST_CLUBS=",".join(clubs)),
+            env=broker_env({"RALLYCAST_LOG_LEVEL": "INFO", "RALLYCAST_CLUBS": ",".join(clubs)}),
             ports=(mqtt_port,),
             marker=SERVICE_CONNECTED,
         )
@@ -543,39 +472,33 @@ def build_system(layout: str, work: Path, clubs: list[str]) -> System:
         _write_users(data / "passwd", users)
         broker = Component(
             "python -m broker.cli",
-            [
-                python,
-                "-m",
-                "broker.cli",
-                "--bind",
-                "127.0.0.1",
-                "--mqtt-port",
-                str(mqtt_port),
-                "--ws-port",
-                str(ws_port),
-                "--data-dir",
-                str(data),
-            ],  # fmt: skip
+            embedded_command(data, mqtt_port, ws_port),
             data / "broker.log",
-            env=_child_env(**quiet),
+            env=broker_env(quiet),
             ports=(mqtt_port, ws_port),
         )
     elif layout == "mosquitto":
-        program = shutil.which("mosquitto") or (
-            "/usr/sbin/mosquitto" if Path("/usr/sbin/mosquitto").exists() else None
-        )
-        if program is None:
-            raise NotInstalled("mosquitto is not installed (apt-get install mosquitto)")
         data = work / "mosquitto"
         (data / "mosquitto-data").mkdir(parents=True)
-        _write_mosquitto_users(data / "mosquitto.passwd", users)
+        try:
+            program = mosquitto_program()
+            write_mosquitto_passwords(data / "mosquitto.passwd", users)
+        except BrokerNotInstalled as exc:
+            raise NotInstalled(f"{exc} (apt-get install mosquitto)") from None
+        try:
+            text = mosquitto_config(
+                mqtt_port, ws_port, password_file=data / "mosquitto.passwd",
+                persistence_dir=data / "mosquitto-data",
+            )  # fmt: skip
+        except RuntimeError as exc:
+            raise SoakError(str(exc)) from None
         config = data / "mosquitto.conf"
-        config.write_text(mosquitto_config(data, mqtt_port, ws_port))
+        config.write_text(text)
         broker = Component(
             "mosquitto",
             [program, "-c", str(config)],
             data / "mosquitto.log",
-            env=_child_env(),
+            env=broker_env(),
             ports=(mqtt_port, ws_port),
         )
     else:

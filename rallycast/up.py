@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from broker.startup import StartFailed, listen_failure, start_broker_plainly
-from scorer.config import Settings, bind_description, default_data_dir, load_settings
+from scorer.config import (
+    Settings,
+    add_setting_flags,
+    bind_description,
+    default_data_dir,
+    load_settings,
+    setting_overrides,
+)
 from scorer.datadir_lock import DataDirInUse, lock_data_dir
 from scorer.logs import setup_logging
 from scorer.service import ScorerService, ensure_service_secret
@@ -358,12 +365,11 @@ async def _shutdown(service: ScorerService, viewer: Any, broker: Any) -> None:
     log.debug("stopped in %.2f s", time.monotonic() - started)
 
 
+UP_FLAGS = ("data_dir", "bind", "mqtt_port", "ws_port", "http_port")
+
+
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help="where passwords, retained messages and match logs live")
-    parser.add_argument("--bind", help="address to listen on (default 0.0.0.0)")
-    parser.add_argument("--mqtt-port", type=int, help="MQTT TCP port (0 = any free port)")
-    parser.add_argument("--ws-port", type=int, help="MQTT WebSocket port (0 = any free port)")
-    parser.add_argument("--http-port", type=int, help="web pages port (0 = any free port)")
+    add_setting_flags(parser, *UP_FLAGS)
     parser.add_argument(
         "--passwords-file",
         metavar="FILE",
@@ -373,16 +379,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    settings = load_settings(
-        args.config,
-        overrides={
-            "data_dir": args.data_dir,
-            "bind": args.bind,
-            "mqtt_port": args.mqtt_port,
-            "ws_port": args.ws_port,
-            "http_port": args.http_port,
-        },
-    )
+    settings = load_settings(args.config, overrides=setting_overrides(args, *UP_FLAGS))
     # Absolute from here on: the banner, the hints and the lock message name the real place.
     settings = replace(settings, data_dir=settings.data_dir.expanduser().resolve())
     setup_logging(settings.log_level)

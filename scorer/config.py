@@ -518,3 +518,34 @@ def _check_limits(settings: Settings) -> None:
             f"setting 'reserved_connections' ({settings.reserved_connections}) must be below"
             f" max_connections ({settings.max_connections})"
         )
+
+
+# -- flags that set a setting of the same name (``--mqtt-port`` sets ``mqtt_port``): one type
+# and one wording for every command that takes them (broker, up, viewer, bench serve-stock).
+SETTING_FLAGS: dict[str, tuple[type, str, str]] = {
+    "data_dir": (str, "DIR", "the data dir: passwords, retained messages, match logs"),
+    "bind": (str, "ADDRESS", "address to listen on (default: the bind setting, 0.0.0.0)"),
+    "mqtt_port": (int, "PORT", "MQTT/TCP port (0 = any free port)"),
+    "ws_port": (int, "PORT", "MQTT/WebSocket port (0 = any free port)"),
+    "http_port": (int, "PORT", "web pages port (0 = any free port)"),
+}
+
+
+def add_setting_flags(parser: Any, *names: str, help: Mapping[str, str] | None = None) -> None:
+    """Add ``--<name>`` (underscores as dashes) to ``parser`` (an argparse parser) for each
+    setting in ``names`` (keys of SETTING_FLAGS), default None = not given, with its type and
+    wording; ``help`` replaces a wording where a command means more (the viewer's --ws-port
+    is the broker's port the pages use). Read them back with :func:`setting_overrides`."""
+    for name in names:
+        kind, metavar, text = SETTING_FLAGS[name]
+        parser.add_argument(
+            "--" + name.replace("_", "-"),
+            type=kind,
+            metavar=metavar,
+            help=(help or {}).get(name, text),
+        )
+
+
+def setting_overrides(args: Any, *names: str) -> dict[str, Any]:
+    """``{name: args.<name>}`` for load_settings(overrides=...) (None = the flag not given)."""
+    return {name: getattr(args, name) for name in names}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import fcntl
 import hashlib
 import json
 import logging
@@ -30,13 +29,14 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, is_dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import paho.mqtt.client as mqtt
 
 from scorer import topics
 from scorer.client import BrokerAddress, Failover, join_urls, make_client, resolve_address
 from scorer.config import Club, Settings, load_settings
+from scorer.datadir_lock import DataDirInUse, DataDirLock, lock_data_dir
 from scorer.engine import ENDED_STATUSES, Match, Refused, check_command_id, parse_command
 from scorer.logs import setup_logging
 from scorer.record_hooks import RecordHooks
@@ -73,7 +73,6 @@ PROBE_PREFIX = f"{topics.SCORER_STATUS}/probe/"
 RETAINED_LOGGED = 256  # retained commands logged once each (per run), at most this many
 
 
-LOCK_FILE_NAME = "scorer.lock"
 # Kept with each remembered reply (in memory and in the store), never published.
 FINGERPRINT_KEY = "_command"
 
@@ -91,34 +90,6 @@ def _fingerprint(command: dict[str, Any]) -> str | None:
 class ServiceStartError(OSError):
     """The service cannot start; the message says why and what to do. (An OSError: the
     data dir is busy or unusable; `rallycast up` says so in one sentence.)"""
-
-
-def lock_data_dir(data_dir: Path) -> IO[bytes]:
-    """Hold ``data_dir/scorer.lock`` (an exclusive flock, released when the returned file is
-    closed or the process dies, kill -9 included). Two services on one data dir would share
-    one MQTT client id (each throwing the other off the broker) and one store (each
-    appending from its own stale copy of the matches). Raises ServiceStartError."""
-    data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-    path = data_dir / LOCK_FILE_NAME
-    try:
-        handle = open(path, "a+b")  # noqa: SIM115 - held for the life of the service
-    except OSError as exc:
-        raise ServiceStartError(f"cannot open {path}: {exc}") from exc
-    try:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        handle.seek(0)
-        holder = handle.read(32).decode("ascii", "replace").strip() or "?"
-        handle.close()
-        raise ServiceStartError(
-            f"another scorer service (pid {holder}) is using the data dir {data_dir}: stop it "
-            "first, or give this one another --data-dir"
-        ) from None
-    handle.seek(0)
-    handle.truncate()
-    handle.write(f"{os.getpid()}\n".encode("ascii"))
-    handle.flush()
-    return handle
 
 
 def read_service_secret(data_dir: Path) -> str | None:
@@ -294,7 +265,7 @@ class ScorerService:
         self._subscribe_mid: int | None = None
         self._store: MatchStore | None = None
         self._record: RecordHooks | None = None
-        self._lock_file: IO[bytes] | None = None
+        self._lock_file: DataDirLock | None = None
         self._client: mqtt.Client | None = None
         self._failover: Failover | None = None
         self._stopping = False
@@ -309,7 +280,10 @@ class ScorerService:
         store cannot be opened or read (damaged, not a database, unreadable): the service
         never starts from a store it cannot read (it would clear every club's snapshot and
         forget the ids it answered)."""
-        self._lock_file = lock_data_dir(self.settings.data_dir)
+        try:
+            self._lock_file = lock_data_dir(self.settings.data_dir, "scorer", "rallycast scorer")
+        except (DataDirInUse, OSError) as exc:
+            raise ServiceStartError(str(exc)) from None
         try:
             self._store = MatchStore(self.settings.data_dir)
             self._recover()

@@ -12,6 +12,8 @@ import logging
 import signal
 import sys
 
+STOCK_FLAGS = ("bind", "mqtt_port", "ws_port", "data_dir")
+
 
 async def _serve_stock(args: argparse.Namespace) -> None:
     """amqtt's own Broker with OUR config (auth + ACL + retained store): what the hardening
@@ -19,21 +21,13 @@ async def _serve_stock(args: argparse.Namespace) -> None:
     from amqtt.broker import Broker
 
     from broker.server import TCP_LISTENER, WS_LISTENER, broker_config, listening_port
-    from scorer.config import load_settings
+    from scorer.config import load_settings, setting_overrides
 
-    settings = load_settings(
-        env={},
-        overrides={
-            "bind": args.bind,
-            "mqtt_port": args.mqtt_port,
-            "ws_port": args.ws_port,
-            "data_dir": args.data_dir,
-        },
-    )
+    settings = load_settings(env={}, overrides=setting_overrides(args, *STOCK_FLAGS))
     broker = Broker(broker_config(settings))
     await broker.start()
-    print(f"listening mqtt://{args.bind}:{listening_port(broker, TCP_LISTENER)}", flush=True)
-    print(f"listening ws://{args.bind}:{listening_port(broker, WS_LISTENER)}/mqtt", flush=True)
+    print(f"listening mqtt://{settings.bind}:{listening_port(broker, TCP_LISTENER)}", flush=True)
+    print(f"listening ws://{settings.bind}:{listening_port(broker, WS_LISTENER)}/mqtt", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -48,12 +42,15 @@ def serve_stock(argv: list[str]) -> int:
 
     setup_logging("WARNING")
     logging.getLogger("amqtt").setLevel(logging.ERROR)
+    from scorer.config import add_setting_flags
+
     stock = argparse.ArgumentParser(prog="python -m rallycast.bench serve-stock")
-    stock.add_argument("--bind", default="127.0.0.1")
-    stock.add_argument("--mqtt-port", type=int, default=0)
-    stock.add_argument("--ws-port", type=int, default=0)
-    stock.add_argument("--data-dir", required=True)
-    asyncio.run(_serve_stock(stock.parse_args(argv)))
+    add_setting_flags(stock, *STOCK_FLAGS)
+    stock.set_defaults(bind="127.0.0.1", mqtt_port=0, ws_port=0)  # loopback, any free ports
+    args = stock.parse_args(argv)
+    if args.data_dir is None:
+        stock.error("--data-dir is required")
+    asyncio.run(_serve_stock(args))
     return 0
 
 

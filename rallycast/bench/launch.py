@@ -1,8 +1,10 @@
-"""Brokers as subprocesses on 127.0.0.1, for the benchmarks and the test fixtures
-(``tests/support/runners.py`` builds on this module; runtime code never imports tests).
+"""Brokers (and ``rallycast up``) as subprocesses on 127.0.0.1, for the benchmarks, the soak
+(``rallycast/soak.py``) and the test fixtures (``tests/support/runners.py`` builds on this
+module; runtime code never imports tests).
 
 - the embedded broker: ``python -m broker.cli`` (or ``python -m rallycast.bench serve-stock``,
   amqtt's own Broker with our config), its ports read from its ``listening URL`` lines;
+  ``rallycast up``'s command line (:func:`up_command`);
 - mosquitto: OUR ``mosquitto.conf`` and ``mosquitto.acl`` with only the lines naming ports,
   paths and the run-as user rewritten (:func:`mosquitto_config`), users from
   ``mosquitto_passwd``;
@@ -100,6 +102,22 @@ def embedded_command(
     ]  # fmt: skip
 
 
+def up_command(
+    data_dir: Path, bind: str = "127.0.0.1", *, mqtt_port: int = 0, ws_port: int = 0,
+    http_port: int = 0,
+) -> list[str]:  # fmt: skip
+    """The command line of ``rallycast up`` on ``bind``; every port 0 (any free one) unless
+    given."""
+    return [
+        sys.executable, "-m", "rallycast.cli", "up",
+        "--data-dir", str(data_dir),
+        "--bind", bind,
+        "--mqtt-port", str(mqtt_port),
+        "--ws-port", str(ws_port),
+        "--http-port", str(http_port),
+    ]  # fmt: skip
+
+
 def read_listening(
     stdout_path: Path, alive: Callable[[], bool], deadline: float
 ) -> tuple[int, int]:
@@ -163,16 +181,20 @@ def mosquitto_program() -> str:
 
 
 def write_mosquitto_passwords(path: Path, users: Mapping[str, str]) -> None:
-    """A mosquitto password file with ``users`` (user -> clear password), made by
-    mosquitto_passwd (its own hash format)."""
+    """A mosquitto password file (mode 0600) with ``users`` (user -> clear password), made
+    by mosquitto_passwd (its own hash format). BrokerNotInstalled without mosquitto_passwd."""
+    program = shutil.which("mosquitto_passwd")
+    if program is None:
+        raise BrokerNotInstalled("mosquitto_passwd is not installed (apt-get install mosquitto)")
     path.unlink(missing_ok=True)
     for user, password in users.items():
         create = [] if path.exists() else ["-c"]
         subprocess.run(
-            ["mosquitto_passwd", *create, "-b", str(path), user, password],
+            [program, *create, "-b", str(path), user, password],
             check=True,
             capture_output=True,
         )
+    path.chmod(0o600)
 
 
 def mosquitto_config(
@@ -212,6 +234,15 @@ def mosquitto_config(
     return "\n".join(lines) + "\n" + extra
 
 
+def port_accepts(port: int) -> bool:
+    """Whether 127.0.0.1:``port`` accepts a TCP connection now (0.2 s at most)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+            return True
+    except OSError:
+        return False
+
+
 def wait_ports_open(ports: tuple[int, ...], alive: Callable[[], bool], deadline: float) -> None:
     """Until each 127.0.0.1 port accepts a connection. RuntimeError when the process exits
     first, TimeoutError past ``deadline`` (time.monotonic)."""
@@ -219,13 +250,11 @@ def wait_ports_open(ports: tuple[int, ...], alive: Callable[[], bool], deadline:
         while True:
             if not alive():
                 raise RuntimeError("the broker exited during startup")
-            try:
-                with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                    break
-            except OSError:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"nothing listens on 127.0.0.1:{port}") from None
-                time.sleep(0.02)  # connection refused returns at once: pace the retries
+            if port_accepts(port):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"nothing listens on 127.0.0.1:{port}")
+            time.sleep(0.02)  # connection refused returns at once: pace the retries
 
 
 def spawn_mosquitto(

@@ -21,24 +21,12 @@ from collections.abc import Iterator
 import pytest
 from websockets.sync.client import connect
 
+from broker.packets import PINGREQ, connect_packet, subscribe_packet
 from broker.server import cancelled_answer, closed_normally, quiet_library_loggers
 
 NOISY_LOGGERS = ("amqtt.mqtt.protocol.handler", "asyncio")
 TABS = 5
 WAIT = 10.0
-
-
-def connect_packet(client_id: bytes) -> bytes:
-    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
-    return bytes([0x10, len(body)]) + body
-
-
-def subscribe_packet(topic: bytes, packet_id: int = 1) -> bytes:
-    body = packet_id.to_bytes(2, "big") + len(topic).to_bytes(2, "big") + topic + b"\x00"
-    return bytes([0x82, len(body)]) + body
-
-
-PINGREQ = b"\xc0\x00"
 
 
 class Witness(logging.Filter):
@@ -75,7 +63,7 @@ def open_tab(endpoint, number: int):
     tab = connect(
         f"ws://127.0.0.1:{endpoint.ws_port}/mqtt", subprotocols=["mqtt"], compression=None
     )
-    tab.send(connect_packet(b"tab-%d" % number))
+    tab.send(connect_packet(f"tab-{number}"))
     assert tab.recv(timeout=5)[:2] == b"\x20\x02"  # CONNACK
     return tab
 
@@ -108,7 +96,7 @@ def test_a_tab_closing_leaves_no_warning_and_no_traceback(amqtt_broker, witness,
         for number in range(TABS):
             tab = open_tab(amqtt_broker, batch * TABS + number)
             # The last packets of a page, then the tab closes before the answers go out.
-            tab.send(subscribe_packet(b"clubs/+/game"))
+            tab.send(subscribe_packet("clubs/+/game"))
             for _ in range(4):
                 tab.send(PINGREQ)
             tab.close(code=1001)
@@ -129,7 +117,7 @@ def test_a_dropped_connection_is_still_reported(amqtt_broker, witness, caplog):
     quiet_library_loggers("INFO")
     for number in range(TABS):
         tab = open_tab(amqtt_broker, number)
-        tab.send(subscribe_packet(b"clubs/+/game"))
+        tab.send(subscribe_packet("clubs/+/game"))
         for _ in range(4):
             tab.send(PINGREQ)
         tab.socket.close()  # the TCP connection goes without a WebSocket close

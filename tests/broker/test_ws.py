@@ -8,12 +8,9 @@ import pytest
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import connect
 
+from broker.packets import connect_packet
+
 CONNACK_OK = b"\x20\x02\x00\x00"
-
-
-def connect_packet(client_id: bytes) -> bytes:
-    body = b"\x00\x04MQTT\x04\x02\x00\x3c" + len(client_id).to_bytes(2, "big") + client_id
-    return bytes([0x10, len(body)]) + body
 
 
 def open_ws(endpoint, **kwargs):
@@ -27,7 +24,7 @@ def open_ws(endpoint, **kwargs):
 
 
 def test_a_connect_split_over_fragments_and_frames_is_read_as_one_stream(amqtt_broker):
-    packet = connect_packet(b"ws-fragments")
+    packet = connect_packet("ws-fragments")
     with open_ws(amqtt_broker) as ws:
         ws.send([packet[:3], packet[3:7]])  # one fragmented message: first + continuation
         ws.send(packet[7:])  # the rest in another message: MQTT over WS is a byte stream
@@ -36,14 +33,14 @@ def test_a_connect_split_over_fragments_and_frames_is_read_as_one_stream(amqtt_b
 
 def test_a_ping_gets_its_pong(amqtt_broker):
     with open_ws(amqtt_broker) as ws:
-        ws.send(connect_packet(b"ws-ping"))
+        ws.send(connect_packet("ws-ping"))
         assert ws.recv(timeout=5) == CONNACK_OK
         assert ws.ping(b"rallycast").wait(5)
 
 
 def test_a_text_frame_closes_the_connection_with_1003(amqtt_broker):
     with open_ws(amqtt_broker) as ws:
-        ws.send(connect_packet(b"ws-text"))
+        ws.send(connect_packet("ws-text"))
         assert ws.recv(timeout=5) == CONNACK_OK
         ws.send("not binary")
         with pytest.raises(ConnectionClosed):
@@ -53,7 +50,7 @@ def test_a_text_frame_closes_the_connection_with_1003(amqtt_broker):
 
 def test_a_frame_over_max_packet_bytes_closes_with_1009(amqtt_broker):
     with open_ws(amqtt_broker, max_size=None) as ws:
-        ws.send(connect_packet(b"ws-big"))
+        ws.send(connect_packet("ws-big"))
         assert ws.recv(timeout=5) == CONNACK_OK
         ws.send(bytes(200_000))
         with pytest.raises(ConnectionClosed):
@@ -69,7 +66,7 @@ def test_a_handshake_without_the_mqtt_subprotocol_is_refused(amqtt_broker):
 
 def test_the_broker_closes_with_1000_when_the_client_disconnects(amqtt_broker):
     with open_ws(amqtt_broker) as ws:
-        ws.send(connect_packet(b"ws-bye"))
+        ws.send(connect_packet("ws-bye"))
         assert ws.recv(timeout=5) == CONNACK_OK
         ws.send(b"\xe0\x00")  # DISCONNECT
         with pytest.raises(ConnectionClosed):

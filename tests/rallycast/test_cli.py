@@ -121,14 +121,13 @@ def test_a_second_scorer_on_one_data_dir_is_refused_and_a_broker_may_share_it(tm
         second = rallycast(*scorer, env=home)
         assert second.returncode == 1
         assert (
-            f"another scorer service (pid {first.pid}) is using the data dir {data_dir}"
-            in second.stderr
+            f"data dir {data_dir} is in use by rallycast scorer (pid {first.pid})" in second.stderr
         )
         assert "Traceback" not in second.stderr
         # The split layout's broker on the same machine shares the data dir.
         from scorer.datadir_lock import lock_data_dir
 
-        lock_data_dir(data_dir, "broker", "this test")
+        lock_data_dir(data_dir, "broker", "this test").close()
     finally:
         first.send_signal(signal.SIGTERM)
         first.communicate(timeout=10)

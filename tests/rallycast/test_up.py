@@ -18,6 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from rallycast.bench.launch import embedded_command, up_command
 from scorer import topics
 from scorer.client import parse_broker_url
 from tests.conftest import require_program
@@ -25,15 +26,6 @@ from tests.scorer.servicekit import ROOT, Watcher
 
 READY_TIMEOUT = 30.0  # seconds: first start hashes passwords (argon2) on a busy machine
 STOP_PROMISE = 2.0
-
-
-def up_command(data_dir: Path, bind: str = "127.0.0.1", **ports: int) -> list[str]:
-    """``rallycast up`` on ``bind``; every port 0 (any free one) unless given."""
-    command = [sys.executable, "-m", "rallycast.cli", "up", "--data-dir", str(data_dir)]
-    command += ["--bind", bind]
-    for name, port in {"mqtt_port": 0, "ws_port": 0, "http_port": 0, **ports}.items():
-        command += [f"--{name.replace('_', '-')}", str(port)]
-    return command
 
 
 def up_env(tmp_path: Path) -> dict[str, str]:
@@ -222,19 +214,7 @@ def retained_status(data_dir: Path) -> tuple[bytes, bool]:
     """The retained scorer status in the broker's store: run the broker alone on the data dir
     (rallycast up is stopped) and read it like a page would."""
     broker = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "broker.cli",
-            "--bind",
-            "127.0.0.1",
-            "--mqtt-port",
-            "0",
-            "--ws-port",
-            "0",
-            "--data-dir",
-            str(data_dir),
-        ],  # fmt: skip
+        embedded_command(data_dir),
         cwd=ROOT,
         env=up_env(data_dir.parent),
         stdout=subprocess.PIPE,

@@ -7,6 +7,7 @@ import json
 import os
 import queue
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -253,15 +254,17 @@ def wait_for(predicate: Any, timeout: float = WAIT, interval: float = 0.05) -> A
 
 
 class FreezableProxy:
-    """A TCP proxy on 127.0.0.1 between one client and the broker whose broker -> client
-    direction can be frozen (``freeze()``: nothing more is read from the broker, so nothing
-    reaches the client; the client -> broker direction keeps flowing) and thawed
-    (``thaw()``: what the broker sent meanwhile arrives). Models a subscriber stall."""
+    """A TCP proxy on 127.0.0.1 between one client and the broker with one direction that
+    can be frozen (``freeze()``) and thawed (``thaw()``: what was held arrives).
 
-    def __init__(self, host: str, port: int) -> None:
-        import socket
+    By default the broker -> client direction: nothing more is read from the broker, so
+    nothing reaches the client, while the client -> broker direction keeps flowing (a
+    subscriber stall). ``upstream=True`` freezes the other one: what the client publishes is
+    held (a phone on a bad network) while everything the broker sends reaches it."""
 
+    def __init__(self, host: str, port: int, *, upstream: bool = False) -> None:
         self.upstream = (host, port)
+        self.freezes_upstream = upstream
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.flowing = threading.Event()
@@ -277,8 +280,6 @@ class FreezableProxy:
         self.flowing.set()
 
     def _accept(self) -> None:
-        import socket
-
         while not self.closed.is_set():
             try:
                 client, _ = self.listener.accept()
@@ -291,19 +292,28 @@ class FreezableProxy:
                 client.close()
                 continue
             self._sockets += [client, broker]
-            threading.Thread(target=self._pump, args=(client, broker, False), daemon=True).start()
-            threading.Thread(target=self._pump, args=(broker, client, True), daemon=True).start()
+            up, down = self.freezes_upstream, not self.freezes_upstream
+            threading.Thread(target=self._pump, args=(client, broker, up), daemon=True).start()
+            threading.Thread(target=self._pump, args=(broker, client, down), daemon=True).start()
+
+    def _flowing(self) -> bool:
+        """Wait while frozen; False once the proxy is closed."""
+        while not self.flowing.wait(0.1):
+            if self.closed.is_set():
+                return False
+        return True
 
     def _pump(self, source: Any, target: Any, freezable: bool) -> None:
         try:
             while not self.closed.is_set():
-                if freezable:
-                    while not self.flowing.wait(0.1):
-                        if self.closed.is_set():
-                            return
+                if freezable and not self._flowing():
+                    return
                 data = source.recv(65536)
                 if not data:
                     break
+                # Held here too once frozen: also a chunk read just before the freeze.
+                if freezable and not self._flowing():
+                    return
                 target.sendall(data)
         except OSError:
             pass
@@ -318,6 +328,13 @@ class FreezableProxy:
         self.closed.set()
         self.flowing.set()
         self.listener.close()
+        # shutdown() first: close() alone does not end a connection another thread is
+        # blocked on, and the broker would wait for the keep-alive to see it gone.
+        for sock in self._sockets:
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
         for sock in self._sockets:
             try:
                 sock.close()

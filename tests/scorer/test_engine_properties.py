@@ -85,6 +85,18 @@ def start_match(params: dict[str, Any]) -> Match:
     return match
 
 
+def played(params: dict[str, Any], script: list[Any]) -> Match:
+    """The match started with ``params`` after every command of ``script`` (command n at
+    time n; a refused one changes nothing and is skipped)."""
+    match = start_match(params)
+    for number, command in enumerate(script, start=1):
+        try:
+            match.apply(command, float(number))
+        except Refused:
+            pass
+    return match
+
+
 def without_clock(snapshot: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in snapshot.items() if key not in ("rev", "updated_at")}
 
@@ -262,12 +274,7 @@ def test_the_incremental_match_equals_the_fold_of_its_log_from_scratch(params, s
 @RELAXED
 @given(params=starts, script=commands)
 def test_a_finished_match_refuses_points(params, script):
-    match = start_match(params)
-    for number, command in enumerate(script, start=1):
-        try:
-            match.apply(command, float(number))
-        except Refused:
-            pass
+    match = played(params, script)
     if match.status in ("finished", "abandoned"):
         for point in ("1+", "2+"):
             before = match.snapshot()
@@ -283,12 +290,7 @@ def test_a_finished_match_refuses_points(params, script):
 @RELAXED
 @given(params=starts, script=commands)
 def test_rebuilding_from_the_log_gives_the_live_snapshot(params, script):
-    match = start_match(params)
-    for number, command in enumerate(script, start=1):
-        try:
-            match.apply(command, float(number))
-        except Refused:
-            pass
+    match = played(params, script)
     rebuilt = Match.from_log("prop", match.log)
     assert rebuilt.snapshot() == match.snapshot()
     assert rebuilt.status == match.status

@@ -4,7 +4,6 @@ is checked, and the lines say where each listener really listens. Real processes
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from rallycast.bench.launch import embedded_command, stop_process
 from scorer.config import ConfigError
 from scorer.logs import setup_logging
 from tests.rallycast.test_cli import rallycast
@@ -55,30 +55,15 @@ def run_until(command: list[str], wanted: re.Pattern[str], tmp_path: Path) -> st
                 assert time.monotonic() < deadline, err_path.read_text()
                 time.sleep(0.05)
         finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                out, _ = process.communicate(timeout=10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                out, _ = process.communicate()
+            stop_process(process, grace=10)  # (stdout is a few lines: the pipe cannot fill)
+            out = process.stdout.read()
+            process.stdout.close()
     return out, err_path.read_text()
 
 
 def test_the_broker_logs_in_the_one_format_and_says_where_it_listens(tmp_path):
     out, err = run_until(
-        [
-            sys.executable,
-            "-m",
-            "broker.cli",
-            "--bind",
-            "127.0.0.1",
-            "--mqtt-port",
-            "0",
-            "--ws-port",
-            "0",
-            "--data-dir",
-            str(tmp_path / "data"),
-        ],  # fmt: skip
+        embedded_command(tmp_path / "data"),
         re.compile(r"broker listening on"),
         tmp_path,
     )

@@ -7,9 +7,7 @@ import json
 import os
 import resource
 import signal
-import socket
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -18,9 +16,11 @@ from typing import Any
 
 import pytest
 
+from rallycast.bench.launch import up_command
 from scorer import topics
 from scorer.client import ScoreClient
-from scorer.service import ScorerService, lock_data_dir
+from scorer.datadir_lock import lock_data_dir
+from scorer.service import ScorerService
 from scorer.store import STORE_FILE_NAME, MatchStore
 from tests.scorer.servicekit import (
     ROOT,
@@ -92,7 +92,11 @@ def test_a_second_service_on_the_same_data_dir_refuses_to_start_and_the_first_ke
         second.start()
         code = wait_exit(second, PROCESS_START)
         assert code == 1, f"the second service did not refuse (exit {code}):\n{second.output()}"
-        assert "another scorer service" in second.output()
+        assert first.process is not None
+        assert (
+            f"data dir {data_dir} is in use by rallycast scorer (pid {first.process.pid})"
+            in second.output()
+        )
         assert "Traceback" not in second.output()
         for _ in range(5):
             assert alpha.send({"cmd": "point", "side": 1})["ok"]
@@ -314,52 +318,13 @@ def test_a_broker_that_comes_back_without_its_retained_snapshots_gets_them_again
         status.close()
 
 
-class UpstreamFreezableProxy(FreezableProxy):
-    """FreezableProxy with the other direction frozen: what the client publishes is held
-    (a phone on a bad network) while everything the broker sends reaches it."""
-
-    def _pump(self, source: Any, target: Any, freezable: bool) -> None:
-        # (the base class calls this with freezable=True for broker -> client)
-        if freezable:
-            super()._pump(source, target, False)
-            return
-        try:
-            while not self.closed.is_set():
-                data = source.recv(65536)
-                if not data:
-                    break
-                # Held here once frozen, also a chunk read just before the freeze.
-                while not self.flowing.wait(0.1):
-                    if self.closed.is_set():
-                        return
-                target.sendall(data)
-        except OSError:
-            pass
-        finally:
-            for sock in (source, target):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
-
-    def close(self) -> None:
-        # shutdown() first: close() alone does not end a connection another thread is
-        # blocked on, and the broker would wait for the keep-alive to see it gone.
-        for sock in self._sockets:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        super().close()
-
-
 def test_a_press_held_by_the_network_while_another_scorer_replaces_the_match_does_not_score_in_the_new_one(  # noqa: E501
     any_broker, tmp_path
 ):
     """ScoreClient: a press made while match 1 was shown, held by the network until another
     scorer has force-started match 2, must not score in match 2 (it was meant for match 1):
     the client sends the match it was showing, and the service refuses it (wrong_match)."""
-    proxy = UpstreamFreezableProxy(any_broker.host, any_broker.mqtt_port)
+    proxy = FreezableProxy(any_broker.host, any_broker.mqtt_port, upstream=True)
     other = Scorer(any_broker, "alpha")
     password = any_broker.users["alpha"]
     try:
@@ -408,7 +373,7 @@ def test_kill_9_after_the_commit_before_the_reply_left_the_service_is_answered_o
     killed. After the restart the broker redelivers the press (no PUBACK came): it is
     answered with the original reply, not applied again; the snapshot is the store's."""
     broker = any_broker_process
-    proxy = UpstreamFreezableProxy(broker.host, broker.mqtt_port)
+    proxy = FreezableProxy(broker.host, broker.mqtt_port, upstream=True)
     via_proxy = SimpleNamespace(
         host="127.0.0.1",
         mqtt_port=proxy.port,
@@ -625,25 +590,10 @@ def test_an_id_reused_for_another_command_is_refused_not_answered_as_done(any_br
 
 def test_rallycast_up_on_a_data_dir_in_use_says_so_in_one_sentence(tmp_path):
     data_dir = tmp_path / "data"
-    holder = lock_data_dir(data_dir)  # a running scorer service holds the data dir
+    holder = lock_data_dir(data_dir, "scorer", "rallycast scorer")  # a running service
     try:
         result = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "rallycast.cli",
-                "up",
-                "--data-dir",
-                str(data_dir),
-                "--bind",
-                "127.0.0.1",
-                "--mqtt-port",
-                "0",
-                "--ws-port",
-                "0",
-                "--http-port",
-                "0",
-            ],
+            up_command(data_dir),
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -653,7 +603,7 @@ def test_rallycast_up_on_a_data_dir_in_use_says_so_in_one_sentence(tmp_path):
     finally:
         holder.close()
     assert result.returncode == 1, result
-    assert "another scorer service" in result.stderr and "Traceback" not in result.stderr
+    assert "is in use by rallycast scorer (pid" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_a_stale_snapshot_behind_a_backlog_of_commands_is_still_corrected(

@@ -129,6 +129,16 @@ def assert_presses_applied_once(broker) -> None:
         check.close()
 
 
+def press_while_the_broker_restarts(broker, board: Board) -> None:
+    """The broker stops; the board, which lost it, queues presses 1-3 (sides 2, 2, 1); the
+    broker starts again on the same ports and store."""
+    broker.stop()
+    board.lose_broker()
+    for number, side in enumerate((2, 2, 1), start=1):
+        board.press(number, side)
+    broker.start()
+
+
 def test_presses_queued_by_a_board_during_a_broker_restart_are_applied_once(
     any_broker_process, tmp_path
 ):
@@ -137,11 +147,7 @@ def test_presses_queued_by_a_board_during_a_broker_restart_are_applied_once(
         start_match_with_one_point(broker)
         board = Board(broker)
         try:
-            broker.stop()
-            board.lose_broker()
-            for number, side in enumerate((2, 2, 1), start=1):
-                board.press(number, side)
-            broker.start()
+            press_while_the_broker_restarts(broker, board)
             wait_for(service.connected.is_set, PROCESS_START)  # the service reconnects itself
             board.come_back()
             assert_presses_applied_once(broker)
@@ -158,11 +164,7 @@ def test_presses_that_reach_a_restarted_broker_before_the_service_are_kept_for_i
         start_match_with_one_point(broker)
         board = Board(broker)
     try:
-        broker.stop()
-        board.lose_broker()
-        for number, side in enumerate((2, 2, 1), start=1):
-            board.press(number, side)
-        broker.start()
+        press_while_the_broker_restarts(broker, board)
         board.come_back()  # delivered to the broker while the service is still away
         with service_running(broker, data_dir):
             assert_presses_applied_once(broker)

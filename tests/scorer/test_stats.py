@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from scorer.engine import Match, Refused, fold
 from scorer.stats import match_stats
-from tests.scorer.test_engine_properties import RELAXED, commands, start_match, starts
+from tests.scorer.test_engine_properties import RELAXED, commands, played, start_match, starts
 
 A, B = 1, 2
 
@@ -132,16 +132,6 @@ def test_a_log_without_start_is_refused() -> None:
 
 
 # ------------------------------------------------------------- every log, not one log
-
-
-def played(params: dict[str, Any], script: list[Any]) -> Match:
-    match = start_match(params)
-    for number, command in enumerate(script, start=1):
-        try:
-            match.apply(command, float(number))
-        except Refused:
-            pass
-    return match
 
 
 @RELAXED

@@ -23,6 +23,7 @@ from tests.conftest import require_program
 from viewer.server import bound_port, uvicorn_server
 
 WAIT_MS = 5000  # the longest any expected change may take on a busy shared machine
+LIVE = "#liveGameSection"  # the live match on the club page
 
 # Installed before the page's own scripts: records every text put into a [data-field] element
 # and every change of the attributes that show or hide things, with the page's clock.
@@ -105,8 +106,10 @@ class Stack:
 
 
 @contextmanager
-def running_stack(endpoint: Any, data_dir: Path) -> Iterator[Stack]:
-    settings = endpoint.settings(data_dir=str(data_dir))
+def running_stack(endpoint: Any, data_dir: Path, **settings: Any) -> Iterator[Stack]:
+    """Service + viewer on ``endpoint`` with the data dir and ``settings`` (setting names,
+    e.g. ``embed_origins=(...)``) over the endpoint's own; stopped at the end."""
+    settings = endpoint.settings(data_dir=str(data_dir), **settings)
     service = ScorerService(settings, password=endpoint.users[endpoint.service_user])
     service.start()
     viewer = ViewerThread(settings)
@@ -225,6 +228,29 @@ def attribute_changes(page: Any, element_id: str, name: str) -> list[dict[str, A
         "([id, name]) => window.__rc.log.filter((e) => e.kind === 'attr' && e.id === id && e.name === name)",
         [element_id, name],
     )
+
+
+def wait_connected(page: Any) -> None:
+    """Until the page's MQTT client (static/live.js, ``Rallycast.client``) is connected."""
+    page.wait_for_function(
+        "() => window.Rallycast && Rallycast.client && Rallycast.client.connected"
+    )
+
+
+def score_on_page(page: Any, scope: str = LIVE) -> tuple[str, str]:
+    """The two scores shown under ``scope`` (side 1, side 2), as text."""
+    return (
+        page.inner_text(f'{scope} [data-field="score"][data-side="1"]'),
+        page.inner_text(f'{scope} [data-field="score"][data-side="2"]'),
+    )
+
+
+def accepted(scorer: Any, command: Any) -> dict[str, Any]:
+    """Send ``command`` (a dict, copied first, or a shorthand) with ``scorer`` (a
+    ScoreClient) and assert the service accepted it; returns the reply."""
+    reply = scorer.send(dict(command) if isinstance(command, dict) else command)
+    assert reply["ok"], reply
+    return reply
 
 
 def dedupe(values: list[str]) -> list[str]:

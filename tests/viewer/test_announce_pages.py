@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.viewer.test_embed import OUTPUTS_JS, START, accepted, decode_qr
+from tests.viewer.conftest import accepted
+from tests.viewer.test_embed import OUTPUTS_JS, START, decode_qr
 
 pytestmark = pytest.mark.browser
 

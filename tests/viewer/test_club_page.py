@@ -13,31 +13,19 @@ from typing import Any
 import pytest
 
 from scorer.service import ScorerService
-from tests.viewer.conftest import attribute_changes, dedupe, texts
+from tests.viewer.conftest import (
+    LIVE,
+    accepted,
+    attribute_changes,
+    dedupe,
+    score_on_page,
+    texts,
+    wait_connected,
+)
 
 pytestmark = pytest.mark.browser
 
 START = {"cmd": "start", "game_type": "single", "player1": "Ann", "player2": "Bob", "best_of": 1}
-LIVE = "#liveGameSection"
-
-
-def accepted(scorer: Any, command: dict[str, Any]) -> dict[str, Any]:
-    reply = scorer.send(dict(command))
-    assert reply["ok"], reply
-    return reply
-
-
-def wait_connected(page: Any) -> None:
-    page.wait_for_function(
-        "() => window.Rallycast && Rallycast.client && Rallycast.client.connected"
-    )
-
-
-def score_on_page(page: Any) -> tuple[str, str]:
-    return (
-        page.inner_text(f'{LIVE} [data-field="score"][data-side="1"]'),
-        page.inner_text(f'{LIVE} [data-field="score"][data-side="2"]'),
-    )
 
 
 def wait_score(page: Any, score1: int, score2: int, scope: str = LIVE) -> None:

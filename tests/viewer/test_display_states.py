@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from tests.viewer.conftest import contract_snapshot, iso_ago, publish_snapshot
+from tests.viewer.conftest import accepted, contract_snapshot, iso_ago, publish_snapshot
 
 pytestmark = pytest.mark.browser
 
@@ -56,11 +56,6 @@ PAGES = {  # page path -> the element every state line lives in
     "/clubs/alpha/overlay": "#bug",
 }
 START = {"cmd": "start", "game_type": "single", "player1": "Lena", "player2": "Rob"}
-
-
-def accepted(scorer: Any, command: dict[str, Any]) -> None:
-    reply = scorer.send(dict(command))
-    assert reply["ok"], reply
 
 
 def open_all(stack: Any, open_page: Any, lang: str) -> dict[str, Any]:

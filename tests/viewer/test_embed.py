@@ -13,15 +13,13 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
-from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scorer.service import ScorerService
-from tests.viewer.conftest import Stack, ViewerThread
+from tests.viewer.conftest import Stack, accepted, running_stack
 from tests.viewer.png import Png
 
 pytestmark = pytest.mark.browser
@@ -115,24 +113,6 @@ class HostSite:
         self.server.server_close()
 
 
-@contextmanager
-def embed_stack(endpoint: Any, data_dir: Path, origins: tuple[str, ...]) -> Iterator[Stack]:
-    settings = endpoint.settings(data_dir=str(data_dir), embed_origins=origins)
-    service = ScorerService(settings, password=endpoint.users[endpoint.service_user])
-    service.start()
-    viewer = ViewerThread(settings)
-    try:
-        assert service.wait_until_connected(5), "the scorer service did not connect"
-        viewer.start()
-        running = Stack(endpoint, settings, service, viewer)
-        yield running
-        running.close()
-    finally:
-        service.stop()
-        if viewer._server is not None:
-            viewer.stop()
-
-
 @pytest.fixture
 def host() -> Iterator[HostSite]:
     site = HostSite()
@@ -142,7 +122,7 @@ def host() -> Iterator[HostSite]:
 
 @pytest.fixture
 def stack(amqtt_broker: Any, tmp_path: Path, host: HostSite) -> Iterator[Stack]:
-    with embed_stack(amqtt_broker, tmp_path / "app", (host.origin,)) as running:
+    with running_stack(amqtt_broker, tmp_path / "app", embed_origins=(host.origin,)) as running:
         host.csp = strict_csp(running.viewer.url, amqtt_broker.ws_port)
         host.pages["/"] = host_html(running.viewer.url)
         yield running
@@ -194,12 +174,6 @@ def wait_connected(page: Any) -> None:
         "() => { const e = document.querySelector('rallycast-live');"
         " return e && e.dataset.connected === 'true'; }"
     )
-
-
-def accepted(scorer: Any, command: dict[str, Any]) -> dict[str, Any]:
-    reply = scorer.send(dict(command))
-    assert reply["ok"], reply
-    return reply
 
 
 def shown_score(page: Any) -> tuple[str, str]:

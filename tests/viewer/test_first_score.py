@@ -15,20 +15,13 @@ from typing import Any
 import pytest
 
 from scorer.config import Club, Settings
-from tests.viewer.conftest import texts
+from tests.viewer.conftest import LIVE, accepted, score_on_page, texts
 from viewer.server import start_viewer
 from viewer.snapshots import viewer_broker_url
 
 START = {"cmd": "start", "game_type": "single", "player1": "Ann", "player2": "Bob", "best_of": 3}
-LIVE = "#liveGameSection"
 BLOCK_RE = re.compile(r'<script type="application/json" id="rc-snapshot">(.*?)</script>', re.S)
 HOSTILE = "</script><img src=x onerror=alert(1)>"
-
-
-def accepted(scorer: Any, command: dict[str, Any]) -> dict[str, Any]:
-    reply = scorer.send(dict(command))
-    assert reply["ok"], reply
-    return reply
 
 
 def get_html(url: str) -> str:
@@ -87,13 +80,6 @@ def late_mqtt_js(page: Any, meanwhile: Callable[[], Any]) -> None:
         route.continue_()
 
     page.route(re.compile(r".*/mqtt\.min\.js$"), hold)
-
-
-def score_on_page(page: Any, scope: str = LIVE) -> tuple[str, str]:
-    return (
-        page.inner_text(f'{scope} [data-field="score"][data-side="1"]'),
-        page.inner_text(f'{scope} [data-field="score"][data-side="2"]'),
-    )
 
 
 # --- the HTML --------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from scorer.record import RecordReader, RecordWriter
 from scorer.record_fill import fill, played_log, store_log
 from scorer.stats import match_stats
 from tests.scorer.test_stats import known_log
+from tests.viewer.conftest import accepted
 from viewer.app import create_app
 
 ORIGIN = "https://club.example.org"
@@ -233,12 +234,6 @@ def test_the_live_api_is_no_store_and_the_record_api_no_cache(client: TestClient
     for path in API_PATHS:
         url = path.format(club_id="alpha", match_id="known")
         assert client.get(url).headers["x-content-type-options"] == "nosniff", url
-
-
-def accepted(scorer: Any, command: Any) -> dict[str, Any]:
-    reply = scorer.send(command)
-    assert reply["ok"], reply
-    return reply
 
 
 def test_phone_a_finished_match_moves_to_recent_results_and_its_page_charts(

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from scorer.service import ScorerService
-from tests.viewer.conftest import running_stack
+from tests.viewer.conftest import accepted, running_stack, wait_connected
 
 pytestmark = pytest.mark.browser
 
@@ -59,11 +59,6 @@ WORDS = {
         "reconnecting": "Связь потеряна: переподключение…",
     },
 }
-
-
-def accepted(scorer: Any, command: dict[str, Any]) -> None:
-    reply = scorer.send(dict(command))
-    assert reply["ok"], reply
 
 
 def signed_in_phone(stack: Any, open_page: Any, lang: str) -> Any:
@@ -452,9 +447,7 @@ def test_closing_a_page_ends_its_mqtt_session_with_a_disconnect(
         page = signed_in_phone(stack, open_page, "en")
     else:
         page = open_page(stack.url(path))
-    page.wait_for_function(
-        "() => window.Rallycast && Rallycast.client && Rallycast.client.connected"
-    )
+    wait_connected(page)
     client_id = page.evaluate("() => Rallycast.client.options.clientId")
     page.close()
     runner = stack.endpoint._runner
