@@ -93,9 +93,10 @@ class Stack:
     def url(self, path: str) -> str:
         return self.viewer.url + path
 
-    def scorer(self, club: str = "alpha") -> ScoreClient:
-        """A Python scorer for the club (its MQTT user), waiting for each command's reply."""
-        client = ScoreClient(self.endpoint.url(club), club, timeout=5)
+    def scorer(self, club: str = "alpha", table: int = 1) -> ScoreClient:
+        """A Python scorer for the club's table (its MQTT user), waiting for each command's
+        reply."""
+        client = ScoreClient(self.endpoint.url(club), club, table=table, timeout=5)
         client.__enter__()
         self._scorers.append(client)
         return client
