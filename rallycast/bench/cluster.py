@@ -12,8 +12,11 @@ gives the CPU per delivery of each node, phase by phase. docs/benchmarks.md.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -107,3 +110,310 @@ def start_cluster(workdir: Path, service_user: str, password: str) -> ClusterBro
     cluster = Cluster(layout, program)
     cluster.start()
     return ClusterBroker(cluster)
+
+
+# -- a node killed during the paced phase (``--kill-node``) --------------------------------------
+
+RECONNECT_PERIOD = 1.0  # s: mqtt.js's reconnectPeriod on the pages, to the next node each time
+RECONNECT_TRIES = 30  # per spectator and loss: then it counts as not reconnected
+REJOIN_TIMEOUT = 30.0  # s: the killed node must accept a CONNECT again within this
+
+
+@dataclass
+class SpectatorState:
+    """One page across its connections: its table, the nodes it goes round, what it got."""
+
+    index: int
+    table: int
+    node: int  # the node it is connected (or connecting) to
+    best: int = -1  # highest snapshot seq received, live or retained (a page shows the newest)
+    live: int = 0  # live (not retained) snapshots received on the phase's seqs
+    lost_at: float | None = None  # monotonic time its connection dropped
+    resubscribed_at: float | None = None  # its SUBACK on the new node
+    retained_after: int | None = None  # seq of the retained snapshot it got on the new node
+    latest_at_subscribe: int = -1  # newest seq of its table with a PUBACK when it resubscribed
+    seen: list[int] | None = None  # live seqs received (kept for pages on the killed node)
+    tries: int = 0
+
+
+@dataclass
+class KillReport:
+    subscribers: int
+    tables: int
+    killed: int  # 0-based node
+    messages: int
+    on_killed_node: int = 0
+    reconnected: int = 0
+    reconnect_s: list[float] = field(default_factory=list)
+    missing_latest: int = 0  # spectators (any node) not on their table's latest at the end
+    missing_latest_killed: int = 0  # of those, spectators that were on the killed node
+    retained_stale: int = 0  # reconnected, got an older retained snapshot than the latest acked
+    retained_none: int = 0  # reconnected, got no retained snapshot at all
+    gap_published: int = 0  # snapshots of their table published while they were away (sum)
+    gap_dropped: int = 0  # of those, never received live (QoS 0: intermediate, not a loss)
+    survivor_missing: int = 0  # live snapshots missing on spectators that never lost a link
+    restart_s: float = float("nan")
+    rejoined_latest: int = 0  # tables whose latest snapshot the restarted node serves
+    wait_s: float = 0.0
+
+    def lines(self) -> list[str]:
+        reconnect = sorted(self.reconnect_s)
+
+        def pct(fraction: float) -> str:
+            if not reconnect:
+                return "-"
+            return f"{reconnect[min(len(reconnect) - 1, int(fraction * len(reconnect)))]:.1f}"
+
+        node = f"n{self.killed + 1}"
+        return [
+            f"  nats kill: {self.subscribers} spectators, {self.tables} tables, {self.messages}"
+            f" paced snapshots, {node} killed (-9) half-way",
+            f"    on {node}: {self.on_killed_node}; reconnected to another node: "
+            f"{self.reconnected} (SUBACK after the kill: p50 {pct(0.5)} s, max {pct(1.0)} s)",
+            f"    missing the latest snapshot of their table at the end: {self.missing_latest}"
+            f" of {self.subscribers} (of them were on {node}: {self.missing_latest_killed});"
+            f" waited {self.wait_s:.1f} s after the last PUBACK",
+            f"    retained snapshot on reconnect older than the latest acknowledged one:"
+            f" {self.retained_stale}; none at all: {self.retained_none}",
+            f"    published while away: {self.gap_published}, not received live: "
+            f"{self.gap_dropped} (QoS 0 intermediate snapshots, replaced by the retained one)",
+            f"    live snapshots missing on spectators that kept their connection:"
+            f" {self.survivor_missing}",
+            f"    {node} restarted: accepts CONNECT after {self.restart_s:.1f} s; serves the"
+            f" latest snapshot of {self.rejoined_latest}/{self.tables} tables as retained",
+        ]
+
+
+async def kill_run(
+    broker: ClusterBroker, n: int, args: Any, password: str, say: Callable[[str], None]
+) -> KillReport:
+    """A paced phase with ``args.kill_node`` (1-based; 2 or 3: the publisher stays on n1)
+    killed with SIGKILL half-way; its spectators reconnect to the next node after 1 s, as
+    mqtt.js does with the page's URL list. Then the node is restarted. docs/benchmarks.md."""
+    import asyncio
+    import contextlib
+
+    from rallycast.bench.broker import (
+        CONNECT_BATCH,
+        STAMP,
+        Tally,
+        TcpPublisher,
+        WsSubscriber,
+        bench_payload,
+        table_topic,
+    )
+    from rallycast.bench.launch import SERVICE_USER
+
+    loop = asyncio.get_running_loop()
+    killed = args.kill_node - 1
+    tables = max(1, getattr(args, "tables", 1))
+    nodes = len(broker.ports)
+    report = KillReport(n, tables, killed, max(2, round(args.rate * args.seconds)))
+    acked = [-1] * tables  # per table: newest seq with a PUBACK
+    published: list[list[tuple[int, float]]] = [[] for _ in range(tables)]  # (seq, sent at)
+    closing = False
+    progress = asyncio.Event()  # a PUBACK arrived
+
+    class Publisher(TcpPublisher):
+        def __init__(self) -> None:
+            super().__init__(SERVICE_USER, password)
+            self.seq_of: dict[int, int] = {}
+
+        async def publish_seq(self, seq: int) -> None:
+            await self.publish(
+                lambda: bench_payload(seq, args.payload_bytes), table_topic(seq % tables, tables)
+            )
+            self.seq_of[self._next_id] = seq
+
+        def _on_packet(self, first: int, body: bytes) -> None:
+            if first >> 4 == 4:
+                seq = self.seq_of.pop(int.from_bytes(body[:2], "big"), None)
+                if seq is not None:
+                    acked[seq % tables] = max(acked[seq % tables], seq)
+                    progress.set()
+            super()._on_packet(first, body)
+
+    class Page(WsSubscriber):
+        def __init__(self, state: SpectatorState) -> None:
+            super().__init__(
+                "127.0.0.1",
+                broker.ports[state.node].ws,
+                f"page-{state.index}-{state.tries}",
+                0,
+                Tally(),
+                table_topic(state.table, tables),
+            )
+            self.state = state
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            state = self.state
+            if not closing and self.subscribed.done() and not self.subscribed.exception():
+                state.lost_at = time.monotonic()
+                schedule(state)
+
+        def _on_packet(self, first: int, body: bytes) -> None:
+            if first >> 4 == 3:
+                start = 2 + int.from_bytes(body[:2], "big")
+                if len(body) < start + STAMP.size:
+                    return
+                seq, _sent = STAMP.unpack_from(body, start)
+                state = self.state
+                state.best = max(state.best, seq)
+                if first & 0x01:  # retained: sent on SUBSCRIBE
+                    if state.lost_at is not None and state.retained_after is None:
+                        state.retained_after = seq
+                else:
+                    state.live += 1
+                    if state.seen is not None:
+                        state.seen.append(seq)
+                return
+            if first >> 4 == 9 and self.state.lost_at is not None and not self.subscribed.done():
+                state = self.state
+                state.resubscribed_at = time.monotonic()
+                state.latest_at_subscribe = acked[state.table]
+            super()._on_packet(first, body)
+
+    async def connect(state: SpectatorState) -> Page:
+        page = Page(state)
+        await loop.create_connection(lambda: page, "127.0.0.1", page.port)
+        await asyncio.wait_for(page.subscribed, 30)
+        return page
+
+    def schedule(state: SpectatorState) -> None:
+        loop.call_later(RECONNECT_PERIOD, lambda: asyncio.ensure_future(reconnect(state)))
+
+    pages: list[Page] = []
+
+    async def reconnect(state: SpectatorState) -> None:
+        while not closing and state.tries < RECONNECT_TRIES:
+            state.tries += 1
+            state.node = (state.node + 1) % nodes
+            try:
+                pages.append(await connect(state))
+                return
+            except (OSError, TimeoutError, ConnectionError, PermissionError):
+                await asyncio.sleep(RECONNECT_PERIOD)
+
+    states = [SpectatorState(i, i % tables, i % nodes) for i in range(n)]
+    for state in states:
+        if state.node == killed:
+            state.seen = []
+            report.on_killed_node += 1
+    _transport, publisher = await asyncio.wait_for(
+        loop.create_connection(Publisher, "127.0.0.1", broker.mqtt_port), 10
+    )
+    await asyncio.wait_for(publisher.connected, 10)
+    try:
+        # One snapshot per table first: each table has a retained snapshot before the phase.
+        for seq in range(tables):
+            await publisher.publish_seq(seq)
+        deadline = time.monotonic() + 30
+        while min(acked) < 0 and time.monotonic() < deadline:
+            progress.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(progress.wait(), 1.0)
+        for start in range(0, n, CONNECT_BATCH):
+            batch = states[start : start + CONNECT_BATCH]
+            pages.extend(await asyncio.gather(*(connect(s) for s in batch)))
+            if (start + len(batch)) % 1000 == 0 or start + len(batch) == n:
+                say(f"  nats kill: {start + len(batch)}/{n} spectators connected")
+        first = tables
+        for state in states:
+            state.live = 0
+            if state.seen is not None:
+                state.seen.clear()
+        started = time.monotonic()
+        for k in range(report.messages):
+            delay = started + k / args.rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            if k == report.messages // 2:
+                say(f"  nats kill: SIGKILL n{killed + 1} after {k} snapshots")
+                broker.cluster.kill_node(killed)
+                killed_at = time.monotonic()
+            seq = first + k
+            published[seq % tables].append((seq, time.monotonic()))
+            await publisher.publish_seq(seq)
+        last = [max(s for s, _t in table) if table else table_index
+                for table_index, table in enumerate(published)]  # fmt: skip
+        deadline = time.monotonic() + args.drain_timeout
+        waited_from = time.monotonic()
+        while time.monotonic() < deadline:
+            moved = [s for s in states if s.lost_at is not None]
+            done = all(s.best >= last[s.table] for s in states) and all(
+                s.resubscribed_at is not None for s in moved
+            )
+            if done and min(acked[t] >= last[t] for t in range(tables)):
+                break
+            await asyncio.sleep(0.1)
+        report.wait_s = time.monotonic() - waited_from
+        for state in states:
+            table_seqs = published[state.table]
+            if state.lost_at is None:
+                report.survivor_missing += len(table_seqs) - state.live
+            else:
+                if state.resubscribed_at is not None:
+                    report.reconnected += 1
+                    report.reconnect_s.append(state.resubscribed_at - killed_at)
+                    gap = {s for s, t in table_seqs if state.lost_at <= t <= state.resubscribed_at}
+                    report.gap_published += len(gap)
+                    report.gap_dropped += len(gap - set(state.seen or ()))
+                    if state.retained_after is None:
+                        report.retained_none += 1
+                    elif state.retained_after < state.latest_at_subscribe:
+                        report.retained_stale += 1
+            if state.best != last[state.table]:
+                report.missing_latest += 1
+                report.missing_latest_killed += state.lost_at is not None
+    finally:
+        closing = True
+        for page in pages:
+            if page.transport is not None:
+                page.transport.abort()
+        if publisher.transport is not None:
+            publisher.transport.abort()
+    # The node comes back with its files and must serve every table's latest snapshot.
+    restart_started = time.monotonic()
+    broker.cluster.start_node(killed)
+    await loop.run_in_executor(None, broker.cluster.wait_ready, [killed], REJOIN_TIMEOUT)
+    report.restart_s = time.monotonic() - restart_started
+    report.rejoined_latest = await _rejoined_latest(broker, killed, tables, last)
+    return report
+
+
+async def _rejoined_latest(broker: ClusterBroker, node: int, tables: int, last: list[int]) -> int:
+    """Tables whose latest seq node ``node`` serves as the retained snapshot to a new
+    spectator (one per table, 5 s each at most)."""
+    import asyncio
+
+    from rallycast.bench.broker import STAMP, Tally, WsSubscriber, table_topic
+
+    loop = asyncio.get_running_loop()
+    served = 0
+    for table in range(tables):
+        got: asyncio.Future[int] = loop.create_future()
+
+        class Probe(WsSubscriber):
+            def _on_packet(self, first: int, body: bytes, got: Any = got) -> None:
+                if first >> 4 == 3 and first & 0x01 and not got.done():
+                    start = 2 + int.from_bytes(body[:2], "big")
+                    got.set_result(STAMP.unpack_from(body, start)[0])
+                    return
+                super()._on_packet(first, body)
+
+        probe = Probe(
+            "127.0.0.1", broker.ports[node].ws, f"probe-{table}", 0, Tally(),
+            table_topic(table, tables),
+        )  # fmt: skip
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(lambda probe=probe: probe, "127.0.0.1", probe.port), 5
+            )
+            served += await asyncio.wait_for(got, 5) == last[table]
+        except (OSError, TimeoutError, ConnectionError):
+            pass
+        finally:
+            if probe.transport is not None:
+                probe.transport.abort()
+    return served
