@@ -248,7 +248,9 @@ async def kill_run(
         def connection_lost(self, exc: Exception | None) -> None:
             super().connection_lost(exc)
             state = self.state
-            if not closing and self.subscribed.done() and not self.subscribed.exception():
+            sub = self.subscribed
+            was_on = sub.done() and not sub.cancelled() and sub.exception() is None
+            if not closing and was_on:
                 state.lost_at = time.monotonic()
                 schedule(state)
 
@@ -276,8 +278,13 @@ async def kill_run(
 
     async def connect(state: SpectatorState) -> Page:
         page = Page(state)
-        await loop.create_connection(lambda: page, "127.0.0.1", page.port)
-        await asyncio.wait_for(page.subscribed, 30)
+        try:
+            await loop.create_connection(lambda: page, "127.0.0.1", page.port)
+            await asyncio.wait_for(page.subscribed, 30)
+        except BaseException:
+            if page.transport is not None:
+                page.transport.abort()
+            raise
         return page
 
     def schedule(state: SpectatorState) -> None:
