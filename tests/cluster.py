@@ -22,10 +22,8 @@ Missing: skipped locally, a failure under CI (``require_program``).
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-import urllib.request
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -43,6 +41,7 @@ from broker.cluster import (
     NodePorts,
     find_nats_server,
 )
+from rallycast.bench.cluster import retained_feed_hosts
 from rallycast.bench.launch import SERVICE_USER, free_port
 from tests.support.clients import Recorder
 from tests.support.endpoints import BrokerEndpoint, TestUsers
@@ -266,39 +265,11 @@ class ClusterEndpoint(BrokerEndpoint):
     def log_tail(self, node: int) -> str:
         return self._runner.cluster.log_tail(node)
 
-    def monitor(self, node: int, path: str) -> dict[str, Any]:
-        """GET ``path`` from node ``node``'s monitoring port (JSON)."""
-        port = self._runner.layout.ports[node].http
-        with urllib.request.urlopen(f"http://{self.host}:{port}{path}", timeout=5) as answer:
-            return json.load(answer)
-
     def retained_consumer_hosts(self) -> dict[int, int]:
-        """Node -> the node that hosts its retained-messages consumer (all 0-based).
-
-        nats-server keeps, per node, an in-memory index of the retained messages fed by ONE
-        ephemeral R1 push consumer on ``$MQTT_rmsgs`` (server/mqtt.go, created with the
-        account's session manager), which JetStream places on a random node of the stream.
-        Its deliver subject ``$MQTT.sub.<nuid>`` is subscribed on the node it feeds; the
-        consumer itself is listed by the node that hosts it. docs/scale.md "Failover"."""
-        feeds: dict[str, int] = {}
-        for node in range(self.nodes):
-            subs = self.monitor(node, "/subsz?subs=true&acc=%24G").get("subscriptions_list", [])
-            for sub in subs:
-                if sub["subject"].startswith("$MQTT.sub."):
-                    feeds[sub["subject"]] = node
-        hosts: dict[int, int] = {}
-        for node in range(self.nodes):
-            jsz = self.monitor(node, "/jsz?accounts=true&consumers=true&config=true")
-            for account in jsz.get("account_details", []):
-                for stream in account.get("stream_detail", []):
-                    if stream["name"] != "$MQTT_rmsgs":
-                        continue
-                    for consumer in stream.get("consumer_detail", []):
-                        fed = feeds.get(consumer["config"].get("deliver_subject", ""))
-                        leader = consumer.get("cluster", {}).get("leader", f"n{node + 1}")
-                        if fed is not None:
-                            hosts[fed] = int(leader[1:]) - 1  # server names are n1..n3
-        return hosts
+        """Node -> the node that hosts its retained-messages consumer (all 0-based):
+        ``rallycast.bench.cluster.retained_feed_hosts`` on this cluster's monitoring ports."""
+        ports = self._runner.layout.ports
+        return retained_feed_hosts([p.http for p in ports], self.host)
 
 
 @pytest.fixture(scope="session")

@@ -114,9 +114,50 @@ def start_cluster(workdir: Path, service_user: str, password: str) -> ClusterBro
 
 # -- a node killed during the paced phase (``--kill-node``) --------------------------------------
 
+
+def retained_feed_hosts(http_ports: list[int], host: str = "127.0.0.1") -> dict[int, int]:
+    """Node -> the node hosting its retained-messages feed (0-based), from the monitoring ports.
+
+    nats-server keeps, per node, an in-memory index of the retained messages fed by ONE
+    ephemeral R1 push consumer on ``$MQTT_rmsgs`` (server/mqtt.go), which JetStream places on
+    a random node of the stream; when that node is lost, the node it fed serves old retained
+    messages (docs/scale.md "Why a survivor serves an old retained snapshot"). The feed's
+    deliver subject ``$MQTT.sub.<random>`` is subscribed on the node it feeds (``/subsz``);
+    the consumer and its host are in ``/jsz``."""
+    import json
+    import urllib.request
+
+    def monitor(node: int, path: str) -> dict[str, Any]:
+        url = f"http://{host}:{http_ports[node]}{path}"
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            return json.load(answer)
+
+    feeds: dict[str, int] = {}
+    for node in range(len(http_ports)):
+        for sub in monitor(node, "/subsz?subs=true&acc=%24G").get("subscriptions_list", []):
+            if sub["subject"].startswith("$MQTT.sub."):
+                feeds[sub["subject"]] = node
+    hosts: dict[int, int] = {}
+    for node in range(len(http_ports)):
+        jsz = monitor(node, "/jsz?accounts=true&consumers=true&config=true")
+        for account in jsz.get("account_details", []):
+            for stream in account.get("stream_detail", []):
+                if stream["name"] != "$MQTT_rmsgs":
+                    continue
+                for consumer in stream.get("consumer_detail", []):
+                    fed = feeds.get(consumer["config"].get("deliver_subject", ""))
+                    leader = consumer.get("cluster", {}).get("leader", f"n{node + 1}")
+                    if fed is not None:
+                        hosts[fed] = int(leader[1:]) - 1  # server names are n1..n3
+    return hosts
+
+
 RECONNECT_PERIOD = 1.0  # s: mqtt.js's reconnectPeriod on the pages, to the next node each time
 RECONNECT_TRIES = 30  # per spectator and loss: then it counts as not reconnected
 REJOIN_TIMEOUT = 30.0  # s: the killed node must accept a CONNECT again within this
+# s: a retained snapshot older than one acknowledged this long before the SUBACK is stale
+# (younger ones may still be on their way to the node: replication lag, not the fault).
+STALE_AFTER = 1.0
 
 
 @dataclass
@@ -132,6 +173,7 @@ class SpectatorState:
     resubscribed_at: float | None = None  # its SUBACK on the new node
     retained_after: int | None = None  # seq of the retained snapshot it got on the new node
     latest_at_subscribe: int = -1  # newest seq of its table with a PUBACK when it resubscribed
+    settled_at_subscribe: int = -1  # newest seq with a PUBACK STALE_AFTER s before that
     seen: list[int] | None = None  # live seqs received (kept for pages on the killed node)
     tries: int = 0
 
@@ -147,7 +189,8 @@ class KillReport:
     reconnect_s: list[float] = field(default_factory=list)
     missing_latest: int = 0  # spectators (any node) not on their table's latest at the end
     missing_latest_killed: int = 0  # of those, spectators that were on the killed node
-    retained_stale: int = 0  # reconnected, got an older retained snapshot than the latest acked
+    retained_behind: int = 0  # reconnected, its retained one older than the latest acked
+    retained_stale: int = 0  # ... older than one acked STALE_AFTER s before its SUBACK
     retained_none: int = 0  # reconnected, got no retained snapshot at all
     gap_published: int = 0  # snapshots of their table published while they were away (sum)
     gap_dropped: int = 0  # of those, never received live (QoS 0: intermediate, not a loss)
@@ -155,6 +198,7 @@ class KillReport:
     restart_s: float = float("nan")
     rejoined_latest: int = 0  # tables whose latest snapshot the restarted node serves
     wait_s: float = 0.0
+    feeds: dict[int, int] = field(default_factory=dict)  # node -> host of its retained feed
 
     def lines(self) -> list[str]:
         reconnect = sorted(self.reconnect_s)
@@ -165,16 +209,21 @@ class KillReport:
             return f"{reconnect[min(len(reconnect) - 1, int(fraction * len(reconnect)))]:.1f}"
 
         node = f"n{self.killed + 1}"
+        feeds = ", ".join(f"n{a + 1} on n{b + 1}" for a, b in sorted(self.feeds.items()))
         return [
             f"  nats kill: {self.subscribers} spectators, {self.tables} tables, {self.messages}"
             f" paced snapshots, {node} killed (-9) half-way",
+            f"    retained feeds before the kill: {feeds or 'unknown'} (a survivor whose feed"
+            f" was on {node} serves old retained snapshots until {node} is back)",
             f"    on {node}: {self.on_killed_node}; reconnected to another node: "
             f"{self.reconnected} (SUBACK after the kill: p50 {pct(0.5)} s, max {pct(1.0)} s)",
             f"    missing the latest snapshot of their table at the end: {self.missing_latest}"
             f" of {self.subscribers} (of them were on {node}: {self.missing_latest_killed});"
             f" waited {self.wait_s:.1f} s after the last PUBACK",
-            f"    retained snapshot on reconnect older than the latest acknowledged one:"
-            f" {self.retained_stale}; none at all: {self.retained_none}",
+            f"    retained snapshot on reconnect older than one acknowledged {STALE_AFTER:g} s"
+            f" before its SUBACK: {self.retained_stale}; older than the latest acknowledged"
+            f" at the SUBACK (with replication lag): {self.retained_behind}; none at all:"
+            f" {self.retained_none}",
             f"    published while away: {self.gap_published}, not received live: "
             f"{self.gap_dropped} (QoS 0 intermediate snapshots, replaced by the retained one)",
             f"    live snapshots missing on spectators that kept their connection:"
@@ -188,8 +237,8 @@ async def kill_run(
     broker: ClusterBroker, n: int, args: Any, password: str, say: Callable[[str], None]
 ) -> KillReport:
     """A paced phase with ``args.kill_node`` (1-based; 2 or 3: the publisher stays on n1)
-    killed with SIGKILL half-way; its spectators reconnect to the next node after 1 s, as
-    mqtt.js does with the page's URL list. Then the node is restarted. docs/benchmarks.md."""
+    killed with SIGKILL half-way; its spectators reconnect after 1 s to another node, half to
+    each (mqtt.js with a page's shuffled URL list), going on round the nodes if refused. Then the node is restarted. docs/benchmarks.md."""
     import asyncio
     import contextlib
 
@@ -210,6 +259,7 @@ async def kill_run(
     nodes = len(broker.ports)
     report = KillReport(n, tables, killed, max(2, round(args.rate * args.seconds)))
     acked = [-1] * tables  # per table: newest seq with a PUBACK
+    acked_at: list[list[tuple[float, int]]] = [[] for _ in range(tables)]  # (PUBACK at, seq)
     published: list[list[tuple[int, float]]] = [[] for _ in range(tables)]  # (seq, sent at)
     closing = False
     progress = asyncio.Event()  # a PUBACK arrived
@@ -230,6 +280,7 @@ async def kill_run(
                 seq = self.seq_of.pop(int.from_bytes(body[:2], "big"), None)
                 if seq is not None:
                     acked[seq % tables] = max(acked[seq % tables], seq)
+                    acked_at[seq % tables].append((time.monotonic(), seq))
                     progress.set()
             super()._on_packet(first, body)
 
@@ -274,6 +325,10 @@ async def kill_run(
                 state = self.state
                 state.resubscribed_at = time.monotonic()
                 state.latest_at_subscribe = acked[state.table]
+                settled = state.resubscribed_at - STALE_AFTER
+                state.settled_at_subscribe = max(
+                    (seq for at, seq in acked_at[state.table] if at <= settled), default=-1
+                )
             super()._on_packet(first, body)
 
     async def connect(state: SpectatorState) -> Page:
@@ -295,7 +350,8 @@ async def kill_run(
     async def reconnect(state: SpectatorState) -> None:
         while not closing and state.tries < RECONNECT_TRIES:
             state.tries += 1
-            state.node = (state.node + 1) % nodes
+            # Each page shuffled its URL list: half of a lost node's pages go to each other.
+            state.node = (state.node + 1 + (state.index // nodes) % (nodes - 1)) % nodes
             try:
                 pages.append(await connect(state))
                 return
@@ -325,6 +381,10 @@ async def kill_run(
             pages.extend(await asyncio.gather(*(connect(s) for s in batch)))
             if (start + len(batch)) % 1000 == 0 or start + len(batch) == n:
                 say(f"  nats kill: {start + len(batch)}/{n} spectators connected")
+        try:
+            report.feeds = retained_feed_hosts([p.http for p in broker.ports])
+        except (OSError, ValueError, KeyError) as exc:
+            say(f"  nats kill: feeds unknown ({exc})")
         first = tables
         for state in states:
             state.live = 0
@@ -368,8 +428,9 @@ async def kill_run(
                     report.gap_dropped += len(gap - set(state.seen or ()))
                     if state.retained_after is None:
                         report.retained_none += 1
-                    elif state.retained_after < state.latest_at_subscribe:
-                        report.retained_stale += 1
+                    else:
+                        report.retained_behind += state.retained_after < state.latest_at_subscribe
+                        report.retained_stale += state.retained_after < state.settled_at_subscribe
             if state.best != last[state.table]:
                 report.missing_latest += 1
                 report.missing_latest_killed += state.lost_at is not None
