@@ -155,7 +155,7 @@ def retained_feed_hosts(http_ports: list[int], host: str = "127.0.0.1") -> dict[
 RECONNECT_PERIOD = 1.0  # s: mqtt.js's reconnectPeriod on the pages, to the next node each time
 RECONNECT_TRIES = 30  # per spectator and loss: then it counts as not reconnected
 REJOIN_TIMEOUT = 30.0  # s: the killed node must accept a CONNECT again within this
-# s: a retained snapshot older than one acknowledged this long before the SUBACK is stale
+# s: a retained snapshot older than one acknowledged this long before the SUBSCRIBE is stale
 # (younger ones may still be on their way to the node: replication lag, not the fault).
 STALE_AFTER = 1.0
 
@@ -170,10 +170,11 @@ class SpectatorState:
     best: int = -1  # highest snapshot seq received, live or retained (a page shows the newest)
     live: int = 0  # live (not retained) snapshots received on the phase's seqs
     lost_at: float | None = None  # monotonic time its connection dropped
+    subscribe_sent_at: float | None = None  # its SUBSCRIBE to the new node went out
     resubscribed_at: float | None = None  # its SUBACK on the new node
     retained_after: int | None = None  # seq of the retained snapshot it got on the new node
     latest_at_subscribe: int = -1  # newest seq of its table with a PUBACK when it resubscribed
-    settled_at_subscribe: int = -1  # newest seq with a PUBACK STALE_AFTER s before that
+    settled_at_subscribe: int = -1  # newest seq with a PUBACK STALE_AFTER s before SUBSCRIBE
     seen: list[int] | None = None  # live seqs received (kept for pages on the killed node)
     tries: int = 0
 
@@ -190,7 +191,7 @@ class KillReport:
     missing_latest: int = 0  # spectators (any node) not on their table's latest at the end
     missing_latest_killed: int = 0  # of those, spectators that were on the killed node
     retained_behind: int = 0  # reconnected, its retained one older than the latest acked
-    retained_stale: int = 0  # ... older than one acked STALE_AFTER s before its SUBACK
+    retained_stale: int = 0  # ... older than one acked STALE_AFTER s before its SUBSCRIBE
     retained_none: int = 0  # reconnected, got no retained snapshot at all
     gap_published: int = 0  # snapshots of their table published while they were away (sum)
     gap_dropped: int = 0  # of those, never received live (QoS 0: intermediate, not a loss)
@@ -221,10 +222,11 @@ class KillReport:
             f" of {self.subscribers} (of them were on {node}: {self.missing_latest_killed});"
             f" waited {self.wait_s:.1f} s after the last PUBACK",
             f"    retained snapshot on reconnect older than one acknowledged {STALE_AFTER:g} s"
-            f" before its SUBACK: {self.retained_stale}; older than the latest acknowledged"
+            f" before its SUBSCRIBE: {self.retained_stale}; older than the latest acknowledged"
             f" at the SUBACK (with replication lag): {self.retained_behind}; none at all:"
             f" {self.retained_none}",
-            f"    published while away: {self.gap_published}, not received live: "
+            f"    published between the loss and the new SUBSCRIBE: {self.gap_published}, not"
+            f" received live: "
             f"{self.gap_dropped} (QoS 0 intermediate snapshots, replaced by the retained one)",
             f"    live snapshots missing on spectators that kept their connection:"
             f" {self.survivor_missing}",
@@ -321,14 +323,18 @@ async def kill_run(
                     if state.seen is not None:
                         state.seen.append(seq)
                 return
-            if first >> 4 == 9 and self.state.lost_at is not None and not self.subscribed.done():
-                state = self.state
-                state.resubscribed_at = time.monotonic()
-                state.latest_at_subscribe = acked[state.table]
-                settled = state.resubscribed_at - STALE_AFTER
+            state = self.state
+            if first >> 4 == 2 and state.lost_at is not None and body[1:2] == b"\x00":
+                # CONNACK: the SUBSCRIBE goes out now; the node picks the retained snapshot
+                # after this, so one acknowledged STALE_AFTER s before must be in it.
+                state.subscribe_sent_at = time.monotonic()
+                settled = state.subscribe_sent_at - STALE_AFTER
                 state.settled_at_subscribe = max(
                     (seq for at, seq in acked_at[state.table] if at <= settled), default=-1
                 )
+            if first >> 4 == 9 and state.lost_at is not None and not self.subscribed.done():
+                state.resubscribed_at = time.monotonic()
+                state.latest_at_subscribe = acked[state.table]
             super()._on_packet(first, body)
 
     async def connect(state: SpectatorState) -> Page:
@@ -400,8 +406,8 @@ async def kill_run(
                 broker.cluster.kill_node(killed)
                 killed_at = time.monotonic()
             seq = first + k
-            published[seq % tables].append((seq, time.monotonic()))
             await publisher.publish_seq(seq)
+            published[seq % tables].append((seq, time.monotonic()))  # written now
         last = [max(s for s, _t in table) if table else table_index
                 for table_index, table in enumerate(published)]  # fmt: skip
         deadline = time.monotonic() + args.drain_timeout
@@ -423,7 +429,8 @@ async def kill_run(
                 if state.resubscribed_at is not None:
                     report.reconnected += 1
                     report.reconnect_s.append(state.resubscribed_at - killed_at)
-                    gap = {s for s, t in table_seqs if state.lost_at <= t <= state.resubscribed_at}
+                    sent = state.subscribe_sent_at or state.resubscribed_at
+                    gap = {s for s, t in table_seqs if state.lost_at <= t <= sent}
                     report.gap_published += len(gap)
                     report.gap_dropped += len(gap - set(state.seen or ()))
                     if state.retained_after is None:
