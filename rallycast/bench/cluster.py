@@ -406,7 +406,8 @@ async def kill_run(
                 broker.cluster.kill_node(killed)
                 killed_at = time.monotonic()
             seq = first + k
-            await publisher.publish_seq(seq)
+            # Bounded: with no PUBACK for 30 s (no JetStream quorum) the run stops, and says so.
+            await asyncio.wait_for(publisher.publish_seq(seq), 30)
             published[seq % tables].append((seq, time.monotonic()))  # written now
         last = [max(s for s, _t in table) if table else table_index
                 for table_index, table in enumerate(published)]  # fmt: skip
