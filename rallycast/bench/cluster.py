@@ -199,6 +199,8 @@ class KillReport:
     restart_s: float = float("nan")
     rejoined_latest: int = 0  # tables whose latest snapshot the restarted node serves
     wait_s: float = 0.0
+    publisher_reconnects: int = 0  # the publisher's connection lost and made again
+    resent: int = 0  # snapshots published again after a reconnect (no PUBACK before)
     feeds: dict[int, int] = field(default_factory=dict)  # node -> host of its retained feed
 
     def lines(self) -> list[str]:
@@ -230,6 +232,8 @@ class KillReport:
             f"{self.gap_dropped} (QoS 0 intermediate snapshots, replaced by the retained one)",
             f"    live snapshots missing on spectators that kept their connection:"
             f" {self.survivor_missing}",
+            f"    publisher (first on n1) reconnected {self.publisher_reconnects} times, resent"
+            f" {self.resent} snapshots that had no PUBACK",
             f"    {node} restarted: accepts CONNECT after {self.restart_s:.1f} s; serves the"
             f" latest snapshot of {self.rejoined_latest}/{self.tables} tables as retained",
         ]
@@ -238,7 +242,7 @@ class KillReport:
 async def kill_run(
     broker: ClusterBroker, n: int, args: Any, password: str, say: Callable[[str], None]
 ) -> KillReport:
-    """A paced phase with ``args.kill_node`` (1-based; 2 or 3: the publisher stays on n1)
+    """A paced phase with ``args.kill_node`` (1-based; 2 or 3: the publisher starts on n1)
     killed with SIGKILL half-way; its spectators reconnect after 1 s to another node, half to
     each (mqtt.js with a page's shuffled URL list), going on round the nodes if refused. Then the node is restarted. docs/benchmarks.md."""
     import asyncio
@@ -246,6 +250,7 @@ async def kill_run(
 
     from rallycast.bench.broker import (
         CONNECT_BATCH,
+        PUBLISH_WINDOW,
         STAMP,
         Tally,
         TcpPublisher,
@@ -266,21 +271,38 @@ async def kill_run(
     closing = False
     progress = asyncio.Event()  # a PUBACK arrived
 
+    unacked: dict[int, None] = {}  # seqs with no PUBACK yet, in order: resent after a reconnect
+
     class Publisher(TcpPublisher):
+        """The service's side; on a lost connection (NATS closes it when JetStream does not
+        store a QoS 1 message within 5 s, as during a leader change) ``send`` reconnects."""
+
         def __init__(self) -> None:
             super().__init__(SERVICE_USER, password)
             self.seq_of: dict[int, int] = {}
+            self.lost = False
+
+        def connection_lost(self, exc: Exception | None) -> None:
+            super().connection_lost(exc)
+            self.lost = True
+            for _ in range(PUBLISH_WINDOW):  # wake a publish waiting for a slot
+                self.window.release()
 
         async def publish_seq(self, seq: int) -> None:
+            if self.lost:
+                raise ConnectionError("publisher: connection lost")
             await self.publish(
                 lambda: bench_payload(seq, args.payload_bytes), table_topic(seq % tables, tables)
             )
+            if self.lost:
+                raise ConnectionError("publisher: connection lost")
             self.seq_of[self._next_id] = seq
 
         def _on_packet(self, first: int, body: bytes) -> None:
             if first >> 4 == 4:
                 seq = self.seq_of.pop(int.from_bytes(body[:2], "big"), None)
                 if seq is not None:
+                    unacked.pop(seq, None)
                     acked[seq % tables] = max(acked[seq % tables], seq)
                     acked_at[seq % tables].append((time.monotonic(), seq))
                     progress.set()
@@ -369,14 +391,56 @@ async def kill_run(
         if state.node == killed:
             state.seen = []
             report.on_killed_node += 1
-    _transport, publisher = await asyncio.wait_for(
-        loop.create_connection(Publisher, "127.0.0.1", broker.mqtt_port), 10
-    )
-    await asyncio.wait_for(publisher.connected, 10)
+    publisher_node = 0
+
+    async def open_publisher() -> Publisher:
+        """Connect to the next node, round the list as the service does (bounded: 30 s)."""
+        nonlocal publisher_node
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                _transport, fresh = await asyncio.wait_for(
+                    loop.create_connection(
+                        Publisher, "127.0.0.1", broker.ports[publisher_node].mqtt
+                    ),
+                    10,
+                )
+                await asyncio.wait_for(fresh.connected, 10)
+                return fresh
+            except (OSError, TimeoutError, ConnectionError, PermissionError):
+                if time.monotonic() > deadline:
+                    raise TimeoutError("publisher: no node accepted a CONNECT for 30 s") from None
+                publisher_node = (publisher_node + 1) % nodes
+                await asyncio.sleep(RECONNECT_PERIOD)
+
+    async def send(seq: int) -> None:
+        """Publish ``seq``; after a lost connection, the next node and every unacked seq again
+        (bounded: 30 s per publish, 10 reconnects)."""
+        nonlocal publisher, publisher_node
+        unacked[seq] = None
+        for _ in range(10):
+            pending = [seq]
+            if publisher.lost:
+                if publisher.transport is not None:
+                    publisher.transport.abort()
+                publisher_node = (publisher_node + 1) % nodes
+                publisher = await open_publisher()
+                report.publisher_reconnects += 1
+                pending = list(unacked)
+                report.resent += len(pending) - 1
+            try:
+                for again in pending:
+                    await asyncio.wait_for(publisher.publish_seq(again), 30)
+                return
+            except ConnectionError:
+                continue
+        raise TimeoutError("publisher: 10 reconnects for one snapshot")
+
+    publisher = await open_publisher()
     try:
         # One snapshot per table first: each table has a retained snapshot before the phase.
         for seq in range(tables):
-            await publisher.publish_seq(seq)
+            await send(seq)
         deadline = time.monotonic() + 30
         while min(acked) < 0 and time.monotonic() < deadline:
             progress.clear()
@@ -406,8 +470,8 @@ async def kill_run(
                 broker.cluster.kill_node(killed)
                 killed_at = time.monotonic()
             seq = first + k
-            # Bounded: with no PUBACK for 30 s (no JetStream quorum) the run stops, and says so.
-            await asyncio.wait_for(publisher.publish_seq(seq), 30)
+            # Bounded (send): no PUBACK for 30 s or 10 reconnects stop the run, and say so.
+            await send(seq)
             published[seq % tables].append((seq, time.monotonic()))  # written now
         last = [max(s for s, _t in table) if table else table_index
                 for table_index, table in enumerate(published)]  # fmt: skip
