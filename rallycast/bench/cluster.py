@@ -175,7 +175,7 @@ class SpectatorState:
     retained_after: int | None = None  # seq of the retained snapshot it got on the new node
     latest_at_subscribe: int = -1  # newest seq of its table with a PUBACK when it resubscribed
     settled_at_subscribe: int = -1  # newest seq with a PUBACK STALE_AFTER s before SUBSCRIBE
-    seen: list[int] | None = None  # live seqs received (kept for pages on the killed node)
+    seen: list[int] = field(default_factory=list)  # live seqs received in the phase
     tries: int = 0
 
 
@@ -196,6 +196,7 @@ class KillReport:
     gap_published: int = 0  # snapshots of their table published while they were away (sum)
     gap_dropped: int = 0  # of those, never received live (QoS 0: intermediate, not a loss)
     survivor_missing: int = 0  # live snapshots missing on spectators that never lost a link
+    duplicates: int = 0  # ... received twice (a resent snapshot that had been stored)
     restart_s: float = float("nan")
     rejoined_latest: int = 0  # tables whose latest snapshot the restarted node serves
     wait_s: float = 0.0
@@ -231,7 +232,7 @@ class KillReport:
             f" received live: "
             f"{self.gap_dropped} (QoS 0 intermediate snapshots, replaced by the retained one)",
             f"    live snapshots missing on spectators that kept their connection:"
-            f" {self.survivor_missing}",
+            f" {self.survivor_missing} (received twice: {self.duplicates}, the resent ones)",
             f"    publisher (first on n1) reconnected {self.publisher_reconnects} times, resent"
             f" {self.resent} snapshots that had no PUBACK",
             f"    {node} restarted: accepts CONNECT after {self.restart_s:.1f} s; serves the"
@@ -342,8 +343,7 @@ async def kill_run(
                         state.retained_after = seq
                 else:
                     state.live += 1
-                    if state.seen is not None:
-                        state.seen.append(seq)
+                    state.seen.append(seq)
                 return
             state = self.state
             if first >> 4 == 2 and state.lost_at is not None and body[1:2] == b"\x00":
@@ -389,7 +389,6 @@ async def kill_run(
     states = [SpectatorState(i, i % tables, i % nodes) for i in range(n)]
     for state in states:
         if state.node == killed:
-            state.seen = []
             report.on_killed_node += 1
     publisher_node = 0
 
@@ -458,8 +457,7 @@ async def kill_run(
         first = tables
         for state in states:
             state.live = 0
-            if state.seen is not None:
-                state.seen.clear()
+            state.seen.clear()
         started = time.monotonic()
         for k in range(report.messages):
             delay = started + k / args.rate - time.monotonic()
@@ -489,7 +487,8 @@ async def kill_run(
         for state in states:
             table_seqs = published[state.table]
             if state.lost_at is None:
-                report.survivor_missing += len(table_seqs) - state.live
+                report.survivor_missing += len({q for q, _t in table_seqs} - set(state.seen))
+                report.duplicates += len(state.seen) - len(set(state.seen))
             else:
                 if state.resubscribed_at is not None:
                     report.reconnected += 1
@@ -497,7 +496,7 @@ async def kill_run(
                     sent = state.subscribe_sent_at or state.resubscribed_at
                     gap = {s for s, t in table_seqs if state.lost_at <= t <= sent}
                     report.gap_published += len(gap)
-                    report.gap_dropped += len(gap - set(state.seen or ()))
+                    report.gap_dropped += len(gap - set(state.seen))
                     if state.retained_after is None:
                         report.retained_none += 1
                     else:
