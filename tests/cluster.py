@@ -41,6 +41,7 @@ from broker.cluster import (
     NodePorts,
     find_nats_server,
 )
+from rallycast.bench.cluster import retained_feed_hosts
 from rallycast.bench.launch import SERVICE_USER, free_port
 from tests.support.clients import Recorder
 from tests.support.endpoints import BrokerEndpoint, TestUsers
@@ -263,6 +264,12 @@ class ClusterEndpoint(BrokerEndpoint):
 
     def log_tail(self, node: int) -> str:
         return self._runner.cluster.log_tail(node)
+
+    def retained_consumer_hosts(self) -> dict[int, int]:
+        """Node -> the node that hosts its retained-messages consumer (all 0-based):
+        ``rallycast.bench.cluster.retained_feed_hosts`` on this cluster's monitoring ports."""
+        ports = self._runner.layout.ports
+        return retained_feed_hosts([p.http for p in ports], self.host)
 
 
 @pytest.fixture(scope="session")

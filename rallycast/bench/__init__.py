@@ -82,6 +82,11 @@ def configure(parser: argparse.ArgumentParser) -> None:
         "--qos", type=int, choices=(0, 1), default=0, help="subscription QoS (pages use 0)"
     )
     broker.add_argument(
+        "--kill-node", type=int, choices=(2, 3), default=None, metavar="K",
+        help="nats only: after the phases, a paced phase with node K (2 or 3; the publisher"
+        " is on node 1) killed with SIGKILL half-way, then restarted (docs/benchmarks.md)",
+    )  # fmt: skip
+    broker.add_argument(
         "--drain-timeout", type=float, default=30.0,
         help="seconds to wait for the last deliveries of a phase (30)",
     )  # fmt: skip

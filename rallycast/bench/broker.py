@@ -469,6 +469,7 @@ def broker_running(kind: str, workdir: Path, password: str) -> Iterator[BrokerPr
 async def bench_brokers(args: argparse.Namespace, say: Callable[[str], None]) -> list[PhaseResult]:
     password = base64.b32encode(os.urandom(10)).decode()
     results: list[PhaseResult] = []
+    kills: list[str] = []  # the cluster's --kill-node runs, repeated after the table
     with tempfile.TemporaryDirectory(prefix="rallycast-bench-") as tmp:
         for n in args.subscribers:
             for kind in args.brokers:
@@ -480,8 +481,16 @@ async def bench_brokers(args: argparse.Namespace, say: Callable[[str], None]) ->
                         if hasattr(broker, "report"):  # the cluster: CPU node by node
                             for line in broker.report([r.deliveries for r in done]):
                                 say(line)
+                        if kind == "nats" and getattr(args, "kill_node", None):
+                            from rallycast.bench.cluster import kill_run
+
+                            killed = await kill_run(broker, n, args, password, say)
+                            kills.extend(killed.lines())
+                            for line in killed.lines():
+                                say(line)
                 except BrokerNotInstalled as exc:
                     say(f"{kind}: skipped ({exc})")
+    args.kill_lines = kills
     return results
 
 
@@ -495,6 +504,7 @@ def run_broker_bench(args: argparse.Namespace) -> int:
         f" --brokers {' '.join(args.brokers)} --rate {args.rate:g} --seconds {args.seconds:g}"
         f" --burst {args.burst} --payload-bytes {args.payload_bytes} --qos {args.qos}"
         f" --tables {args.tables}"
+        + (f" --kill-node {args.kill_node}" if getattr(args, "kill_node", None) else "")
     )
     try:
         results = asyncio.run(bench_brokers(args, say))
@@ -515,6 +525,8 @@ def run_broker_bench(args: argparse.Namespace) -> int:
     if "stock" in args.brokers:
         for line in format_ratios(results, "stock"):
             say(line)
+    for line in getattr(args, "kill_lines", []):
+        say(line)
     incomplete = [r for r in results if r.deliveries < r.expected]
     for r in incomplete:
         say(f"warning: {r.broker} {r.subscribers} {r.phase}: {r.expected - r.deliveries} lost")

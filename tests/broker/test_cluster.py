@@ -27,6 +27,7 @@ CATCH_UP = 5.0  # s: every page shows the latest score within this after a node 
 # s: after the node leading the MQTT message stream is lost, nats-server 2.9.10 answers QoS 1
 # publishes again after ~5 s (a new stream leader; 2.15.1: at once). docs/scale.md.
 FAILOVER_PAUSE = 10.0
+REJOIN_HEAL = 15.0  # s: after the killed node is back, every node serves the current snapshot
 
 
 def rev_of(payload: bytes) -> int:
@@ -216,6 +217,22 @@ def test_snapshot_published_through_node_1_reaches_new_spectators_on_nodes_2_and
 # -- losing a node ---------------------------------------------------------------------------
 
 
+def retained_now(cluster: ClusterEndpoint, node: int) -> int | None:
+    """The rev a new spectator on ``node`` gets as its retained snapshot (None: none in 2 s,
+    or no CONNACK in 5 s: a node that just rejoined may hold a CONNECT until JetStream is
+    ready on it)."""
+    try:
+        late = spectator(cluster, node)
+    except TimeoutError:
+        return None
+    try:
+        return rev_of(late.wait_for(lambda m: m.retain, timeout=2).payload)
+    except AssertionError:
+        return None
+    finally:
+        late.client.disconnect()
+
+
 def test_kill_9_of_a_node_mid_match_loses_no_acknowledged_publish_and_every_node_converges(
     cluster,
 ):
@@ -224,9 +241,19 @@ def test_kill_9_of_a_node_mid_match_loses_no_acknowledged_publish_and_every_node
     service = cluster.recorder(
         [COMMANDS], user=cluster.service_user, node=2, client_id="svc", clean_session=False
     )
-    pages = [spectator(cluster, node) for node in range(3)]
     scorer = FailoverPublisher(cluster, "alpha", nodes=[0, 1, 2])
     snapshots = FailoverPublisher(cluster, cluster.service_user, nodes=[0, 2, 1])
+    # The match is on before the pages open, as on a match night: each node then holds the
+    # snapshot in its cache of retained messages (the pages' SUBSCRIBE loaded it there).
+    snapshots.publish(0, SNAPSHOT, json.dumps({"rev": 0}).encode(), retain=True)
+    snapshots.drain()
+    pages = [spectator(cluster, node) for node in range(3)]
+    for page in pages:
+        page.wait_for(lambda m: m.retain)
+    # Where each node's retained-messages consumer lives, before node 1 goes (docs/scale.md
+    # "Failover": a node whose consumer was on node 1 stops updating its retained snapshots).
+    hosts = cluster.retained_consumer_hosts()
+    assert sorted(hosts) == [0, 1, 2], hosts
     presses = 40  # at 5/s: 8 s of scoring, node 1 killed after 3 s
     killed_at = None
     try:
@@ -252,18 +279,30 @@ def test_kill_9_of_a_node_mid_match_loses_no_acknowledged_publish_and_every_node
         for node in (1, 2):
             pages[node].wait_for(lambda m: rev_of(m.payload) == presses, timeout=CATCH_UP)
         assert killed_at is not None
-        # A late joiner on node 3 gets the current snapshot as its retained message.
-        late = spectator(cluster, 2)
-        got = late.wait_for(timeout=2)
-        assert (rev_of(got.payload), got.retain) == (presses, True)
+        # A late joiner on a surviving node gets the current snapshot as its retained message,
+        # unless that node's retained-messages consumer was on node 1: nats-server 2.15.1 then
+        # serves the snapshot of the moment of the kill (upstream fault, docs/scale.md
+        # "Failover"), although the newer ones went through the stream and that node too.
+        for node in (1, 2):
+            got = retained_now(cluster, node)
+            print(f"n{node + 1}: retained consumer on n{hosts[node] + 1}, serves rev {got}")
+            if hosts[node] == 0:
+                assert got is not None and got < presses, (node, got, hosts)
+            else:
+                assert got == presses, (node, got, hosts)
     finally:
         scorer.close()
         snapshots.close()
-    # The killed node rejoins (with its JetStream files) and serves the same snapshot.
+    # The killed node rejoins (with its JetStream files) and serves the same snapshot; its
+    # return also revives the consumers it hosted, so every node serves the current one.
     cluster.start_node(0)
-    rejoined = spectator(cluster, 0)
-    got = rejoined.wait_for(timeout=CATCH_UP)
-    assert rev_of(got.payload) == presses, cluster.log_tail(0)[-1500:]
+    deadline = time.monotonic() + REJOIN_HEAL
+    served = {}
+    while time.monotonic() < deadline:
+        served = {node: retained_now(cluster, node) for node in range(3)}
+        if all(rev == presses for rev in served.values()):
+            break
+    assert served == dict.fromkeys(range(3), presses), (served, cluster.log_tail(0)[-1500:])
 
 
 # -- the try-out ------------------------------------------------------------------------------

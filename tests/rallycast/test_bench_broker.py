@@ -91,6 +91,27 @@ def test_bench_broker_runs_the_cluster_with_spectators_spread_over_nodes_and_tab
     assert len(per_node) == 2 and all(f"n{i} " in per_node[0] for i in (1, 2, 3)), out
 
 
+@pytest.mark.timeout(300)
+def test_bench_kill_node_reconnects_the_killed_nodes_spectators_and_counts_missing_latest(capsys):
+    from tests.cluster import nats_program
+
+    nats_program()
+    status = rallycast(
+        ["bench", "broker", "--brokers", "nats", "--subscribers", "9", "--tables", "3"]
+        + ["--rate", "10", "--seconds", "8", "--burst", "20", "--drain-timeout", "15"]
+        + ["--kill-node", "3"]
+    )
+    out = capsys.readouterr().out
+    assert status == 0, out
+    tail = out[out.rindex("nats kill: 9 spectators") :]
+    # Spectators 2, 5 and 8 were on n3 (i % 3); each reconnects to another node 1 s later
+    # and, with 4 s of snapshots left, ends on its table's latest one like the others.
+    assert "on n3: 3; reconnected to another node: 3 " in tail, tail
+    assert "at the end: 0 of 9 " in tail, tail
+    assert "kept their connection: 0" in tail, tail
+    assert "latest snapshot of 3/3 tables as retained" in tail, tail
+
+
 def test_messages_go_round_the_tables_and_spectators_follow_table_i_mod_t():
     from rallycast.bench.broker import TOPIC, table_subscribers, table_topic
 

@@ -30,6 +30,7 @@ PRESS_INTERVAL = 0.2  # s: 5 presses a second
 PRESSES_BEFORE_KILL = 10
 PRESSES_AFTER_KILL = 15
 CATCH_UP = 5.0  # s: every page shows the latest score within this (the figure)
+REJOIN_HEAL = 15.0  # s: after node 1 is back, every node serves the current snapshot
 PAGE_TRIES = 20  # pages opened at most to have one on each node (each picks one at random)
 
 
@@ -59,9 +60,15 @@ def retained_rev(cluster: ClusterEndpoint, node: int) -> int | None:
             got.append(json.loads(message.payload))
             arrived.set()
 
-    client = cluster.client(None, node=node, on_message=on_message)
+    try:
+        client = cluster.client(None, node=node, on_message=on_message)
+    except TimeoutError:  # no CONNACK in 5 s: a rejoined node may hold it until JetStream is
+        return None  # ready on it; the caller asserts on the rev
     client.subscribe("clubs/alpha/game", 0)
-    return got[0]["rev"] if arrived.wait(5) else None
+    try:
+        return got[0]["rev"] if arrived.wait(5) else None
+    finally:
+        client.disconnect()
 
 
 def test_kill_9_of_a_node_mid_match_loses_no_replied_press_and_every_page_catches_up(
@@ -104,6 +111,9 @@ def test_kill_9_of_a_node_mid_match_loses_no_replied_press_and_every_page_catche
             page.wait_for_function("() => window.Rallycast && Rallycast.client.connected")
             page.failures.allowed.append("WebSocket connection to")  # the killed node
 
+        # Where each node's retained-messages consumer lives, before node 1 goes.
+        hosts = cluster.retained_consumer_hosts()
+        assert sorted(hosts) == [0, 1, 2], hosts
         replies: list[dict[str, Any]] = []
         slowest = 0.0
         for press in range(PRESSES_BEFORE_KILL + PRESSES_AFTER_KILL):
@@ -153,27 +163,31 @@ def test_kill_9_of_a_node_mid_match_loses_no_replied_press_and_every_page_catche
         late = open_page(viewer.url + "/clubs/alpha")
         assert texts(late, "score", "1", "liveGameSection")[:1] == expected[:1]
         assert texts(late, "score", "2", "liveGameSection")[:1] == expected[1:]
-        stale = {}
+        # On a node whose retained-messages consumer was on node 1, nats-server 2.15.1 keeps
+        # serving the snapshot of the moment of the kill (upstream fault, docs/scale.md
+        # "Failover"): pinned exactly, so a fix upstream or a new cause shows here.
         for node in (1, 2):
             got = retained_rev(cluster, node)
-            if got != revs[-1]:
-                stale[f"n{node + 1}"] = got
+            print(f"n{node + 1}: retained consumer on n{hosts[node] + 1}, serves rev {got}")
+            if hosts[node] == 0:
+                assert got is not None and got < revs[-1], (node, got, hosts)
+            else:
+                assert got == revs[-1], (node, got, hosts)
 
-        # The killed node rejoins and serves the same snapshot.
+        # The killed node rejoins and serves the same snapshot; its return revives the
+        # consumers it hosted, so every node serves the current snapshot again.
         cluster.start_node(0)
-        got = retained_rev(cluster, 0)
-        if got != revs[-1]:
-            stale["n1 (rejoined)"] = got
+        deadline = time.monotonic() + REJOIN_HEAL
+        served: dict[int, int | None] = {}
+        while time.monotonic() < deadline:
+            served = {node: retained_rev(cluster, node) for node in range(3)}
+            if all(rev == revs[-1] for rev in served.values()):
+                break
+        assert served == dict.fromkeys(range(3), revs[-1]), served
         print(
             f"failover: slowest press {slowest:.2f} s; {len(replies)} presses, "
-            f"{time.monotonic() - killed_at:.1f} s since the kill; stale retained: {stale}"
+            f"{time.monotonic() - killed_at:.1f} s since the kill"
         )
-        if stale:
-            # Seen in most runs: after the loss of a node, nats-server 2.15.1 stops updating
-            # the retained message some nodes serve (newer publishes are delivered live but not
-            # retained there), and once the rejoined node served none within 5 s (None).
-            # Reported, not hidden: docs/scale.md "Failover".
-            pytest.xfail(f"stale retained snapshot (current rev {revs[-1]}): {stale}")
     finally:
         if scorer is not None:
             scorer.close()
