@@ -42,6 +42,26 @@ def viewer_broker_url(settings: Settings) -> str:
     return f"mqtt://{url_host(settings.local_host)}:{port}"
 
 
+def older_than(snapshot: dict[str, Any], shown: dict[str, Any] | None) -> bool:
+    """Whether ``snapshot`` would take a page back in time from ``shown`` (the pages' rule,
+    viewer/static/scoreview.js SnapshotFilter): the same match with a lower rev (an equal one
+    is the same snapshot again, e.g. after a reconnect), or another match last updated (``updated_at``, ISO-8601 UTC with milliseconds, so
+    text order is time order) before the shown one. A broker may serve such an old retained
+    copy: nats-server after a node's loss (docs/scale.md "Failover"), a bridge catching up."""
+    if shown is None:
+        return False
+    if snapshot.get("match_id") == shown.get("match_id"):
+        rev, shown_rev = snapshot.get("rev"), shown.get("rev")
+        return isinstance(rev, int) and isinstance(shown_rev, int) and rev < shown_rev
+    updated, shown_updated = snapshot.get("updated_at"), shown.get("updated_at")
+    return (
+        isinstance(updated, str)
+        and isinstance(shown_updated, str)
+        and bool(updated and shown_updated)
+        and updated < shown_updated
+    )
+
+
 def valid_snapshot(payload: bytes) -> dict[str, Any] | None:
     """The snapshot in a payload, or None for anything a page would not render either."""
     try:
@@ -61,6 +81,9 @@ class RetainedSnapshots:
     def __init__(self, url: str) -> None:
         self.url = url
         self._snapshots: dict[tuple[str, int], dict[str, Any]] = {}
+        # The latest snapshot seen per table, kept across reconnects (unlike _snapshots) so
+        # that an old retained copy served after a reconnect is not taken for the truth.
+        self._latest: dict[tuple[str, int], dict[str, Any]] = {}
         self._status: str | None = None
         self._ready = threading.Event()  # connected and subscribed
         self._tried = threading.Event()  # the first connection attempt is over, either way
@@ -218,8 +241,11 @@ class RetainedSnapshots:
         snapshot = valid_snapshot(message.payload) if message.payload.strip() else None
         if snapshot is None:
             self._snapshots.pop(key, None)  # an empty payload: the table has no match
+            self._latest.pop(key, None)
+        elif older_than(snapshot, self._latest.get(key)):
+            log.info("viewer: ignored an old snapshot of %s table %s (a stale retained copy)", *key)
         else:
-            self._snapshots[key] = snapshot
+            self._snapshots[key] = self._latest[key] = snapshot
 
 
 def _threadsafe_setter(event: asyncio.Event) -> Callable[[], None]:

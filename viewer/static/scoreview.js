@@ -34,13 +34,20 @@
 
   // A snapshot is shown only if its match differs from the shown one or its rev is greater:
   // after a reconnect the broker resends the retained copy, and a late copy must not win.
+  /* Never back in time: a broker may serve an old retained copy (nats-server after a node's
+   * loss, docs/scale.md "Failover"; a bridge catching up). The same match: a rev not above
+   * the shown one is dropped. Another match: one last updated before the shown one (the
+   * service's updated_at, ISO-8601 UTC with milliseconds, so text order is time order) is
+   * dropped; a new match is always updated later than the one it replaces. */
   class SnapshotFilter {
     constructor() { this.shown = new Map(); }
     accept(key, snapshot) {
       const shown = this.shown.get(key);
       if (snapshot === null) { this.shown.delete(key); return shown !== undefined; }
       if (shown && shown.match_id === snapshot.match_id && !(snapshot.rev > shown.rev)) return false;
-      this.shown.set(key, { match_id: snapshot.match_id, rev: snapshot.rev });
+      if (shown && shown.match_id !== snapshot.match_id && shown.updated_at && snapshot.updated_at
+          && snapshot.updated_at < shown.updated_at) return false;
+      this.shown.set(key, { match_id: snapshot.match_id, rev: snapshot.rev, updated_at: snapshot.updated_at || '' });
       return true;
     }
   }
