@@ -50,7 +50,7 @@ BCRYPT_COST = 11
 # JetStream a retained message is stored with its topic and flags around the payload, so the
 # limit must leave room above Settings.max_payload_bytes (16384): docs/scale.md.
 MAX_PAYLOAD = 65536
-MAX_CONNECTIONS = 5000  # per node
+MAX_CONNECTIONS = 8000  # per node: 10,000 spectators on two nodes when one is lost (docs/scale.md)
 MQTT_DELIVERY_SUBJECTS = "$MQTT.sub.>"
 MQTT_CONNECTION_TYPES = ["MQTT", "MQTT_WS"]
 TEMPLATE = Path(__file__).resolve().parent.parent / "nats" / "node.conf"
