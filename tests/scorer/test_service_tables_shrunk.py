@@ -38,3 +38,25 @@ def test_a_match_left_on_a_dropped_table_can_be_ended_and_is_kept_in_the_record(
             assert rows[0].table == "3"
     finally:
         third.close()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="scorer/service.py handle_command checks no_such_table before it looks up the id's "
+    "earlier reply: a resend of a command the service applied on a table the config has since "
+    "dropped is answered no_such_table instead of its own reply",
+)
+def test_a_resent_delete_on_a_dropped_table_gets_its_own_reply_again(amqtt_broker, tmp_path):
+    data_dir = tmp_path / "service"
+    third = Scorer(amqtt_broker, "alpha", table=3)
+    try:
+        with service_running(amqtt_broker, data_dir, clubs=(Club("alpha", tables=3),)):
+            assert third.send(START)["ok"]
+        with service_running(amqtt_broker, data_dir, clubs=(Club("alpha", tables=2),)):
+            deleted = third.send({"cmd": "delete", "id": "d3"})
+            assert deleted["ok"] is True
+            # Its reply was lost on the way; the sender resends the same command, same id.
+            again = third.send({"cmd": "delete", "id": "d3"})
+            assert (again["ok"], again["code"], again["id"]) == (True, None, "d3"), again
+    finally:
+        third.close()
