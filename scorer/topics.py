@@ -3,6 +3,8 @@ broker's ACL, the scorer service, the tools and the pages' server side."""
 
 from __future__ import annotations
 
+import re
+
 from scorer.config import CLUB_ID_RE
 
 CLUBS_PREFIX = "clubs"
@@ -34,12 +36,17 @@ class BadTable(ValueError):
     pass
 
 
+_TABLE_TEXT_RE = re.compile(r"[1-9][0-9]?")  # 1..99 written plainly; the range is checked after
+
+
 def check_table(table: object) -> int:
     """The table number as an int in 1..MAX_TABLES; raises ``BadTable`` otherwise (bools and
     strings with signs, spaces or leading zeros are refused)."""
     if isinstance(table, bool):
         raise BadTable(f"table {table!r} is not valid: use a whole number 1-{MAX_TABLES}")
-    if isinstance(table, str) and table.isdigit() and table == str(int(table)):
+    # ASCII digits only and at most two of them before int(): str.isdigit() is also true for
+    # "²" (which int() refuses) and for 5,000 digits (which int() refuses past 4,300).
+    if isinstance(table, str) and _TABLE_TEXT_RE.fullmatch(table):
         table = int(table)
     if not isinstance(table, int) or not 1 <= table <= MAX_TABLES:
         raise BadTable(f"table {table!r} is not valid: use a whole number 1-{MAX_TABLES}")

@@ -181,7 +181,7 @@ def test_a_score_client_for_table_2_scores_and_follows_that_table_only(any_broke
     assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (0, 2)
 
 
-@pytest.mark.parametrize("table", [0, 65, -1, True, "02", 2.0, None])
+@pytest.mark.parametrize("table", [0, 65, -1, True, "02", 2.0, None, "\u00b2", "9" * 5000])
 def test_a_score_client_refuses_a_table_outside_1_to_64_before_connecting(table):
     with pytest.raises(BadTable, match="table"):
         ScoreClient("mqtt://127.0.0.1:1", "alpha", table=table, timeout=0.1)

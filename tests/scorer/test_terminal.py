@@ -94,7 +94,7 @@ def test_table_flag_scores_that_table_of_the_club(amqtt_broker, tmp_path):
         assert current_snapshot(amqtt_broker, "alpha", timeout=0.5) is None  # table 1 untouched
 
 
-@pytest.mark.parametrize("table", ["0", "65", "two", "02"])
+@pytest.mark.parametrize("table", ["0", "65", "two", "02", "\u00b2", "\u0663", "9" * 5000])
 def test_a_table_outside_1_to_64_is_refused_before_connecting(amqtt_broker, table):
     result = run_score(amqtt_broker, "--table", table, keys="q\n")
     assert result.returncode == 2

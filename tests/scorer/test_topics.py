@@ -90,3 +90,30 @@ def test_every_table_topic_reads_back_as_its_club_table_and_kind(club, table, su
             and all(a in ("+", b) for a, b in zip(f.split("/"), topic.split("/"), strict=True))
             for f in filters
         )
+
+
+# Text that str.isdigit() takes for digits but int() does not (or not at this length).
+ODD_DIGITS = ["\u00b2", "\u00b9\u00b2", "\u0663", "\uff12", "9" * 5000, "0" * 4400 + "2", "2\n"]
+
+
+@pytest.mark.parametrize("text", ODD_DIGITS)
+def test_check_table_refuses_odd_digit_text_with_bad_table(text):
+    with pytest.raises(topics.BadTable):
+        topics.check_table(text)
+    assert topics.table_of(f"clubs/riverside/tables/{text}/game/cmd") is None
+
+
+@given(st.text(max_size=8) | st.from_regex(r"[0-9]{1,6000}", fullmatch=True))
+def test_check_table_raises_nothing_but_bad_table_and_reads_only_plain_numbers(text):
+    try:
+        number = topics.check_table(text)
+    except topics.BadTable:
+        return
+    assert 1 <= number <= topics.MAX_TABLES and text == str(number)
+
+
+@given(st.lists(st.text(max_size=6) | st.sampled_from(["clubs", "tables", "game", "cmd"]),
+                max_size=7))  # fmt: skip
+def test_table_of_never_raises(levels):
+    found = topics.table_of("/".join(levels))
+    assert found is None or found[0] == levels[1]

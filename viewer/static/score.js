@@ -75,10 +75,29 @@
     let queue = loadQueue();
     let resendTimer = null;
     let sentAt = 0; // when the first press was first sent in this round (0: not on the wire)
+    // Presses this device left waiting on another table (a reload or another table's link
+    // mid-queue): the page goes back to that table, as the table picker would not have left
+    // it, so those presses are sent (or forgotten) and never wait unseen.
+    let leftWaiting = false;
+    if (!queue.length) {
+      const other = tables.find((t) => t.table !== table && loadQueue(queueKeyOf(t.table)).length);
+      if (other) {
+        leftWaiting = true;
+        table = other.table;
+        topics = other.topics;
+        queueKey = queueKeyOf(table);
+        queue = loadQueue();
+        localStorage.setItem(tableKey, String(table));
+        if (tablePick) tablePick.value = String(table);
+        const url = new URL(location.href);
+        url.searchParams.set('table', String(table));
+        history.replaceState(null, '', url);
+      }
+    }
 
-    function loadQueue() {
+    function loadQueue(key) {
       try {
-        const stored = JSON.parse(localStorage.getItem(queueKey) || '[]');
+        const stored = JSON.parse(localStorage.getItem(key || queueKey) || '[]');
         return Array.isArray(stored)
           ? stored.filter((p) => p && p.id && p.command).map((p) => ({ id: p.id, command: p.command, label: String(p.label || ''), tries: 0 }))
           : [];
@@ -463,6 +482,7 @@
     startForm.dataset.type = 'single';
 
     renderQueue();
+    if (leftWaiting) say(S.table_busy, 'refused');
     const stored = localStorage.getItem(tokenKey);
     if (stored) connectWith(stored, null);
     else setView();
