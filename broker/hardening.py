@@ -98,6 +98,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 from collections import deque
@@ -129,7 +130,7 @@ from amqtt.session import INCOMING, Session
 from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
 
-from broker import limits, ws
+from broker import limits, tcp, ws
 from broker.lean import LeanQueue, TaggedQueue
 from broker.outbox import (
     DEFAULT_MAX_QUEUED_MESSAGES,
@@ -312,7 +313,41 @@ class WsWriter(WebSocketsWriter):
         await self._protocol.close()
 
 
+class TcpWriter(WriterAdapter):
+    """amqtt's writer adapter over our TCP layer (broker/tcp.py ``TcpConnection``): writes go
+    straight to the transport; after ``close`` they are ignored, as in amqtt's
+    StreamWriterAdapter."""
+
+    __slots__ = ("connection", "is_closed")
+
+    def __init__(self, connection: tcp.TcpConnection) -> None:
+        self.connection = connection
+        self.is_closed = False
+
+    def write(self, data: bytes) -> None:
+        if not self.is_closed:
+            self.connection.write(data)
+
+    async def drain(self) -> None:
+        if not self.is_closed:
+            await self.connection.drain()
+
+    def get_peer_info(self) -> tuple[str, int] | None:
+        return self.connection.remote_address
+
+    def get_ssl_info(self) -> Any:
+        transport = self.connection.transport
+        return transport.get_extra_info("ssl_object") if transport is not None else None
+
+    async def close(self) -> None:
+        if not self.is_closed:
+            self.is_closed = True  # first: writes racing the close are dropped
+            await self.connection.close()
+
+
 def _transport_of(writer: WriterAdapter | None) -> asyncio.Transport | None:
+    if isinstance(writer, TcpWriter):
+        return writer.connection.transport
     if isinstance(writer, StreamWriterAdapter):
         return writer._writer.transport  # type: ignore[return-value]
     if isinstance(writer, WebSocketsWriter):
@@ -330,6 +365,8 @@ def _ws_of(writer: WriterAdapter | None) -> ws.WsConnection | None:
 def _drain_of(writer: WriterAdapter) -> Any:
     """A coroutine function that waits while the connection's transport is above its
     high-water mark (without amqtt's per-call buffering)."""
+    if isinstance(writer, TcpWriter):
+        return writer.connection.drain
     if isinstance(writer, StreamWriterAdapter):
         return writer._writer.drain
     if isinstance(writer, WsWriter):
@@ -453,8 +490,8 @@ def _cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _post_disconnect(inbox: LeanQueue, waiter: asyncio.Future[Any]) -> None:
-    inbox.put_nowait(("disconnect", waiter))
+# A done-callback otherwise copies the running context for each connection.
+_NO_CONTEXT = contextvars.Context()
 
 
 class RallycastProtocolHandler(BrokerProtocolHandler):
@@ -467,8 +504,9 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         self.inbox = LeanQueue()
         self._pending_subscriptions = TaggedQueue(self.inbox, "sub")  # type: ignore[assignment]
         self._pending_unsubscriptions = TaggedQueue(self.inbox, "unsub")  # type: ignore[assignment]
-        # Resolved when this connection's lifecycle is over (lets a take-over wait for it).
-        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The connection's lifecycle is over (a take-over waits for it: finished()).
+        self.ended = False
+        self._finished: asyncio.Future[None] | None = None  # made only for a waiter
         self._retries: set[asyncio.Future[Any]] | None = None  # made when there are some
         # amqtt's Event for "reader stopped" (a deque each): a future made only when stop()
         # has to wait for the reader.
@@ -478,6 +516,20 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         self._last_read = 0.0  # loop time of the latest packet (keep-alive)
         self._alive_timer: asyncio.TimerHandle | None = None
         self._expired = False  # the keep-alive ran out: the reader was cancelled for it
+
+    def end(self) -> None:
+        """The connection's lifecycle is over: wake whoever waits in :meth:`finished`."""
+        self.ended = True
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
+
+    def finished(self) -> asyncio.Future[None]:
+        """A future resolved once the connection's lifecycle is over."""
+        if self._finished is None:
+            self._finished = asyncio.get_running_loop().create_future()
+            if self.ended:
+                self._finished.set_result(None)
+        return self._finished
 
     @classmethod
     async def init_from_connect(  # type: ignore[override]
@@ -863,6 +915,12 @@ class RallycastBroker(Broker):
         port: int,
         ssl_context: Any,
     ) -> Any:
+        if listener_type == ListenerType.TCP:
+            # Our own thin TCP layer (broker/tcp.py): a Protocol feeding a StreamReader, no
+            # StreamReaderProtocol/StreamWriter/StreamWriterAdapter per connection.
+            return await tcp.serve_tcp(
+                partial(self.tcp_link_connected, listener_name), address, port, ssl=ssl_context
+            )
         if listener_type != ListenerType.WS:
             return await super()._create_server_instance(
                 listener_name, listener_type, address, port, ssl_context
@@ -881,6 +939,14 @@ class RallycastBroker(Broker):
             max_size=self.client_limits.max_packet_bytes,
             open_timeout=self.client_limits.connect_timeout,
             close_timeout=WS_CLOSE_TIMEOUT,
+        )
+
+    async def tcp_link_connected(
+        self, listener_name: str, stream: asyncio.StreamReader, connection: tcp.TcpConnection
+    ) -> None:
+        """A TCP connection was accepted (broker/tcp.py): serve it as amqtt serves a stream."""
+        await self._client_connected(
+            listener_name, StreamReaderAdapter(stream), TcpWriter(connection)
         )
 
     async def ws_link_connected(
@@ -922,8 +988,27 @@ class RallycastBroker(Broker):
             writer.get_peer_info(),
             stream=_stream_of(reader),
         )
+        # The session runs in this frame, not one more level down: every coroutine frame
+        # on this chain is kept for as long as an idle client stays (issue 16).
         try:
-            await self._serve_connection(listener_name, reader, writer)
+            accepted = await self._read_connect(listener_name, reader, writer)
+            if accepted is not None:
+                handler, incoming = accepted
+                try:
+                    session = await self._run_session(
+                        listener_name, handler, incoming, reader, writer
+                    )
+                    if session is not None:  # accepted: serve it here (one frame fewer)
+                        try:
+                            await self._client_message_loop(session, handler)
+                        finally:
+                            await self._end_session(session, handler)
+                except (AMQTTError, MQTTError, NoDataError) as exc:
+                    self.logger.warning("Error while handling client session: %s", exc)
+                finally:
+                    if handler.outbox is not None:
+                        handler.outbox.close()
+                    handler.end()
         finally:
             reader.release()
             server.release_connection()
@@ -955,14 +1040,16 @@ class RallycastBroker(Broker):
         else:
             close.cancel()
 
-    async def _serve_connection(
+    async def _read_connect(
         self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter
-    ) -> None:
+    ) -> tuple[RallycastProtocolHandler, Session] | None:
+        """The connection's CONNECT within the CONNECT timeout, as (handler, session); None
+        when it did not come or was bad (the connection is closed)."""
         remote = writer.get_peer_info()
         if remote is None:
             self.logger.warning("Remote info could not be retrieved from peer info")
             await self._close_writer(writer)
-            return
+            return None
         address, port = remote
         pending = limits.pending_sockets(self, listener_name)
         pending.add(id(writer), partial(_abort, writer))
@@ -980,24 +1067,16 @@ class RallycastBroker(Broker):
                 self.client_limits.connect_timeout,
             )
             await self._close_writer(writer)
-            return
+            return None
         except (AMQTTError, MQTTError, NoDataError) as exc:
             self.logger.warning(
                 "bad CONNECT from %s: %s", format_client_message(address=address, port=port), exc
             )
             await self._close_writer(writer)
-            return
+            return None
         finally:
             pending.discard(id(writer))
-        try:
-            await self._run_session(listener_name, handler, incoming, reader, writer)
-        except (AMQTTError, MQTTError, NoDataError) as exc:
-            self.logger.warning("Error while handling client session: %s", exc)
-        finally:
-            if handler.outbox is not None:
-                handler.outbox.close()
-            if not handler.finished.done():
-                handler.finished.set_result(None)
+        return handler, incoming
 
     async def _run_session(
         self,
@@ -1006,7 +1085,9 @@ class RallycastBroker(Broker):
         incoming: Session,
         reader: ReaderAdapter,
         writer: WriterAdapter,
-    ) -> None:
+    ) -> Session | None:
+        """Authenticate, admit and set up the session of an accepted CONNECT; the session
+        (connected, CONNACK sent) or None when it was refused (the connection is closed)."""
         if incoming.clean_session and not incoming.client_id:
             incoming.client_id = gen_client_id()
 
@@ -1020,7 +1101,7 @@ class RallycastBroker(Broker):
             with contextlib.suppress(Exception):
                 await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
             await self._close_writer(writer)
-            return
+            return None
         # Hostile clients: client id ownership, slots reserved for logged-in users.
         refusal = limits.admission_refusal(
             self.client_limits,
@@ -1038,7 +1119,7 @@ class RallycastBroker(Broker):
             with contextlib.suppress(Exception):
                 await ConnackPacket.build(0, refusal[0]).to_stream(writer)
             await self._close_writer(writer)
-            return
+            return None
         if isinstance(reader, limits.FramedReader):
             reader.client_id = incoming.client_id
 
@@ -1116,17 +1197,19 @@ class RallycastBroker(Broker):
         ]
         for subscription in own:
             await self._publish_retained_messages_for_subscription(subscription, session)
-        try:
-            await self._client_message_loop(session, handler)
-        finally:
-            # The loop can end without a disconnect (invalid PUBLISH topic): close anyway.
-            if self._sessions.get(client_id, (None, None))[1] is handler:
-                if session.transitions.state == "connected":
-                    await self._stop_handler(handler)
-                    session.transitions.disconnect()
-                if session.clean_session is not False:
-                    # [MQTT-3.1.2-6] a clean session lasts as long as its connection.
-                    await self._discard_session(client_id)
+        return session
+
+    async def _end_session(self, session: Session, handler: RallycastProtocolHandler) -> None:
+        """The client loop ended: close the connection if that has not happened yet (the loop
+        can end without a disconnect: an invalid PUBLISH topic), end a clean session."""
+        client_id = session.client_id
+        if self._sessions.get(client_id, (None, None))[1] is handler:  # type: ignore[arg-type]
+            if session.transitions.state == "connected":
+                await self._stop_handler(handler)
+                session.transitions.disconnect()
+            if session.clean_session is not False:
+                # [MQTT-3.1.2-6] a clean session lasts as long as its connection.
+                await self._discard_session(client_id)  # type: ignore[arg-type]
 
     async def _publish_session_retained_messages(self, session: Session) -> None:
         """Nothing to do: what waited for the session is in its Outbox (sent on attach)."""
@@ -1143,13 +1226,17 @@ class RallycastBroker(Broker):
         if waiter is None or waiter.done():
             inbox.put_nowait(("disconnect", waiter))
         else:
-            waiter.add_done_callback(partial(_post_disconnect, inbox))
+            waiter.add_done_callback(inbox.post_disconnect, context=_NO_CONTEXT)
         while True:
-            try:
-                kind, item = await inbox.get()
-            except asyncio.CancelledError:
-                self.logger.debug("Client loop cancelled")
-                return
+            if inbox.empty():
+                # Awaiting the inbox's future itself: no coroutine frame kept while idle.
+                try:
+                    await inbox.waiter()
+                except asyncio.CancelledError:
+                    self.logger.debug("Client loop cancelled")
+                    return
+                continue
+            kind, item = inbox.get_nowait()
             if kind == "msg":
                 if not await self._handle_message_delivery(client_session, handler, _Ready(item)):  # type: ignore[arg-type]
                     return
@@ -1170,9 +1257,9 @@ class RallycastBroker(Broker):
 
     async def _take_over(self, client_id: str, old_handler: BrokerProtocolHandler) -> None:
         """A client id connected again: close the previous connection first [MQTT-3.1.4-2]."""
-        finished = getattr(old_handler, "finished", None)
-        if finished is None or finished.done():
+        if not isinstance(old_handler, RallycastProtocolHandler) or old_handler.ended:
             return
+        finished = old_handler.finished()
         self.logger.info("client %s connected again: closing its previous connection", client_id)
         await old_handler.handle_connection_closed()
         await self._stop_handler(old_handler)

@@ -16,11 +16,12 @@ class LeanQueue:
     """The part of ``asyncio.Queue`` amqtt uses, without its four preallocated deques and
     Event (~2.5 KB each, four queues per connection): storage is created on first put."""
 
-    __slots__ = ("_items", "_getters")
+    __slots__ = ("_items", "_getters", "_waiter")
 
     def __init__(self) -> None:
         self._items: deque[Any] | None = None
         self._getters: list[asyncio.Future[None]] | None = None
+        self._waiter: asyncio.Future[None] | None = None  # see waiter()
 
     def qsize(self) -> int:
         return len(self._items) if self._items else 0
@@ -32,6 +33,12 @@ class LeanQueue:
         if self._items is None:
             self._items = deque()
         self._items.append(item)
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
+                return
         getters = self._getters
         while getters:
             getter = getters.pop(0)
@@ -53,6 +60,21 @@ class LeanQueue:
         if not items:
             self._items = None  # an empty deque keeps a 64-slot block (~0.7 KB): let it go
         return item
+
+    def post_disconnect(self, waiter: asyncio.Future[Any]) -> None:
+        """Done-callback of a connection's disconnect waiter: the loop's last item."""
+        self.put_nowait(("disconnect", waiter))
+
+    def waiter(self) -> asyncio.Future[None]:
+        """A future resolved when an item is there (at once if one is): the queue's single
+        consumer awaits it directly, so an idle connection keeps no coroutine frame for its
+        wait (``get`` keeps one). Cancelling the await is safe: the item stays queued."""
+        future = asyncio.get_running_loop().create_future()
+        if self._items:
+            future.set_result(None)
+        else:
+            self._waiter = future
+        return future
 
     async def get(self) -> Any:
         while not self._items:

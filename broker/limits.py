@@ -274,7 +274,19 @@ class FramedReader(ReaderAdapter):
             return True
         if self._eof or self.violation is not None:
             return False
-        packet = await self._next_packet()
+        first: bytes | None = None
+        stream = self.stream
+        if stream is not None:
+            # The idle wait, right here: an idle connection keeps this frame and asyncio's,
+            # not the two of _next_packet and _read_exactly as well (~0.5 KB per client).
+            try:
+                first = await stream.readexactly(1)
+            except (asyncio.IncompleteReadError, ConnectionError, EOFError):
+                first = None
+            if not first:
+                self._eof = True
+                return False
+        packet = await self._next_packet(first)
         if packet is None:
             self._eof = True
             return False
@@ -313,8 +325,9 @@ class FramedReader(ReaderAdapter):
             why,
         )
 
-    async def _next_packet(self) -> bytes | None:
-        first = await _read_exactly(self.inner, 1, self.stream)
+    async def _next_packet(self, first: bytes | None = None) -> bytes | None:
+        if first is None:
+            first = await _read_exactly(self.inner, 1, self.stream)
         if first is None:
             return None
         header = bytearray(first)

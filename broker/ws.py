@@ -39,6 +39,8 @@ from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
+from broker.tcp import Listener
+
 __all__ = ["WsConnection", "WsServer", "serve_ws"]
 
 log = logging.getLogger("rallycast.broker.ws")
@@ -72,30 +74,9 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         log.warning("WebSocket connection handler failed: %r", exc)
 
 
-class WsServer:
-    """What amqtt and RallycastBroker need of a WebSocket listener: ``sockets``, ``close``,
-    ``wait_closed``, ``server`` (the listening asyncio.Server) and ``handlers`` (the open
-    connections, each with a ``transport``)."""
-
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
-        self.handlers: set[WsConnection] = set()
-
-    @property
-    def sockets(self) -> tuple[Any, ...]:
-        return tuple(self.server.sockets) if self.server is not None else ()
-
-    def close(self) -> None:
-        """Stop accepting and abort every connection still open."""
-        if self.server is not None:
-            self.server.close()
-        for connection in list(self.handlers):
-            if connection.transport is not None:
-                connection.transport.abort()
-
-    async def wait_closed(self) -> None:
-        if self.server is not None:
-            await self.server.wait_closed()
+class WsServer(Listener):
+    """The WebSocket listener: ``handlers`` holds its WsConnections (broker/tcp.py
+    ``Listener``)."""
 
 
 class WsConnection(asyncio.Protocol):
