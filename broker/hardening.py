@@ -86,12 +86,14 @@ amqtt never drops a silent client), delivered QoS is min(published, granted) as 
 (stock amqtt uses the subscription's QoS), a client id that logs in again closes its previous
 connection (stock amqtt leaves it open after a clean-session take-over), and WebSocket
 connections run without permessage-deflate (CPU per delivery) and without WebSocket pings
-(MQTT keep-alive covers it). An idle WebSocket connection costs ~12-14 KB instead of ~58 KB of
-RSS (docs/benchmarks.md): a small :class:`SessionState` replaces each Session's
-``transitions.Machine``, :class:`LeanSession` keeps the Session's dict compact, one lazily
-allocated inbox (:class:`LeanQueue`) served by one task replaces four queues and four waiting
-tasks, the reader loop keeps nothing between packets, and the WebSocket listener is our thin
-layer over websockets' sans-I/O protocol (broker/ws.py).
+(MQTT keep-alive covers it). An idle connection costs ~9 KB (TCP) or ~10.5 KB (WebSocket) of
+RSS instead of ~58 KB (docs/benchmarks.md): a small :class:`SessionState` replaces each
+Session's ``transitions.Machine``, :class:`LeanSession` keeps the Session's dict compact, one
+lazily allocated inbox (:class:`LeanQueue`) served by one task replaces four queues and four
+waiting tasks, the reader loop keeps nothing between packets, an idle connection's task
+waits through as few coroutine frames as possible (the session is served in
+``_client_connected``'s own frame), and both listeners are our thin ``asyncio.Protocol``
+layers (broker/tcp.py; broker/ws.py over websockets' sans-I/O protocol).
 """
 
 from __future__ import annotations
