@@ -104,6 +104,7 @@ import contextvars
 import logging
 import math
 from collections import deque
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any
@@ -943,20 +944,23 @@ class RallycastBroker(Broker):
             close_timeout=WS_CLOSE_TIMEOUT,
         )
 
-    async def tcp_link_connected(
+    # Plain functions that return _client_connected's coroutine: the connection's task runs it
+    # directly, without one more coroutine frame kept for the connection's life.
+
+    def tcp_link_connected(
         self, listener_name: str, stream: asyncio.StreamReader, connection: tcp.TcpConnection
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
         """A TCP connection was accepted (broker/tcp.py): serve it as amqtt serves a stream."""
-        await self._client_connected(
+        return self._client_connected(
             listener_name, StreamReaderAdapter(stream), TcpWriter(connection)
         )
 
-    async def ws_link_connected(
+    def ws_link_connected(
         self, listener_name: str, stream: asyncio.StreamReader, connection: ws.WsConnection
-    ) -> None:
+    ) -> Coroutine[Any, Any, None]:
         """A WebSocket connection completed its handshake (broker/ws.py): serve it as amqtt
         serves a stream."""
-        await self._client_connected(
+        return self._client_connected(
             listener_name, StreamReaderAdapter(stream), WsWriter(connection)
         )
 

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 __all__ = ["Listener", "TcpConnection", "serve_tcp"]
@@ -36,7 +36,7 @@ log = logging.getLogger("rallycast.broker.tcp")
 READ_LIMIT = 64 * 1024
 
 # (stream, connection) -> the broker's connection coroutine (RallycastBroker.tcp_link_connected).
-Handler = Callable[[asyncio.StreamReader, "TcpConnection"], Awaitable[None]]
+Handler = Callable[[asyncio.StreamReader, "TcpConnection"], Coroutine[Any, Any, None]]
 
 
 def log_failure(task: asyncio.Task[None]) -> None:

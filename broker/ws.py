@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
@@ -52,7 +52,7 @@ UNSUPPORTED_DATA = 1003  # WebSocket close code (RFC 6455 7.4.1)
 
 # (stream, connection) -> the broker's connection coroutine (RallycastBroker.ws_link_connected,
 # which wraps them in amqtt's adapters: broker/hardening.py is the only module that does).
-Handler = Callable[[asyncio.StreamReader, "WsConnection"], Awaitable[None]]
+Handler = Callable[[asyncio.StreamReader, "WsConnection"], Coroutine[Any, Any, None]]
 
 
 def _closed_error(protocol: ServerProtocol) -> ConnectionClosed:
