@@ -86,7 +86,7 @@ amqtt never drops a silent client), delivered QoS is min(published, granted) as 
 (stock amqtt uses the subscription's QoS), a client id that logs in again closes its previous
 connection (stock amqtt leaves it open after a clean-session take-over), and WebSocket
 connections run without permessage-deflate (CPU per delivery) and without WebSocket pings
-(MQTT keep-alive covers it). An idle connection costs ~9 KB (TCP) or ~10.5 KB (WebSocket) of
+(MQTT keep-alive covers it). An idle connection costs ~9 KB (TCP) or ~10-11 KB (WebSocket) of
 RSS instead of ~58 KB (docs/benchmarks.md): a small :class:`SessionState` replaces each
 Session's ``transitions.Machine``, :class:`LeanSession` keeps the Session's dict compact, one
 lazily allocated inbox (:class:`LeanQueue`) served by one task replaces four queues and four
