@@ -1,4 +1,50 @@
-"""RallycastBroker: amqtt 0.12.1's ``Broker`` with five faults neutralised.
+"""The amqtt seam: RallycastBroker, amqtt 0.12.1's ``Broker`` with five faults neutralised, and
+the ONLY module of broker/ that touches a private amqtt name (tests/broker/test_amqtt_seam.py
+fails when another module does, when a name below is missing from the table
+``AMQTT_PRIVATE``, or when the installed amqtt no longer has one with the same kind and
+signature). Wire format lives in broker/packets.py, the outgoing queues in broker/outbox.py,
+the lean inbox in broker/lean.py, the WebSocket layer in broker/ws.py: none imports amqtt's
+internals. An amqtt upgrade starts here: run tests/broker/test_amqtt_seam.py, then
+tests/broker/test_faults.py (its strict xfails say which stock fault came back or went).
+
+Private amqtt names this module relies on, and why (one place per overridden method):
+
+``amqtt.broker.Broker``, overridden:
+  ``_client_connected`` (listener full: CONNACK 3, fault 4; FramedReader; CONNECT timeout),
+  ``_create_server_instance`` (our WebSocket layer, broker/ws.py),
+  ``_split_bindaddr_port`` (``[::1]:1883`` without brackets),
+  ``_client_message_loop`` (one task serves one inbox instead of four queues),
+  ``_handle_message_delivery`` (payload limit, no retained commands, published QoS kept),
+  ``_run_broadcast`` (the Outbox path: encode once, no task per delivery, fault 5),
+  ``_publish_retained_messages_for_subscription`` (own filters only, ACL-checked, fault 1),
+  ``_publish_session_retained_messages`` (nothing: the Outbox holds what waited),
+  ``_stop_handler`` (bounded, then abort, fault 3).
+``amqtt.broker.Broker``, called or read:
+  ``_authenticate`` (before any session is touched, fault 2), ``_topic_filtering`` (ACL),
+  ``_matches`` (retained topics against a filter), ``_delete_session``,
+  ``_cleanup_session`` (shutdown), ``_handle_subscription``, ``_handle_unsubscription``,
+  ``_handle_disconnect`` (the inbox's items, as amqtt handles them);
+  attributes ``_sessions`` (client id -> (session, handler)), ``_subscriptions`` (replaced by
+  limits.FilterIndex), ``_retained_messages``, ``_broadcast_queue``, ``_servers`` (listeners:
+  ports, shutdown, capacity), ``_loop``.
+``amqtt.mqtt.protocol.handler.ProtocolHandler`` (through BrokerProtocolHandler), overridden:
+  ``_init_session`` (one shared logger, not an adapter per connection),
+  ``_reader_loop`` (no ``wait_for`` per read: a cancel is never swallowed; keep-alive timer;
+  fan-out bound), ``_retry_deliveries`` (the Outbox resends; start() does not wait),
+  ``_handle_qos1_message_flow`` / ``_handle_qos2_message_flow`` (PUBACK/PUBCOMP after the
+  routing and the store);
+  called: ``_is_attached``, ``_send_packet``, ``_stop_waiters``, ``_handle_message_flow``;
+  attributes ``_reader_task``, ``_reader_stopped`` (an Event per connection: not made),
+  ``_pubrel_waiters``, ``_disconnect_waiter`` (BrokerProtocolHandler),
+  ``_pending_subscriptions`` / ``_pending_unsubscriptions`` (BrokerProtocolHandler: views of
+  the one inbox).
+``amqtt.session.Session``: ``_on_enter_connected``, ``_on_enter_disconnected`` (called by
+  SessionState, which replaces the ``transitions.Machine``).
+``amqtt.broker.BrokerContext``: ``_broker_instance`` (:func:`broker_of`: a plugin reaches the
+  broker, broker/acl.py closes the sessions of a revoked token).
+``amqtt.adapters``: ``StreamReaderAdapter._reader`` (FramedReader reads the StreamReader),
+  ``StreamWriterAdapter._writer`` (transport, drain), ``WebSocketsWriter._protocol`` (our
+  WsConnection inside WsWriter).
 
 Each fix is an override in this class (never a patch of site-packages); docs/upstream.md says
 what upstream amqtt could take for each one and tests/broker/test_faults.py pins each fault
@@ -40,29 +86,32 @@ amqtt never drops a silent client), delivered QoS is min(published, granted) as 
 (stock amqtt uses the subscription's QoS), a client id that logs in again closes its previous
 connection (stock amqtt leaves it open after a clean-session take-over), and WebSocket
 connections run without permessage-deflate (CPU per delivery) and without WebSocket pings
-(MQTT keep-alive covers it). An idle WebSocket connection costs ~12-14 KB instead of ~58 KB of
-RSS (docs/benchmarks.md): a small :class:`SessionState` replaces each Session's
-``transitions.Machine``, :class:`LeanSession` keeps the Session's dict compact, one lazily
-allocated inbox (:class:`LeanQueue`) served by one task replaces four queues and four waiting
-tasks, the reader loop keeps nothing between packets, and the WebSocket listener is our thin
-layer over websockets' sans-I/O protocol (broker/ws.py).
+(MQTT keep-alive covers it). An idle connection costs ~9 KB (TCP) or ~10-11 KB (WebSocket) of
+RSS instead of ~58 KB (docs/benchmarks.md): a small :class:`SessionState` replaces each
+Session's ``transitions.Machine``, :class:`LeanSession` keeps the Session's dict compact, one
+lazily allocated inbox (:class:`LeanQueue`) served by one task replaces four queues and four
+waiting tasks, the reader loop keeps nothing between packets, an idle connection's task
+waits through as few coroutine frames as possible (the session is served in
+``_client_connected``'s own frame), and both listeners are our thin ``asyncio.Protocol``
+layers (broker/tcp.py; broker/ws.py over websockets' sans-I/O protocol).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import math
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Coroutine
 from dataclasses import dataclass, replace
 from functools import partial
-from typing import Any, Protocol
+from typing import Any
 
-import websockets
 from amqtt.adapters import (
     ReaderAdapter,
+    StreamReaderAdapter,
     StreamWriterAdapter,
     WebSocketsWriter,
     WriterAdapter,
@@ -74,7 +123,7 @@ from amqtt.events import BrokerEvents, MQTTEvents
 from amqtt.mqtt import packet_class
 from amqtt.mqtt.connack import NOT_AUTHORIZED, SERVER_UNAVAILABLE, ConnackPacket
 from amqtt.mqtt.connect import ConnectPacket
-from amqtt.mqtt.constants import QOS_0, QOS_1, QOS_2
+from amqtt.mqtt.constants import QOS_0
 from amqtt.mqtt.packet import CONNECT, PUBACK, PUBCOMP, PUBREC, MQTTFixedHeader
 from amqtt.mqtt.protocol.broker_handler import BrokerProtocolHandler
 from amqtt.mqtt.puback import PubackPacket
@@ -83,29 +132,153 @@ from amqtt.mqtt.pubrec import PubrecPacket
 from amqtt.session import INCOMING, Session
 from amqtt.utils import format_client_message, gen_client_id
 from transitions import MachineError
-from websockets.protocol import OPEN
 
-from broker import limits, ws
-from broker.packets import encode_publish
+from broker import limits, tcp, ws
+from broker.lean import LeanQueue, TaggedQueue
+from broker.outbox import (
+    DEFAULT_MAX_QUEUED_MESSAGES,
+    MAX_INFLIGHT,
+    Delivery,
+    MessageStore,
+    Outbox,
+    QueueLimits,
+)
+from broker.packets import OutgoingMessage
 
-__all__ = ["DEFAULT_MAX_QUEUED_MESSAGES", "Outbox", "RallycastBroker"]
+# Re-exported: their home moved out of the seam (broker/outbox.py, broker/packets.py,
+# broker/lean.py); older imports from here keep working.
+__all__ = [
+    "DEFAULT_MAX_QUEUED_MESSAGES",
+    "MAX_INFLIGHT",
+    "Delivery",
+    "LeanQueue",
+    "MessageStore",
+    "OutgoingMessage",
+    "Outbox",
+    "QueueLimits",
+    "RallycastBroker",
+    "TaggedQueue",
+    "broker_of",
+    "listening_port",
+]
+
+AMQTT_VERSION = "0.12.1"  # pyproject.toml pins it; the table below is for this version
+
+
+@dataclass(frozen=True)
+class Private:
+    """One private amqtt name this module relies on: ``owner`` (dotted class path), ``name``,
+    ``kind`` ("override", "call": methods, with their parameter names; "attribute": set by
+    the owner's ``__init__``), ``why`` (one line)."""
+
+    owner: str
+    name: str
+    kind: str
+    params: tuple[str, ...] = ()
+    why: str = ""
+
+
+_BROKER = "amqtt.broker.Broker"
+_HANDLER = "amqtt.mqtt.protocol.handler.ProtocolHandler"
+_BROKER_HANDLER = "amqtt.mqtt.protocol.broker_handler.BrokerProtocolHandler"
+_SESSION = "amqtt.session.Session"
+_MSG = ("self", "client_session", "handler")
+
+AMQTT_PRIVATE: tuple[Private, ...] = (
+    Private(
+        _BROKER,
+        "_client_connected",
+        "override",
+        ("self", "listener_name", "reader", "writer"),
+        "fault 4, FramedReader, CONNECT timeout",
+    ),
+    Private(
+        _BROKER,
+        "_create_server_instance",
+        "override",
+        ("self", "listener_name", "listener_type", "address", "port", "ssl_context"),
+        "our listeners",
+    ),
+    Private(
+        _BROKER,
+        "_split_bindaddr_port",
+        "override",
+        ("cls", "port_str", "default_port"),
+        "IPv6 brackets",
+    ),
+    Private(_BROKER, "_client_message_loop", "override", _MSG, "one inbox, one task"),
+    Private(
+        _BROKER,
+        "_handle_message_delivery",
+        "override",
+        (*_MSG, "wait_deliver"),
+        "payload limit, QoS",
+    ),
+    Private(_BROKER, "_run_broadcast", "override", ("self", "running_tasks"), "Outbox, fault 5"),
+    Private(
+        _BROKER,
+        "_publish_retained_messages_for_subscription",
+        "override",
+        ("self", "subscription", "session"),
+        "fault 1",
+    ),
+    Private(
+        _BROKER, "_publish_session_retained_messages", "override", ("self", "session"), "Outbox"
+    ),
+    Private(_BROKER, "_stop_handler", "override", ("self", "handler"), "fault 3"),
+    Private(_BROKER, "_authenticate", "call", ("self", "session", "_"), "fault 2"),
+    Private(_BROKER, "_topic_filtering", "call", ("self", "session", "topic", "action"), "ACL"),
+    Private(_BROKER, "_matches", "call", ("self", "topic", "a_filter"), "retained messages"),
+    Private(_BROKER, "_delete_session", "call", ("self", "client_id"), "session end"),
+    Private(_BROKER, "_cleanup_session", "call", ("self", "client_id"), "shutdown"),
+    Private(_BROKER, "_handle_subscription", "call", (*_MSG, "subscribe_waiter"), "inbox"),
+    Private(_BROKER, "_handle_unsubscription", "call", (*_MSG, "unsubscribe_waiter"), "inbox"),
+    Private(_BROKER, "_handle_disconnect", "call", (*_MSG, "disconnect_waiter"), "inbox"),
+    Private(_BROKER, "_sessions", "attribute", why="client id -> (session, handler)"),
+    Private(_BROKER, "_subscriptions", "attribute", why="replaced by limits.FilterIndex"),
+    Private(_BROKER, "_retained_messages", "attribute", why="retained delivery, fault 1"),
+    Private(_BROKER, "_broadcast_queue", "attribute", why="routing, store barrier"),
+    Private(_BROKER, "_servers", "attribute", why="listeners: ports, shutdown, capacity"),
+    Private(_BROKER, "_loop", "attribute", why="handlers are made on the broker's loop"),
+    Private(_HANDLER, "_init_session", "override", ("self", "session"), "one shared logger"),
+    Private(_HANDLER, "_reader_loop", "override", ("self",), "no wait_for per read, keep-alive"),
+    Private(_HANDLER, "_retry_deliveries", "override", ("self",), "Outbox resends"),
+    Private(
+        _HANDLER,
+        "_handle_qos1_message_flow",
+        "override",
+        ("self", "app_message"),
+        "PUBACK after store",
+    ),
+    Private(
+        _HANDLER,
+        "_handle_qos2_message_flow",
+        "override",
+        ("self", "app_message"),
+        "PUBCOMP after store",
+    ),
+    Private(_HANDLER, "_is_attached", "call", ("self",), "start()"),
+    Private(_HANDLER, "_send_packet", "call", ("self", "packet"), "PUBACK, PUBREC, PUBCOMP"),
+    Private(_HANDLER, "_stop_waiters", "call", ("self",), "stop()"),
+    Private(_HANDLER, "_handle_message_flow", "call", ("self", "app_message"), "QoS 2 retry"),
+    Private(_HANDLER, "_reader_task", "attribute", why="keep-alive cancels it"),
+    Private(_HANDLER, "_reader_stopped", "attribute", why="not made (an Event per connection)"),
+    Private(_HANDLER, "_pubrel_waiters", "attribute", why="QoS 2 flow"),
+    Private(_BROKER_HANDLER, "_disconnect_waiter", "attribute", why="the inbox's last item"),
+    Private(_BROKER_HANDLER, "_pending_subscriptions", "attribute", why="inbox view"),
+    Private(_BROKER_HANDLER, "_pending_unsubscriptions", "attribute", why="inbox view"),
+    Private(_SESSION, "_on_enter_connected", "call", ("self",), "SessionState"),
+    Private(_SESSION, "_on_enter_disconnected", "call", ("self",), "SessionState"),
+    Private("amqtt.broker.BrokerContext", "_broker_instance", "attribute", why="broker_of"),
+    Private("amqtt.adapters.StreamReaderAdapter", "_reader", "attribute", why="FramedReader"),
+    Private("amqtt.adapters.StreamWriterAdapter", "_writer", "attribute", why="transport, drain"),
+    Private("amqtt.adapters.WebSocketsWriter", "_protocol", "attribute", why="WsWriter"),
+)
 
 logger = logging.getLogger(__name__)
+_SERVER_LOG = logging.getLogger("rallycast.broker")  # where the broker's own notices go
 
-# Settings.max_queued_messages; the same number goes into mosquitto.conf.
-DEFAULT_MAX_QUEUED_MESSAGES = 1000
-# Settings.max_queued_bytes: payload bytes that may wait for one session.
-DEFAULT_MAX_QUEUED_BYTES = 2 * 1024 * 1024
-# Settings.service_max_queued_messages / _bytes: the scorer service's own session.
-DEFAULT_SERVICE_MAX_QUEUED_MESSAGES = 20_000
-DEFAULT_SERVICE_MAX_QUEUED_BYTES = 32 * 1024 * 1024
-# The scorer service's client ids start with this (scorer/service.py).
-SERVICE_CLIENT_PREFIX = "rallycast-service-"
-# How long a full in-flight window may wait for an acknowledgement before it is logged, for
-# a client without keep-alive (otherwise: its keep-alive x 1.5).
-DEFAULT_ACK_PATIENCE = 60.0
-# Unacknowledged QoS 1 deliveries per client (mosquitto's max_inflight_messages default).
-MAX_INFLIGHT = 20
+
 # A client must send CONNECT this soon after opening the connection.
 CONNECT_TIMEOUT = limits.CONNECT_TIMEOUT
 # How long a closing connection may take (WebSocket close handshake, flushing) before abort.
@@ -114,47 +287,100 @@ CLOSE_GRACE = 0.5
 WS_CLOSE_TIMEOUT = 1.0
 
 
-def ws_binary_frame(data: bytes) -> bytes:
-    """A server-to-client (unmasked) WebSocket binary frame carrying ``data``."""
-    size = len(data)
-    if size < 126:
-        return bytes((0x82, size)) + data
-    if size < 65536:
-        return bytes((0x82, 126)) + size.to_bytes(2, "big") + data
-    return bytes((0x82, 127)) + size.to_bytes(8, "big") + data
+# -- the connection's adapters (amqtt's private attributes, read here only)
 
 
-class OutgoingMessage:
-    """A message on its way to subscribers; the QoS 0 encodings are built once, on demand."""
+class WsWriter(WebSocketsWriter):
+    """amqtt's writer adapter over our WebSocket layer (broker/ws.py ``WsConnection``): each
+    write is one binary frame, at once (no buffer per connection). A WebSocketsWriter whose
+    private ``_protocol`` is the WsConnection, so amqtt code that reads it finds what it
+    expects."""
 
-    __slots__ = ("topic", "data", "retain", "_topic_bytes", "_qos0", "_ws_qos0")
+    def __init__(self, connection: ws.WsConnection) -> None:  # no BytesIO, unlike the base
+        self._protocol = connection  # type: ignore[assignment]
 
-    def __init__(self, topic: str, data: bytes | bytearray, retain: bool = False) -> None:
-        self.topic = topic
-        self.data = bytes(data)
-        self.retain = retain
-        self._topic_bytes = topic.encode("utf-8")
-        self._qos0: bytes | None = None
-        self._ws_qos0: bytes | None = None
+    def write(self, data: bytes) -> None:
+        self._protocol.send_binary(data)  # type: ignore[attr-defined]
 
-    def packet(self, qos: int, packet_id: int | None = None) -> bytes:
-        if qos == QOS_0:
-            if self._qos0 is None:
-                self._qos0 = encode_publish(self._topic_bytes, self.data, 0, self.retain)
-            return self._qos0
-        return encode_publish(self._topic_bytes, self.data, qos, self.retain, packet_id)
+    async def drain(self) -> None:
+        await self._protocol.drain()  # type: ignore[attr-defined]
 
-    def ws_qos0(self) -> bytes:
-        if self._ws_qos0 is None:
-            self._ws_qos0 = ws_binary_frame(self.packet(QOS_0))
-        return self._ws_qos0
+    def get_peer_info(self) -> tuple[str, int] | None:
+        return self._protocol.remote_address  # type: ignore[return-value]
+
+    def get_ssl_info(self) -> Any:
+        transport = self._protocol.transport
+        return transport.get_extra_info("ssl_object") if transport is not None else None
+
+    async def close(self) -> None:
+        await self._protocol.close()
+
+
+class TcpWriter(WriterAdapter):
+    """amqtt's writer adapter over our TCP layer (broker/tcp.py ``TcpConnection``): writes go
+    straight to the transport; after ``close`` they are ignored, as in amqtt's
+    StreamWriterAdapter."""
+
+    __slots__ = ("connection", "is_closed")
+
+    def __init__(self, connection: tcp.TcpConnection) -> None:
+        self.connection = connection
+        self.is_closed = False
+
+    def write(self, data: bytes) -> None:
+        if not self.is_closed:
+            self.connection.write(data)
+
+    async def drain(self) -> None:
+        if not self.is_closed:
+            await self.connection.drain()
+
+    def get_peer_info(self) -> tuple[str, int] | None:
+        return self.connection.remote_address
+
+    def get_ssl_info(self) -> Any:
+        transport = self.connection.transport
+        return transport.get_extra_info("ssl_object") if transport is not None else None
+
+    async def close(self) -> None:
+        if not self.is_closed:
+            self.is_closed = True  # first: writes racing the close are dropped
+            await self.connection.close()
 
 
 def _transport_of(writer: WriterAdapter | None) -> asyncio.Transport | None:
+    if isinstance(writer, TcpWriter):
+        return writer.connection.transport
     if isinstance(writer, StreamWriterAdapter):
         return writer._writer.transport  # type: ignore[return-value]
     if isinstance(writer, WebSocketsWriter):
         return writer._protocol.transport
+    return None
+
+
+def _ws_of(writer: WriterAdapter | None) -> ws.WsConnection | None:
+    """Our WebSocket layer behind ``writer`` (None for a TCP connection)."""
+    if isinstance(writer, WsWriter):
+        return writer._protocol  # type: ignore[return-value]
+    return None
+
+
+def _drain_of(writer: WriterAdapter) -> Any:
+    """A coroutine function that waits while the connection's transport is above its
+    high-water mark (without amqtt's per-call buffering)."""
+    if isinstance(writer, TcpWriter):
+        return writer.connection.drain
+    if isinstance(writer, StreamWriterAdapter):
+        return writer._writer.drain
+    if isinstance(writer, WsWriter):
+        return writer._protocol.drain  # type: ignore[attr-defined]
+    return writer.drain
+
+
+def _stream_of(reader: ReaderAdapter) -> asyncio.StreamReader | None:
+    """The asyncio.StreamReader behind ``reader``, if any (FramedReader reads it directly)."""
+    if isinstance(reader, StreamReaderAdapter):
+        return reader._reader
     return None
 
 
@@ -165,524 +391,22 @@ def _abort(writer: WriterAdapter | None) -> None:
         transport.abort()
 
 
-@dataclass(frozen=True)
-class QueueLimits:
-    """How much may wait for one session (connected or not): messages and payload bytes.
+def broker_of(context: Any) -> Broker | None:
+    """The broker behind a plugin's ``BrokerContext`` (amqtt keeps it private), or None."""
+    return getattr(context, "_broker_instance", None)
 
-    The scorer service's own session (client id ``rallycast-service-...`` logged in as
-    ``service_user``) gets its own, larger bound: it holds every club's commands while the
-    service restarts. Settings: ``max_queued_messages``, ``max_queued_bytes``,
-    ``service_max_queued_messages``, ``service_max_queued_bytes``.
+
+def listening_port(broker: Broker, listener: str) -> int:
+    """The port a started listener really bound (the one the OS chose for port 0).
+
+    amqtt keeps its servers in the private ``_servers`` dict and offers no public accessor.
+    ``.instance`` is an asyncio.Server (TCP) or our WsServer, both with ``.sockets``.
     """
-
-    messages: int = DEFAULT_MAX_QUEUED_MESSAGES
-    bytes: int = DEFAULT_MAX_QUEUED_BYTES
-    service_user: str | None = None
-    service_messages: int = DEFAULT_SERVICE_MAX_QUEUED_MESSAGES
-    service_bytes: int = DEFAULT_SERVICE_MAX_QUEUED_BYTES
-
-    def for_session(self, client_id: str | None, username: str | None) -> tuple[int, int]:
-        if (
-            self.service_user is not None
-            and username == self.service_user
-            and (client_id or "").startswith(SERVICE_CLIENT_PREFIX)
-        ):
-            return self.service_messages, self.service_bytes
-        return self.messages, self.bytes
-
-
-class MessageStore(Protocol):
-    """Where a persistent session's QoS 1/2 deliveries are written (broker/persistence.py).
-
-    Rows are written behind, in order; ``when_stored`` calls back once every write made so far
-    is committed (at once when nothing is pending)."""
-
-    def queue_add(
-        self, client_id: str, topic: str, payload: bytes, qos: int, packet_id: int | None
-    ) -> int: ...
-
-    def queue_sent(self, row: int, packet_id: int, released: bool) -> None: ...
-
-    def queue_done(self, row: int) -> None: ...
-
-    def queue_clear(self, client_id: str) -> None: ...
-
-    def when_stored(self, callback: Callable[[], None]) -> None: ...
-
-
-class Delivery:
-    """One message on its way to one session: waiting, or in flight under ``packet_id``."""
-
-    __slots__ = ("message", "qos", "packet_id", "released", "row")
-
-    def __init__(
-        self,
-        message: OutgoingMessage,
-        qos: int,
-        row: int | None = None,
-        packet_id: int | None = None,
-        released: bool = False,
-    ) -> None:
-        self.message = message
-        self.qos = qos
-        self.row = row  # its row in the store (persistent sessions), deleted when acknowledged
-        self.packet_id = packet_id
-        self.released = released  # QoS 2: PUBREC received, PUBREL sent, PUBCOMP awaited
-
-
-def _with_dup(packet: bytes) -> bytes:
-    return bytes((packet[0] | 0x08,)) + packet[1:]
-
-
-class Outbox:
-    """One session's outgoing messages: those waiting (in order) and those in flight (sent,
-    not yet acknowledged; at most MAX_INFLIGHT). It lives as long as the SESSION: a persistent
-    session keeps both across connections, so a client that comes back gets its in-flight
-    messages again, in order, with their packet ids and DUP=1 [MQTT-4.4.0-1], then the
-    waiting ones; a clean session's outbox goes with its connection.
-
-    While connected, packets go straight to the transport when nothing waits, the write buffer
-    is below its high-water mark and (QoS 1/2) the in-flight window has room; otherwise they
-    wait here and one flusher task writes them as the peer reads and acknowledges.
-
-    Bounds: ``limit`` messages and ``limit_bytes`` payload bytes may wait. One more while
-    connected means the client is not reading: it is disconnected (fault 5). While offline,
-    the NEWEST message is dropped (what waits stays a gap-free prefix, in order) and the
-    overflow is logged once per burst.
-
-    QoS 1/2 deliveries of a persistent, named session are written to ``store`` (when given)
-    and deleted from it when acknowledged, so a restarted broker resends them.
-    """
-
-    __slots__ = (
-        "session",
-        "handler",
-        "limit",
-        "limit_bytes",
-        "pending",
-        "pending_bytes",
-        "inflight",
-        "receive_allowed",
-        "dropped",
-        "_store",
-        "_writer",
-        "_transport",
-        "_ws",
-        "_ws_raw",
-        "_flusher",
-        "_wake",
-        "_on_overflow",
-        "_next_id",
-    )
-
-    def __init__(
-        self,
-        session: Session,
-        limit: int,
-        limit_bytes: int,
-        on_overflow: Callable[[Outbox], None],
-        store: MessageStore | None = None,
-    ) -> None:
-        self.session = session
-        self.handler: BrokerProtocolHandler | None = None
-        self.limit = limit
-        self.limit_bytes = limit_bytes
-        # Created on first use: most connections never queue anything.
-        self.pending: deque[Delivery] | tuple[()] = ()
-        self.pending_bytes = 0
-        self.inflight: dict[int, Delivery] = {}  # by packet id, in the order sent
-        # RECEIVE ACL decisions for this session's current user, by topic.
-        self.receive_allowed: dict[str, bool] = {}
-        self.dropped = 0  # messages refused since the queue last had room
-        self._store = store
-        self._writer: WriterAdapter | None = None
-        self._transport: asyncio.Transport | None = None
-        self._ws: Any = None
-        self._ws_raw = False
-        self._flusher: asyncio.Task[None] | None = None
-        self._wake: asyncio.Future[None] | None = None
-        self._on_overflow = on_overflow
-        self._next_id = 0
-
-    def __len__(self) -> int:
-        return len(self.pending)
-
-    @property
-    def items(self) -> deque[Delivery] | tuple[()]:
-        return self.pending
-
-    @property
-    def closed(self) -> bool:
-        """No connection attached (offline, or the connection is closing)."""
-        return self.handler is None
-
-    def _persistent(self) -> bool:
-        session = self.session
-        return session.clean_session is False and not session.is_anonymous
-
-    # -- the connection
-
-    def attach(self, handler: BrokerProtocolHandler, writer: WriterAdapter) -> None:
-        """A connection took this session (after its CONNACK): resend what is in flight, in
-        order, then send what waits."""
-        self.handler = handler
-        self._writer = writer
-        self._transport = _transport_of(writer)
-        self._ws = writer._protocol if isinstance(writer, WebSocketsWriter) else None
-        # Without extensions a binary frame is plain header + data: write it ourselves.
-        self._ws_raw = self._ws is not None and not self._ws.protocol.extensions
-        self.receive_allowed = {}  # the user may have changed
-        if self._transport is None:
-            return
-        for packet_id, entry in self.inflight.items():
-            if entry.released:
-                self._write(b"\x62\x02" + packet_id.to_bytes(2, "big"))  # PUBREL again
-            else:
-                self._write(_with_dup(entry.message.packet(entry.qos, packet_id)))
-        self._kick()
-
-    def detach(self, handler: BrokerProtocolHandler | None = None) -> None:
-        """The connection ended (``handler``: only if it is still the attached one). A clean
-        session's messages go with it; a persistent session keeps its QoS 1/2 messages."""
-        if handler is not None and self.handler is not handler:
-            return
-        self.handler = None
-        self._writer = self._transport = self._ws = None
-        self._wake_flusher()
-        if self._flusher is not None and self._flusher is not asyncio.current_task():
-            self._flusher.cancel()
-        self._flusher = None
-        if not self._persistent():
-            self.discard()
-        elif self.pending and any(entry.qos == QOS_0 for entry in self.pending):
-            kept = deque(entry for entry in self.pending if entry.qos != QOS_0)
-            self.pending = kept
-            self.pending_bytes = sum(len(entry.message.data) for entry in kept)
-
-    def close(self) -> None:
-        """The connection ended: detach it (kept for the connection code's finally)."""
-        self.detach()
-
-    def discard(self) -> None:
-        """Forget everything (a clean session ends, or a clean CONNECT replaces this one)."""
-        if self._store is not None and self._persistent() and (self.pending or self.inflight):
-            self._store.queue_clear(self.session.client_id)  # type: ignore[arg-type]
-        self.pending = ()
-        self.pending_bytes = 0
-        self.inflight.clear()
-        self.dropped = 0
-
-    def restore(self, entries: list[Any]) -> None:
-        """Messages loaded from the store (``StoredMessage``: row, topic, payload, qos,
-        packet_id, released), oldest first: those with a packet id were in flight."""
-        for row, topic, payload, qos, packet_id, released in entries:
-            entry = Delivery(OutgoingMessage(topic, payload), qos, row, packet_id, released)
-            if packet_id is not None and packet_id not in self.inflight:
-                self.inflight[packet_id] = entry
-                self._next_id = max(self._next_id, packet_id)
-            else:
-                entry.packet_id = None
-                if not isinstance(self.pending, deque):
-                    self.pending = deque()
-                self.pending.append(entry)
-                self.pending_bytes += len(payload)
-
-    # -- offering
-
-    def offer(self, message: OutgoingMessage, qos: int) -> None:
-        """Send ``message`` at ``qos`` now, or queue it, or drop it (bounds, see above)."""
-        if self.handler is not None and not self.pending and self._writable():
-            if qos == QOS_0:
-                self._write_qos0(message)
-                return
-            if len(self.inflight) < MAX_INFLIGHT:
-                self._send(Delivery(message, qos))
-                return
-        if qos == QOS_0 and self.session.transitions.state != "connected":
-            return  # offline: only QoS 1/2 is kept [MQTT-3.1.2-5]
-        size = len(message.data)
-        if len(self.pending) >= self.limit or self.pending_bytes + size > self.limit_bytes:
-            self._overflow(size)
-            return
-        if self.dropped:
-            self._end_of_burst()
-        row = None
-        if qos and self._store is not None and self._persistent():
-            row = self._store.queue_add(
-                self.session.client_id,  # type: ignore[arg-type]
-                message.topic,
-                message.data,
-                qos,
-                None,
-            )
-        if not isinstance(self.pending, deque):
-            self.pending = deque()
-        self.pending.append(Delivery(message, qos, row))
-        self.pending_bytes += size
-        self._kick()
-
-    def _overflow(self, size: int) -> None:
-        self.dropped += 1
-        if self.dropped == 1 and self._persistent():
-            logger.warning(
-                "queue of %s is full (%d messages, %d bytes; max %d messages, %d bytes): "
-                "dropping new messages for it until it drains",
-                self.session.client_id,
-                len(self.pending),
-                self.pending_bytes,
-                self.limit,
-                self.limit_bytes,
-            )
-        if self.handler is not None:
-            self._on_overflow(self)  # connected and not reading: disconnect it (fault 5)
-
-    def _end_of_burst(self) -> None:
-        logger.warning(
-            "queue of %s has room again: %d new message(s) were dropped for it",
-            self.session.client_id,
-            self.dropped,
-        )
-        self.dropped = 0
-
-    # -- acknowledgements (called by the protocol handler's reader)
-
-    def acknowledge(self, kind: int, packet_id: int) -> bool:
-        """PUBACK / PUBREC / PUBCOMP for ``packet_id``; False if it is not ours."""
-        entry = self.inflight.get(packet_id)
-        if entry is None:
-            return False
-        if kind == PUBREC and entry.qos == QOS_2:
-            if not entry.released:
-                entry.released = True
-                if entry.row is not None and self._store is not None:
-                    self._store.queue_sent(entry.row, packet_id, True)
-            if self._transport is not None:
-                self._write(b"\x62\x02" + packet_id.to_bytes(2, "big"))  # PUBREL
-            return True
-        if (kind == PUBACK and entry.qos == QOS_1) or (kind == PUBCOMP and entry.qos == QOS_2):
-            del self.inflight[packet_id]
-            if entry.row is not None and self._store is not None:
-                self._store.queue_done(entry.row)
-            self._kick()
-            return True
-        logger.info(
-            "client %s sent packet type %d for packet id %d (QoS %d): ignored",
-            self.session.client_id,
-            kind,
-            packet_id,
-            entry.qos,
-        )
-        return True
-
-    # -- writing
-
-    def _new_packet_id(self) -> int:
-        packet_id = self._next_id
-        for _ in range(65536):
-            packet_id = packet_id % 65535 + 1
-            if packet_id not in self.inflight:
-                self._next_id = packet_id
-                return packet_id
-        raise AMQTTError("no free packet id")  # cannot happen with MAX_INFLIGHT in flight
-
-    def _send(self, entry: Delivery) -> None:
-        packet_id = self._new_packet_id()
-        entry.packet_id = packet_id
-        self.inflight[packet_id] = entry
-        if self._store is not None and self._persistent():
-            if entry.row is None:
-                entry.row = self._store.queue_add(
-                    self.session.client_id,  # type: ignore[arg-type]
-                    entry.message.topic,
-                    entry.message.data,
-                    entry.qos,
-                    packet_id,
-                )
-            else:
-                self._store.queue_sent(entry.row, packet_id, False)
-        self._write(entry.message.packet(entry.qos, packet_id))
-
-    def _writable(self) -> bool:
-        transport = self._transport
-        if transport is None or transport.is_closing():
-            return False
-        if self._ws is not None and self._ws.protocol.state is not OPEN:
-            return False
-        # asyncio pauses the protocol (and drain() waits) only above the high-water mark.
-        return transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
-
-    def _write(self, packet: bytes) -> None:
-        if self._ws is None:
-            self._transport.write(packet)  # type: ignore[union-attr]
-        elif self._ws_raw:
-            self._transport.write(ws_binary_frame(packet))  # type: ignore[union-attr]
-        else:
-            self._ws.protocol.send_binary(packet)
-            self._ws.send_data()
-
-    def _write_qos0(self, message: OutgoingMessage) -> None:
-        if self._ws_raw:
-            self._transport.write(message.ws_qos0())  # type: ignore[union-attr]
-        else:
-            self._write(message.packet(QOS_0))
-
-    def _wake_flusher(self) -> None:
-        if self._wake is not None and not self._wake.done():
-            self._wake.set_result(None)
-
-    def _kick(self) -> None:
-        """Make sure waiting messages move: wake the flusher, or start one."""
-        self._wake_flusher()
-        if self._flusher is None and self.pending and self.handler is not None:
-            self._flusher = asyncio.get_running_loop().create_task(self._flush())
-
-    async def _wait_until_writable(self, qos: int) -> bool:
-        window_full_since: float | None = None
-        while self.handler is not None:
-            transport = self._transport
-            if transport is None or transport.is_closing():
-                return False
-            if not self._writable():
-                if self._ws is not None:
-                    if self._ws.protocol.state is not OPEN:
-                        return False
-                    await self._ws.drain()
-                else:
-                    await self._writer._writer.drain()  # type: ignore[union-attr]
-                if self.handler is not None and not self._writable():
-                    await asyncio.sleep(0.01)  # drain() returned without waiting: never spin
-                continue
-            if qos != QOS_0 and len(self.inflight) >= MAX_INFLIGHT:
-                # Woken by every acknowledgement and by detach: never a wait for nothing.
-                loop = asyncio.get_running_loop()
-                self._wake = loop.create_future()
-                patience = self.session.keep_alive or DEFAULT_ACK_PATIENCE
-                done, _ = await asyncio.wait({self._wake}, timeout=patience)
-                if not done and self.handler is not None:
-                    now = loop.time()
-                    window_full_since = window_full_since or now - patience
-                    logger.warning(
-                        "client %s has acknowledged none of its %d in-flight messages for %.0f s"
-                        " (%d more waiting): it is connected but not processing",
-                        self.session.client_id,
-                        len(self.inflight),
-                        now - window_full_since,
-                        len(self.pending),
-                    )
-                continue
-            return True
-        return False
-
-    async def _flush(self) -> None:
-        try:
-            while self.pending and self.handler is not None:
-                entry = self.pending[0]
-                if not await self._wait_until_writable(entry.qos):
-                    return  # the connection is closing: detach() comes next
-                if not self.pending or self.pending[0] is not entry or self.handler is None:
-                    continue
-                self.pending.popleft()  # type: ignore[union-attr]
-                self.pending_bytes -= len(entry.message.data)
-                if self.dropped:
-                    self._end_of_burst()
-                if entry.qos == QOS_0:
-                    self._write_qos0(entry.message)
-                else:
-                    self._send(entry)
-        except (OSError, AMQTTError, MQTTError, TimeoutError, websockets.ConnectionClosed) as exc:
-            logger.info("delivery to %s stopped: %r", self.session.client_id, exc)
-        finally:
-            if self._flusher is asyncio.current_task():
-                self._flusher = None
-
-
-class LeanQueue:
-    """The part of ``asyncio.Queue`` amqtt uses, without its four preallocated deques and
-    Event (~2.5 KB each, four queues per connection): storage is created on first put."""
-
-    __slots__ = ("_items", "_getters")
-
-    def __init__(self) -> None:
-        self._items: deque[Any] | None = None
-        self._getters: list[asyncio.Future[None]] | None = None
-
-    def qsize(self) -> int:
-        return len(self._items) if self._items else 0
-
-    def empty(self) -> bool:
-        return not self._items
-
-    def put_nowait(self, item: Any) -> None:
-        if self._items is None:
-            self._items = deque()
-        self._items.append(item)
-        getters = self._getters
-        while getters:
-            getter = getters.pop(0)
-            if not getter.done():
-                getter.set_result(None)
-                break
-
-    async def put(self, item: Any) -> None:
-        self.put_nowait(item)
-
-    def get_nowait(self) -> Any:
-        if not self._items:
-            raise asyncio.QueueEmpty
-        return self._take()
-
-    def _take(self) -> Any:
-        items = self._items
-        item = items.popleft()  # type: ignore[union-attr]
-        if not items:
-            self._items = None  # an empty deque keeps a 64-slot block (~0.7 KB): let it go
-        return item
-
-    async def get(self) -> Any:
-        while not self._items:
-            getter = asyncio.get_running_loop().create_future()
-            if self._getters is None:
-                self._getters = []
-            self._getters.append(getter)
-            try:
-                await getter
-            except asyncio.CancelledError:
-                with contextlib.suppress(ValueError):
-                    self._getters.remove(getter)
-                if getter.done() and not getter.cancelled() and self._items:
-                    self.put_nowait(self._take())  # pass the wake-up on
-                raise
-            if not self._getters:
-                self._getters = None
-        return self._take()
-
-
-class TaggedQueue:
-    """A producer's view of a connection's single inbox: ``put`` files items under a kind,
-    so one task serves subscriptions, unsubscriptions, publishes and the disconnect in the
-    order they arrived (stock amqtt keeps four queues and four waiting tasks)."""
-
-    __slots__ = ("_inbox", "_kind")
-
-    def __init__(self, inbox: LeanQueue, kind: str) -> None:
-        self._inbox, self._kind = inbox, kind
-
-    def put_nowait(self, item: Any) -> None:
-        self._inbox.put_nowait((self._kind, item))
-
-    async def put(self, item: Any) -> None:
-        self._inbox.put_nowait((self._kind, item))
-
-    # Draining a view (amqtt does it on stop and on session delete) is a no-op: the inbox
-    # goes away with its connection.
-    def empty(self) -> bool:
-        return True
-
-    def qsize(self) -> int:
-        return 0
-
-    def get_nowait(self) -> Any:
-        raise asyncio.QueueEmpty
+    server = broker._servers[listener]
+    sockets = list(server.instance.sockets or ())
+    if not sockets:
+        raise RuntimeError(f"listener {listener!r} has no socket")
+    return int(sockets[0].getsockname()[1])
 
 
 class LeanSession(Session):
@@ -769,8 +493,8 @@ def _cancelling() -> bool:
     return task is not None and task.cancelling() > 0
 
 
-def _post_disconnect(inbox: LeanQueue, waiter: asyncio.Future[Any]) -> None:
-    inbox.put_nowait(("disconnect", waiter))
+# A done-callback otherwise copies the running context for each connection.
+_NO_CONTEXT = contextvars.Context()
 
 
 class RallycastProtocolHandler(BrokerProtocolHandler):
@@ -783,8 +507,9 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         self.inbox = LeanQueue()
         self._pending_subscriptions = TaggedQueue(self.inbox, "sub")  # type: ignore[assignment]
         self._pending_unsubscriptions = TaggedQueue(self.inbox, "unsub")  # type: ignore[assignment]
-        # Resolved when this connection's lifecycle is over (lets a take-over wait for it).
-        self.finished: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        # The connection's lifecycle is over (a take-over waits for it: finished()).
+        self.ended = False
+        self._finished: asyncio.Future[None] | None = None  # made only for a waiter
         self._retries: set[asyncio.Future[Any]] | None = None  # made when there are some
         # amqtt's Event for "reader stopped" (a deque each): a future made only when stop()
         # has to wait for the reader.
@@ -794,6 +519,20 @@ class RallycastProtocolHandler(BrokerProtocolHandler):
         self._last_read = 0.0  # loop time of the latest packet (keep-alive)
         self._alive_timer: asyncio.TimerHandle | None = None
         self._expired = False  # the keep-alive ran out: the reader was cancelled for it
+
+    def end(self) -> None:
+        """The connection's lifecycle is over: wake whoever waits in :meth:`finished`."""
+        self.ended = True
+        if self._finished is not None and not self._finished.done():
+            self._finished.set_result(None)
+
+    def finished(self) -> asyncio.Future[None]:
+        """A future resolved once the connection's lifecycle is over."""
+        if self._finished is None:
+            self._finished = asyncio.get_running_loop().create_future()
+            if self.ended:
+                self._finished.set_result(None)
+        return self._finished
 
     @classmethod
     async def init_from_connect(  # type: ignore[override]
@@ -1045,6 +784,9 @@ class RallycastBroker(Broker):
 
     # Hostile-client limits (broker/limits.py); start_broker sets its own from Settings.
     client_limits = limits.BrokerLimits()
+    # Settings.max_payload_bytes (0: no limit): a larger PUBLISH is dropped, like mosquitto's
+    # ``message_size_limit``; start_broker sets it.
+    max_payload_bytes = 0
 
     def __init__(
         self,
@@ -1176,6 +918,12 @@ class RallycastBroker(Broker):
         port: int,
         ssl_context: Any,
     ) -> Any:
+        if listener_type == ListenerType.TCP:
+            # Our own thin TCP layer (broker/tcp.py): a Protocol feeding a StreamReader, no
+            # StreamReaderProtocol/StreamWriter/StreamWriterAdapter per connection.
+            return await tcp.serve_tcp(
+                partial(self.tcp_link_connected, listener_name), address, port, ssl=ssl_context
+            )
         if listener_type != ListenerType.WS:
             return await super()._create_server_instance(
                 listener_name, listener_type, address, port, ssl_context
@@ -1187,13 +935,33 @@ class RallycastBroker(Broker):
         # frame (nor message) larger than the largest MQTT packet allowed, the handshake
         # within the CONNECT timeout, a close handshake bounded (fault 3).
         return await ws.serve_ws(
-            partial(self._client_connected, listener_name),
+            partial(self.ws_link_connected, listener_name),
             address,
             port,
             ssl=ssl_context,
             max_size=self.client_limits.max_packet_bytes,
             open_timeout=self.client_limits.connect_timeout,
             close_timeout=WS_CLOSE_TIMEOUT,
+        )
+
+    # Plain functions that return _client_connected's coroutine: the connection's task runs it
+    # directly, without one more coroutine frame kept for the connection's life.
+
+    def tcp_link_connected(
+        self, listener_name: str, stream: asyncio.StreamReader, connection: tcp.TcpConnection
+    ) -> Coroutine[Any, Any, None]:
+        """A TCP connection was accepted (broker/tcp.py): serve it as amqtt serves a stream."""
+        return self._client_connected(
+            listener_name, StreamReaderAdapter(stream), TcpWriter(connection)
+        )
+
+    def ws_link_connected(
+        self, listener_name: str, stream: asyncio.StreamReader, connection: ws.WsConnection
+    ) -> Coroutine[Any, Any, None]:
+        """A WebSocket connection completed its handshake (broker/ws.py): serve it as amqtt
+        serves a stream."""
+        return self._client_connected(
+            listener_name, StreamReaderAdapter(stream), WsWriter(connection)
         )
 
     # -- connection lifecycle (faults 1, 2, 4)
@@ -1221,10 +989,32 @@ class RallycastBroker(Broker):
         # Every packet is checked (size from its fixed header, MQTT 3.1.1 rules) before amqtt
         # parses it; a violation closes the connection (broker/limits.py).
         reader = limits.FramedReader(
-            reader, self.client_limits.max_packet_bytes, writer.get_peer_info()
+            reader,
+            self.client_limits.max_packet_bytes,
+            writer.get_peer_info(),
+            stream=_stream_of(reader),
         )
+        # The session runs in this frame, not one more level down: every coroutine frame
+        # on this chain is kept for as long as an idle client stays (issue 16).
         try:
-            await self._serve_connection(listener_name, reader, writer)
+            accepted = await self._read_connect(listener_name, reader, writer)
+            if accepted is not None:
+                handler, incoming = accepted
+                try:
+                    session = await self._run_session(
+                        listener_name, handler, incoming, reader, writer
+                    )
+                    if session is not None:  # accepted: serve it here (one frame fewer)
+                        try:
+                            await self._client_message_loop(session, handler)
+                        finally:
+                            await self._end_session(session, handler)
+                except (AMQTTError, MQTTError, NoDataError) as exc:
+                    self.logger.warning("Error while handling client session: %s", exc)
+                finally:
+                    if handler.outbox is not None:
+                        handler.outbox.close()
+                    handler.end()
         finally:
             reader.release()
             server.release_connection()
@@ -1256,14 +1046,16 @@ class RallycastBroker(Broker):
         else:
             close.cancel()
 
-    async def _serve_connection(
+    async def _read_connect(
         self, listener_name: str, reader: ReaderAdapter, writer: WriterAdapter
-    ) -> None:
+    ) -> tuple[RallycastProtocolHandler, Session] | None:
+        """The connection's CONNECT within the CONNECT timeout, as (handler, session); None
+        when it did not come or was bad (the connection is closed)."""
         remote = writer.get_peer_info()
         if remote is None:
             self.logger.warning("Remote info could not be retrieved from peer info")
             await self._close_writer(writer)
-            return
+            return None
         address, port = remote
         pending = limits.pending_sockets(self, listener_name)
         pending.add(id(writer), partial(_abort, writer))
@@ -1281,24 +1073,16 @@ class RallycastBroker(Broker):
                 self.client_limits.connect_timeout,
             )
             await self._close_writer(writer)
-            return
+            return None
         except (AMQTTError, MQTTError, NoDataError) as exc:
             self.logger.warning(
                 "bad CONNECT from %s: %s", format_client_message(address=address, port=port), exc
             )
             await self._close_writer(writer)
-            return
+            return None
         finally:
             pending.discard(id(writer))
-        try:
-            await self._run_session(listener_name, handler, incoming, reader, writer)
-        except (AMQTTError, MQTTError, NoDataError) as exc:
-            self.logger.warning("Error while handling client session: %s", exc)
-        finally:
-            if handler.outbox is not None:
-                handler.outbox.close()
-            if not handler.finished.done():
-                handler.finished.set_result(None)
+        return handler, incoming
 
     async def _run_session(
         self,
@@ -1307,7 +1091,9 @@ class RallycastBroker(Broker):
         incoming: Session,
         reader: ReaderAdapter,
         writer: WriterAdapter,
-    ) -> None:
+    ) -> Session | None:
+        """Authenticate, admit and set up the session of an accepted CONNECT; the session
+        (connected, CONNACK sent) or None when it was refused (the connection is closed)."""
         if incoming.clean_session and not incoming.client_id:
             incoming.client_id = gen_client_id()
 
@@ -1321,7 +1107,7 @@ class RallycastBroker(Broker):
             with contextlib.suppress(Exception):
                 await ConnackPacket.build(0, NOT_AUTHORIZED).to_stream(writer)
             await self._close_writer(writer)
-            return
+            return None
         # Hostile clients: client id ownership, slots reserved for logged-in users.
         refusal = limits.admission_refusal(
             self.client_limits,
@@ -1339,7 +1125,7 @@ class RallycastBroker(Broker):
             with contextlib.suppress(Exception):
                 await ConnackPacket.build(0, refusal[0]).to_stream(writer)
             await self._close_writer(writer)
-            return
+            return None
         if isinstance(reader, limits.FramedReader):
             reader.client_id = incoming.client_id
 
@@ -1407,7 +1193,7 @@ class RallycastBroker(Broker):
         )
         await handler.start()
         # In-flight messages again (DUP=1), then what waited, then anything new.
-        outbox.attach(handler, writer)
+        outbox.attach(handler, _transport_of(writer), _ws_of(writer), _drain_of(writer))
         # Fault 1: only this session's own filters (a resumed persistent session).
         own = [
             (a_filter, qos)
@@ -1417,17 +1203,19 @@ class RallycastBroker(Broker):
         ]
         for subscription in own:
             await self._publish_retained_messages_for_subscription(subscription, session)
-        try:
-            await self._client_message_loop(session, handler)
-        finally:
-            # The loop can end without a disconnect (invalid PUBLISH topic): close anyway.
-            if self._sessions.get(client_id, (None, None))[1] is handler:
-                if session.transitions.state == "connected":
-                    await self._stop_handler(handler)
-                    session.transitions.disconnect()
-                if session.clean_session is not False:
-                    # [MQTT-3.1.2-6] a clean session lasts as long as its connection.
-                    await self._discard_session(client_id)
+        return session
+
+    async def _end_session(self, session: Session, handler: RallycastProtocolHandler) -> None:
+        """The client loop ended: close the connection if that has not happened yet (the loop
+        can end without a disconnect: an invalid PUBLISH topic), end a clean session."""
+        client_id = session.client_id
+        if self._sessions.get(client_id, (None, None))[1] is handler:  # type: ignore[arg-type]
+            if session.transitions.state == "connected":
+                await self._stop_handler(handler)
+                session.transitions.disconnect()
+            if session.clean_session is not False:
+                # [MQTT-3.1.2-6] a clean session lasts as long as its connection.
+                await self._discard_session(client_id)  # type: ignore[arg-type]
 
     async def _publish_session_retained_messages(self, session: Session) -> None:
         """Nothing to do: what waited for the session is in its Outbox (sent on attach)."""
@@ -1444,13 +1232,17 @@ class RallycastBroker(Broker):
         if waiter is None or waiter.done():
             inbox.put_nowait(("disconnect", waiter))
         else:
-            waiter.add_done_callback(partial(_post_disconnect, inbox))
+            waiter.add_done_callback(inbox.post_disconnect, context=_NO_CONTEXT)
         while True:
-            try:
-                kind, item = await inbox.get()
-            except asyncio.CancelledError:
-                self.logger.debug("Client loop cancelled")
-                return
+            if inbox.empty():
+                # Awaiting the inbox's future itself: no coroutine frame kept while idle.
+                try:
+                    await inbox.waiter()
+                except asyncio.CancelledError:
+                    self.logger.debug("Client loop cancelled")
+                    return
+                continue
+            kind, item = inbox.get_nowait()
             if kind == "msg":
                 if not await self._handle_message_delivery(client_session, handler, _Ready(item)):  # type: ignore[arg-type]
                     return
@@ -1471,9 +1263,9 @@ class RallycastBroker(Broker):
 
     async def _take_over(self, client_id: str, old_handler: BrokerProtocolHandler) -> None:
         """A client id connected again: close the previous connection first [MQTT-3.1.4-2]."""
-        finished = getattr(old_handler, "finished", None)
-        if finished is None or finished.done():
+        if not isinstance(old_handler, RallycastProtocolHandler) or old_handler.ended:
             return
+        finished = old_handler.finished()
         self.logger.info("client %s connected again: closing its previous connection", client_id)
         await old_handler.handle_connection_closed()
         await self._stop_handler(old_handler)
@@ -1531,7 +1323,20 @@ class RallycastBroker(Broker):
         handler: BrokerProtocolHandler,
         wait_deliver: asyncio.Future[Any],
     ) -> bool:
-        app_message = wait_deliver.result()
+        app_message = wait_deliver.result() if wait_deliver.done() else None
+        limit = self.max_payload_bytes
+        if limit and app_message is not None and app_message.data is not None:
+            if len(app_message.data) > limit:
+                # Not forwarded, not retained; the client stays connected (the plugins never
+                # see a payload before the broadcast, so this check lives here).
+                _SERVER_LOG.warning(
+                    "dropped a %d-byte publish on %r from %s (limit %d bytes)",
+                    len(app_message.data),
+                    app_message.topic,
+                    client_session.client_id,
+                    limit,
+                )
+                return True
         await self.plugins_manager.fire_event(
             BrokerEvents.MESSAGE_RECEIVED, client_id=client_session.client_id, message=app_message
         )

@@ -1,5 +1,7 @@
-"""MQTT 3.1.1 packet encoding: the few packets our broker writes on its fast path and the raw
-clients of the benchmark and the fault tests send (they must not depend on amqtt's client)."""
+"""MQTT 3.1.1 packet encoding: the few packets our broker writes on its fast path (a PUBLISH
+encoded once per message, its WebSocket frame, :class:`OutgoingMessage`) and the raw clients
+of the benchmark and the fault tests send (they must not depend on amqtt's client). No amqtt
+import: this is wire format only."""
 
 from __future__ import annotations
 
@@ -57,3 +59,39 @@ def subscribe_packet(topic: str, qos: int = 0, packet_id: int = 1) -> bytes:
 
 
 PINGREQ = b"\xc0\x00"
+
+
+def ws_binary_frame(data: bytes) -> bytes:
+    """A server-to-client (unmasked) WebSocket binary frame carrying ``data``."""
+    size = len(data)
+    if size < 126:
+        return bytes((0x82, size)) + data
+    if size < 65536:
+        return bytes((0x82, 126)) + size.to_bytes(2, "big") + data
+    return bytes((0x82, 127)) + size.to_bytes(8, "big") + data
+
+
+class OutgoingMessage:
+    """A message on its way to subscribers; the QoS 0 encodings are built once, on demand."""
+
+    __slots__ = ("topic", "data", "retain", "_topic_bytes", "_qos0", "_ws_qos0")
+
+    def __init__(self, topic: str, data: bytes | bytearray, retain: bool = False) -> None:
+        self.topic = topic
+        self.data = bytes(data)
+        self.retain = retain
+        self._topic_bytes = topic.encode("utf-8")
+        self._qos0: bytes | None = None
+        self._ws_qos0: bytes | None = None
+
+    def packet(self, qos: int, packet_id: int | None = None) -> bytes:
+        if qos == 0:
+            if self._qos0 is None:
+                self._qos0 = encode_publish(self._topic_bytes, self.data, 0, self.retain)
+            return self._qos0
+        return encode_publish(self._topic_bytes, self.data, qos, self.retain, packet_id)
+
+    def ws_qos0(self) -> bytes:
+        if self._ws_qos0 is None:
+            self._ws_qos0 = ws_binary_frame(self.packet(0))
+        return self._ws_qos0

@@ -22,7 +22,7 @@ import websockets
 from amqtt.broker import Broker
 from amqtt.errors import ProtocolHandlerError
 
-from broker.hardening import QueueLimits, RallycastBroker
+from broker.hardening import QueueLimits, RallycastBroker, listening_port
 from broker.limits import BrokerLimits, private_data_dir
 from scorer.config import Settings, bind_description, url_host
 
@@ -166,45 +166,16 @@ def broker_config(settings: Settings) -> dict[str, Any]:
 
 
 class EmbeddedBroker(RallycastBroker):
-    """Two checks amqtt's plugin hooks cannot make, as overrides of amqtt's delivery path:
+    """The broker ``start_broker`` runs: RallycastBroker (broker/hardening.py, the one module
+    that overrides amqtt's private methods) with ``max_payload_bytes`` set from Settings:
 
     - publishes whose payload is larger than Settings.max_payload_bytes are dropped, like
       mosquitto's ``message_size_limit``: not forwarded, not retained, the client stays
-      connected (the plugins never see a payload before the broadcast);
-    - (a persistent session resumed by ANOTHER user does not hand that user the messages
+      connected;
+    - a persistent session resumed by ANOTHER user does not hand that user the messages
       queued for the previous one: RallycastBroker checks each against the new user's read
-      rights first, as mosquitto does.)
+      rights first, as mosquitto does.
     """
-
-    max_payload_bytes = 0  # 0 = no limit; set per instance by start_broker
-
-    async def _handle_message_delivery(self, client_session, handler, wait_deliver) -> bool:  # type: ignore[no-untyped-def]
-        message = wait_deliver.result() if wait_deliver.done() else None
-        limit = self.max_payload_bytes
-        if limit and message is not None and message.data is not None and len(message.data) > limit:
-            log.warning(
-                "dropped a %d-byte publish on %r from %s (limit %d bytes)",
-                len(message.data),
-                message.topic,
-                client_session.client_id,
-                limit,
-            )
-            return True
-        return await super()._handle_message_delivery(client_session, handler, wait_deliver)
-
-
-def listening_port(broker: Broker, listener: str) -> int:
-    """The port a started listener really bound (the one the OS chose for port 0).
-
-    amqtt keeps its servers in the private ``_servers`` dict and offers no public accessor;
-    this function is the only place that reads it. ``.instance`` is an asyncio.Server (TCP) or
-    a websockets Server, both with ``.sockets``.
-    """
-    server = broker._servers[listener]  # noqa: SLF001 - see docstring
-    sockets = list(server.instance.sockets or ())
-    if not sockets:
-        raise RuntimeError(f"listener {listener!r} has no socket")
-    return int(sockets[0].getsockname()[1])
 
 
 @dataclass

@@ -29,10 +29,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-from amqtt.adapters import ReaderAdapter, StreamReaderAdapter, WebSocketsWriter
 from websockets.exceptions import ConnectionClosed, ConnectionClosedError, ConnectionClosedOK
 from websockets.frames import OK_CLOSE_CODES, Frame, Opcode
 from websockets.http11 import Request
@@ -40,7 +39,9 @@ from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-__all__ = ["WsConnection", "WsServer", "WsWriter", "serve_ws"]
+from broker.tcp import Listener
+
+__all__ = ["WsConnection", "WsServer", "serve_ws"]
 
 log = logging.getLogger("rallycast.broker.ws")
 
@@ -49,8 +50,9 @@ SUBPROTOCOLS = [Subprotocol("mqtt")]
 READ_LIMIT = 32 * 1024
 UNSUPPORTED_DATA = 1003  # WebSocket close code (RFC 6455 7.4.1)
 
-# (reader, writer) -> the broker's connection coroutine (RallycastBroker._client_connected).
-Handler = Callable[[ReaderAdapter, "WsWriter"], Awaitable[None]]
+# (stream, connection) -> the broker's connection coroutine (RallycastBroker.ws_link_connected,
+# which wraps them in amqtt's adapters: broker/hardening.py is the only module that does).
+Handler = Callable[[asyncio.StreamReader, "WsConnection"], Coroutine[Any, Any, None]]
 
 
 def _closed_error(protocol: ServerProtocol) -> ConnectionClosed:
@@ -72,30 +74,9 @@ def _log_failure(task: asyncio.Task[None]) -> None:
         log.warning("WebSocket connection handler failed: %r", exc)
 
 
-class WsServer:
-    """What amqtt and RallycastBroker need of a WebSocket listener: ``sockets``, ``close``,
-    ``wait_closed``, ``server`` (the listening asyncio.Server) and ``handlers`` (the open
-    connections, each with a ``transport``)."""
-
-    def __init__(self) -> None:
-        self.server: asyncio.Server | None = None
-        self.handlers: set[WsConnection] = set()
-
-    @property
-    def sockets(self) -> tuple[Any, ...]:
-        return tuple(self.server.sockets) if self.server is not None else ()
-
-    def close(self) -> None:
-        """Stop accepting and abort every connection still open."""
-        if self.server is not None:
-            self.server.close()
-        for connection in list(self.handlers):
-            if connection.transport is not None:
-                connection.transport.abort()
-
-    async def wait_closed(self) -> None:
-        if self.server is not None:
-            await self.server.wait_closed()
+class WsServer(Listener):
+    """The WebSocket listener: ``handlers`` holds its WsConnections (broker/tcp.py
+    ``Listener``)."""
 
 
 class WsConnection(asyncio.Protocol):
@@ -230,9 +211,7 @@ class WsConnection(asyncio.Protocol):
         stream = asyncio.StreamReader(limit=READ_LIMIT)
         stream.set_transport(self.transport)  # type: ignore[arg-type]
         self.stream = stream
-        self.task = asyncio.get_running_loop().create_task(
-            self._handler(StreamReaderAdapter(stream), WsWriter(self))
-        )
+        self.task = asyncio.get_running_loop().create_task(self._handler(stream, self))
         self.task.add_done_callback(_log_failure)
 
     def _handshake_timed_out(self) -> None:
@@ -299,31 +278,6 @@ class WsConnection(asyncio.Protocol):
                 self.transport.abort()
 
 
-class WsWriter(WebSocketsWriter):
-    """amqtt's writer adapter over a :class:`WsConnection`: each write is one binary frame,
-    at once (no buffer per connection). A WebSocketsWriter, so the broker's Outbox writes
-    frames straight to ``_protocol.transport`` as it does for websockets' connections."""
-
-    def __init__(self, connection: WsConnection) -> None:  # no BytesIO, unlike the base
-        self._protocol = connection  # type: ignore[assignment]
-
-    def write(self, data: bytes) -> None:
-        self._protocol.send_binary(data)  # type: ignore[attr-defined]
-
-    async def drain(self) -> None:
-        await self._protocol.drain()  # type: ignore[attr-defined]
-
-    def get_peer_info(self) -> tuple[str, int] | None:
-        return self._protocol.remote_address  # type: ignore[return-value]
-
-    def get_ssl_info(self) -> Any:
-        transport = self._protocol.transport
-        return transport.get_extra_info("ssl_object") if transport is not None else None
-
-    async def close(self) -> None:
-        await self._protocol.close()
-
-
 async def serve_ws(
     handler: Handler,
     host: str | None,
@@ -334,7 +288,7 @@ async def serve_ws(
     open_timeout: float,
     close_timeout: float,
 ) -> WsServer:
-    """Listen for MQTT over WebSocket on ``host:port``; ``handler(reader, writer)`` runs once
+    """Listen for MQTT over WebSocket on ``host:port``; ``handler(stream, connection)`` runs once
     per connection whose handshake succeeded (in the connection's task)."""
     listener = WsServer()
     loop = asyncio.get_running_loop()

@@ -9,9 +9,13 @@ Two phases per broker and N:
 - paced: ``--rate`` messages/s (10 = a busy human scorer) for ``--seconds`` seconds;
 - burst: ``--burst`` messages as fast as the publisher's 20-message QoS 1 window allows.
 
+Before the phases, N idle MQTT-over-TCP clients (CONNECT, SUBSCRIBE to another club's topic,
+then silent) join the idle WebSocket subscribers for a second: the RSS they add, per client, is
+the "idle TCP client" figure; they leave before the phases.
+
 Printed per phase: deliveries/s, publish->receive latency p50/p99, broker CPU microseconds per
 delivery (psutil on the broker process: user + system), the broker's RSS and its growth per
-idle WebSocket client, and the embedded/mosquitto ratios.
+idle WebSocket and per idle TCP client, and the embedded/mosquitto ratios.
 
 The subscribers are raw asyncio protocols in this process (a WebSocket frame parser here, the
 MQTT 3.1.1 decoder in ``rallycast/bench/wire.py``): cheap enough that the client side is not the
@@ -201,6 +205,85 @@ class WsSubscriber(asyncio.Protocol):
                 self.subscribed.set_result(None)
 
 
+class TcpIdleClient(asyncio.Protocol):
+    """An MQTT-over-TCP spectator that connects, subscribes and then stays silent (the
+    bench's keep-alive pings it)."""
+
+    def __init__(self, client_id: str, topic: str) -> None:
+        self.client_id, self.topic = client_id, topic
+        self.transport: asyncio.Transport | None = None
+        self.subscribed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._mqtt = MqttStream(self._on_packet)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(mqtt_connect(self.client_id))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.subscribed.done():
+            self.subscribed.set_exception(ConnectionError(f"{self.client_id}: closed ({exc})"))
+
+    def send(self, packet: bytes) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(packet)
+
+    def data_received(self, data: bytes) -> None:
+        self._mqtt.feed(data)
+
+    def _on_packet(self, first: int, body: bytes) -> None:
+        kind = first >> 4
+        if kind == 2:  # CONNACK
+            if body[1] != 0:
+                self.transport.close()  # type: ignore[union-attr]
+                return
+            self.send(subscribe_packet(self.topic, 0))
+        elif kind == 9 and not self.subscribed.done():  # SUBACK
+            if body[-1] == 0x80:
+                self.subscribed.set_exception(PermissionError(f"{self.client_id}: refused"))
+            else:
+                self.subscribed.set_result(None)
+
+
+IDLE_TOPIC = f"clubs/{CLUB}-idle/game"  # the idle TCP clients' subscription: no deliveries
+
+
+async def idle_tcp_kb_per_client(
+    broker: BrokerProcess, count: int, pinging: list, say: Callable[[str], None]
+) -> float:
+    """RSS the broker adds per idle TCP client (KB), with ``count`` of them connected and
+    subscribed for a second; they are closed before this returns."""
+    loop = asyncio.get_running_loop()
+    clients: list[TcpIdleClient] = []
+    rss_before = broker.rss()
+    try:
+        for start in range(0, count, CONNECT_BATCH):
+            batch = [
+                TcpIdleClient(f"idle-tcp-{i}", IDLE_TOPIC)
+                for i in range(start, min(count, start + CONNECT_BATCH))
+            ]
+            await asyncio.wait_for(
+                asyncio.gather(
+                    *(
+                        loop.create_connection(lambda c=c: c, "127.0.0.1", broker.mqtt_port)
+                        for c in batch
+                    )
+                ),
+                30,
+            )
+            clients.extend(batch)
+            pinging.extend(batch)
+            await asyncio.wait_for(asyncio.gather(*(c.subscribed for c in batch)), 30)
+        say(f"  {broker.kind}: {len(clients)}/{count} idle TCP clients connected")
+        await asyncio.sleep(1.0)  # idle: let the broker settle
+        return (broker.rss() - rss_before) / count / 1024
+    finally:
+        for client in clients:
+            with contextlib.suppress(ValueError):
+                pinging.remove(client)
+            if client.transport is not None:
+                client.transport.abort()
+
+
 class TcpPublisher(asyncio.Protocol):
     """The scorer service's side: QoS 1 retained publishes with a bounded in-flight window."""
 
@@ -343,6 +426,7 @@ async def run_phase(
     drain_timeout: float,
     rss_per_client_kb: float,
     tables: int = 1,
+    rss_per_tcp_client_kb: float = float("nan"),
 ) -> PhaseResult:
     tally.reset()
     # Message seq goes to table seq % tables, and reaches that table's subscribers.
@@ -376,6 +460,7 @@ async def run_phase(
         p99_ms=percentile(latencies, 0.99),
         rss_mb=broker.rss() / 2**20,
         rss_per_idle_client_kb=rss_per_client_kb,
+        rss_per_idle_tcp_client_kb=rss_per_tcp_client_kb,
         client_cpu_us_per_delivery=(
             client_cpu * 1e6 / tally.deliveries if tally.deliveries else float("nan")
         ),
@@ -400,7 +485,7 @@ async def bench_one(
     )
     await asyncio.wait_for(publisher.connected, 10)
     # Keep-alive for everyone (the embedded broker drops clients silent for 1.5 x 60 s).
-    pinging: list[WsSubscriber] = []
+    pinging: list[WsSubscriber | TcpIdleClient] = []
 
     async def keepalive() -> None:
         while True:
@@ -418,6 +503,9 @@ async def bench_one(
             pinging.extend(clients)
             await asyncio.sleep(1.0)  # idle: let the broker settle
             per_client_kb = (broker.rss() - rss_before) / n / 1024
+            per_tcp_kb = float("nan")
+            if broker.kind != "nats":  # the cluster bench measures its nodes by itself
+                per_tcp_kb = await idle_tcp_kb_per_client(broker, n, pinging, say)
             results = []
             paced = max(1, round(args.rate * args.seconds))
             say(f"  {broker.kind}: paced, {paced} messages at {args.rate:g}/s to {n} subscribers")
@@ -426,7 +514,7 @@ async def bench_one(
                     broker, publisher, tally, phase="paced", n=n, messages=paced,
                     rate=args.rate, payload_bytes=args.payload_bytes,
                     drain_timeout=args.drain_timeout, rss_per_client_kb=per_client_kb,
-                    tables=tables,
+                    tables=tables, rss_per_tcp_client_kb=per_tcp_kb,
                 )
             )  # fmt: skip
             burst = args.burst or max(20, min(500, 100_000 // n))
@@ -436,7 +524,7 @@ async def bench_one(
                     broker, publisher, tally, phase="burst", n=n, messages=burst,
                     rate=None, payload_bytes=args.payload_bytes,
                     drain_timeout=args.drain_timeout, rss_per_client_kb=per_client_kb,
-                    tables=tables,
+                    tables=tables, rss_per_tcp_client_kb=per_tcp_kb,
                 )
             )  # fmt: skip
             for result in results:
@@ -521,6 +609,14 @@ def run_broker_bench(args: argparse.Namespace) -> int:
         "latency: publish (after the QoS 1 window admits it) -> subscriber's read; CPU: broker"
         " process user+system; load: 1-min load average after the phase"
         f" ({os.cpu_count()} cores: above that, brokers and bench wait for CPU)"
+    )
+    from broker.hardening import MAX_PACKETS_IN_HANDLING
+
+    say(
+        f"fan-out bound: the embedded broker handles at most {MAX_PACKETS_IN_HANDLING} packets"
+        " of one connection at once (then stops reading it); the publisher keeps at most"
+        f" {PUBLISH_WINDOW} QoS 1 PUBLISHes unacknowledged, and the embedded broker"
+        " acknowledges one only once it is routed and stored"
     )
     if "stock" in args.brokers:
         for line in format_ratios(results, "stock"):

@@ -30,6 +30,7 @@ class PhaseResult:
     rss_per_idle_client_kb: float
     client_cpu_us_per_delivery: float
     load_average: float
+    rss_per_idle_tcp_client_kb: float = float("nan")
 
     @property
     def deliveries_per_s(self) -> float:
@@ -46,7 +47,8 @@ def percentile(sorted_values: list[int], fraction: float) -> float:
 HEADER = (
     f"{'broker':<10} {'subs':>5} {'phase':<6} {'msgs':>5} {'delivered':>10} "
     f"{'deliveries/s':>12} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/delivery':>15} "
-    f"{'RSS MB':>7} {'RSS KB per idle client':>22} {'bench CPU us/delivery':>21} {'load':>5}"
+    f"{'RSS MB':>7} {'RSS KB per idle client: WS':>26} {'TCP':>5} {'bench CPU us/delivery':>21} "
+    f"{'load':>5}"
 )
 
 
@@ -55,7 +57,8 @@ def format_row(r: PhaseResult) -> str:
     return (
         f"{r.broker:<10} {r.subscribers:>5} {r.phase:<6} {r.messages:>5} {delivered:>10} "
         f"{r.deliveries_per_s:>12.0f} {r.p50_ms:>8.1f} {r.p99_ms:>8.1f} "
-        f"{r.cpu_us_per_delivery:>15.1f} {r.rss_mb:>7.1f} {r.rss_per_idle_client_kb:>22.1f} "
+        f"{r.cpu_us_per_delivery:>15.1f} {r.rss_mb:>7.1f} {r.rss_per_idle_client_kb:>26.1f} "
+        f"{r.rss_per_idle_tcp_client_kb:>5.1f} "
         f"{r.client_cpu_us_per_delivery:>21.1f} {r.load_average:>5.1f}"
     )
 
@@ -76,7 +79,9 @@ def format_ratios(results: list[PhaseResult], kind: str = "embedded") -> list[st
             f"CPU per delivery {ratio(r.cpu_us_per_delivery, m.cpu_us_per_delivery)}, "
             f"p99 {ratio(r.p99_ms, m.p99_ms)}, "
             f"deliveries/s {ratio(r.deliveries_per_s, m.deliveries_per_s)}, "
-            f"RSS per idle client {ratio(r.rss_per_idle_client_kb, m.rss_per_idle_client_kb)}"
+            f"RSS per idle client: WebSocket "
+            f"{ratio(r.rss_per_idle_client_kb, m.rss_per_idle_client_kb)}, "
+            f"TCP {ratio(r.rss_per_idle_tcp_client_kb, m.rss_per_idle_tcp_client_kb)}"
         )
     return lines
 

@@ -505,7 +505,15 @@ async def test_stalled_subscriber_is_disconnected_and_logged(caplog):
         b.broker.max_queued_messages = 50
         stalled = subscriber_that_never_reads(b.tcp_port)
         publisher = await connected(b.tcp_port, "pub", username="alice", password="secret")
-        await asyncio.sleep(0.3)
+        # It never reads, so there is no SUBACK to wait for: wait until the broker holds its
+        # subscription (a fixed 0.3 s was too short on a loaded machine).
+        for _ in range(500):
+            subscribers = b.broker._subscriptions.get("clubs/demo/game", ())
+            if any(session.client_id == "stalled" for session, _qos in subscribers):
+                break
+            await asyncio.sleep(0.01)
+        else:
+            pytest.fail("the stalled subscriber's SUBSCRIBE never took effect")
         for _ in range(4000):
             await publisher.publish("clubs/demo/game", PAYLOAD)
         for _ in range(100):

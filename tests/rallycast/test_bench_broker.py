@@ -16,7 +16,8 @@ COLUMNS = [
     "p99 ms",
     "CPU us/delivery",
     "RSS MB",
-    "RSS KB per idle client",
+    "RSS KB per idle client: WS",
+    "TCP",
 ]
 
 
@@ -53,7 +54,7 @@ def test_bench_broker_prints_every_figure_for_both_brokers(capsys):
         expected = 20 * 5
         assert cells[4] == str(expected), f"{broker} {phase}: delivered {cells[4]} of {expected}"
         numbers = [float(cell) for cell in cells[5:]]
-        assert len(numbers) == 8, cells
+        assert len(numbers) == 9, cells  # ... RSS KB per idle client: WebSocket, TCP ...
         assert all(math.isfinite(n) and n >= 0 for n in numbers), cells
 
     for phase in ("paced", "burst"):
@@ -62,7 +63,7 @@ def test_bench_broker_prints_every_figure_for_both_brokers(capsys):
             for line in out.splitlines()
             if line.startswith(f"ratio embedded/mosquitto, 5 subs, {phase}")
         )
-        for figure in ("CPU per delivery", "p99", "deliveries/s", "RSS per idle client"):
+        for figure in ("CPU per delivery", "p99", "deliveries/s", "RSS per idle client", "TCP"):
             assert figure in ratio, ratio
 
 
