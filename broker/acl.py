@@ -49,7 +49,7 @@ from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 from amqtt.session import Session
 
 from broker.auth import PasswordFile, PasswordFileError
-from broker.hardening import _abort
+from broker.hardening import _abort, broker_of
 from broker.limits import (
     DEFAULT_LOGIN_ATTEMPTS_PER_MINUTE,
     DEFAULT_MAX_SUBSCRIPTIONS,
@@ -303,7 +303,7 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
 
     def _drop_token_sessions(self, revoked: set[str] | frozenset[str]) -> None:
         """Close the connections that logged in with a token that is gone."""
-        broker = getattr(self.context, "_broker_instance", None)
+        broker = broker_of(self.context)
         for session, handler in list(getattr(broker, "sessions", {}).values()):
             if getattr(session, "rallycast_token", None) in revoked and handler is not None:
                 log.info(
