@@ -42,6 +42,7 @@ _BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _CONTROL = re.compile("[\u0000-\u001f\u007f-\u009f]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
+
 class Refused(Exception):
     """A command the rules do not allow; the match is unchanged.
 
@@ -321,7 +322,6 @@ _COMMANDS: dict[str, tuple[set[str], Normalizer]] = {
 }
 
 
-
 # --------------------------------------------------------------------------- payloads
 #
 # What the service receives on a command topic, decoded once.
@@ -332,7 +332,10 @@ class PayloadRefused(Refused):
     reply carries (None when the payload has no usable id)."""
 
     def __init__(
-        self, message: str, code: str = "bad_command", command_id: str | int | None = None,
+        self,
+        message: str,
+        code: str = "bad_command",
+        command_id: str | int | None = None,
         **params: Any,
     ) -> None:
         super().__init__(message, code, **params)

@@ -827,3 +827,28 @@ def _iso_utc(at: float) -> str:
     except (OverflowError, OSError, ValueError):
         return ""
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+__all__ = [
+    "ABANDONED",
+    "BETWEEN_GAMES",
+    "ENDED_STATUSES",
+    "FINISHED",
+    "IN_PROGRESS",
+    "MAX_COMMAND_CHARS",
+    "MAX_ID_CHARS",
+    "MAX_NAME_CHARS",
+    "SCHEMA",
+    "SHORTHANDS",
+    "Command",
+    "History",
+    "Match",
+    "Outcome",
+    "Refused",
+    "State",
+    "check_command_id",
+    "clean_name",
+    "fold",
+    "parse",
+    "parse_command",
+]
