@@ -28,7 +28,7 @@ from typing import Any
 from scorer import topics
 from scorer.commands import Command, Payload, PayloadRefused, Refused, decode_payload
 from scorer.config import Club
-from scorer.engine import ENDED_STATUSES, Match
+from scorer.engine import ENDED_STATUSES, Match, begins_new_match
 from scorer.store import (
     COMMAND_IDS_PER_CLUB,
     MatchStore,
@@ -191,11 +191,7 @@ class Desk:
         wrong = self._wrong_match(press, decoded.match, current)
         if wrong is not None:
             return wrong
-        if command.cmd == "start" and (
-            current is None
-            or current.match.status in ENDED_STATUSES
-            or command.args.get("force") is True
-        ):
+        if begins_new_match(current.match if current else None, command):
             return self._start(press, command, current)
         if current is None:
             # Remembered: a resend of this id after the next match has started must not

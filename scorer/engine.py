@@ -817,6 +817,16 @@ class Match:
         return self._history.snapshot(self.match_id, self.rev)
 
 
+def begins_new_match(current: Match | None, command: Command) -> bool:
+    """Whether ``command`` starts a new match in place of ``current`` (the table's match, or
+    None): a start does when no match is current, when the current one has ended (finished
+    or abandoned), or when it says ``"force": true`` (the match in progress is replaced).
+    Any other start is refused by the current match (``match_in_progress``)."""
+    if command.cmd != "start":
+        return False
+    return current is None or current.status in ENDED_STATUSES or command.args.get("force") is True
+
+
 def _iso_utc(at: float) -> str:
     """``at`` (seconds since the epoch) as ISO-8601 UTC with milliseconds, e.g.
     2026-11-26T15:13:00.250Z; empty if it is not a representable time."""
@@ -846,6 +856,7 @@ __all__ = [
     "Outcome",
     "Refused",
     "State",
+    "begins_new_match",
     "check_command_id",
     "clean_name",
     "fold",
