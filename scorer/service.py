@@ -317,7 +317,6 @@ class ScorerService:
     def _recover(self) -> None:
         """Rebuild each table's current match from its stored log."""
         assert self._store is not None
-        self._desks.clear()
         for stored in self._store.current_matches():
             try:
                 match = Match.from_log(stored.match_id, stored.log)
