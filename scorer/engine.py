@@ -17,16 +17,25 @@ docs/rules.md."""
 
 from __future__ import annotations
 
-import json
 import math
-import re
-from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+# The parser lives in scorer/commands.py; these names stay importable from here.
+from scorer.commands import (
+    MAX_COMMAND_CHARS,
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    SHORTHANDS,
+    Command,
+    Refused,
+    check_command_id,
+    clean_name,
+    parse,
+    parse_command,
+)
 from scorer.rules import (
-    BEST_OF_CHOICES,
     EXPEDITE_MAX_TOTAL,
     Player,
     game_over,
@@ -40,48 +49,16 @@ from scorer.rules import (
 )
 
 SCHEMA = 1
-MAX_NAME_CHARS = 64
-MAX_ID_CHARS = 128
-MAX_COMMAND_CHARS = 4096
-
-# Text shorthands for devices that can only send a fixed string.
-SHORTHANDS: dict[str, dict[str, Any]] = {
-    "1+": {"cmd": "point", "side": 1, "delta": 1},
-    "1-": {"cmd": "point", "side": 1, "delta": -1},
-    "2+": {"cmd": "point", "side": 2, "delta": 1},
-    "2-": {"cmd": "point", "side": 2, "delta": -1},
-    "undo": {"cmd": "undo"},
-    "redo": {"cmd": "redo"},
-}
-
 IN_PROGRESS = "in_progress"
 BETWEEN_GAMES = "between_games"
 FINISHED = "finished"
 ABANDONED = "abandoned"
 ENDED_STATUSES = frozenset({FINISHED, ABANDONED})
 
-# Characters that could reorder or hide what a display shows around a name: bidi embeddings,
-# overrides and isolates, LRM/RLM (removed), and C0/C1 controls (each becomes a space).
-_BIDI = re.compile("[\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-_CONTROL = re.compile("[\u0000-\u001f\u007f-\u009f]")
-_SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class Refused(Exception):
-    """A command the rules do not allow; the match is unchanged.
-
-    ``str(exc)`` is the reason in English, for people; ``exc.code`` a machine-readable code
-    (snake_case, ``"refused"`` if none was given) and ``exc.params`` its parameters, so a page
-    can say it in the reader's language. Every code and its params: docs/rules.md."""
-
-    def __init__(self, message: str, code: str = "refused", **params: Any) -> None:
-        super().__init__(message)
-        self.code = code
-        self.params = params
-
 
 def _bad(message: str, **params: Any) -> Refused:
-    """A command that is not well formed (code ``bad_command``; ``field`` names the culprit)."""
+    """A command the engine finds not well formed (code ``bad_command``; ``field`` names the
+    culprit): a log entry without a time, a correction that names nobody in doubles."""
     return Refused(message, code="bad_command", **params)
 
 
@@ -92,249 +69,9 @@ class Outcome:
     duplicate: bool = False
 
 
-# --------------------------------------------------------------------------- parsing
-
-
-def parse_command(raw: bytes | str | dict[str, Any]) -> dict[str, Any]:
-    """A command as bytes, text (JSON or a shorthand) or a dict -> the normalized command dict
-    (only known fields, defaults filled in, names trimmed and cleaned). Raises Refused with
-    code ``bad_command``."""
-    if isinstance(raw, bytes | bytearray):
-        try:
-            raw = bytes(raw).decode("utf-8")
-        except UnicodeDecodeError:
-            raise _bad("a command must be UTF-8 text") from None
-    if isinstance(raw, str):
-        raw = _parse_text(raw)
-    if not isinstance(raw, dict):
-        raise _bad('a command must be a JSON object such as {"cmd": "point", "side": 1}')
-    _refuse_surrogates(raw)
-    name = raw.get("cmd")
-    if not isinstance(name, str):
-        raise _bad(
-            'a command needs "cmd" (a string), e.g. {"cmd": "point", "side": 1}', field="cmd"
-        )
-    spec = _COMMANDS.get(name)
-    if spec is None:
-        raise _bad(
-            f"unknown command {name!r}: use one of {', '.join(_COMMANDS)} (or delete / clear, "
-            "which the service applies)",
-            field="cmd",
-        )
-    allowed, normalize = spec
-    unknown = sorted(str(key) for key in set(raw) - allowed - {"cmd", "id"})
-    if unknown:
-        raise _bad(f"unknown field(s) for {name!r}: {', '.join(unknown)}", field=unknown[0])
-    command: dict[str, Any] = {"cmd": name}
-    command.update(normalize(raw))
-    if "id" in raw:
-        command["id"] = check_command_id(raw["id"])
-    return command
-
-
-def _refuse_surrogates(raw: dict[Any, Any]) -> None:
-    """A lone surrogate (possible in JSON as "\\ud800") is not text: it cannot be stored,
-    published or shown. Checked in every key and string value (names sit in lists)."""
-    for key, value in raw.items():
-        values = value if isinstance(value, list) else [value]
-        for text in (key, *values):
-            if isinstance(text, str) and _SURROGATE.search(text):
-                raise _bad(
-                    f"{str(key).encode('utf-8', 'replace').decode()!r} holds a lone surrogate "
-                    "(not a character): send UTF-8 text",
-                    field=str(key).encode("utf-8", "replace").decode(),
-                )
-
-
-def _parse_text(text: str) -> Any:
-    text = text.strip()
-    if len(text) > MAX_COMMAND_CHARS:
-        raise _bad(f"the command is too long (over {MAX_COMMAND_CHARS} characters)")
-    if _SURROGATE.search(text):
-        raise _bad("the command holds a lone surrogate (not a character): send UTF-8 text")
-    shorthand = SHORTHANDS.get(text.lower())
-    if shorthand is not None:
-        return dict(shorthand)
-    if not text:
-        raise _bad("empty command")
-    try:
-        return json.loads(text)
-    except (ValueError, RecursionError):
-        raise _bad(
-            'not a command: send JSON such as {"cmd": "point", "side": 1}, '
-            f"or one of {' '.join(SHORTHANDS)}"
-        ) from None
-
-
-def check_command_id(value: Any) -> str | int:
-    """A command's ``"id"``: a string of 1 to MAX_ID_CHARS characters (no lone surrogates) or
-    an integer (not a bool). Raises Refused (code ``bad_command``, field ``id``)."""
-    if isinstance(value, bool) or not isinstance(value, str | int):
-        raise _bad('"id" must be a string or an integer', field="id")
-    if isinstance(value, str):
-        if not 1 <= len(value) <= MAX_ID_CHARS:
-            raise _bad(f'"id" must have 1 to {MAX_ID_CHARS} characters', field="id")
-        if _SURROGATE.search(value):
-            raise _bad('"id" holds a lone surrogate (not a character)', field="id")
-    return value
-
-
-def _int_choice(
-    raw: dict[str, Any], key: str, choices: tuple[int, ...], default: int | None = None
-) -> int:
-    if key not in raw:
-        if default is None:
-            raise _bad(f'"{key}" is missing', field=key)
-        return default
-    value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise _bad(
-            f'"{key}" must be a whole number: one of {", ".join(map(str, choices))}', field=key
-        )
-    if value not in choices:
-        raise _bad(f'"{key}" must be one of {", ".join(map(str, choices))}, not {value}', field=key)
-    return value
-
-
-def clean_name(text: str) -> str:
-    """A name as displays may show it: bidi embeddings, overrides, isolates and LRM/RLM
-    removed (they could reorder the text around the name), C0/C1 controls made spaces, then
-    trimmed. Player names and the names in ``server``/``correct`` pass through it alike."""
-    return _CONTROL.sub(" ", _BIDI.sub("", text)).strip()
-
-
-def _name(value: Any, what: str, field: str) -> str:
-    if not isinstance(value, str):
-        raise _bad(f"{what} must be a name (a string)", field=field)
-    name = clean_name(value)
-    if not name:
-        raise _bad(f"{what} is empty", field=field)
-    if len(name) > MAX_NAME_CHARS:
-        raise _bad(f"{what} is longer than {MAX_NAME_CHARS} characters", field=field)
-    return name
-
-
-def _pair(value: Any, what: str, field: str) -> list[str]:
-    if not isinstance(value, list) or len(value) != 2:
-        raise _bad(f"{what} must be a list of two names", field=field)
-    return [_name(item, f"a name in {what}", field) for item in value]
-
-
-def _normalize_start(raw: dict[str, Any]) -> dict[str, Any]:
-    game_type = raw.get("game_type", "single")
-    if game_type not in ("single", "double"):
-        raise _bad('"game_type" must be "single" or "double"', field="game_type")
-    if game_type == "single":
-        if "players1" in raw or "players2" in raw:
-            raise _bad(
-                'singles take "player1" and "player2"; "players1"/"players2" are for doubles'
-            )
-        names = {
-            "player1": _name(raw.get("player1"), '"player1"', "player1"),
-            "player2": _name(raw.get("player2"), '"player2"', "player2"),
-        }
-        everyone = list(names.values())
-    else:
-        if "player1" in raw or "player2" in raw:
-            raise _bad('doubles take "players1" and "players2" (two names each)')
-        names = {
-            "players1": _pair(raw.get("players1"), '"players1"', "players1"),
-            "players2": _pair(raw.get("players2"), '"players2"', "players2"),
-        }
-        everyone = names["players1"] + names["players2"]
-    if len(set(everyone)) != len(everyone):
-        raise _bad(
-            "two players have the same name: give each player a different name", field="names"
-        )
-    if (
-        "best_of" in raw
-        and isinstance(raw["best_of"], int)
-        and not isinstance(raw["best_of"], bool)
-    ):
-        if raw["best_of"] % 2 == 0:
-            raise _bad(
-                f'"best_of" must be odd (1, 3, 5 or 7), not {raw["best_of"]}', field="best_of"
-            )
-    command: dict[str, Any] = {"game_type": game_type, **names}
-    command["best_of"] = _int_choice(raw, "best_of", BEST_OF_CHOICES, default=1)
-    command["first_server"] = _int_choice(raw, "first_server", (1, 2), default=1)
-    if "force" in raw:
-        if not isinstance(raw["force"], bool):
-            raise _bad('"force" must be true or false', field="force")
-        if raw["force"]:
-            command["force"] = True
-    return command
-
-
-def _normalize_point(raw: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "side": _int_choice(raw, "side", (1, 2)),
-        "delta": _int_choice(raw, "delta", (1, -1), default=1),
-    }
-
-
-def _normalize_side(raw: dict[str, Any]) -> dict[str, Any]:
-    return {"side": _int_choice(raw, "side", (1, 2))}
-
-
-def _normalize_nothing(raw: dict[str, Any]) -> dict[str, Any]:
-    return {}
-
-
-def _normalize_server(raw: dict[str, Any]) -> dict[str, Any]:
-    return {"player": _name(raw.get("player"), '"player"', "player")}
-
-
-def _normalize_correct(raw: dict[str, Any]) -> dict[str, Any]:
-    command: dict[str, Any] = {}
-    if "server" in raw:
-        server = raw["server"]
-        command["server"] = (
-            _int_choice(raw, "server", (1, 2))
-            if isinstance(server, int) and not isinstance(server, bool)
-            else _name(server, '"server"', "server")
-        )
-    if "receiver" in raw:
-        command["receiver"] = _name(raw["receiver"], '"receiver"', "receiver")
-    if "left_side" in raw:
-        command["left_side"] = _int_choice(raw, "left_side", (1, 2))
-    if "receiver" in command and "server" not in command:
-        raise _bad('"receiver" is corrected together with "server"', field="receiver")
-    if "server" not in command and "left_side" not in command:
-        raise _bad('"correct" needs "server" (with "receiver" in doubles) and/or "left_side"')
-    return command
-
-
-Normalizer = Callable[[dict[str, Any]], dict[str, Any]]
-
-_COMMANDS: dict[str, tuple[set[str], Normalizer]] = {
-    "start": (
-        {
-            "game_type",
-            "player1",
-            "player2",
-            "players1",
-            "players2",
-            "best_of",
-            "first_server",
-            "force",
-        },
-        _normalize_start,
-    ),
-    "point": ({"side", "delta"}, _normalize_point),
-    "undo": (set(), _normalize_nothing),
-    "redo": (set(), _normalize_nothing),
-    "timeout": ({"side"}, _normalize_side),
-    "expedite": (set(), _normalize_nothing),
-    "end": (set(), _normalize_nothing),
-    "server": ({"player"}, _normalize_server),
-    "correct": ({"server", "receiver", "left_side"}, _normalize_correct),
-}
-
-
 # --------------------------------------------------------------------------- state
 #
-# Everything below the parser is immutable: a change makes a new State, so the state after
+# Everything below is immutable: a change makes a new State, so the state after
 # any prefix of the changes can be kept and shared (undo is a pop, not a recomputation).
 
 
@@ -767,6 +504,17 @@ class History:
         self.last_at = at
         return event
 
+    def copy(self) -> History:
+        """A history that shares no mutable part with this one (states and changes are
+        immutable values, shared)."""
+        copied = History(self.incremental)
+        copied.base, copied.state = self.base, self.state
+        copied.changes = list(self.changes)
+        copied.states = list(self.states)
+        copied.redo = list(self.redo)
+        copied.ends_changed, copied.last_at = self.ends_changed, self.last_at
+        return copied
+
     def _start(self, command: dict[str, Any], at: float) -> dict[str, Any]:
         if self.state is not None:
             if self.state.status in ENDED_STATUSES:
@@ -965,8 +713,9 @@ def fold(match_id: str, log: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 class Match:
     """A match: its log, and the state folded from it (incrementally). Public API:
-    ``apply``, ``from_log``, ``log``, ``latest``, ``rev``, ``rev_of``, ``status``,
-    ``snapshot``."""
+    ``applied`` (a parsed ``Command`` -> a new Match; this one unchanged), ``apply`` (the
+    same in place, from any form ``parse`` takes), ``from_log``, ``log``, ``latest``,
+    ``rev``, ``rev_of``, ``status``, ``snapshot``."""
 
     def __init__(self, match_id: str) -> None:
         self.match_id = match_id
@@ -985,7 +734,9 @@ class Match:
             if isinstance(at, bool) or not isinstance(at, int | float):
                 raise _bad(f'log entry {number} has no "at" time', field="at")
             try:
-                match._accept(parse_command(command), float(at))
+                parsed = parse(command)
+                if parsed.id is None or parsed.id not in match._rev_by_id:
+                    match._accept(parsed, float(at))
             except Refused as exc:
                 raise Refused(f"log entry {number}: {exc}", exc.code, **exc.params) from None
         return match
@@ -1016,28 +767,64 @@ class Match:
         state = self._history.state
         return None if state is None else state.status
 
-    def apply(self, command: bytes | str | dict[str, Any], now: float) -> Outcome:
-        """Apply one command at time ``now`` (seconds since the epoch). Raises Refused and
-        leaves the match unchanged when the rules do not allow it."""
-        event = self._accept(parse_command(command), float(now))
+    def apply(self, command: Command | bytes | str | dict[str, Any], now: float) -> Outcome:
+        """Apply one command at time ``now`` (seconds since the epoch), in place. A command
+        whose id this match has accepted already changes nothing (``duplicate``). Raises
+        Refused (bad_command for a command ``parse`` refuses) and leaves the match unchanged
+        when the rules do not allow it."""
+        parsed = command if isinstance(command, Command) else parse(command)
+        if parsed.id is not None and parsed.id in self._rev_by_id:
+            snapshot = self.snapshot()
+            assert snapshot is not None  # an id was accepted, so the match has started
+            return Outcome(snapshot=snapshot, event=None, duplicate=True)
+        event = self._accept(parsed, float(now))
         snapshot = self.snapshot()
         assert snapshot is not None  # a command was accepted, so the match has started
-        return Outcome(snapshot=snapshot, event=event, duplicate=event is None)
+        return Outcome(snapshot=snapshot, event=event)
 
-    def _accept(self, parsed: dict[str, Any], now: float) -> dict[str, Any] | None:
-        """Apply a parsed command: its event, or None for a duplicate id. Raises Refused."""
-        command_id = parsed.get("id")
-        if command_id is not None and command_id in self._rev_by_id:
-            return None
+    def applied(self, command: Command, now: float) -> tuple[Match, Outcome]:
+        """The match after ``command`` at ``now``, as a new Match, and what it publishes;
+        this match stays as it was (also when the command is refused), so a caller can
+        keep it until the new one is saved. Ids are the caller's to check (a command is
+        applied as given). Costs a pointer per log entry, never a copy of the states (they
+        are immutable values). Raises Refused."""
+        after = self._copy()
+        event = after._accept(command, float(now))
+        snapshot = after.snapshot()
+        assert snapshot is not None  # a command was accepted, so the match has started
+        return after, Outcome(snapshot=snapshot, event=event)
+
+    def _copy(self) -> Match:
+        """A match that shares no mutable part with this one: the lists and dicts are
+        copied, the log entries (never changed once appended) and states (frozen) shared."""
+        copied = Match(self.match_id)
+        copied._log = list(self._log)
+        copied._rev_by_id = dict(self._rev_by_id)
+        copied._history = self._history.copy()
+        return copied
+
+    def _accept(self, command: Command, now: float) -> dict[str, Any]:
+        """Apply a parsed command: its event. Raises Refused (nothing changed)."""
+        parsed = command.as_dict()
         event = self._history.step(parsed, now)
         self._log.append({**parsed, "at": now})
-        if command_id is not None:
-            self._rev_by_id[command_id] = self.rev
+        if command.id is not None:
+            self._rev_by_id[command.id] = self.rev
         return {"kind": event.pop("kind"), **event, "rev": self.rev, "match_id": self.match_id}
 
     def snapshot(self) -> dict[str, Any] | None:
         """What a scoreboard shows (None before the start). See docs/rules.md."""
         return self._history.snapshot(self.match_id, self.rev)
+
+
+def begins_new_match(current: Match | None, command: Command) -> bool:
+    """Whether ``command`` starts a new match in place of ``current`` (the table's match, or
+    None): a start does when no match is current, when the current one has ended (finished
+    or abandoned), or when it says ``"force": true`` (the match in progress is replaced).
+    Any other start is refused by the current match (``match_in_progress``)."""
+    if command.cmd != "start":
+        return False
+    return current is None or current.status in ENDED_STATUSES or command.args.get("force") is True
 
 
 def _iso_utc(at: float) -> str:
@@ -1050,3 +837,29 @@ def _iso_utc(at: float) -> str:
     except (OverflowError, OSError, ValueError):
         return ""
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+__all__ = [
+    "ABANDONED",
+    "BETWEEN_GAMES",
+    "ENDED_STATUSES",
+    "FINISHED",
+    "IN_PROGRESS",
+    "MAX_COMMAND_CHARS",
+    "MAX_ID_CHARS",
+    "MAX_NAME_CHARS",
+    "SCHEMA",
+    "SHORTHANDS",
+    "Command",
+    "History",
+    "Match",
+    "Outcome",
+    "Refused",
+    "State",
+    "begins_new_match",
+    "check_command_id",
+    "clean_name",
+    "fold",
+    "parse",
+    "parse_command",
+]

@@ -57,8 +57,9 @@ def evidence(
     replies: dict[str, list[dict[str, Any]]] | None = None,
 ) -> Evidence:
     current = matches[-1] if matches else None
-    if retained == "replay":
-        retained = Match.from_log(*current).snapshot() if current else None
+    if retained == "replay":  # as the service publishes it on table 1's topic
+        snapshot = Match.from_log(*current).snapshot() if current else None
+        retained = {**snapshot, "table": 1, "table_name": "Table 1"} if snapshot else None
     return Evidence(
         presses=presses,
         replies=replies or {},

@@ -12,8 +12,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from scorer import topics
+from scorer.commands import parse
 from scorer.engine import Match, Refused
-from scorer.service import fork
 from scorer.store import COMMAND_IDS_PER_CLUB, STORE_FILE_NAME, MatchStore
 from tests.scorer.servicekit import (
     Scorer,
@@ -305,7 +305,7 @@ def test_a_status_watcher_sees_online(any_broker, tmp_path):
         watcher.close()
 
 
-# -- the copy the service applies a command to ------------------------------------------------
+# -- the new match a command makes, beside the current one -------------------------------------
 
 COMMANDS = st.sampled_from(
     [
@@ -323,7 +323,7 @@ COMMANDS = st.sampled_from(
 
 @settings(max_examples=60, deadline=None)
 @given(before=st.lists(COMMANDS, max_size=60), then=COMMANDS)
-def test_a_command_applied_to_the_fork_leaves_the_match_as_it_was(before, then):
+def test_a_command_applied_beside_the_match_leaves_the_match_as_it_was(before, then):
     match = Match("m")
     match.apply(dict(START, best_of=3), now=0.0)
     for number, command in enumerate(before):
@@ -332,9 +332,8 @@ def test_a_command_applied_to_the_fork_leaves_the_match_as_it_was(before, then):
         except Refused:
             pass
     snapshot, log = match.snapshot(), match.log
-    trial = fork(match)
     try:
-        trial.apply(then, now=100.0)
+        trial, _ = match.applied(parse(then), now=100.0)
         applied = True
     except Refused:
         applied = False

@@ -264,12 +264,14 @@ async def test_start_viewer_listens_on_a_free_port_and_stops() -> None:
 
 def refusal_codes_in_the_source() -> set[str]:
     """Every refusal code the engine and the service can put in a reply (docs/protocol.md):
-    ``Refused(..., code="x")`` and the snake_case literals in each ``_refuse(...)`` call."""
+    ``Refused(..., code="x")`` and the snake_case literals in each refusal call
+    (``refusal(...)``, ``Refused(...)``, ``PayloadRefused(...)``) of the parser, the engine,
+    the club's desk and the service."""
     repo = Path(__file__).resolve().parents[2]
-    source = (repo / "scorer" / "engine.py").read_text()
-    source += (repo / "scorer" / "service.py").read_text()
+    modules = ("commands.py", "engine.py", "desk.py", "service.py")
+    source = "".join((repo / "scorer" / name).read_text() for name in modules)
     codes = set(re.findall(r'code="([a-z_]+)"', source))
-    for found in re.finditer(r"_refuse\(", source):
+    for found in re.finditer(r"\b(?:_refuse|refusal|Refused|PayloadRefused)\(", source):
         depth, end = 0, found.end() - 1
         for end in range(found.end() - 1, len(source)):
             depth += {"(": 1, ")": -1}.get(source[end], 0)
