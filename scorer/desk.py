@@ -14,7 +14,8 @@ Laws kept here (docs/protocol.md, "Commands" and "Delivery"):
   ``Match.applied`` (the current one stays as it was) and kept only once the write is
   committed; a failed write (``store_failed``) leaves memory and store as they were;
 - a refusal changes nothing; a table beyond the club's configured ``tables`` is refused
-  (``no_such_table``), except a delete of a match left there.
+  (``no_such_table``), except an end (abandon) or a delete of a match left there, and a
+  resend still gets its own earlier answer.
 """
 
 from __future__ import annotations
@@ -142,24 +143,28 @@ class Desk:
         except PayloadRefused as exc:
             return self._refused(_Press(table, exc.command_id, None), exc)
         press = _Press(table, decoded.id, decoded.fingerprint)
+        if press.id is not None:
+            # Before the table check: a resend gets its own answer again, also when the
+            # configuration has since dropped the table it was applied on.
+            earlier = self._earlier_reply(press)
+            if earlier is not None:  # a resent command: nothing changes, same answer
+                return Handled(None if retain else earlier)
         tables = self.club.tables
-        # A match left on a table the configuration no longer has can still be deleted.
-        if table > tables and not (decoded.is_delete and table in self.tables):
+        # A match left on a table the configuration no longer has can still be ended (so it
+        # reaches the record) or deleted; nothing else is applied there.
+        if table > tables and not (table in self.tables and _ends_or_deletes(decoded)):
+            where = "table 1" if tables == 1 else f"tables 1-{tables}"
             return Handled(
                 self.refusal(
                     table,
                     press.id,
                     f"club {self.club_id} has no table {table} (it has {tables}): send to "
-                    f"tables 1-{tables}, or configure more tables",
+                    f"{where}, or configure more tables",
                     "no_such_table",
                     table=table,
                     tables=tables,
                 )
             )
-        if press.id is not None:
-            earlier = self._earlier_reply(press)
-            if earlier is not None:  # a resent command: nothing changes, same answer
-                return Handled(None if retain else earlier)
         if retain:
             return Handled(
                 self.refusal(
@@ -484,3 +489,13 @@ class Desk:
             else:
                 self._remember_reply(press, reply)
         return Handled(reply)
+
+
+def _ends_or_deletes(decoded: Payload) -> bool:
+    """Whether a decoded command deletes the table's match or ends (abandons) it."""
+    if decoded.is_delete:
+        return True
+    try:
+        return decoded.parse().cmd == "end"
+    except Refused:
+        return False

@@ -3,20 +3,12 @@ match must not be stuck forever, live on the broker and missing from the record.
 
 from __future__ import annotations
 
-import pytest
-
 from scorer.config import Club
 from scorer.record import RecordReader
 from tests.scorer.servicekit import Scorer, current_snapshot, service_running
 from tests.scorer.test_service import START
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scorer/service.py handle_command lets only delete through on a table beyond the "
-    "club's tables; ending (abandoning) the match there is refused with no_such_table, so the "
-    "match can only leave by being deleted from the record",
-)
 def test_a_match_left_on_a_dropped_table_can_be_ended_and_is_kept_in_the_record(
     amqtt_broker, tmp_path
 ):
@@ -40,12 +32,6 @@ def test_a_match_left_on_a_dropped_table_can_be_ended_and_is_kept_in_the_record(
         third.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="scorer/service.py handle_command checks no_such_table before it looks up the id's "
-    "earlier reply: a resend of a command the service applied on a table the config has since "
-    "dropped is answered no_such_table instead of its own reply",
-)
 def test_a_resent_delete_on_a_dropped_table_gets_its_own_reply_again(amqtt_broker, tmp_path):
     data_dir = tmp_path / "service"
     third = Scorer(amqtt_broker, "alpha", table=3)
