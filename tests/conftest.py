@@ -35,11 +35,32 @@ def uses_nats_cluster(item: pytest.Item) -> bool:
     return any(params.get(name) == "nats" for name in ("any_broker", "any_broker_process"))
 
 
+def spread_browser_tests(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The same tests with the Chromium ones spread evenly among the rest (each kind keeps
+    its order). Collected in file order they all come last, and the workers would end the run
+    with a Chromium each on two cores: slow, and the pages' timing checks fail."""
+    browser = [item for item in items if "chromium" in getattr(item, "fixturenames", ())]
+    if not browser or len(browser) == len(items):
+        return items
+    others = [item for item in items if "chromium" not in getattr(item, "fixturenames", ())]
+    spread: list[pytest.Item] = []
+    taken = 0
+    for k, item in enumerate(browser):  # the k-th goes amid its share of the others
+        until = round((k + 0.5) * len(others) / len(browser))
+        spread.extend(others[taken:until])
+        spread.append(item)
+        taken = until
+    spread.extend(others[taken:])
+    return spread
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups from the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if uses_nats_cluster(item) and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(NATS_GROUP))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects the same order
+        items[:] = spread_browser_tests(items)
 
 
 class XdistGroupNames:

@@ -139,7 +139,7 @@ def any_stack(any_broker: Any, tmp_path: Path) -> Iterator[Stack]:
         yield running
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # one per xdist worker; each test has contexts of its own
 def chromium() -> Iterator[Any]:
     require_program(CHROMIUM)
     from playwright.sync_api import sync_playwright
