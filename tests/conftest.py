@@ -35,14 +35,22 @@ def uses_nats_cluster(item: pytest.Item) -> bool:
     return any(params.get(name) == "nats" for name in ("any_broker", "any_broker_process"))
 
 
+def spreads(item: pytest.Item) -> bool:
+    """A Chromium test outside any xdist group: a group keeps its tests in file order, as a
+    run without xdist has them (the NATS tests share one cluster, and a test that kills a node
+    leaves it changed for the ones after it)."""
+    uses_chromium = "chromium" in getattr(item, "fixturenames", ())
+    return uses_chromium and item.get_closest_marker("xdist_group") is None
+
+
 def spread_browser_tests(items: list[pytest.Item]) -> list[pytest.Item]:
     """The same tests with the Chromium ones spread evenly among the rest (each kind keeps
     its order). Collected in file order they all come last, and the workers would end the run
     with a Chromium each on two cores: slow, and the pages' timing checks fail."""
-    browser = [item for item in items if "chromium" in getattr(item, "fixturenames", ())]
+    browser = [item for item in items if spreads(item)]
     if not browser or len(browser) == len(items):
         return items
-    others = [item for item in items if "chromium" not in getattr(item, "fixturenames", ())]
+    others = [item for item in items if not spreads(item)]
     spread: list[pytest.Item] = []
     taken = 0
     for k, item in enumerate(browser):  # the k-th goes amid its share of the others
