@@ -92,7 +92,10 @@ __all__ = [
 
 @pytest.fixture(scope="session")
 def broker_test_users(tmp_path_factory: pytest.TempPathFactory) -> TestUsers:
-    passwords = {user: secrets.token_urlsafe(12) for user in (SERVICE_USER, *CLUB_USERS)}
+    # "pw" first: a token_urlsafe may start with "-", which a command line (`rallycast score
+    # --password -x...`) takes for an option: 1 in 64 per password, and each xdist worker
+    # draws its own.
+    passwords = {user: "pw" + secrets.token_urlsafe(12) for user in (SERVICE_USER, *CLUB_USERS)}
     mosquitto_dir = None
     if shutil.which("mosquitto_passwd"):
         mosquitto_dir = tmp_path_factory.mktemp("mosquitto-users")

@@ -276,10 +276,19 @@ class ClusterEndpoint(BrokerEndpoint):
 def nats_cluster_runner(
     tmp_path_factory: pytest.TempPathFactory, broker_test_users: TestUsers
 ) -> Iterator[NatsClusterRunner]:
-    runner = NatsClusterRunner(
-        tmp_path_factory.mktemp("nats-cluster"), broker_test_users, nats_program()
-    )
-    runner.start()
+    program = nats_program()
+    for attempt in range(3):
+        runner = NatsClusterRunner(
+            tmp_path_factory.mktemp("nats-cluster"), broker_test_users, program
+        )
+        try:
+            runner.start()
+            break
+        except ClusterError:
+            # Most likely one of its 15 free_port() ports was taken (by another xdist worker
+            # or an outgoing connection) before its node bound it: again, on new ports.
+            if attempt == 2:
+                raise
     try:
         yield runner
     finally:

@@ -1,5 +1,12 @@
 """Shared test plumbing. Broker fixtures (embedded amqtt and a real mosquitto on ephemeral
-loopback ports) live in tests/brokers.py."""
+loopback ports) live in tests/brokers.py.
+
+Parallel runs: ``./dev test`` runs pytest-xdist workers with ``--dist loadgroup``. Every
+fixture is safe in a worker of its own (ephemeral ports, ``tmp_path`` under the worker's own
+base temp dir, one Chromium per worker and module). A test that must share one resource with
+other tests gets ``@pytest.mark.xdist_group("name")``, with the reason beside it; xdist then
+runs the whole group in one worker, one test after the other (without xdist the mark does
+nothing). ``pytest_collection_modifyitems`` below sets the groups that follow from fixtures."""
 
 from __future__ import annotations
 
@@ -12,6 +19,79 @@ import pytest
 pytest_plugins = ["tests.brokers", "tests.cluster"]
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
+
+# The 3-node NATS cluster takes ~6 s and three nats-server processes to start (tests/cluster.py);
+# its tests share one cluster in one worker instead of starting one cluster per worker.
+NATS_GROUP = "nats-cluster"
+
+
+def uses_nats_cluster(item: pytest.Item) -> bool:
+    names = set(getattr(item, "fixturenames", ()))
+    if names & {"nats_broker", "nats_cluster_runner"}:
+        return True
+    callspec = getattr(item, "callspec", None)
+    params = callspec.params if callspec is not None else {}
+    # any_broker / any_broker_process pick the broker fixture by name at run time.
+    return any(params.get(name) == "nats" for name in ("any_broker", "any_broker_process"))
+
+
+def spreads(item: pytest.Item) -> bool:
+    """A Chromium test outside any xdist group: a group keeps its tests in file order, as a
+    run without xdist has them (the NATS tests share one cluster, and a test that kills a node
+    leaves it changed for the ones after it)."""
+    uses_chromium = "chromium" in getattr(item, "fixturenames", ())
+    return uses_chromium and item.get_closest_marker("xdist_group") is None
+
+
+def spread_browser_tests(items: list[pytest.Item]) -> list[pytest.Item]:
+    """The same tests with the Chromium ones spread evenly among the rest (each kind keeps
+    its order). Collected in file order they all come last, and the workers would end the run
+    with a Chromium each on two cores: slow, and the pages' timing checks fail."""
+    browser = [item for item in items if spreads(item)]
+    if not browser or len(browser) == len(items):
+        return items
+    others = [item for item in items if not spreads(item)]
+    spread: list[pytest.Item] = []
+    taken = 0
+    for k, item in enumerate(browser):  # the k-th goes amid its share of the others
+        until = round((k + 0.5) * len(others) / len(browser))
+        spread.extend(others[taken:until])
+        spread.append(item)
+        taken = until
+    spread.extend(others[taken:])
+    return spread
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups from the marks
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if uses_nats_cluster(item) and not item.get_closest_marker("xdist_group"):
+            item.add_marker(pytest.mark.xdist_group(NATS_GROUP))
+    if os.environ.get("PYTEST_XDIST_WORKER"):  # every worker collects the same order
+        items[:] = spread_browser_tests(items)
+
+
+class XdistGroupNames:
+    """Names each grouped test ``<nodeid>@<group>`` in an xdist worker under --dist loadgroup:
+    the controller schedules a group by that suffix. pytest-xdist 3.8.0 sets it through
+    ``item._nodeid``, which pytest 9.2 no longer reads (a node's id is ``item._id``), so without
+    this every group is silently spread over the workers."""
+
+    @pytest.hookimpl(trylast=True)  # after -k/-m deselection and xdist's own (no-op) renaming
+    def pytest_collection_modifyitems(self, items: list[pytest.Item]) -> None:
+        from _pytest.nodeid import NodeId
+
+        for item in items:
+            marks = item.iter_markers("xdist_group")
+            names = sorted({str(m.args[0] if m.args else m.kwargs.get("name", "default"))
+                            for m in marks})  # fmt: skip
+            if names and "@" not in item.nodeid:
+                item._id = NodeId.parse(f"{item.nodeid}@{'_'.join(names)}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if getattr(config.option, "loadgroup", False):  # set in xdist workers only
+        config.pluginmanager.register(XdistGroupNames(), "rallycast-xdist-group-names")
 
 
 def require_program(path_or_name: str) -> str:

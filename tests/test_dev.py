@@ -49,19 +49,25 @@ def checkout(tmp_path: Path) -> Path:
     return root
 
 
-def run_dev(checkout: Path, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess:
+def run_dev(
+    checkout: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     log = checkout.parent / "calls.log"
     log.write_text("")
-    env = {**os.environ, "PATH": f"{checkout.parent / 'system-bin'}:{os.environ['PATH']}"}
+    base = {k: v for k, v in os.environ.items() if k != "RALLYCAST_TEST_WORKERS"}
+    path = f"{checkout.parent / 'system-bin'}:{os.environ['PATH']}"
+    env = {**base, "PATH": path, **(env or {})}
     return subprocess.run(
         ["bash", str(checkout / "dev"), *args], cwd=cwd or checkout, env=env,
         capture_output=True, text=True, timeout=60,
     )  # fmt: skip
 
 
-def dev(checkout: Path, *args: str, cwd: Path | None = None) -> list[str]:
+def dev(
+    checkout: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> list[str]:
     """Run ./dev; returns the stand-ins' calls it made."""
-    result = run_dev(checkout, *args, cwd=cwd)
+    result = run_dev(checkout, *args, cwd=cwd, env=env)
     assert result.returncode == 0, result.stderr
     return (checkout.parent / "calls.log").read_text().splitlines()
 
@@ -102,9 +108,27 @@ def test_a_changed_dependency_list_installs_again(checkout):
     ]
 
 
-def test_test_runs_the_linter_and_pytest_with_its_arguments(checkout):
+def test_test_runs_the_linter_and_pytest_with_its_arguments_on_4_xdist_workers(checkout):
     calls = dev(checkout, "test", "-k", "x")
-    assert calls[-2:] == ["ruff check broker rallycast scorer viewer tests", "python -m pytest -k x"]
+    assert calls[-2:] == [
+        "ruff check broker rallycast scorer viewer tests",
+        "python -m pytest -n 4 --dist loadgroup -k x",
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["-n", "2"], ["-n2"], ["--numprocesses=3"], ["-p", "no:xdist"], ["--pdb"], ["-x", "--trace"]],
+)
+def test_test_leaves_the_worker_count_to_arguments_that_choose_it(checkout, args):
+    calls = dev(checkout, "test", *args)
+    assert calls[-1] == "python -m pytest " + " ".join(args)
+
+
+@pytest.mark.parametrize(("workers", "expected"), [("0", ""), ("2", "-n 2 --dist loadgroup ")])
+def test_test_takes_the_worker_count_from_rallycast_test_workers(checkout, workers, expected):
+    calls = dev(checkout, "test", "tests/x.py", env={"RALLYCAST_TEST_WORKERS": workers})
+    assert calls[-1] == f"python -m pytest {expected}tests/x.py"
 
 
 @pytest.mark.parametrize("left", ["pip", "python", "nothing but a directory"])

@@ -143,6 +143,9 @@ def any_stack(any_broker: Any, tmp_path: Path) -> Iterator[Stack]:
         yield running
 
 
+# Not session scope: Playwright's sync API leaves its event loop set in the main thread, and
+# every later async test in that process (or xdist worker) fails with "cannot be called from
+# a running event loop". A launch takes ~0.7 s.
 @pytest.fixture(scope="module")
 def chromium() -> Iterator[Any]:
     require_program(CHROMIUM)
