@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import random
 import re
 import shutil
 import socket
@@ -41,8 +42,37 @@ class BrokerNotInstalled(FileNotFoundError):
     """The broker's program is missing: that broker is skipped, the others still run."""
 
 
+EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
+PORT_TRIES = 200
+
+
+def _ephemeral_low() -> int:
+    """The lowest port the kernel hands out for outgoing connections and port-0 binds."""
+    try:
+        return int(EPHEMERAL_RANGE_FILE.read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now (another process may take it before you bind)."""
+    """A TCP port free on 127.0.0.1 right now, chosen below the kernel's ephemeral range.
+
+    Brokers, nodes and ``rallycast up`` get such a port and bind it again after each kill -9
+    (tests, the soak, the benchmarks). A port from the ephemeral range could be taken in
+    between by any outgoing connection or port-0 listener on the machine (it was: "port 41835
+    is in use" on a restart under parallel tests); below the range only another explicit bind
+    can take it, and the choice is random among ~12,000 ports. Falls back to a port-0 bind
+    when no such port is found (or the range starts too low to leave room below it)."""
+    low = _ephemeral_low()
+    if low > 10_000:
+        for _ in range(PORT_TRIES):
+            port = random.randrange(max(1024, low - 12_000), low)
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                return port
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
