@@ -47,7 +47,10 @@ def fill_fast(data_dir: Path, matches: int, seed: int = 7) -> None:
         log = logs[number % DISTINCT_LOGS]
         shift = start + number * 3600
         match_id = f"bench-{number:06d}"
-        db.execute("INSERT INTO matches VALUES (?, ?, ?)", (match_id, CLUB, shift))
+        db.execute(
+            "INSERT INTO matches (match_id, club_id, created_at) VALUES (?, ?, ?)",
+            (match_id, CLUB, shift),
+        )
         db.executemany(
             "INSERT INTO entries VALUES (?, ?, ?)",
             [

@@ -34,6 +34,9 @@ def rev_of(payload: bytes) -> int:
     return int(json.loads(payload)["rev"])
 
 
+CONNECT_WITHIN = 30.0  # s: how long the publishers look for a node (ScoreClient resends 30 s)
+
+
 class FailoverPublisher:
     """A QoS 1 publisher with a list of nodes: on a lost connection it connects to the next
     node and resends what has no PUBACK yet, as senders with a URL list do (paho's own
@@ -53,18 +56,34 @@ class FailoverPublisher:
         self.client = self._connect()
 
     def _connect(self) -> mqtt.Client:
-        node = self.nodes[self._index % len(self.nodes)]
-        client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
-        client.username_pw_set(self.user, self.broker.users[self.user])
-        client.on_connect = lambda *_a: self._connected.set()
-        client.on_disconnect = lambda *_a: self._connected.clear()
-        client.on_publish = self._on_publish
-        ports = self.broker._runner.layout.ports[node]
-        client.connect(self.broker.host, ports.mqtt, keepalive=5)
-        client.loop_start()
-        if not self._connected.wait(10):
-            raise TimeoutError(f"no CONNACK from n{node + 1}")
-        return client
+        # As the shipped clients do (scorer/client.py Failover; ScoreClient resends for 30 s):
+        # the next node in the list, then the next, until one answers. Right after a node's
+        # loss a survivor may hold a CONNECT until JetStream has its leaders again.
+        deadline = time.monotonic() + CONNECT_WITHIN
+        tried: list[str] = []
+        while True:
+            node = self.nodes[self._index % len(self.nodes)]
+            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
+            client.username_pw_set(self.user, self.broker.users[self.user])
+            client.on_connect = lambda *_a: self._connected.set()
+            client.on_disconnect = lambda *_a: self._connected.clear()
+            client.on_publish = self._on_publish
+            ports = self.broker._runner.layout.ports[node]
+            try:
+                client.connect(self.broker.host, ports.mqtt, keepalive=5)
+            except OSError as exc:  # the killed node: connection refused
+                tried.append(f"n{node + 1}: {exc}")
+            else:
+                client.loop_start()
+                if self._connected.wait(min(5.0, max(0.1, deadline - time.monotonic()))):
+                    return client
+                tried.append(f"n{node + 1}: no CONNACK within 5 s")
+                client.loop_stop()
+                client.disconnect()
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"no node took the CONNECT within {CONNECT_WITHIN} s: {tried}")
+            self._index += 1
+            time.sleep(0.2)
 
     def _on_publish(self, _c: Any, _u: Any, mid: int, _rc: Any, _p: Any) -> None:
         with self._lock:
