@@ -93,6 +93,10 @@ def test_bench_broker_runs_the_cluster_with_spectators_spread_over_nodes_and_tab
     assert len(per_node) == 2 and all(f"n{i} " in per_node[0] for i in (1, 2, 3)), out
 
 
+# Its own 3 nodes, killed and restarted: in the NATS group, so it never runs beside the shared
+# test cluster (two clusters electing JetStream leaders at once on 2 cores slowed both past
+# their limits: run 7 of the session's loop).
+@pytest.mark.xdist_group("nats-cluster")
 @pytest.mark.timeout(300)
 def test_bench_kill_node_reconnects_the_killed_nodes_spectators_and_counts_missing_latest(capsys):
     from tests.cluster import nats_program
