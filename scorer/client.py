@@ -369,6 +369,28 @@ def new_command_id() -> str:
     return uuid.uuid4().hex
 
 
+def older_than(snapshot: dict[str, Any], shown: dict[str, Any] | None) -> bool:
+    """Whether ``snapshot`` would take a client back in time from ``shown``: the same match
+    with a lower rev (an equal one is the same snapshot again, e.g. after a reconnect), or
+    another match last updated (``updated_at``, ISO-8601 UTC with milliseconds, so text order
+    is time order) before the shown one. A broker may serve such an old retained copy:
+    nats-server after a node's loss (docs/scale.md "Failover"), a bridge catching up. The
+    pages (viewer/static/scoreview.js SnapshotFilter), the viewer and ``ScoreClient`` follow
+    this one rule."""
+    if shown is None:
+        return False
+    if snapshot.get("match_id") == shown.get("match_id"):
+        rev, shown_rev = snapshot.get("rev"), shown.get("rev")
+        return isinstance(rev, int) and isinstance(shown_rev, int) and rev < shown_rev
+    updated, shown_updated = snapshot.get("updated_at"), shown.get("updated_at")
+    return (
+        isinstance(updated, str)
+        and isinstance(shown_updated, str)
+        and bool(updated and shown_updated)
+        and updated < shown_updated
+    )
+
+
 class ScoreClient:
     """A connection to the score topics of one table of a club: send commands and wait for
     their replies, and keep the latest snapshot. Use as a context manager or call ``close()``.
@@ -622,9 +644,18 @@ class ScoreClient:
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
         if message.topic == topics.game(self.club_id, self.table):
             try:
-                self.snapshot = json.loads(message.payload) if message.payload else None
+                snapshot = json.loads(message.payload) if message.payload else None
             except ValueError:
                 return
+            if (
+                isinstance(snapshot, dict)
+                and isinstance(self.snapshot, dict)
+                and older_than(snapshot, self.snapshot)
+            ):
+                # A stale retained copy (a lagging node, a bridge catching up): taking its
+                # match would send the next press to a replaced match (wrong_match).
+                return
+            self.snapshot = snapshot
             if self.snapshot is None:
                 self._match_id = None
             elif isinstance(self.snapshot, dict) and isinstance(self.snapshot.get("match_id"), str):

@@ -20,7 +20,14 @@ from dataclasses import fields, replace
 from typing import Any
 
 from scorer import topics
-from scorer.client import BrokerAddress, BrokerUrlError, Failover, make_client, parse_broker_url
+from scorer.client import (
+    BrokerAddress,
+    BrokerUrlError,
+    Failover,
+    make_client,
+    older_than,
+    parse_broker_url,
+)
 from scorer.config import Settings, url_host
 
 log = logging.getLogger("rallycast.viewer")
@@ -40,26 +47,6 @@ def viewer_broker_url(settings: Settings) -> str:
     if settings.broker_url != _DEFAULT_BROKER_URL or port in (0, _DEFAULT_MQTT_PORT):
         return settings.broker_url
     return f"mqtt://{url_host(settings.local_host)}:{port}"
-
-
-def older_than(snapshot: dict[str, Any], shown: dict[str, Any] | None) -> bool:
-    """Whether ``snapshot`` would take a page back in time from ``shown`` (the pages' rule,
-    viewer/static/scoreview.js SnapshotFilter): the same match with a lower rev (an equal one
-    is the same snapshot again, e.g. after a reconnect), or another match last updated (``updated_at``, ISO-8601 UTC with milliseconds, so
-    text order is time order) before the shown one. A broker may serve such an old retained
-    copy: nats-server after a node's loss (docs/scale.md "Failover"), a bridge catching up."""
-    if shown is None:
-        return False
-    if snapshot.get("match_id") == shown.get("match_id"):
-        rev, shown_rev = snapshot.get("rev"), shown.get("rev")
-        return isinstance(rev, int) and isinstance(shown_rev, int) and rev < shown_rev
-    updated, shown_updated = snapshot.get("updated_at"), shown.get("updated_at")
-    return (
-        isinstance(updated, str)
-        and isinstance(shown_updated, str)
-        and bool(updated and shown_updated)
-        and updated < shown_updated
-    )
 
 
 def valid_snapshot(payload: bytes) -> dict[str, Any] | None:

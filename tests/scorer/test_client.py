@@ -160,6 +160,46 @@ def test_score_client_keeps_the_latest_snapshot(any_broker, running_service):
     assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (1, 1)
 
 
+def test_a_score_client_never_takes_an_older_snapshot_so_presses_stay_on_the_current_match(
+    any_broker,
+):
+    # A lagging cluster node or a bridge catching up can serve an old retained copy: a
+    # client that took its match would send the next press to a replaced match.
+    def snap(match: str, rev: int, updated: str) -> dict:
+        return {"match_id": match, "rev": rev, "updated_at": updated, "game_data": {}}
+
+    current = snap("m2", 3, "2026-11-30T20:00:05.000Z")
+    seen: list[tuple[str, int]] = []
+    url = f"mqtt://alpha:{any_broker.users['alpha']}@127.0.0.1:{any_broker.mqtt_port}"
+    commands: list[bytes] = []
+    service = any_broker.client(
+        any_broker.service_user, on_message=lambda _c, _u, m: commands.append(m.payload)
+    )
+    service.subscribe("clubs/alpha/game/cmd", qos=1)
+    game = "clubs/alpha/game"
+    with ScoreClient(
+        url, "alpha", on_snapshot=lambda s: seen.append((s["match_id"], s["rev"]))
+    ) as scorer:
+        scorer.wait_for_snapshot(0.5)
+        for stale_then_new in (
+            current,
+            snap("m1", 40, "2026-11-30T20:00:04.999Z"),  # another match, updated earlier
+            snap("m2", 2, "2026-11-30T20:00:04.000Z"),  # this match, a lower rev
+            snap("m2", 4, "2026-11-30T20:00:06.000Z"),
+        ):
+            service.publish(game, json.dumps(stale_then_new), qos=1, retain=True).wait_for_publish(5)
+        # One publisher, one topic, QoS 1: delivered in order, so rev 4 comes last.
+        wait_for(lambda: seen and seen[-1] == ("m2", 4), timeout=5)
+        assert seen == [("m2", 3), ("m2", 4)]
+        assert scorer.snapshot is not None and scorer.snapshot["rev"] == 4
+        # The next press names the current match (no service runs: nobody answers).
+        with pytest.raises(NoReply):
+            scorer.send("1+", timeout=0.3)
+        sent = wait_for(lambda: commands and commands[0], timeout=5)
+        assert json.loads(sent)["match"] == "m2"
+    service.publish(game, b"", qos=1, retain=True).wait_for_publish(5)
+
+
 def test_a_score_client_for_table_2_scores_and_follows_that_table_only(any_broker, tmp_path):
     url = f"mqtt://alpha:{any_broker.users['alpha']}@127.0.0.1:{any_broker.mqtt_port}"
     clubs = (Club("alpha", tables=2, table_names=("", "Court B")),)

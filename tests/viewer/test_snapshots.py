@@ -1,4 +1,4 @@
-"""The viewer's never-back-in-time rule for snapshots (viewer/snapshots.py older_than), the
+"""The clients' never-back-in-time rule for snapshots (scorer/client.py older_than), the
 same as the pages' SnapshotFilter (tests/viewer/test_stale_snapshots.py runs that one)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from viewer.snapshots import older_than
+from scorer.client import older_than
 
 
 def snap(match: str, rev: int, updated: str) -> dict:
