@@ -62,8 +62,23 @@ def spread_browser_tests(items: list[pytest.Item]) -> list[pytest.Item]:
     return spread
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--nats-cluster",
+        choices=("with", "skip", "only"),
+        default="with",
+        help="run the NATS cluster tests with the rest (default), leave them out, or run only "
+        "them: ./dev test runs them on their own after the rest (see dev)",
+    )
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the groups from the marks
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    choice = config.getoption("--nats-cluster")
+    if choice != "with":
+        keep = [item for item in items if uses_nats_cluster(item) == (choice == "only")]
+        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        items[:] = keep
     for item in items:
         if uses_nats_cluster(item) and not item.get_closest_marker("xdist_group"):
             item.add_marker(pytest.mark.xdist_group(NATS_GROUP))

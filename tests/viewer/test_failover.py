@@ -33,6 +33,7 @@ CATCH_UP = 5.0  # s: every page shows the latest score within this (the issue's 
 # s: after the killed node is back, every node serves the current snapshot (3 s measured
 # alone; JetStream elects its leaders again first, slower on a loaded machine).
 REJOIN_HEAL = 45.0
+REJOIN_POLL = 0.5  # s between two rounds of late spectators on the three nodes
 PAGE_TRIES = 20  # pages opened at most to have one on each node (each picks one at random)
 
 
@@ -186,11 +187,9 @@ def test_kill_9_of_a_node_mid_match_loses_no_replied_press_and_every_page_catche
             served = {node: retained_rev(cluster, node) for node in range(3)}
             if all(rev == revs[-1] for rev in served.values()):
                 break
-        if all(rev is None for rev in served.values()):
-            # Open in issue 14: on the loaded CI machine a rejoined cluster sometimes answers
-            # new spectators with no retained message at all for 45 s+ (3 of 8 full runs on
-            # 2026-11-30, never alone); the cause is not found yet. Everything above held.
-            pytest.xfail(f"issue 14: no node served a retained snapshot after the rejoin: {served}")
+            # Not a connect storm: hundreds of MQTT connects a second (each one a session
+            # record in a replicated stream) left every node without a CONNACK for 15 s+.
+            time.sleep(REJOIN_POLL)
         assert served == dict.fromkeys(range(3), revs[-1]), served
         print(
             f"failover: slowest press {slowest:.2f} s; {len(replies)} presses, "
