@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,6 +270,24 @@ class ClusterEndpoint(BrokerEndpoint):
         ``rallycast.bench.cluster.retained_feed_hosts`` on this cluster's monitoring ports."""
         ports = self._runner.layout.ports
         return retained_feed_hosts([p.http for p in ports], self.host)
+
+
+NODE_POLL = 0.5  # s between two rounds of probes on the three nodes
+
+
+def until_every_node_serves(
+    probe: Callable[[int], Any], wanted: Any, timeout: float, nodes: int = 3
+) -> dict[int, Any]:
+    """Probe each node (``probe(node)``, 0-based) until all give ``wanted`` or ``timeout`` (s)
+    passes; returns the last answers. A pause between rounds: a probe is a new MQTT connect,
+    a session record in a replicated stream, and a tight loop of them (hundreds a second)
+    left every node without a CONNACK for 15 s+ after a rejoin."""
+    deadline = time.monotonic() + timeout
+    while True:
+        served = {node: probe(node) for node in range(nodes)}
+        if all(value == wanted for value in served.values()) or time.monotonic() > deadline:
+            return served
+        time.sleep(NODE_POLL)
 
 
 @pytest.fixture(scope="session")

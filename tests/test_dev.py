@@ -108,11 +108,40 @@ def test_a_changed_dependency_list_installs_again(checkout):
     ]
 
 
-def test_test_runs_the_linter_and_pytest_with_its_arguments_on_4_xdist_workers(checkout):
+def test_test_runs_the_linter_then_pytest_on_4_xdist_workers_then_the_nats_cluster_alone(
+    checkout,
+):
     calls = dev(checkout, "test", "-k", "x")
-    assert calls[-2:] == [
+    assert calls[-3:] == [
         "ruff check broker rallycast scorer viewer tests",
-        "python -m pytest -n 4 --dist loadgroup -k x",
+        "python -m pytest -n 4 --dist loadgroup --nats-cluster=skip -k x",
+        "python -m pytest --nats-cluster=only -k x",
+    ]
+
+
+def failing_python(checkout: Path, codes: dict[str, int]) -> None:
+    """A stand-in python that records its call and exits with codes[the --nats-cluster value]."""
+    log = checkout.parent / "calls.log"
+    cases = "".join(f'  *--nats-cluster={k}*) code={v} ;;\n' for k, v in codes.items())
+    executable(
+        checkout / ".venv" / "bin" / "python",
+        f'#!/bin/sh\necho "$(basename "$0") $*" >> "{log}"\ncode=0\n'
+        f'case "$*" in\n{cases}esac\nexit $code\n',
+    )
+
+
+@pytest.mark.parametrize(
+    ("skip", "only", "expected"),
+    [(0, 0, 0), (1, 0, 1), (0, 1, 1), (0, 5, 0), (5, 0, 0), (5, 5, 5), (1, 5, 1)],
+)
+def test_test_fails_when_either_run_fails_and_runs_both(checkout, skip, only, expected):
+    failing_python(checkout, {"skip": skip, "only": only})
+    result = run_dev(checkout, "test")
+    assert result.returncode == expected, result.stderr
+    calls = (checkout.parent / "calls.log").read_text().splitlines()
+    assert [c.split("--nats-cluster=")[1] for c in calls if "--nats-cluster" in c] == [
+        "skip",
+        "only",
     ]
 
 
@@ -125,10 +154,29 @@ def test_test_leaves_the_worker_count_to_arguments_that_choose_it(checkout, args
     assert calls[-1] == "python -m pytest " + " ".join(args)
 
 
-@pytest.mark.parametrize(("workers", "expected"), [("0", ""), ("2", "-n 2 --dist loadgroup ")])
+@pytest.mark.parametrize(
+    ("workers", "expected"),
+    [
+        ("0", ["python -m pytest tests/x.py"]),
+        (
+            "2",
+            [
+                "python -m pytest -n 2 --dist loadgroup --nats-cluster=skip tests/x.py",
+                "python -m pytest --nats-cluster=only tests/x.py",
+            ],
+        ),
+    ],
+)
 def test_test_takes_the_worker_count_from_rallycast_test_workers(checkout, workers, expected):
     calls = dev(checkout, "test", "tests/x.py", env={"RALLYCAST_TEST_WORKERS": workers})
-    assert calls[-1] == f"python -m pytest {expected}tests/x.py"
+    assert calls[-len(expected) :] == expected
+    assert not any("pytest" in call for call in calls[: -len(expected)])
+
+
+def test_test_runs_once_when_the_arguments_choose_the_nats_cluster_tests(checkout):
+    calls = dev(checkout, "test", "--nats-cluster=only")
+    assert calls[-1] == "python -m pytest -n 4 --dist loadgroup --nats-cluster=only"
+    assert sum("pytest" in call for call in calls) == 1
 
 
 @pytest.mark.parametrize("left", ["pip", "python", "nothing but a directory"])

@@ -34,6 +34,7 @@ any_broker_process = pytest.fixture(params=ALL_BROKERS, name="any_broker_process
 
 MAX_PAYLOAD = 16384  # Settings.max_payload_bytes and mosquitto.conf's message_size_limit
 GRACE = 0.3  # extra wait after a sentinel, for anything out of order
+NATS_ACK_WAIT = 30.0  # s: nats-server's default MQTT ack_wait (redelivery of an unacknowledged QoS 1)
 
 
 def publish(client: mqtt.Client, topic: str, payload: bytes, retain: bool = False) -> None:
@@ -586,10 +587,15 @@ def test_persistent_subscription_and_queue_survive_kill_9(any_broker_process):
     publish(broker.client("alpha"), "clubs/alpha/game/cmd", b"sent after the restart")
     service = persistent_service(broker, subscribe=False)  # no new SUBSCRIBE
     service.wait_for(lambda m: m.payload == b"sent after the restart")
-    assert [m.payload for m in service.messages] == [
-        b"queued before the crash",
-        b"sent after the restart",
-    ]
+    expected = [b"queued before the crash", b"sent after the restart"]
+    if broker.kind == "nats":
+        # On a loaded machine the queued message can reach the session's closing connection
+        # (no PUBACK): nats-server then sends it again only after the MQTT ack_wait (30 s by
+        # default), after the newer one (docs/scale.md "Failover"). Late, but not lost.
+        service.wait_for(lambda m: m.payload == expected[0], timeout=NATS_ACK_WAIT + 5)
+        assert sorted(m.payload for m in service.messages) == expected
+        return
+    assert [m.payload for m in service.messages] == expected
 
 
 def test_clean_session_connect_ends_the_persistent_session_for_good(any_broker_process):

@@ -19,7 +19,7 @@ import pytest
 from broker.acl import Role
 from broker.cluster import permissions, topic_filter_subjects
 from tests.brokers import Recorder
-from tests.cluster import ClusterEndpoint
+from tests.cluster import ClusterEndpoint, until_every_node_serves
 
 SNAPSHOT = "clubs/alpha/game"
 COMMANDS = "clubs/alpha/game/cmd"
@@ -317,12 +317,7 @@ def test_kill_9_of_a_node_mid_match_loses_no_acknowledged_publish_and_every_node
     # The killed node rejoins (with its JetStream files) and serves the same snapshot; its
     # return also revives the consumers it hosted, so every node serves the current one.
     cluster.start_node(0)
-    deadline = time.monotonic() + REJOIN_HEAL
-    served = {}
-    while time.monotonic() < deadline:
-        served = {node: retained_now(cluster, node) for node in range(3)}
-        if all(rev == presses for rev in served.values()):
-            break
+    served = until_every_node_serves(lambda node: retained_now(cluster, node), presses, REJOIN_HEAL)
     assert served == dict.fromkeys(range(3), presses), (served, cluster.log_tail(0)[-1500:])
 
 

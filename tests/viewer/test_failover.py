@@ -19,7 +19,7 @@ import pytest
 
 from scorer.client import ScoreClient
 from scorer.service import ScorerService
-from tests.cluster import ClusterEndpoint
+from tests.cluster import ClusterEndpoint, until_every_node_serves
 from tests.viewer.conftest import ViewerThread, texts
 
 pytestmark = pytest.mark.browser
@@ -33,7 +33,6 @@ CATCH_UP = 5.0  # s: every page shows the latest score within this (the issue's 
 # s: after the killed node is back, every node serves the current snapshot (3 s measured
 # alone; JetStream elects its leaders again first, slower on a loaded machine).
 REJOIN_HEAL = 45.0
-REJOIN_POLL = 0.5  # s between two rounds of late spectators on the three nodes
 PAGE_TRIES = 20  # pages opened at most to have one on each node (each picks one at random)
 
 
@@ -181,15 +180,9 @@ def test_kill_9_of_a_node_mid_match_loses_no_replied_press_and_every_page_catche
         # The killed node rejoins and serves the same snapshot; its return revives the
         # consumers it hosted, so every node serves the current snapshot again.
         cluster.start_node(0)
-        deadline = time.monotonic() + REJOIN_HEAL
-        served: dict[int, int | None] = {}
-        while time.monotonic() < deadline:
-            served = {node: retained_rev(cluster, node) for node in range(3)}
-            if all(rev == revs[-1] for rev in served.values()):
-                break
-            # Not a connect storm: hundreds of MQTT connects a second (each one a session
-            # record in a replicated stream) left every node without a CONNACK for 15 s+.
-            time.sleep(REJOIN_POLL)
+        served = until_every_node_serves(
+            lambda node: retained_rev(cluster, node), revs[-1], REJOIN_HEAL
+        )
         assert served == dict.fromkeys(range(3), revs[-1]), served
         print(
             f"failover: slowest press {slowest:.2f} s; {len(replies)} presses, "
