@@ -26,6 +26,10 @@ NATS_GROUP = "nats-cluster"
 
 
 def uses_nats_cluster(item: pytest.Item) -> bool:
+    """A test on the shared NATS cluster, or one marked ``xdist_group(NATS_GROUP)`` because
+    it starts nats-server processes of its own."""
+    if any(NATS_GROUP in mark.args for mark in item.iter_markers("xdist_group")):
+        return True
     names = set(getattr(item, "fixturenames", ()))
     if names & {"nats_broker", "nats_cluster_runner"}:
         return True
@@ -76,8 +80,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     choice = config.getoption("--nats-cluster")
     if choice != "with":
-        keep = [item for item in items if uses_nats_cluster(item) == (choice == "only")]
-        config.hook.pytest_deselected(items=[item for item in items if item not in keep])
+        want = choice == "only"
+        keep = [item for item in items if uses_nats_cluster(item) == want]
+        config.hook.pytest_deselected(
+            items=[item for item in items if uses_nats_cluster(item) != want]
+        )
         items[:] = keep
     for item in items:
         if uses_nats_cluster(item) and not item.get_closest_marker("xdist_group"):

@@ -324,6 +324,7 @@ def test_kill_9_of_a_node_mid_match_loses_no_acknowledged_publish_and_every_node
 # -- the try-out ------------------------------------------------------------------------------
 
 
+@pytest.mark.xdist_group("nats-cluster")  # a cluster of its own: in the NATS run (conftest)
 def test_rallycast_cluster_up_starts_three_nodes_with_the_users_and_stops_them_on_ctrl_c(tmp_path):
     import os
     import signal

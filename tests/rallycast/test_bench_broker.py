@@ -69,6 +69,7 @@ def test_bench_broker_prints_every_figure_for_both_brokers(capsys):
 
 
 @pytest.mark.timeout(120)
+@pytest.mark.xdist_group("nats-cluster")  # a cluster of its own: in the NATS run (conftest)
 def test_bench_broker_runs_the_cluster_with_spectators_spread_over_nodes_and_tables(capsys):
     from tests.cluster import nats_program
 
