@@ -9,7 +9,8 @@ from typing import Any
 
 import pytest
 
-from tests.viewer.conftest import accepted
+from scorer.config import Club
+from tests.viewer.conftest import accepted, running_stack
 from tests.viewer.test_embed import OUTPUTS_JS, START, decode_qr
 
 pytestmark = pytest.mark.browser
@@ -107,3 +108,45 @@ def test_the_tv_offers_the_toggles_while_idle_and_keeps_them_for_the_match(
     display.wait_for_function("() => __out.calls.length === 14")
     calls = display.evaluate("() => __out.calls")
     assert calls == ["tone 880"] * 10 + ["tone 523", "tone 659", "tone 784", "tone 1047"]
+
+
+@pytest.fixture
+def two_tables(amqtt_broker: Any) -> Any:
+    clubs = (Club("alpha", "Alpha TTC", tables=2, table_names=("Centre court",)),)
+    with running_stack(amqtt_broker, amqtt_broker.data_dir, clubs=clubs) as stack:
+        yield stack
+
+
+def test_the_club_page_of_a_club_with_tables_announces_every_table_by_its_name(
+    two_tables: Any, open_page: Any
+) -> None:
+    page = open_with_outputs(open_page, two_tables.url("/clubs/alpha"))
+    page.locator('#announce-controls [data-toggle="speech"]').click()
+    page.locator('#announce-controls [data-toggle="notify"]').click()
+    page.wait_for_function("() => __out.requests === 1")
+    page.evaluate("() => { __out.hidden = true; }")
+    # Each table's baseline is known (its retained snapshot, or none after the grace):
+    # what changes after it is news.
+    page.wait_for_function(
+        "() => [...Rallycast.announcers.values()].every((a) => a.last !== undefined)"
+    )
+    centre, second = two_tables.scorer("alpha", 1), two_tables.scorer("alpha", 2)
+    accepted(second, dict(START, player1="Cleo", player2="Dan"))
+    page.wait_for_function("() => __out.notes.length === 1")
+    accepted(second, {"cmd": "point", "side": 2})
+    accepted(centre, START)
+    accepted(centre, {"cmd": "point", "side": 1})
+    page.wait_for_function("() => __out.calls.length === 4")
+    assert page.evaluate("() => __out.calls") == [
+        "say en-GB Table 2. Cleo against Dan",
+        "say en-GB Table 2. 0–1, Cleo serves",
+        "say en-GB Centre court. Ann against Bob",
+        "say en-GB Centre court. 1–0, Ann serves",
+    ]
+    # Asked once for both tables; each table's notification names it.
+    assert page.evaluate("() => __out.requests") == 1
+    page.wait_for_function("() => __out.notes.length === 2")
+    assert page.evaluate("() => __out.notes") == [
+        "Alpha TTC · Table 2: Match started | Cleo – Dan",
+        "Alpha TTC · Centre court: Match started | Ann – Bob",
+    ]

@@ -7,13 +7,21 @@
   const box = document.getElementById('announce-controls');
   if (!box || !window.RallycastAnnounce || !window.Rallycast || !Rallycast.config.topics) return;
   const config = Rallycast.config;
-  const topic = config.topics.game;
   const words = box.dataset; // the buttons' labels: data-sound, data-speech, data-notify
   const RETAINED_GRACE_MS = 2000; // as live.js: how long the broker's retained copy may take
 
-  const announcer = RallycastAnnounce.create({ lang: config.lang, clubName: config.club.name });
+  // One announcer per table the page shows: the club page of a club with several tables
+  // shows them all (each announcement then starts with the table's name); a display, one.
+  const tables = config.page === 'club' && Array.isArray(config.tables) && config.tables.length > 1
+    ? config.tables.map((t) => [t.topics.game, t.name])
+    : [[config.topics.game, '']];
+  const announcers = new Map(tables.map(([topic, where]) => [
+    topic, RallycastAnnounce.create({ lang: config.lang, clubName: config.club.name, where }),
+  ]));
+  const announcer = announcers.get(tables[0][0]); // holds the choices the buttons show
 
   // The buttons: off until clicked; a click is what lets the browser play sound and ask.
+  const setters = { sound: 'setSound', speech: 'setSpeech', notify: 'setNotify' };
   for (const name of ['sound', 'speech', 'notify']) {
     if (name === 'notify' && typeof Notification === 'undefined') continue;
     const button = document.createElement('button');
@@ -21,11 +29,16 @@
     button.className = 'announce-toggle';
     button.dataset.toggle = name;
     button.textContent = words[name] || name;
-    button.addEventListener('click', (event) => {
+    button.addEventListener('click', async (event) => {
       event.stopPropagation(); // the display's board goes full screen on a click
-      if (name === 'sound') announcer.setSound(!announcer.sound);
-      else if (name === 'speech') announcer.setSpeech(!announcer.speech);
-      else announcer.setNotify(!announcer.notify);
+      // The first table's announcer asks the browser (notifications) and makes the one audio
+      // context, inside the click; the other tables' follow its answer.
+      await announcer[setters[name]](!announcer[name]);
+      for (const each of announcers.values()) {
+        if (each === announcer) continue;
+        each[name] = announcer[name];
+        each.audio = announcer.audio;
+      }
     });
     box.append(button);
   }
@@ -41,20 +54,24 @@
   const block = document.getElementById('rc-snapshot');
   if (block) {
     try {
-      const found = JSON.parse(block.textContent)[topic];
-      if (found && typeof found === 'object' && found.game_data) announcer.update(found);
+      const embedded = JSON.parse(block.textContent);
+      for (const [topic, each] of announcers) {
+        const found = embedded[topic];
+        if (found && typeof found === 'object' && found.game_data) each.update(found);
+      }
     } catch (error) { /* live.js ignores a bad block too */ }
   }
 
-  let heard = false;
+  const heard = new Set(); // topics a message came on
   function onMessage(messageTopic, payload) {
-    if (messageTopic !== topic) return;
-    heard = true;
+    const each = announcers.get(messageTopic);
+    if (!each) return;
+    heard.add(messageTopic);
     const text = payload.toString();
-    if (!text.trim()) { announcer.update(null); return; }
+    if (!text.trim()) { each.update(null); return; }
     let snapshot;
     try { snapshot = JSON.parse(text); } catch (error) { return; }
-    if (snapshot && typeof snapshot === 'object' && snapshot.game_data) announcer.update(snapshot);
+    if (snapshot && typeof snapshot === 'object' && snapshot.game_data) each.update(snapshot);
   }
 
   let tries = 0;
@@ -66,7 +83,9 @@
     }
     client.on('message', onMessage);
     const grace = () => setTimeout(() => {
-      if (!heard && announcer.last === undefined) announcer.update(null);
+      for (const [topic, each] of announcers) {
+        if (!heard.has(topic) && each.last === undefined) each.update(null);
+      }
     }, RETAINED_GRACE_MS);
     if (client.connected) grace();
     else client.once('connect', grace);
@@ -75,4 +94,5 @@
   else attach();
 
   Rallycast.announcer = announcer;
+  Rallycast.announcers = announcers;
 })();

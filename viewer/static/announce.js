@@ -4,6 +4,7 @@
  * computes a score: the rules stay in the scorer service.
  *
  *   const a = RallycastAnnounce.create({ lang: 'ru', clubName: 'Riverside' });
+ *   (option where: 'Table 2' for one of several tables on a page)
  *   a.update(snapshot);          // each snapshot the page shows (null = no match)
  *   a.setSound(true);            // from a click: opt-in, remembered per device
  *   a.setSpeech(true);
@@ -119,6 +120,9 @@
     constructor(options) {
       this.lang = options.lang || document.documentElement.lang || 'en';
       this.title = options.clubName || 'Rallycast';
+      // A table's name when the page follows several (the club page of a club with tables):
+      // said before each announcement and put in the notification's title.
+      this.where = options.where || '';
       this.sound = readChoice('sound');
       this.speech = readChoice('speech');
       this.notify = readChoice('notify') && typeof Notification !== 'undefined' && Notification.permission === 'granted';
@@ -187,10 +191,11 @@
 
     say(text) {
       if (!text || !window.speechSynthesis || typeof SpeechSynthesisUtterance === 'undefined') return;
-      const utterance = new SpeechSynthesisUtterance(text);
+      const utterance = new SpeechSynthesisUtterance(this.where ? this.where + '. ' + text : text);
       utterance.lang = phrases(this.lang).lang;
-      // Only the newest score matters: a queue of old ones would lag behind the table.
-      window.speechSynthesis.cancel();
+      // Only the newest score matters: a queue of old ones would lag behind the table. With
+      // several tables, one table's news must not cut another's short: they queue.
+      if (!this.where) window.speechSynthesis.cancel();
       window.speechSynthesis.speak(utterance);
     }
 
@@ -201,7 +206,8 @@
       const g = s.game_data;
       const body = kind === 'start' ? g.player1 + ' – ' + g.player2 : speechText('match', s, this.lang);
       try {
-        new Notification(this.title + ': ' + (kind === 'start' ? p.notifyStart : p.notifyEnd), {
+        const title = this.where ? this.title + ' · ' + this.where : this.title;
+        new Notification(title + ': ' + (kind === 'start' ? p.notifyStart : p.notifyEnd), {
           body, tag: 'rallycast-' + s.match_id, lang: p.lang,
         });
       } catch (error) {
