@@ -28,6 +28,7 @@ from viewer.api import club_or_error
 from viewer.assets import MQTT_JS_NAME, STATIC_DIR
 from viewer.headers import security_headers
 from viewer.i18n import LANGUAGES, STRINGS, pick_language
+from viewer.tables import club_tables
 
 # Words of the embed's own pages and messages (the element's buttons are in viewer/i18n.py,
 # shared with the club page and the display).
@@ -221,8 +222,13 @@ class Embed:
         )
 
     async def snippet_page(self, request: Request) -> Response:
+        """The snippets for one table: ``?table=n`` (default 1; 400/404 page otherwise); a
+        club with several tables gets a link to each table's snippets."""
         base = str(request.base_url).rstrip("/")
         club = self.viewer.club_or_404(request)
+        table, bad = self.viewer.table_or_page(request, club)
+        if bad is not None:
+            return bad
         language = pick_language(request)[0]
         ws = ws_origin(self.settings, request.url.hostname or "")
         return self.page(
@@ -234,6 +240,8 @@ class Embed:
             ws_source=ws,
             origins=self.settings.embed_origins,
             club_url=club_page_url(request, club.id),
+            table=table or 1,
+            tables=club_tables(club, STRINGS[language]) if club.tables > 1 else [],
         )
 
     async def qr(self, request: Request) -> Response:

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from scorer.config import Club
 from tests.viewer.conftest import Stack, accepted, running_stack
 from tests.viewer.png import Png
 
@@ -582,3 +583,34 @@ def test_the_snippet_page_shows_each_snippet_as_text_ready_to_copy_and_a_live_pr
     assert f"connect-src {base} ws://127.0.0.1:" in page.inner_text("#snippet-csp")
     page.wait_for_selector("#preview section.live", state="visible")  # the live preview
     assert page.inner_text('#preview [data-field="name"][data-side="1"]') == "Ann"
+
+
+def test_the_snippet_page_of_a_club_with_tables_gives_each_tables_snippets_and_preview(
+    amqtt_broker: Any, open_page: Any
+) -> None:
+    clubs = (Club("alpha", "Alpha TTC", tables=2, table_names=("Centre court",)),)
+    with running_stack(amqtt_broker, amqtt_broker.data_dir, clubs=clubs) as night:
+        accepted(night.scorer("alpha", 2), dict(START, player1="Cleo", player2="Dan"))
+        page = open_page(night.url("/clubs/alpha/embed/snippet"))
+        assert page.inner_text("nav.tables strong") == "Centre court"
+        page.click("nav.tables >> text=Table 2")
+        page.wait_for_url("**/clubs/alpha/embed/snippet?table=2&lang=en")
+        base = night.viewer.url
+        assert page.inner_text("#snippet-html") == (
+            f'<script src="{base}/embed.js" async></script>\n'
+            '<rallycast-live club="alpha" table="2" lang="en"></rallycast-live>'
+        )
+        for snippet in ("#snippet-django", "#snippet-wordpress"):
+            assert ' table="2" lang=' in page.inner_text(snippet), snippet
+        iframe = page.inner_text("#snippet-iframe")
+        assert f'src="{base}/clubs/alpha/embed?lang=en&table=2"' in iframe
+        page.wait_for_selector("#preview section.live", state="visible")  # table 2's match
+        assert page.inner_text('#preview [data-field="name"][data-side="1"]') == "Cleo"
+        # The other language keeps the table; a table the club lacks is a 404 page.
+        assert page.get_attribute(".lang a", "href") == "?lang=ru&table=2"
+        with urllib.request.urlopen(night.url("/clubs/alpha/embed/snippet?table=2")) as ok:
+            assert ok.status == 200
+        with pytest.raises(urllib.error.HTTPError) as missing:
+            urllib.request.urlopen(night.url("/clubs/alpha/embed/snippet?table=3"))
+        assert missing.value.code == 404
+        assert "there is no table 3" in missing.value.read().decode()
