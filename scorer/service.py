@@ -62,6 +62,9 @@ PROBE_TIMEOUT = 4.0
 PROBE_CHECK = 0.25
 PROBE_PREFIX = f"{topics.SCORER_STATUS}/probe/"
 RETAINED_LOGGED = 256  # retained commands logged once each (per run), at most this many
+# s: messages on topics outside the club scheme (a broker whose ACL cannot check a level's
+# syntax, e.g. mosquitto, lets them through) are counted and logged at most once per this
+BAD_TOPIC_LOG_INTERVAL = 60.0
 
 
 class ServiceStartError(OSError):
@@ -164,6 +167,8 @@ class ScorerService:
         self.matches = TableMatches(self._desks)
         self.connected = threading.Event()
         self._retained_logged: OrderedDict[tuple[str, int, bytes], None] = OrderedDict()
+        self._bad_topics = 0  # off-scheme messages since the last line about them
+        self._bad_topic_logged_at = float("-inf")
         self._probe_topic: str | None = None
         self._probe_enabled = False
         self._probe_ever_back = False
@@ -449,6 +454,23 @@ class ScorerService:
             topics.commands(club_id, table),
         )
 
+    def _log_bad_topic(self, topic: str) -> None:
+        """One line per BAD_TOPIC_LOG_INTERVAL however many come: a client sending on
+        off-scheme topics must not flood the log (or the disk under it)."""
+        self._bad_topics += 1
+        now = time.monotonic()
+        if now - self._bad_topic_logged_at < BAD_TOPIC_LOG_INTERVAL:
+            return
+        log.warning(
+            "ignored %d message(s) on topics that are not valid club topics (the latest on "
+            "%r) since the last such line; the next in %g s at the earliest",
+            self._bad_topics,
+            topic[:200],
+            BAD_TOPIC_LOG_INTERVAL,
+        )
+        self._bad_topics = 0
+        self._bad_topic_logged_at = now
+
     def _on_message(self, client, userdata, message) -> None:  # type: ignore[no-untyped-def]
         try:
             if message.topic == self._probe_topic:
@@ -456,7 +478,7 @@ class ScorerService:
                 return
             found = topics.table_of(message.topic)
             if found is None:
-                log.warning("ignored a message on %r: not a valid club topic", message.topic)
+                self._log_bad_topic(message.topic)
                 return
             club_id, table, suffix = found
             if suffix == "cmd":

@@ -13,7 +13,7 @@ import pytest
 
 from scorer import topics
 from scorer.engine import Match
-from scorer.service import ScorerService
+from scorer.service import BAD_TOPIC_LOG_INTERVAL, ScorerService
 from scorer.store import MatchStore
 from tests.scorer.servicekit import (
     WAIT,
@@ -386,8 +386,27 @@ def test_messages_on_bad_club_topics_are_logged_not_fatal(service, alpha, caplog
         message = mqtt.MQTTMessage(topic=topic)
         message.payload = b"1+"
         service._on_message(service._client, None, message)
-    assert "not a valid club topic" in caplog.text
+    assert "not valid club topics" in caplog.text
     assert alpha.send(START)["ok"] is True
+
+
+def test_a_flood_on_bad_club_topics_logs_one_line_a_minute_with_the_count(service, caplog):
+    caplog.set_level(logging.WARNING, logger="rallycast.scorer")
+    service._bad_topic_logged_at = float("-inf")  # as at start
+
+    def bad(n: int) -> None:
+        for i in range(n):
+            message = mqtt.MQTTMessage(topic=f"clubs/Bad{i}/game/cmd".encode())
+            message.payload = b"1+"
+            service._on_message(service._client, None, message)
+
+    bad(1000)
+    lines = [r.getMessage() for r in caplog.records if "not valid club topics" in r.getMessage()]
+    assert len(lines) == 1 and lines[0].startswith("ignored 1 message(s)"), lines
+    service._bad_topic_logged_at -= BAD_TOPIC_LOG_INTERVAL  # a minute later
+    bad(1)
+    lines = [r.getMessage() for r in caplog.records if "not valid club topics" in r.getMessage()]
+    assert len(lines) == 2 and lines[1].startswith("ignored 1000 message(s)"), lines
 
 
 def test_a_restarted_service_rebuilds_matches_and_undo_reaches_back(any_broker, tmp_path, alpha):
