@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
+import struct
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -273,7 +275,10 @@ async def test_after_hundreds_of_clients_abort_at_once_their_sessions_and_subscr
         assert len(before) == 3 + len(dropped) + len(kept)
         assert len(broker.subscriptions[SHARED]) == 2 + len(tcp) + len(web)
 
-        for client in dropped + kept:
+        for number, client in enumerate(dropped + kept):
+            if number % 2:  # half reset (RST: SO_LINGER 0), half close (FIN)
+                sock = client.transport.get_extra_info("socket")
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             client.transport.abort()
         kept_ids = {f"keep-{i}" for i in range(len(kept))}
         await until(
