@@ -18,7 +18,10 @@ Private amqtt names this module relies on, and why (one place per overridden met
   ``_run_broadcast`` (the Outbox path: encode once, no task per delivery, fault 5),
   ``_publish_retained_messages_for_subscription`` (own filters only, ACL-checked, fault 1),
   ``_publish_session_retained_messages`` (nothing: the Outbox holds what waited),
-  ``_stop_handler`` (bounded, then abort, fault 3).
+  ``_stop_handler`` (bounded, then abort, fault 3),
+  ``_del_subscription``, ``_del_all_subscriptions`` (and the public ``add_subscription``):
+  through limits.FilterIndex's per-client table, O(the client's own filters) where amqtt
+  scanned every subscriber of every filter for each session that ended (issue 16).
 ``amqtt.broker.Broker``, called or read:
   ``_authenticate`` (before any session is touched, fault 2), ``_topic_filtering`` (ACL),
   ``_matches`` (retained topics against a filter), ``_delete_session``,
@@ -226,6 +229,14 @@ AMQTT_PRIVATE: tuple[Private, ...] = (
         _BROKER, "_publish_session_retained_messages", "override", ("self", "session"), "Outbox"
     ),
     Private(_BROKER, "_stop_handler", "override", ("self", "handler"), "fault 3"),
+    Private(
+        _BROKER,
+        "_del_subscription",
+        "override",
+        ("self", "a_filter", "session"),
+        "O(1) unsubscribe",
+    ),
+    Private(_BROKER, "_del_all_subscriptions", "override", ("self", "session"), "O(own filters)"),
     Private(_BROKER, "_authenticate", "call", ("self", "session", "_"), "fault 2"),
     Private(_BROKER, "_topic_filtering", "call", ("self", "session", "topic", "action"), "ACL"),
     Private(_BROKER, "_matches", "call", ("self", "topic", "a_filter"), "retained messages"),
@@ -850,6 +861,48 @@ class RallycastBroker(Broker):
             outbox.limit, outbox.limit_bytes = limit, limit_bytes
         return outbox
 
+    # -- subscriptions: O(the client's own filters), not a scan of every subscriber (issue 16)
+
+    async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
+        """amqtt's ``add_subscription``, same rules and answers: a filter with a misplaced
+        ``#`` or ``+`` is refused [MQTT-4.7.1-2, 4.7.1-3], then the SUBSCRIBE ACL, then
+        ``max-qos``; a client id already subscribed to the filter keeps its subscription
+        (amqtt's rule). The granted QoS, or 0x80. Unlike amqtt, finding whether the client
+        id is subscribed already does not read every subscriber of the filter."""
+        topic_filter, qos = subscription
+        levels = topic_filter.split("/")
+        if any(
+            "#" in level and (level != "#" or index != len(levels) - 1)
+            for index, level in enumerate(levels)
+        ):
+            return 0x80
+        if any("+" in level and level != "+" for level in levels):
+            return 0x80
+        if not await self._topic_filtering(session, topic_filter, Action.SUBSCRIBE):
+            return 0x80
+        max_qos = self.config.get("max-qos", qos)
+        if not isinstance(max_qos, int):
+            max_qos = qos
+        qos = min(qos, max_qos)
+        if not self._subscriptions.subscribe(topic_filter, session, qos):
+            self.logger.debug(
+                "Client %s has already subscribed to %s",
+                format_client_message(session=session),
+                topic_filter,
+            )
+        return qos
+
+    def _del_subscription(self, a_filter: str, session: Session) -> int:
+        """Remove ``session``'s (by client id) subscription to ``a_filter``: 1, or 0 when it
+        held none. O(1); a filter goes with its last subscriber."""
+        return int(self._subscriptions.unsubscribe(a_filter, session.client_id))  # type: ignore[arg-type]
+
+    async def _del_all_subscriptions(self, session: Session) -> None:
+        """Remove every subscription of ``session``'s client id: O(its own filters). amqtt
+        looked at every subscriber of every filter for each session that ended, which made
+        5,000 spectators dropping at once cost seconds of CPU (O(n²), issue 16)."""
+        self._subscriptions.unsubscribe_all(session.client_id)  # type: ignore[arg-type]
+
     async def _discard_session(self, client_id: str) -> None:
         """End a session for good: subscriptions, queue, in-flight messages, stored rows."""
         session = self._sessions.get(client_id, (None, None))[0]
@@ -1195,12 +1248,12 @@ class RallycastBroker(Broker):
         # In-flight messages again (DUP=1), then what waited, then anything new.
         outbox.attach(handler, _transport_of(writer), _ws_of(writer), _drain_of(writer))
         # Fault 1: only this session's own filters (a resumed persistent session).
-        own = [
-            (a_filter, qos)
-            for a_filter, subscribers in self._subscriptions.items()
-            for subscriber, qos in subscribers
-            if subscriber is session
-        ]
+        # (Its filters from the index's per-client table: no scan of every subscription.)
+        own = []
+        for a_filter in self._subscriptions.filters_of(client_id):
+            held = self._subscriptions.subscription(a_filter, client_id)
+            if held is not None and held[0] is session:
+                own.append((a_filter, held[1]))
         for subscription in own:
             await self._publish_retained_messages_for_subscription(subscription, session)
         return session
@@ -1438,11 +1491,10 @@ class RallycastBroker(Broker):
     ) -> None:
         """Retained messages for one of ``session``'s own filters, each one ACL-checked."""
         a_filter = subscription[0]
-        granted = next(
-            (qos for s, qos in self._subscriptions.get(a_filter, ()) if s is session), None
-        )
-        if granted is None:  # not this session's filter (fault 1)
+        held = self._subscriptions.subscription(a_filter, session.client_id)
+        if held is None or held[0] is not session:  # not this session's filter (fault 1)
             return
+        granted = held[1]
         outbox: Outbox | None = getattr(session, "outbox", None)
         if outbox is None or session.transitions.state != "connected":
             return

@@ -11,7 +11,11 @@ Two phases per broker and N:
 
 Before the phases, N idle MQTT-over-TCP clients (CONNECT, SUBSCRIBE to another club's topic,
 then silent) join the idle WebSocket subscribers for a second: the RSS they add, per client, is
-the "idle TCP client" figure; they leave before the phases.
+the "idle TCP client" figure. Then they all reset their connections at once (the mass
+disconnect phase: a venue's Wi-Fi dropping every spectator) and the bench measures how long
+the broker stays busy with it: seconds until a probe client's PINGREQ round trip is back
+under 50 ms three times in a row, and the broker CPU spent meanwhile. Only then do the paced
+and burst phases start.
 
 Printed per phase: deliveries/s, publish->receive latency p50/p99, broker CPU microseconds per
 delivery (psutil on the broker process: user + system), the broker's RSS and its growth per
@@ -33,6 +37,7 @@ import asyncio
 import base64
 import contextlib
 import os
+import socket
 import struct
 import sys
 import tempfile
@@ -247,15 +252,153 @@ class TcpIdleClient(asyncio.Protocol):
 IDLE_TOPIC = f"clubs/{CLUB}-idle/game"  # the idle TCP clients' subscription: no deliveries
 
 
-async def idle_tcp_kb_per_client(
+class PingProbe(asyncio.Protocol):
+    """A TCP client that measures the broker's PINGREQ -> PINGRESP round trip: how long the
+    broker's event loop takes to get to a client (the mass disconnect phase)."""
+
+    def __init__(self, client_id: str) -> None:
+        self.client_id = client_id
+        self.transport: asyncio.Transport | None = None
+        loop = asyncio.get_running_loop()
+        self.connected: asyncio.Future[None] = loop.create_future()
+        self._pong: asyncio.Future[None] | None = None
+        self._mqtt = MqttStream(self._on_packet)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        self.transport.write(mqtt_connect(self.client_id))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        for future in (self.connected, self._pong):
+            if future is not None and not future.done():
+                future.set_exception(ConnectionError(f"{self.client_id}: closed ({exc})"))
+
+    def data_received(self, data: bytes) -> None:
+        self._mqtt.feed(data)
+
+    def _on_packet(self, first: int, body: bytes) -> None:
+        kind = first >> 4
+        if kind == 2 and not self.connected.done():  # CONNACK
+            if body[1] == 0:
+                self.connected.set_result(None)
+            else:
+                self.connected.set_exception(PermissionError(f"probe refused: {body[1]}"))
+        elif kind == 13 and self._pong is not None and not self._pong.done():  # PINGRESP
+            self._pong.set_result(None)
+
+    async def round_trip(self, give_up: float) -> float:
+        """Seconds from PINGREQ to PINGRESP (TimeoutError past ``give_up`` seconds)."""
+        self._pong = asyncio.get_running_loop().create_future()
+        start = time.perf_counter()
+        self.transport.write(PINGREQ)  # type: ignore[union-attr]
+        await asyncio.wait_for(self._pong, give_up)
+        return time.perf_counter() - start
+
+
+IDLE_ROUND_TRIP = 0.05  # a PINGREQ round trip under this many seconds: the broker is idle
+IDLE_PROBES = 3  # ... this many times in a row
+PROBE_GAP = 0.01  # seconds between probes
+MASS_DISCONNECT_TIMEOUT = 60.0  # the phase gives up (and says so) after this many seconds
+SETTLE = 0.5  # seconds of idle CPU measured before, and counted after, the resets
+
+
+@dataclass
+class MassDisconnect:
+    """The mass disconnect phase: ``clients`` idle TCP clients (each with one subscription)
+    reset their connections at once, with ``subscribers`` WebSocket subscribers still
+    connected. ``seconds``: from the resets until the first of ``IDLE_PROBES`` PINGREQ round
+    trips in a row under ``IDLE_ROUND_TRIP`` (None: not within the timeout);
+    ``cpu_seconds``: broker CPU (user + system) from the resets until ``SETTLE`` seconds
+    after that, less its idle rate measured just before; ``worst_ms``: the slowest
+    round trip seen; ``load``: 1-minute load average after it."""
+
+    broker: str
+    clients: int
+    subscribers: int
+    seconds: float | None
+    cpu_seconds: float
+    worst_ms: float
+    load: float
+
+    def line(self) -> str:
+        idle = (
+            f"{self.seconds:.2f} s until the broker is idle again"
+            if self.seconds is not None
+            else f"not idle again within {MASS_DISCONNECT_TIMEOUT:g} s"
+        )
+        per = self.cpu_seconds / self.clients * 1e6 if self.clients else 0.0
+        return (
+            f"mass disconnect: {self.broker}, {self.clients} TCP clients abort at once"
+            f" ({self.subscribers} WebSocket subscribers stay): {idle};"
+            f" broker CPU {self.cpu_seconds:.2f} s ({per:.0f} us per disconnect);"
+            f" slowest PINGREQ round trip {self.worst_ms:.1f} ms; load {self.load:.1f}"
+        )
+
+
+async def mass_disconnect(
+    broker: BrokerProcess, clients: list, probe: PingProbe, subscribers: int
+) -> MassDisconnect:
+    """Reset every one of ``clients`` at once (RST: a venue's Wi-Fi dropping every spectator)
+    and measure how long the broker stays busy with it (see :class:`MassDisconnect`)."""
+    # The broker's own CPU rate while idle (keep-alive timers): taken off the figure below.
+    idle_cpu, idle_start = broker.cpu_seconds(), time.perf_counter()
+    await asyncio.sleep(SETTLE)
+    idle_rate = (broker.cpu_seconds() - idle_cpu) / (time.perf_counter() - idle_start)
+    for client in clients:  # RST, not FIN, when closed (SO_LINGER 0): nothing said goodbye
+        sock = client.transport.get_extra_info("socket") if client.transport else None
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    cpu_before = broker.cpu_seconds()
+    start = time.perf_counter()
+    for client in clients:
+        if client.transport is not None:
+            client.transport.abort()
+    streak, idle_at, worst = 0, None, 0.0
+    while (left := start + MASS_DISCONNECT_TIMEOUT - time.perf_counter()) > 0:
+        sent = time.perf_counter() - start
+        try:
+            rtt = await probe.round_trip(left)
+        except TimeoutError:
+            break
+        worst = max(worst, rtt)
+        if rtt < IDLE_ROUND_TRIP:
+            streak += 1
+            if streak == 1:
+                idle_at = sent
+            if streak >= IDLE_PROBES:
+                break
+        else:
+            streak, idle_at = 0, None
+        await asyncio.sleep(PROBE_GAP)
+    # Work the probes did not see (between them) is counted too: CPU until SETTLE after.
+    await asyncio.sleep(SETTLE)
+    elapsed = time.perf_counter() - start
+    cpu = max(0.0, broker.cpu_seconds() - cpu_before - idle_rate * elapsed)
+    return MassDisconnect(
+        broker=broker.kind,
+        clients=len(clients),
+        subscribers=subscribers,
+        seconds=idle_at if streak >= IDLE_PROBES else None,
+        cpu_seconds=cpu,
+        worst_ms=worst * 1000,
+        load=os.getloadavg()[0],
+    )
+
+
+async def idle_tcp_clients(
     broker: BrokerProcess, count: int, pinging: list, say: Callable[[str], None]
-) -> float:
+) -> tuple[float, MassDisconnect]:
     """RSS the broker adds per idle TCP client (KB), with ``count`` of them connected and
-    subscribed for a second; they are closed before this returns."""
+    subscribed for a second; then the mass disconnect phase: they all abort at once."""
     loop = asyncio.get_running_loop()
     clients: list[TcpIdleClient] = []
+    _transport, probe = await asyncio.wait_for(
+        loop.create_connection(lambda: PingProbe("bench-probe"), "127.0.0.1", broker.mqtt_port),
+        10,
+    )
     rss_before = broker.rss()
     try:
+        await asyncio.wait_for(probe.connected, 10)
         for start in range(0, count, CONNECT_BATCH):
             batch = [
                 TcpIdleClient(f"idle-tcp-{i}", IDLE_TOPIC)
@@ -275,13 +418,18 @@ async def idle_tcp_kb_per_client(
             await asyncio.wait_for(asyncio.gather(*(c.subscribed for c in batch)), 30)
         say(f"  {broker.kind}: {len(clients)}/{count} idle TCP clients connected")
         await asyncio.sleep(1.0)  # idle: let the broker settle
-        return (broker.rss() - rss_before) / count / 1024
+        per_client_kb = (broker.rss() - rss_before) / count / 1024
+        pinging[:] = [c for c in pinging if not isinstance(c, TcpIdleClient)]
+        dropped = await mass_disconnect(broker, clients, probe, len(pinging))
+        say("  " + dropped.line())
+        return per_client_kb, dropped
     finally:
+        pinging[:] = [c for c in pinging if not isinstance(c, TcpIdleClient)]
         for client in clients:
-            with contextlib.suppress(ValueError):
-                pinging.remove(client)
             if client.transport is not None:
                 client.transport.abort()
+        if probe.transport is not None:
+            probe.transport.abort()
 
 
 class TcpPublisher(asyncio.Protocol):
@@ -486,6 +634,7 @@ async def bench_one(
     await asyncio.wait_for(publisher.connected, 10)
     # Keep-alive for everyone (the embedded broker drops clients silent for 1.5 x 60 s).
     pinging: list[WsSubscriber | TcpIdleClient] = []
+    drops: list[MassDisconnect] = args.__dict__.setdefault("mass_disconnects", [])
 
     async def keepalive() -> None:
         while True:
@@ -505,7 +654,8 @@ async def bench_one(
             per_client_kb = (broker.rss() - rss_before) / n / 1024
             per_tcp_kb = float("nan")
             if broker.kind != "nats":  # the cluster bench measures its nodes by itself
-                per_tcp_kb = await idle_tcp_kb_per_client(broker, n, pinging, say)
+                per_tcp_kb, dropped = await idle_tcp_clients(broker, n, pinging, say)
+                drops.append(dropped)
             results = []
             paced = max(1, round(args.rate * args.seconds))
             say(f"  {broker.kind}: paced, {paced} messages at {args.rate:g}/s to {n} subscribers")
@@ -621,6 +771,8 @@ def run_broker_bench(args: argparse.Namespace) -> int:
     if "stock" in args.brokers:
         for line in format_ratios(results, "stock"):
             say(line)
+    for dropped in getattr(args, "mass_disconnects", []):
+        say(dropped.line())
     for line in getattr(args, "kill_lines", []):
         say(line)
     incomplete = [r for r in results if r.deliveries < r.expected]

@@ -58,6 +58,18 @@ def test_bench_broker_prints_every_figure_for_both_brokers(capsys):
         assert len(numbers) == 9, cells  # ... RSS KB per idle client: WebSocket, TCP ...
         assert all(math.isfinite(n) and n >= 0 for n in numbers), cells
 
+    # The mass disconnect phase: one line per broker, with its figures.
+    drops = re.findall(
+        r"^mass disconnect: (\w+), 5 TCP clients abort at once \(5 WebSocket subscribers stay\):"
+        r" ([\d.]+) s until the broker is idle again; broker CPU ([\d.]+) s \((\d+) us per"
+        r" disconnect\); slowest PINGREQ round trip ([\d.]+) ms",
+        out,
+        re.MULTILINE,
+    )
+    assert sorted(d[0] for d in drops) == ["embedded", "mosquitto"], out
+    for drop in drops:
+        assert all(math.isfinite(float(n)) for n in drop[1:]), drop
+
     for phase in ("paced", "burst"):
         ratio = next(
             line
