@@ -51,6 +51,7 @@ import psutil
 
 from broker.packets import PINGREQ, subscribe_packet
 from rallycast.bench.launch import (
+    BENCH_MAX_CONNECTIONS,
     SERVICE_USER,
     BrokerNotInstalled,
     BrokerProcess,
@@ -694,7 +695,9 @@ def broker_running(kind: str, workdir: Path, password: str) -> Iterator[BrokerPr
         broker = start_cluster(workdir, SERVICE_USER, password)
     else:
         broker = (
-            start_mosquitto(workdir, {SERVICE_USER: password})
+            # The same per-listener cap as the embedded broker: the run measures capacity
+            # (5,000 idle TCP clients, the probe and the publisher pass mosquitto.conf's 5,000).
+            start_mosquitto(workdir, {SERVICE_USER: password}, BENCH_MAX_CONNECTIONS)
             if kind == "mosquitto"
             else start_python_broker(kind, workdir, password)
         )
