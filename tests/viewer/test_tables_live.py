@@ -64,7 +64,9 @@ class Night:
             self.matches[club, table].apply(dict(command), time.time())
         snapshot = self.matches[club, table].snapshot()
         assert snapshot is not None
-        snapshot = dict(snapshot, table=table, table_name=self.settings.club(club).table_name(table))
+        snapshot = dict(
+            snapshot, table=table, table_name=self.settings.club(club).table_name(table)
+        )
         self.publish(topics.game(club, table), json.dumps(snapshot))
         return snapshot
 
@@ -94,7 +96,9 @@ POINT2 = {"cmd": "point", "side": 2}
 
 
 def wait_connected(page: Any) -> None:
-    page.wait_for_function("() => window.Rallycast && Rallycast.client && Rallycast.client.connected")
+    page.wait_for_function(
+        "() => window.Rallycast && Rallycast.client && Rallycast.client.connected"
+    )
 
 
 def wait_text(page: Any, selector: str, text: str) -> None:
@@ -172,7 +176,9 @@ def test_each_card_follows_its_own_table_appears_at_start_and_hides_3s_after_its
     # then hides; the others stay.
     night.play(2, *[POINT1] * 10)
     alpha.wait_for_selector(card(2), state="hidden", timeout=6000)
-    ended = [c for c in attribute_changes(alpha, scope(2), "data-status") if c["value"] == "finished"]
+    ended = [
+        c for c in attribute_changes(alpha, scope(2), "data-status") if c["value"] == "finished"
+    ]
     hidden = [c for c in attribute_changes(alpha, scope(2), "hidden") if c["value"] is not None]
     assert len(ended) == 1 and hidden, (ended, hidden)
     delay_ms = hidden[-1]["t"] - ended[0]["t"]
@@ -259,20 +265,32 @@ def test_the_display_and_the_overlay_show_the_table_of_their_url_only(
     wait_text(bad, '[data-field="name"][data-side="left"]', "Eve")
 
 
-def test_the_phone_page_scores_the_table_it_picked_and_remembers_the_choice(
-    night: Night, open_page: Any, artifacts_dir: Path
-) -> None:
+def two_matches_and_their_commands(night: Night) -> Any:
+    """Matches on tables 1 and 2; a recorder of every command the club's tables get (as the
+    service sees them)."""
     commands = night.endpoint.recorder(
         [topics.commands("alpha", 1), "clubs/alpha/tables/+/game/cmd"],
         user=night.endpoint.service_user,
     )
     night.play(1, start("Ann", "Bob"))
     night.play(2, start("Cleo", "Dan"))
+    return commands
+
+
+def sign_in(phone: Any, night: Night) -> None:
+    """The phone page's sign-in, with the club's scorer password."""
+    phone.fill("#password", night.endpoint.users["alpha"])
+    phone.click("#signin-form button[type=submit]")
+
+
+def test_the_phone_page_scores_the_table_it_picked_and_remembers_the_choice(
+    night: Night, open_page: Any, artifacts_dir: Path
+) -> None:
+    commands = two_matches_and_their_commands(night)
     phone = open_page(night.url("/clubs/alpha/score"), **PHONE)
     assert phone.locator("#table-pick option").all_inner_texts() == list(NAMES.values())
     assert phone.input_value("#table-pick") == "1"
-    phone.fill("#password", night.endpoint.users["alpha"])
-    phone.click("#signin-form button[type=submit]")
+    sign_in(phone, night)
     wait_text(phone, '[data-field="name"][data-side="left"]', "Ann")
 
     phone.select_option("#table-pick", "2")
@@ -288,7 +306,9 @@ def test_the_phone_page_scores_the_table_it_picked_and_remembers_the_choice(
     # While the press waits for its reply the table cannot change (it goes to its table).
     phone.select_option("#table-pick", "3")
     assert phone.input_value("#table-pick") == "2"
-    assert phone.inner_text("#reply") == "Send or forget the waiting presses before changing tables."
+    assert (
+        phone.inner_text("#reply") == "Send or forget the waiting presses before changing tables."
+    )
     # A reply on table 1's reply topic is not this press's; table 2's is.
     night.publish(topics.replies("alpha", 1), json.dumps({"id": sent["id"], "ok": True}), False)
     night.play(2, POINT1)

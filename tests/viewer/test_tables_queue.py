@@ -21,7 +21,9 @@ from tests.viewer.test_tables_live import (
     card,
     night,
     scope,
+    sign_in,
     start,
+    two_matches_and_their_commands,
     visible_cards,
     wait_connected,
     wait_text,
@@ -34,15 +36,9 @@ __all__ = ["night"]  # the fixture, used by name
 def test_a_press_waiting_on_table_2_keeps_the_page_on_table_2_when_table_1_is_opened(
     night: Night, open_page: Any, artifacts_dir: Path
 ) -> None:
-    commands = night.endpoint.recorder(
-        [topics.commands("alpha", 1), "clubs/alpha/tables/+/game/cmd"],
-        user=night.endpoint.service_user,
-    )
-    night.play(1, start("Ann", "Bob"))
-    night.play(2, start("Cleo", "Dan"))
+    commands = two_matches_and_their_commands(night)
     phone = open_page(night.url("/clubs/alpha/score?table=2"), **PHONE)
-    phone.fill("#password", night.endpoint.users["alpha"])
-    phone.click("#signin-form button[type=submit]")
+    sign_in(phone, night)
     wait_text(phone, '[data-field="name"][data-side="left"]', "Cleo")
     phone.tap("button[data-cmd='plus'][data-end='left']")
     press = commands.wait_for(lambda m: True, timeout=5)
