@@ -164,6 +164,18 @@ def join_urls(urls: list[str] | None) -> str | None:
     return ",".join(urls) if urls else None
 
 
+URL_HELP = (
+    "broker URL (default: the broker_url setting); a cluster's nodes as a comma-separated list"
+    " or --url once per node"
+)
+
+
+def add_url_flag(parser: Any, help: str = URL_HELP) -> None:
+    """``--url``, repeatable, on an argparse ``parser``: the broker (or a cluster's nodes) a
+    command connects to. Read it back with :func:`join_urls`."""
+    parser.add_argument("--url", action="append", help=help)
+
+
 def _parse_one_url(url: str) -> BrokerAddress:
     try:
         parts = urlsplit(url.strip())

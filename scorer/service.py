@@ -32,7 +32,14 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from scorer import topics
-from scorer.client import BrokerAddress, Failover, join_urls, make_client, resolve_address
+from scorer.client import (
+    BrokerAddress,
+    Failover,
+    add_url_flag,
+    join_urls,
+    make_client,
+    resolve_address,
+)
 from scorer.config import Club, Settings, load_settings
 from scorer.datadir_lock import DataDirInUse, DataDirLock, lock_data_dir
 from scorer.desk import ClubMatch, Desk, Publication
@@ -640,12 +647,7 @@ class ScorerService:
 
 
 def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--url",
-        action="append",
-        help="broker URL (default: the broker_url setting); a cluster's nodes as a comma-separated"
-        " list or --url once per node",
-    )
+    add_url_flag(parser)
     parser.add_argument("--user", help="MQTT user (default: the service_user setting)")
     parser.add_argument(
         "--password",

@@ -30,6 +30,7 @@ from scorer.client import (
     NoReply,
     NotConnected,
     ScoreClient,
+    add_url_flag,
     join_urls,
     resolve_address,
     shorthand_to_command,
@@ -217,12 +218,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
         default="1",
         help="the club's table to score (1-64, up to the club's configured tables; default 1)",
     )
-    parser.add_argument(
-        "--url",
-        action="append",
-        help="broker URL (default: broker_url from the config); a cluster's nodes as a"
-        " comma-separated list or --url once per node",
-    )
+    add_url_flag(parser)
     parser.add_argument("--user", help="MQTT user (default: the club id)")
     parser.add_argument("--password", help=f"MQTT password (or ${PASSWORD_ENV}; asked if missing)")
     parser.add_argument("--player1", help="side 1's player (doubles: 'Ann / Ada'); starts a match")

@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 
 import uvicorn
 
-from scorer.client import join_urls, parse_broker_url
+from scorer.client import add_url_flag, join_urls, parse_broker_url
 from scorer.config import Settings, bind_description, load_settings, local_host, url_host
 from scorer.logs import setup_logging
 from viewer.app import create_app
@@ -155,9 +155,8 @@ def configure(parser: argparse.ArgumentParser) -> None:
         help="WebSocket URL the pages use (behind a proxy); a cluster's nodes as a"
         " comma-separated list or the option once per node",
     )
-    parser.add_argument(
-        "--url",
-        action="append",
+    add_url_flag(
+        parser,
         help="the broker whose retained snapshots give each page its first score, as a"
         " spectator (default: the broker_url setting; user and password are not used)",
     )

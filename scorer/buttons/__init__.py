@@ -17,7 +17,7 @@ from scorer.buttons.boards import ButtonsConfig, load_buttons_config, parse_boar
 from scorer.buttons.decoders import BadPayload, DeviceMessage, Press
 from scorer.buttons.mapping import Action, Board, BoardSpec, Verdict, parse_action
 from scorer.buttons.runner import ButtonRunner
-from scorer.client import join_urls, parse_broker_url
+from scorer.client import add_url_flag, join_urls, parse_broker_url
 
 __all__ = [
     "Action",
@@ -40,12 +40,7 @@ __all__ = [
 
 def configure(parser: argparse.ArgumentParser) -> None:
     # --config (the TOML file with [[boards]]) comes from rallycast.cli, as for every subcommand.
-    parser.add_argument(
-        "--url",
-        action="append",
-        help="broker URL (default: broker_url from the config); a cluster's nodes as a"
-        " comma-separated list or --url once per node",
-    )
+    add_url_flag(parser)
     parser.add_argument("--log-level", help="DEBUG shows every dropped message and why")
     parser.add_argument(
         "--check",
