@@ -269,6 +269,7 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
         self._token_used: dict[str, float] = {}  # sha256 -> when "used" was last queued
         self._token_used_pending: set[str] = set()
         self.token_disconnects = 0  # connections dropped for a revoked token (tests)
+        self.password_disconnects = 0  # dropped for a changed password or removed user
 
     def _current_hashes(self) -> dict[str, str]:
         try:
@@ -277,6 +278,7 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
         except FileNotFoundError:
             stamp = None
         if stamp != self._file_stamp:
+            old = self._hashes
             try:
                 self._hashes = self._passwords.read() if stamp else {}
             except (OSError, PasswordFileError) as exc:
@@ -285,7 +287,31 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
             self._file_stamp = stamp
             self._verified.clear()
             self._failed.clear()
+            # A missing file keeps the connections (and refuses new logins): an operator's
+            # slip should not drop a club night; a rewritten one is what passwd does.
+            changed = {user for user, hashed in old.items() if self._hashes.get(user) != hashed}
+            if changed and stamp is not None:
+                self._drop_user_sessions(changed, removed=old.keys() - self._hashes.keys())
         return self._hashes
+
+    def _drop_user_sessions(self, changed: set[str], removed: set[str]) -> None:
+        """Close the connections that logged in with a password that is no longer the user's
+        (``rallycast passwd add`` gave a new one), and every connection of a removed user:
+        a new password must lock the old one out now, not at the next reconnect."""
+        broker = broker_of(self.context)
+        for session, handler in list(getattr(broker, "sessions", {}).values()):
+            user = session.username
+            by_password = getattr(session, "rallycast_hash", None) is not None
+            if handler is None or not (user in removed or (user in changed and by_password)):
+                continue
+            log.info(
+                "closing connection of client %s (user %r): %s",
+                session.client_id,
+                user,
+                "the user was removed" if user in removed else "the password was changed",
+            )
+            self.password_disconnects += 1
+            _abort(handler.writer)
 
     def _current_tokens(self) -> dict[str, Token]:
         stamp = self._tokens.stamp()
@@ -323,18 +349,25 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
         if record is None or record.user != user:
             return False
         session.rallycast_token = digest  # type: ignore[attr-defined]
+        session.rallycast_hash = None  # type: ignore[attr-defined]  # (a resumed session)
         now = asyncio.get_running_loop().time()
         if now - self._token_used.get(digest, -TOKEN_USED_EVERY_S) >= TOKEN_USED_EVERY_S:
             self._token_used[digest] = now
             self._token_used_pending.add(digest)
-        if self._token_watch is None or self._token_watch.done():
-            self._token_watch = asyncio.create_task(self._watch_tokens())
+        self._watch_credentials()
         return True
 
-    async def _watch_tokens(self) -> None:
-        """Revocations take effect within TOKEN_POLL_S; "used" times are written here."""
+    def _watch_credentials(self) -> None:
+        """Start the watch of the password and tokens files (once a login has succeeded)."""
+        if self._token_watch is None or self._token_watch.done():
+            self._token_watch = asyncio.create_task(self._watch_files())
+
+    async def _watch_files(self) -> None:
+        """Revoked tokens, changed passwords and removed users take effect within
+        TOKEN_POLL_S (their connections are closed); "used" times are written here."""
         while True:
             await asyncio.sleep(TOKEN_POLL_S)
+            self._current_hashes()
             self._current_tokens()
             if self._token_used_pending:
                 used, self._token_used_pending = self._token_used_pending, set()
@@ -368,6 +401,10 @@ class RallycastAccessPlugin(BaseAuthPlugin, BaseTopicPlugin):
             return False
         if not await self._password_ok(user, password, getattr(session, "remote_address", None)):
             return False
+        # The hash it logged in against: a new one (passwd add) closes this connection.
+        session.rallycast_hash = self._current_hashes().get(user)  # type: ignore[attr-defined]
+        session.rallycast_token = None  # type: ignore[attr-defined]  # (a resumed session)
+        self._watch_credentials()
         return self._will_allowed(session, user)
 
     def _will_allowed(self, session: Session, user: str | None) -> bool:

@@ -130,6 +130,47 @@ def test_removing_a_user_ends_their_tokens(amqtt_broker: Any) -> None:
     assert amqtt_broker.connack("alpha", token) == 5
 
 
+def watch_drop(endpoint: Any, user: str, password: str) -> threading.Event:
+    """A connected client of ``user``; the event is set when its connection drops."""
+    dropped = threading.Event()
+    client = endpoint.client(user, password=password)
+    client.on_disconnect = lambda *args: dropped.set()
+    return dropped
+
+
+def test_a_new_password_closes_the_connections_that_logged_in_with_the_old_one(
+    amqtt_broker: Any, monkeypatch: Any
+) -> None:
+    # `rallycast passwd add` on a leaked password must lock the holder out now, not at the
+    # holder's next reconnect.
+    old = amqtt_broker.users["alpha"]
+    dropped = watch_drop(amqtt_broker, "alpha", old)
+    others = watch_drop(amqtt_broker, "beta", amqtt_broker.users["beta"])
+    time.sleep(1.5)  # one poll of the files passes with nothing changed
+    assert not dropped.is_set()
+    import io
+
+    monkeypatch.setattr("sys.stdin", io.StringIO("a-new-password\n"))
+    assert rallycast(["passwd", "--data-dir", str(amqtt_broker.data_dir),
+                      "add", "alpha", "--password-stdin"]) == 0  # fmt: skip
+    assert dropped.wait(REVOKE_WITHIN_S), "the old password's connection is still up"
+    assert amqtt_broker.connack("alpha", old) == 5
+    assert amqtt_broker.connack("alpha", "a-new-password") == 0
+    assert not others.is_set()  # another club's connection stays
+
+
+def test_removing_a_user_closes_its_connections_by_password_and_by_token(
+    amqtt_broker: Any,
+) -> None:
+    token, _ = tokens_of(amqtt_broker).issue("alpha")
+    by_password = watch_drop(amqtt_broker, "alpha", amqtt_broker.users["alpha"])
+    by_token = watch_drop(amqtt_broker, "alpha", token)
+    others = watch_drop(amqtt_broker, "beta", amqtt_broker.users["beta"])
+    assert rallycast(["passwd", "--data-dir", str(amqtt_broker.data_dir), "remove", "alpha"]) == 0
+    assert by_password.wait(REVOKE_WITHIN_S) and by_token.wait(REVOKE_WITHIN_S)
+    assert not others.is_set()
+
+
 def test_tokens_list_and_revoke_say_what_they_did(amqtt_broker: Any, capsys: Any) -> None:
     tokens = tokens_of(amqtt_broker)
     _, record = tokens.issue("alpha", "Chrome on Android")
