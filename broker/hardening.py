@@ -445,14 +445,23 @@ class SessionState:
         self.state = state
 
     def connect(self) -> None:
+        session = self._session
         if self.state == "connected":
-            raise MachineError(f"{self._session.client_id} is already connected")
+            client_id = session.client_id if session is not None else None
+            raise MachineError(f"{client_id} is already connected")
         self.state = "connected"
-        self._session._on_enter_connected()
+        if session is not None:
+            session._on_enter_connected()
 
     def disconnect(self) -> None:
         self.state = "disconnected"
-        self._session._on_enter_disconnected()
+        if self._session is not None:
+            self._session._on_enter_disconnected()
+
+    def unlink(self) -> None:
+        """The session ended for good: drop the back-reference (session -> state -> session
+        is a reference cycle, which only a full GC pass freed; issue 16)."""
+        self._session = None
 
     def is_connected(self) -> bool:
         return self.state == "connected"
@@ -462,6 +471,18 @@ class SessionState:
 
     def is_new(self) -> bool:
         return self.state == "new"
+
+
+def _unlink(session: Session) -> None:
+    """Break the reference cycles of a session that ended for good (session <-> its Outbox,
+    session <-> its SessionState), so that it and everything it holds is freed as soon as the
+    last reference goes, not by the next full GC pass: a mass disconnect otherwise left
+    thousands of sessions for one pass that scans every object of the broker (issue 16)."""
+    if isinstance(session, LeanSession):
+        session.outbox = None  # type: ignore[assignment]
+    state = session.transitions
+    if isinstance(state, SessionState):
+        state.unlink()
 
 
 class _Ready:
@@ -910,6 +931,8 @@ class RallycastBroker(Broker):
         if outbox is not None:
             outbox.discard()
         await self._delete_session(client_id)
+        if session is not None and self._sessions.get(client_id, (None,))[0] is not session:
+            _unlink(session)
 
     async def _drop_unreadable(self, session: Session, outbox: Outbox) -> None:
         """A resumed session may belong to another user now (MQTT allows it) or the ACL
@@ -1333,6 +1356,12 @@ class RallycastBroker(Broker):
             outbox.detach(handler)
             handler.outbox = None  # type: ignore[attr-defined]
         writer = handler.writer
+        if _transport_of(writer) is None and getattr(handler, "_reader_over", False):
+            # The connection is already gone and its reader has ended (a client that dropped):
+            # stop() has nothing to wait for, so no task and no timer for it (issue 16).
+            with contextlib.suppress(Exception):
+                await handler.stop()
+            return
         stop = asyncio.ensure_future(handler.stop())
         done, _ = await asyncio.wait({stop}, timeout=CLOSE_GRACE)
         if not done:

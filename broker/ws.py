@@ -39,7 +39,7 @@ from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from broker.tcp import Listener
+from broker.tcp import Listener, unlink_transport
 
 __all__ = ["WsConnection", "WsServer", "serve_ws"]
 
@@ -143,6 +143,7 @@ class WsConnection(asyncio.Protocol):
         for future in (self._drain, self._closed):
             if future is not None and not future.done():
                 future.set_result(None)
+        unlink_transport(self.transport)
         self.transport = None
 
     def pause_writing(self) -> None:
