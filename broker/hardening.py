@@ -1465,11 +1465,7 @@ class RallycastBroker(Broker):
                     if target.transitions.state != "connected":
                         # Not connected: keep QoS 1/2 messages for a persistent, named session
                         # [MQTT-3.1.2-4], in its outbox (bounded; written to the store).
-                        if (
-                            target.clean_session is not False
-                            or qos == QOS_0
-                            or target.is_anonymous
-                        ):
+                        if target.clean_session is not False or qos == QOS_0 or target.is_anonymous:
                             continue
                         outbox = self.outbox_of(target)
                     elif outbox is None:
