@@ -1445,8 +1445,9 @@ class RallycastBroker(Broker):
             return
         forced_qos = broadcast.get("qos")
         published_qos = broadcast.get("published_qos")
-        # Interned: each outbox's latest RECEIVE decision is then found by identity.
-        topic = sys.intern(topic)
+        if type(topic) is str:
+            # Interned: each outbox's latest RECEIVE decision is then found by identity.
+            topic = sys.intern(topic)
         message = OutgoingMessage(topic, data)
         index = self._subscriptions
         matching = [index[a_filter] for a_filter in index.matching(topic)]
