@@ -106,6 +106,7 @@ import contextlib
 import contextvars
 import logging
 import math
+import sys
 from collections import deque
 from collections.abc import Coroutine
 from dataclasses import dataclass, replace
@@ -861,7 +862,7 @@ class RallycastBroker(Broker):
         for session, _handler in self._sessions.values():
             outbox = getattr(session, "outbox", None)
             if outbox is not None:
-                outbox.receive_allowed.clear()
+                outbox.forget_receive_decisions()
 
     # -- sessions' outboxes
 
@@ -1473,6 +1474,9 @@ class RallycastBroker(Broker):
             return
         forced_qos = broadcast.get("qos")
         published_qos = broadcast.get("published_qos")
+        if type(topic) is str:
+            # Interned: each outbox's latest RECEIVE decision is then found by identity.
+            topic = sys.intern(topic)
         message = OutgoingMessage(topic, data)
         index = self._subscriptions
         matching = [index[a_filter] for a_filter in index.matching(topic)]
@@ -1481,24 +1485,31 @@ class RallycastBroker(Broker):
                 if forced_qos is not None:
                     qos = forced_qos
                 elif published_qos is not None:
-                    qos = min(published_qos, granted_qos)
+                    qos = published_qos if published_qos < granted_qos else granted_qos
                 else:
                     qos = granted_qos
                 outbox: Outbox | None = getattr(target, "outbox", None)
-                if target.transitions.state != "connected":
-                    # Not connected: keep QoS 1/2 messages for a persistent, named session
-                    # [MQTT-3.1.2-4], in its outbox (bounded; written to the store).
-                    if target.clean_session is not False or qos == QOS_0 or target.is_anonymous:
+                # An attached outbox means connected (attach follows connect, detach comes
+                # before disconnect): the session's state is read only for the others.
+                if outbox is None or outbox.handler is None:
+                    if target.transitions.state != "connected":
+                        # Not connected: keep QoS 1/2 messages for a persistent, named session
+                        # [MQTT-3.1.2-4], in its outbox (bounded; written to the store).
+                        if target.clean_session is not False or qos == QOS_0 or target.is_anonymous:
+                            continue
+                        outbox = self.outbox_of(target)
+                    elif outbox is None:
                         continue
-                    outbox = self.outbox_of(target)
-                elif outbox is None:
-                    continue
-                allowed = outbox.receive_allowed.get(topic)
-                if allowed is None:
-                    allowed = await self._topic_filtering(target, topic, Action.RECEIVE)
-                    if len(outbox.receive_allowed) > 1024:
-                        outbox.receive_allowed.clear()
-                    outbox.receive_allowed[topic] = allowed
+                if outbox.last_topic is topic:
+                    allowed = outbox.last_allowed
+                else:
+                    allowed = outbox.receive_allowed.get(topic)
+                    if allowed is None:
+                        allowed = await self._topic_filtering(target, topic, Action.RECEIVE)
+                        if len(outbox.receive_allowed) > 1024:
+                            outbox.receive_allowed.clear()
+                        outbox.receive_allowed[topic] = allowed
+                    outbox.last_topic, outbox.last_allowed = topic, allowed
                 if allowed:
                     outbox.offer(message, qos)
 

@@ -150,12 +150,16 @@ class Outbox:
         "pending_bytes",
         "inflight",
         "receive_allowed",
+        "last_topic",
+        "last_allowed",
         "dropped",
         "_store",
         "_drain",
         "_transport",
         "_ws",
         "_ws_raw",
+        "_direct",
+        "_high_water",
         "_flusher",
         "_wake",
         "_on_overflow",
@@ -180,12 +184,21 @@ class Outbox:
         self.inflight: dict[int, Delivery] = {}  # by packet id, in the order sent
         # RECEIVE ACL decisions for this session's current user, by topic.
         self.receive_allowed: dict[str, bool] = {}
+        # The latest of those decisions, read first: the fan-out passes the same (interned)
+        # topic object to every subscriber, so this hits by identity, without a dict lookup.
+        self.last_topic: str | None = None
+        self.last_allowed = False
         self.dropped = 0  # messages refused since the queue last had room
         self._store = store
         self._drain: Callable[[], Awaitable[None]] | None = None
         self._transport: asyncio.Transport | None = None
         self._ws: Any = None
         self._ws_raw = False
+        # The QoS 0 fast path (every spectator, every snapshot): the transport a PUBLISH (or
+        # its WebSocket frame) is written to as is; None over a WebSocket no longer OPEN (its
+        # on_not_open hook clears it) or with extensions. And the transport's high-water mark.
+        self._direct: asyncio.Transport | None = None
+        self._high_water = 0
         self._flusher: asyncio.Task[None] | None = None
         self._wake: asyncio.Future[None] | None = None
         self._on_overflow = on_overflow
@@ -226,9 +239,16 @@ class Outbox:
         self._ws = ws
         # Without extensions a binary frame is plain header + data: write it ourselves.
         self._ws_raw = self._ws is not None and not self._ws.protocol.extensions
-        self.receive_allowed = {}  # the user may have changed
+        self.forget_receive_decisions()  # the user may have changed
         if self._transport is None:
             return
+        # Read once: nothing in the broker changes a transport's write buffer limits.
+        self._high_water = self._transport.get_write_buffer_limits()[1]
+        if self._ws is None:
+            self._direct = self._transport
+        elif self._ws_raw and self._ws.protocol.state is OPEN:
+            self._direct = self._transport
+            self._ws.on_not_open = self._ws_left_open
         for packet_id, entry in self.inflight.items():
             if entry.released:
                 self._write(b"\x62\x02" + packet_id.to_bytes(2, "big"))  # PUBREL again
@@ -236,13 +256,25 @@ class Outbox:
                 self._write(_with_dup(entry.message.packet(entry.qos, packet_id)))
         self._kick()
 
+    def _ws_left_open(self) -> None:
+        """The WebSocket left OPEN: frames go through websockets again (which refuses them)."""
+        self._direct = None
+
+    def forget_receive_decisions(self) -> None:
+        """Drop the cached RECEIVE ACL decisions (a new connection, an ACL reload)."""
+        self.receive_allowed = {}
+        self.last_topic = None
+        self.last_allowed = False
+
     def detach(self, handler: Any = None) -> None:
         """The connection ended (``handler``: only if it is still the attached one). A clean
         session's messages go with it; a persistent session keeps its QoS 1/2 messages."""
         if handler is not None and self.handler is not handler:
             return
         self.handler = None
-        self._drain = self._transport = self._ws = None
+        if self._ws is not None and getattr(self._ws, "on_not_open", None) == self._ws_left_open:
+            self._ws.on_not_open = None  # the connection no longer keeps this outbox
+        self._drain = self._transport = self._ws = self._direct = None
         self._wake_flusher()
         if self._flusher is not None and self._flusher is not asyncio.current_task():
             self._flusher.cancel()
@@ -286,13 +318,26 @@ class Outbox:
 
     def offer(self, message: OutgoingMessage, qos: int) -> None:
         """Send ``message`` at ``qos`` now, or queue it, or drop it (bounds, see above)."""
-        if self.handler is not None and not self.pending and self._writable():
-            if qos == QOS_0:
-                self._write_qos0(message)
+        transport = self._direct  # set only while attached
+        if qos == QOS_0 and transport is not None:
+            # The fan-out's hot path: _writable() inlined (the WebSocket state is known to be
+            # OPEN), the encoding shared by every subscriber. Each object read here per
+            # delivery costs: at thousands of subscribers they are cold in the CPU cache.
+            if (
+                not self.pending
+                and not transport.is_closing()
+                and transport.get_write_buffer_size() <= self._high_water
+            ):
+                transport.write(message.ws_qos0() if self._ws_raw else message.packet(QOS_0))
                 return
-            if len(self.inflight) < MAX_INFLIGHT:
-                self._send(Delivery(message, qos))
-                return
+        elif self.handler is not None and not self.pending:
+            if self._writable():
+                if qos == QOS_0:
+                    self._write_qos0(message)
+                    return
+                if len(self.inflight) < MAX_INFLIGHT:
+                    self._send(Delivery(message, qos))
+                    return
         if qos == QOS_0 and self.session.transitions.state != "connected":
             return  # offline: only QoS 1/2 is kept [MQTT-3.1.2-5]
         size = len(message.data)
@@ -404,7 +449,7 @@ class Outbox:
         if self._ws is not None and self._ws.protocol.state is not OPEN:
             return False
         # asyncio pauses the protocol (and drain() waits) only above the high-water mark.
-        return transport.get_write_buffer_size() <= transport.get_write_buffer_limits()[1]
+        return transport.get_write_buffer_size() <= self._high_water
 
     def _write(self, packet: bytes) -> None:
         if self._ws is None:

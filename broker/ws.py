@@ -92,6 +92,7 @@ class WsConnection(asyncio.Protocol):
         "_max_size",
         "_paused",
         "close_timeout",
+        "on_not_open",
         "protocol",
         "remote_address",
         "stream",
@@ -118,6 +119,9 @@ class WsConnection(asyncio.Protocol):
         self.stream: asyncio.StreamReader | None = None  # after the handshake
         self.task: asyncio.Task[None] | None = None
         self._paused = False
+        # Called once when the connection leaves OPEN (closing, closed, lost): the Outbox then
+        # stops writing frames itself, without a state check per delivery (broker/outbox.py).
+        self.on_not_open: Callable[[], None] | None = None
         self._drain: asyncio.Future[None] | None = None  # created when writing is paused
         self._closed: asyncio.Future[None] | None = None  # created by close()
         self._handshake_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
@@ -145,6 +149,7 @@ class WsConnection(asyncio.Protocol):
                 future.set_result(None)
         unlink_transport(self.transport)
         self.transport = None
+        self._left_open()
 
     def pause_writing(self) -> None:
         self._paused = True
@@ -161,6 +166,7 @@ class WsConnection(asyncio.Protocol):
             self.send_data()
         if self.stream is not None and not self.stream.at_eof():
             self.stream.feed_eof()
+        self._left_open()
         return None  # close the transport
 
     def data_received(self, data: bytes) -> None:
@@ -191,6 +197,15 @@ class WsConnection(asyncio.Protocol):
         self.send_data()
         if stream is not None and protocol.close_expected() and not stream.at_eof():
             stream.feed_eof()  # closing (by the peer, or a frame websockets refused)
+        if protocol.state is not OPEN:
+            self._left_open()
+
+    def _left_open(self) -> None:
+        """Tell the watcher (``on_not_open``), once, that frames may no longer be sent."""
+        hook = self.on_not_open
+        if hook is not None:
+            self.on_not_open = None
+            hook()
 
     # -- handshake
 
@@ -270,6 +285,7 @@ class WsConnection(asyncio.Protocol):
         if protocol is not None and protocol.state is OPEN:
             protocol.send_close(1000)
             self.send_data()
+        self._left_open()
         if self._closed is None:
             self._closed = asyncio.get_running_loop().create_future()
         try:
