@@ -209,9 +209,7 @@ def banner(
         lines.append("")
         addresses = ipv4_addresses()
         example = f" ({', '.join(addresses)})" if addresses else ""
-        lines.append(
-            f"From other devices use this machine's address{example} instead of {host}."
-        )
+        lines.append(f"From other devices use this machine's address{example} instead of {host}.")
     elif settings.local_host.startswith("127.") or settings.local_host in ("::1", "localhost"):
         lines.append("")
         lines.append(

@@ -54,8 +54,7 @@ def lock_data_dir(data_dir: Path, role: str, command: str) -> DataDirLock:
         holder = os.pread(fd, 200, 0).decode("utf-8", "replace").strip() or "another process"
         os.close(fd)
         raise DataDirInUse(
-            f"data dir {data_dir} is in use by {holder}: stop that first, or use another"
-            " --data-dir"
+            f"data dir {data_dir} is in use by {holder}: stop that first, or use another --data-dir"
         ) from None
     except OSError:
         os.close(fd)

@@ -122,7 +122,7 @@ def test_test_runs_the_linter_then_pytest_on_4_xdist_workers_then_the_nats_clust
 def failing_python(checkout: Path, codes: dict[str, int]) -> None:
     """A stand-in python that records its call and exits with codes[the --nats-cluster value]."""
     log = checkout.parent / "calls.log"
-    cases = "".join(f'  *--nats-cluster={k}*) code={v} ;;\n' for k, v in codes.items())
+    cases = "".join(f"  *--nats-cluster={k}*) code={v} ;;\n" for k, v in codes.items())
     executable(
         checkout / ".venv" / "bin" / "python",
         f'#!/bin/sh\necho "$(basename "$0") $*" >> "{log}"\ncode=0\n'

@@ -34,7 +34,8 @@ any_broker_process = pytest.fixture(params=ALL_BROKERS, name="any_broker_process
 
 MAX_PAYLOAD = 16384  # Settings.max_payload_bytes and mosquitto.conf's message_size_limit
 GRACE = 0.3  # extra wait after a sentinel, for anything out of order
-NATS_ACK_WAIT = 30.0  # s: nats-server's default MQTT ack_wait (redelivery of an unacknowledged QoS 1)
+# s: nats-server's default MQTT ack_wait (redelivery of an unacknowledged QoS 1)
+NATS_ACK_WAIT = 30.0
 
 
 def publish(client: mqtt.Client, topic: str, payload: bytes, retain: bool = False) -> None:

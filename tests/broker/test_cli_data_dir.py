@@ -40,8 +40,7 @@ def test_no_users_hint_names_the_data_dir_and_a_second_broker_is_refused(tmp_pat
         )  # fmt: skip
         assert second.returncode == 1, second.stderr
         assert (
-            f"data dir {data_dir} is in use by rallycast broker (pid {first.pid})"
-            in second.stderr
+            f"data dir {data_dir} is in use by rallycast broker (pid {first.pid})" in second.stderr
         )
     finally:
         first.send_signal(signal.SIGINT)

@@ -49,9 +49,7 @@ def test_one_password_variable_and_one_command_path(name):
     for line in code_blocks(text).splitlines() + re.findall(r"`([^`]+)`", text):
         command = line.strip().lstrip("|").strip()
         # A command to type starts with the venv's path (./dev up does not put it on PATH).
-        assert not re.match(r"rallycast (score|replay|passwd|scorer|viewer|broker) ", command), (
-            line
-        )
+        assert not re.match(r"rallycast (score|replay|passwd|scorer|viewer|broker) ", command), line
 
 
 @pytest.mark.parametrize("name", ["README.md", "docs/protocol.md"])

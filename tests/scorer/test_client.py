@@ -187,7 +187,9 @@ def test_a_score_client_never_takes_an_older_snapshot_so_presses_stay_on_the_cur
             snap("m2", 2, "2026-11-30T20:00:04.000Z"),  # this match, a lower rev
             snap("m2", 4, "2026-11-30T20:00:06.000Z"),
         ):
-            service.publish(game, json.dumps(stale_then_new), qos=1, retain=True).wait_for_publish(5)
+            service.publish(game, json.dumps(stale_then_new), qos=1, retain=True).wait_for_publish(
+                5
+            )
         # One publisher, one topic, QoS 1: delivered in order, so rev 4 comes last.
         wait_for(lambda: seen and seen[-1] == ("m2", 4), timeout=5)
         assert seen == [("m2", 3), ("m2", 4)]

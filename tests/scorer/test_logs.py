@@ -76,7 +76,16 @@ def test_the_broker_logs_in_the_one_format_and_says_where_it_listens(tmp_path):
 
 def test_the_viewer_logs_in_the_one_format_and_says_where_it_listens(tmp_path):
     out, err = run_until(
-        [sys.executable, "-m", "rallycast.cli", "viewer", "--bind", "127.0.0.1", "--http-port", "0"],
+        [
+            sys.executable,
+            "-m",
+            "rallycast.cli",
+            "viewer",
+            "--bind",
+            "127.0.0.1",
+            "--http-port",
+            "0",
+        ],
         re.compile(r"pages listening on"),
         tmp_path,
     )

@@ -16,7 +16,7 @@ from scorer.ws_urls import page_ws_urls, public_ws_urls, ws_connect_sources, ws_
         ("http", "::1", ["ws://[::1]:19001/mqtt"]),
         ("http", "[fe80::1]", ["ws://[fe80::1]:19001/mqtt"]),
         ("http", "my_pc.local", ["ws://my_pc.local:19001/mqtt"]),
-        ("http", "evil\"><script>", []),
+        ("http", 'evil"><script>', []),
         ("http", "", []),
     ],
 )

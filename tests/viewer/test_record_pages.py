@@ -155,9 +155,7 @@ def test_api_matches_are_paged_and_checked(client: TestClient) -> None:
         "known": False,
         "snapshot": None,
         # Every table of the club (issue 12, docs/api.md); alpha has one.
-        "tables": [
-            {"table": 1, "name": "Table 1", "topic": "clubs/alpha/game", "snapshot": None}
-        ],
+        "tables": [{"table": 1, "name": "Table 1", "topic": "clubs/alpha/game", "snapshot": None}],
     }
     assert "Bob" in client.get("/api/clubs/alpha/players?prefix=B").json()["players"]
     ladder = client.get("/api/clubs/alpha/ladder").json()["ladder"]
