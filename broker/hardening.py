@@ -528,6 +528,8 @@ def _cancelling() -> bool:
 
 # A done-callback otherwise copies the running context for each connection.
 _NO_CONTEXT = contextvars.Context()
+# A client id with no session registered (the fan-out asks whether a target is still its own).
+_NO_SESSION = (None, None)
 
 
 class RallycastProtocolHandler(BrokerProtocolHandler):
@@ -1496,6 +1498,11 @@ class RallycastBroker(Broker):
                         # Not connected: keep QoS 1/2 messages for a persistent, named session
                         # [MQTT-3.1.2-4], in its outbox (bounded; written to the store).
                         if target.clean_session is not False or qos == QOS_0 or target.is_anonymous:
+                            continue
+                        if self._sessions.get(target.client_id, _NO_SESSION)[0] is not target:
+                            # Ended for good while this fan-out awaited an ACL check (a clean
+                            # CONNECT of its client id): nothing may be queued or stored for
+                            # it [MQTT-3.1.2-6].
                             continue
                         outbox = self.outbox_of(target)
                     elif outbox is None:
