@@ -73,3 +73,131 @@ async def test_a_persistent_session_ended_by_a_clean_connect_mid_fan_out_gets_no
             ).fetchone()[0]
         assert rows == 0, "a row for the ended session is in the store"
         fresh.transport.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_persistent_session_taken_over_by_its_own_reconnect_mid_fan_out_gets_the_message(
+    tmp_path, broker_test_users
+):
+    users = broker_test_users.passwords
+    async with embedded(tmp_path, broker_test_users) as running:
+        broker: RallycastBroker = running.broker
+        gate = Client(connect_with_will("gate"), (TOPIC,))
+        await open_all(running, [gate])
+        first = Client(
+            connect_with_will("device", "beta", users["beta"], clean=False), (TOPIC,), qos=1
+        )
+        await open_all(running, [first])
+        gate_session = broker._sessions["gate"][0]
+        reached, release = asyncio.Event(), asyncio.Event()
+        check = broker._topic_filtering
+
+        async def slow_check(session, topic, action):
+            if session is gate_session and action == Action.RECEIVE and topic == TOPIC:
+                reached.set()
+                await release.wait()
+            return await check(session, topic, action)
+
+        broker._topic_filtering = slow_check  # type: ignore[method-assign]
+        await broker.internal_message_broadcast(TOPIC, b"during-take-over", 1)
+        await asyncio.wait_for(reached.wait(), WAIT)
+        second = Client(connect_with_will("device", "beta", users["beta"], clean=False))
+        await open_all(running, [second])
+        release.set()
+        assert await second.wait_for(1, TOPIC) == [b"during-take-over"]
+        assert first.payloads(TOPIC) == []
+        second.transport.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_a_persistent_subscriber_dropping_and_reconnecting_while_qos1_flows_gets_every_message(
+    tmp_path, broker_test_users
+):
+    users = broker_test_users.passwords
+    count = 400
+    async with embedded(tmp_path, broker_test_users) as running:
+        broker: RallycastBroker = running.broker
+        connect = connect_with_will("device", "beta", users["beta"], clean=False)
+        clients = [Client(connect, (TOPIC,), qos=1)]
+        await open_all(running, clients)
+
+        def received() -> set[bytes]:  # every connection acknowledges what it gets
+            return {payload for client in clients for payload in client.payloads(TOPIC)}
+
+        async def publish() -> None:
+            for number in range(count):
+                await broker.internal_message_broadcast(TOPIC, b"m%d" % number, 1)
+                await asyncio.sleep(0.005)
+
+        publisher = asyncio.ensure_future(publish())
+        drops = 0
+        while not publisher.done() and drops < 60:
+            await asyncio.sleep(0.02)
+            if drops % 2:
+                clients[-1].transport.abort()  # RST: the broker learns at once
+            # The same client id again, persistent: half the time the old connection is still
+            # open (a take-over), half the time it is gone.
+            clients.append(Client(connect))
+            await open_all(running, clients[-1:])
+            drops += 1
+        await publisher
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while len(received()) < count:
+            assert asyncio.get_running_loop().time() < deadline, (
+                f"missing {sorted(b'm%d' % n for n in range(count) if b'm%d' % n not in received())}"
+                f" after {drops} reconnects"
+            )
+            await asyncio.sleep(0.05)
+        assert drops >= 20
+        clients[-1].transport.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("websocket", [False, True], ids=["tcp", "ws"])
+@pytest.mark.parametrize("clean", [True, False], ids=["clean", "persistent"])
+async def test_after_a_take_over_no_qos0_message_goes_to_the_old_connection(
+    tmp_path, broker_test_users, websocket, clean
+):
+    """A spectator's page reloads (same client id) while snapshots flow: what is published
+    once the new connection has its CONNACK/SUBACK never goes to the old one [MQTT-3.1.4-2],
+    and the new one gets every message published after its SUBACK."""
+    users = broker_test_users.passwords
+    async with embedded(tmp_path, broker_test_users) as running:
+        broker: RallycastBroker = running.broker
+        host = ("127.0.0.1", running.ws_port) if websocket else None
+        connect = connect_with_will("page", "beta", users["beta"], clean=clean)
+        clients = [Client(connect, (TOPIC,), ws_host=host)]
+        await open_all(running, clients, websocket)
+        published = 0
+        stop = False
+
+        async def publish() -> None:
+            nonlocal published
+            while not stop:
+                await broker.internal_message_broadcast(TOPIC, b"%d" % published, 0)
+                published += 1
+                await asyncio.sleep(0.002)
+
+        publisher = asyncio.ensure_future(publish())
+        ready_at: list[int] = []  # per connection: the first number published after its SUBACK
+        ready_at.append(published)
+        for _ in range(15):
+            await asyncio.sleep(0.03)
+            clients.append(Client(connect, (TOPIC,), ws_host=host))
+            await open_all(running, clients[-1:], websocket)
+            ready_at.append(published)
+        await asyncio.sleep(0.1)
+        stop = True
+        await publisher
+        last = published
+        await asyncio.sleep(0.3)
+        for index, client in enumerate(clients[:-1]):
+            late = [int(p) for p in client.payloads(TOPIC) if int(p) >= ready_at[index + 1]]
+            assert late == [], f"connection {index} got {late} after its successor's SUBACK"
+        newest = {int(p) for p in clients[-1].payloads(TOPIC)}
+        missing = set(range(ready_at[-1], last)) - newest
+        assert not missing, f"the newest connection missed {sorted(missing)}"
+        clients[-1].transport.close()
