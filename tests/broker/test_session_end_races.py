@@ -201,3 +201,39 @@ async def test_after_a_take_over_no_qos0_message_goes_to_the_old_connection(
         missing = set(range(ready_at[-1], last)) - newest
         assert not missing, f"the newest connection missed {sorted(missing)}"
         clients[-1].transport.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+@pytest.mark.parametrize("websocket", [False, True], ids=["tcp", "ws"])
+async def test_a_spectator_that_stops_reading_qos0_is_disconnected_and_its_buffer_stays_bounded(
+    tmp_path, broker_test_users, websocket
+):
+    """The QoS 0 fast path writes straight to the transport: it must still stop at the
+    transport's high-water mark and let the bounded queue disconnect a client that does not
+    read (fault 5), over TCP and over WebSocket."""
+    async with embedded(tmp_path, broker_test_users) as running:
+        broker: RallycastBroker = running.broker
+        host = ("127.0.0.1", running.ws_port) if websocket else None
+        healthy = Client(connect_with_will("healthy"), (TOPIC,), ws_host=host)
+        stalled = Client(connect_with_will("stalled"), (TOPIC,), ws_host=host)
+        await open_all(running, [healthy, stalled], websocket)
+        stalled.transport.pause_reading()
+        session = broker._sessions["stalled"][0]
+        outbox = session.outbox
+        transport = outbox._transport
+        payload = b"x" * 8192
+        largest = 0
+        for number in range(4000):
+            await broker.internal_message_broadcast(TOPIC, payload + b"%d" % number, 0)
+            if number % 50 == 49:
+                while broker._broadcast_queue.qsize():  # let the fan-out catch up
+                    await asyncio.sleep(0.001)
+                largest = max(largest, transport.get_write_buffer_size())
+                if broker.slow_clients_disconnected:
+                    break
+        assert broker.slow_clients_disconnected == 1, (largest, len(outbox), outbox._high_water)
+        # The write buffer never grew past the high-water mark plus one message's frame.
+        assert largest <= outbox._high_water + 2 * len(payload) + 64 or outbox._high_water == 0
+        stalled.transport.abort()
+        healthy.transport.close()
