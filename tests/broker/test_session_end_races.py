@@ -17,6 +17,7 @@ import pytest
 from amqtt.contexts import Action
 
 from broker.hardening import RallycastBroker
+from broker.packets import encode_string, encode_varint, subscribe_packet
 from tests.broker.test_mass_disconnect import WAIT, Client, connect_with_will, embedded, open_all
 
 TOPIC = "clubs/beta/game"
@@ -237,3 +238,69 @@ async def test_a_spectator_that_stops_reading_qos0_is_disconnected_and_its_buffe
         assert largest <= outbox._high_water + 2 * len(payload) + 64 or outbox._high_water == 0
         stalled.transport.abort()
         healthy.transport.close()
+
+
+def unsubscribe_packet(a_filter: str, packet_id: int) -> bytes:
+    body = packet_id.to_bytes(2, "big") + encode_string(a_filter)
+    return b"\xa2" + encode_varint(len(body)) + body
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_clients_churning_one_filter_while_it_fans_out_leave_the_index_exact(
+    tmp_path, broker_test_users
+):
+    """Many clients SUBSCRIBE/UNSUBSCRIBE the same filter over and over (pipelined, no wait
+    for the acks) while messages fan out on it, some drop mid-way: afterwards the index holds
+    exactly the subscriptions of the clients still connected, each with its own session, and
+    nothing once they are all gone."""
+    async with embedded(tmp_path, broker_test_users) as running:
+        broker: RallycastBroker = running.broker
+        clients = [Client(connect_with_will(f"churn-{i}")) for i in range(200)]
+        await open_all(running, clients, websocket=False)
+        stop = False
+
+        async def publish() -> None:
+            number = 0
+            while not stop:
+                await broker.internal_message_broadcast(TOPIC, b"%d" % number, 0)
+                number += 1
+                await asyncio.sleep(0.001)
+
+        publisher = asyncio.ensure_future(publish())
+        for round_ in range(5):
+            for index, client in enumerate(clients):
+                packet_id = round_ * 2 + 1
+                client.send(subscribe_packet(TOPIC, index % 2, packet_id))
+                client.send(unsubscribe_packet(TOPIC, packet_id + 1))
+                if round_ == 4 and index % 3 == 0:
+                    client.send(subscribe_packet(TOPIC, 0, 99))  # ends subscribed
+            await asyncio.sleep(0.05)
+        for client in clients[::7]:
+            client.transport.abort()
+        expected = {
+            f"churn-{i}" for i in range(200) if i % 3 == 0 and i % 7 != 0
+        }
+
+        def held() -> set[str]:
+            return {session.client_id for session, _ in broker._subscriptions.get(TOPIC, ())}
+
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while held() != expected:
+            assert asyncio.get_running_loop().time() < deadline, (
+                sorted(held() - expected),
+                sorted(expected - held()),
+            )
+            await asyncio.sleep(0.05)
+        for session, _qos in broker._subscriptions[TOPIC]:
+            assert broker._sessions[session.client_id][0] is session
+        assert {c for c in broker._subscriptions._filters_by_client} == expected
+        stop = True
+        await publisher
+        for client in clients:
+            client.transport.abort()
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while broker._subscriptions or broker._subscriptions._filters_by_client:
+            assert asyncio.get_running_loop().time() < deadline, dict(broker._subscriptions)
+            await asyncio.sleep(0.05)
+        assert broker._subscriptions._root == {}
