@@ -18,7 +18,15 @@ from amqtt.contexts import Action
 
 from broker.hardening import RallycastBroker
 from broker.packets import encode_string, encode_varint, subscribe_packet
-from tests.broker.test_mass_disconnect import WAIT, Client, connect_with_will, embedded, open_all
+from rallycast.bench.launch import SERVICE_USER
+from tests.broker.test_mass_disconnect import (
+    WAIT,
+    Client,
+    connect_with_will,
+    embedded,
+    open_all,
+    until,
+)
 
 TOPIC = "clubs/beta/game"
 
@@ -228,8 +236,7 @@ async def test_a_spectator_that_stops_reading_qos0_is_disconnected_and_its_buffe
         for number in range(4000):
             await broker.internal_message_broadcast(TOPIC, payload + b"%d" % number, 0)
             if number % 50 == 49:
-                while broker._broadcast_queue.qsize():  # let the fan-out catch up
-                    await asyncio.sleep(0.001)
+                await until(lambda: not broker._broadcast_queue.qsize(), "fanned out")
                 largest = max(largest, transport.get_write_buffer_size())
                 if broker.slow_clients_disconnected:
                     break
@@ -278,9 +285,7 @@ async def test_clients_churning_one_filter_while_it_fans_out_leave_the_index_exa
             await asyncio.sleep(0.05)
         for client in clients[::7]:
             client.transport.abort()
-        expected = {
-            f"churn-{i}" for i in range(200) if i % 3 == 0 and i % 7 != 0
-        }
+        expected = {f"churn-{i}" for i in range(200) if i % 3 == 0 and i % 7 != 0}
 
         def held() -> set[str]:
             return {session.client_id for session, _ in broker._subscriptions.get(TOPIC, ())}
@@ -304,3 +309,101 @@ async def test_clients_churning_one_filter_while_it_fans_out_leave_the_index_exa
             assert asyncio.get_running_loop().time() < deadline, dict(broker._subscriptions)
             await asyncio.sleep(0.05)
         assert broker._subscriptions._root == {}
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_a_persistent_session_cut_off_for_not_reading_keeps_its_qos1_and_no_qos0(
+    tmp_path, broker_test_users
+):
+    """A persistent subscriber (QoS 1 commands, QoS 0 snapshots) stops reading and is
+    disconnected for it (fault 5) while QoS 0 keeps flowing. What it gets when it comes
+    back: the QoS 1 messages published while it was away, and no QoS 0 message (the Outbox
+    keeps only QoS 1/2 for an offline session; MQTT 3.1.1 3.1.2.4 makes QoS 0 optional)."""
+    users = broker_test_users.passwords
+    async with embedded(tmp_path, broker_test_users) as running:
+        broker: RallycastBroker = running.broker
+        broker.max_queued_messages = 50
+        commands, snapshots = "clubs/beta/game/cmd", TOPIC
+        connect = connect_with_will("device", SERVICE_USER, users[SERVICE_USER], clean=False)
+        first = Client(connect, (commands,), qos=1)
+        await open_all(running, [first])
+        first.send(subscribe_packet(snapshots, 0, 7))
+        await until_subscribed(broker, snapshots, "device")
+        first.transport.pause_reading()
+        payload = b"s" * 8192
+        number = 0
+        while not broker.slow_clients_disconnected:
+            assert number < 20_000, "never cut off"
+            await broker.internal_message_broadcast(snapshots, payload + b"%d" % number, 0)
+            number += 1
+            if number % 20 == 0:
+                await until(lambda: not broker._broadcast_queue.qsize(), "fanned out")
+        # QoS 0 keeps flowing while the connection is torn down.
+        for _ in range(200):
+            await broker.internal_message_broadcast(snapshots, payload + b"%d" % number, 0)
+            number += 1
+        session = broker._sessions["device"][0]
+        deadline = asyncio.get_running_loop().time() + WAIT
+        while session.transitions.state == "connected":
+            assert asyncio.get_running_loop().time() < deadline
+            await asyncio.sleep(0.01)
+        first.transport.abort()
+        for index in range(20):
+            await broker.internal_message_broadcast(commands, b"cmd-%d" % index, 1)
+        await until(lambda: not broker._broadcast_queue.qsize(), "fanned out")
+        second = Client(connect)
+        await open_all(running, [second])
+        received = await second.wait_for(20, commands)
+        assert received == [b"cmd-%d" % index for index in range(20)]
+        await asyncio.sleep(0.2)
+        stale = second.payloads(snapshots)
+        assert stale == [], f"{len(stale)} QoS 0 messages from the offline time were delivered"
+        second.transport.close()
+
+
+async def until_subscribed(broker: RallycastBroker, a_filter: str, client_id: str) -> None:
+    deadline = asyncio.get_running_loop().time() + WAIT
+    while broker._subscriptions.subscription(a_filter, client_id) is None:
+        assert asyncio.get_running_loop().time() < deadline, f"{client_id} not on {a_filter}"
+        await asyncio.sleep(0.01)
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_persistent_session_that_disconnects_while_qos0_flows_keeps_no_qos0(
+    tmp_path, broker_test_users
+):
+    """A persistent QoS 0 subscriber sends DISCONNECT while snapshots flow: while its
+    connection is torn down the session still counts as connected, but no connection is
+    attached: nothing QoS 0 may wait for its next connection (the Outbox keeps only QoS 1/2
+    for an offline session)."""
+    users = broker_test_users.passwords
+    async with embedded(tmp_path, broker_test_users) as running:
+        broker: RallycastBroker = running.broker
+        connect = connect_with_will("device", "beta", users["beta"], clean=False)
+        kept = 0
+        for _attempt in range(10):
+            client = Client(connect, (TOPIC,), qos=0)
+            await open_all(running, [client])
+            session = broker._sessions["device"][0]
+            stop = asyncio.Event()
+
+            async def flood(stop: asyncio.Event = stop) -> None:
+                number = 0
+                while not stop.is_set():
+                    await broker.internal_message_broadcast(TOPIC, b"%d" % number, 0)
+                    number += 1
+                    await asyncio.sleep(0)
+
+            flooding = asyncio.ensure_future(flood())
+            await client.wait_for(1, TOPIC)
+            client.send(b"\xe0\x00")  # DISCONNECT
+            await until(
+                lambda session=session: session.transitions.state != "connected", "disconnected"
+            )
+            stop.set()
+            await flooding
+            await until(lambda: not broker._broadcast_queue.qsize(), "fanned out")
+            kept += len(session.outbox) if session.outbox is not None else 0
+        assert kept == 0, f"{kept} QoS 0 messages wait for an offline session"
