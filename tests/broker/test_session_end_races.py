@@ -19,6 +19,7 @@ from amqtt.contexts import Action
 from broker.hardening import RallycastBroker
 from broker.packets import encode_string, encode_varint, subscribe_packet
 from rallycast.bench.launch import SERVICE_USER
+from rallycast.bench.wire import ws_frame
 from tests.broker.test_mass_disconnect import (
     WAIT,
     Client,
@@ -407,3 +408,77 @@ async def test_a_persistent_session_that_disconnects_while_qos0_flows_keeps_no_q
             await until(lambda: not broker._broadcast_queue.qsize(), "fanned out")
             kept += len(session.outbox) if session.outbox is not None else 0
         assert kept == 0, f"{kept} QoS 0 messages wait for an offline session"
+
+
+class WsWatcher(Client):
+    """A WebSocket Client that notes the frames' opcodes: a binary frame after the server's
+    close frame is a fault [RFC 6455 5.5.1]."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.close_seen = False
+        self.after_close = 0
+        self.lost = asyncio.get_running_loop().create_future()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)
+        if not self.lost.done():
+            self.lost.set_result(None)
+
+    def data_received(self, data: bytes) -> None:
+        if self._handshake is not None:
+            super().data_received(data)  # the handshake (and any frames after it)
+            return
+        data = self._frames + data
+        while len(data) >= 2:
+            size, offset = data[1] & 0x7F, 2
+            if size == 126:
+                if len(data) < 4:
+                    break
+                size, offset = int.from_bytes(data[2:4], "big"), 4
+            if len(data) < offset + size:
+                break
+            opcode, body = data[0] & 0x0F, data[offset : offset + size]
+            data = data[offset + size :]
+            if opcode == 0x8:
+                self.close_seen = True
+            elif self.close_seen:
+                self.after_close += 1
+            elif opcode == 0x2:
+                self._mqtt.feed(body)
+        self._frames = data
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(90)
+async def test_websocket_spectators_closing_mid_fan_out_get_no_frame_after_the_close(
+    tmp_path, broker_test_users, caplog
+):
+    async with embedded(tmp_path, broker_test_users) as running:
+        broker: RallycastBroker = running.broker
+        host = ("127.0.0.1", running.ws_port)
+        stay = WsWatcher(connect_with_will("stay"), (TOPIC,), ws_host=host)
+        leaving = [
+            WsWatcher(connect_with_will(f"leave-{i}"), (TOPIC,), ws_host=host) for i in range(150)
+        ]
+        await open_all(running, [stay, *leaving], websocket=True)
+        for number in range(300):
+            await broker.internal_message_broadcast(TOPIC, b"%d" % number, 0)
+            if number == 100:
+                for index, client in enumerate(leaving):
+                    if index % 2:
+                        close = ws_frame((1000).to_bytes(2, "big"), opcode=0x8, mask=b"abcd")
+                        client.transport.write(close)  # a WebSocket close frame
+                    else:
+                        client.send(b"\xe0\x00")  # MQTT DISCONNECT: the server closes first
+            if number % 10 == 0:
+                await asyncio.sleep(0.001)
+        done, _ = await asyncio.wait([c.lost for c in leaving], timeout=10)
+        open_ones = [i for i, c in enumerate(leaving) if not c.lost.done()]
+        assert not open_ones, (open_ones[:10], [leaving[i].close_seen for i in open_ones[:10]])
+        assert sum(c.after_close for c in leaving) == 0
+        assert sorted(int(p) for p in await stay.wait_for(300, TOPIC)) == list(range(300))
+        assert not broker._subscriptions.filters_of("leave-1")
+        errors = [r for r in caplog.records if r.levelno >= 40]
+        assert errors == [], [r.getMessage() for r in errors]
+        stay.transport.close()
