@@ -1513,6 +1513,8 @@ class RallycastBroker(Broker):
                     allowed = outbox.receive_allowed.get(topic)
                     if allowed is None:
                         allowed = await self._topic_filtering(target, topic, Action.RECEIVE)
+                        if self._sessions.get(target.client_id, _NO_SESSION)[0] is not target:
+                            continue  # it ended for good meanwhile (as above)
                         if len(outbox.receive_allowed) > 1024:
                             outbox.receive_allowed.clear()
                         outbox.receive_allowed[topic] = allowed

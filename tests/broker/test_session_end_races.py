@@ -482,3 +482,49 @@ async def test_websocket_spectators_closing_mid_fan_out_get_no_frame_after_the_c
         errors = [r for r in caplog.records if r.levelno >= 40]
         assert errors == [], [r.getMessage() for r in errors]
         stay.transport.close()
+
+
+@pytest.mark.asyncio
+@pytest.mark.timeout(60)
+async def test_a_persistent_session_ended_during_its_own_acl_check_gets_no_stored_message(
+    tmp_path, broker_test_users
+):
+    """The same end for good, but while the fan-out awaits the RECEIVE check of that very
+    session (connected when the fan-out reached it): its old Outbox must not take the message
+    (it would write a row to the store for a client id whose session is clean now)."""
+    users = broker_test_users.passwords
+    async with embedded(tmp_path, broker_test_users) as running:
+        broker: RallycastBroker = running.broker
+        persistent = Client(
+            connect_with_will("device", "beta", users["beta"], clean=False), (TOPIC,), qos=1
+        )
+        await open_all(running, [persistent])
+        old_session = broker._sessions["device"][0]
+        reached, release = asyncio.Event(), asyncio.Event()
+        check = broker._topic_filtering
+
+        async def slow_check(session, topic, action):
+            if session is old_session and action == Action.RECEIVE and topic == TOPIC:
+                reached.set()
+                await release.wait()
+            return await check(session, topic, action)
+
+        broker._topic_filtering = slow_check  # type: ignore[method-assign]
+        await broker.internal_message_broadcast(TOPIC, b"before-clean", 1)
+        await asyncio.wait_for(reached.wait(), WAIT)
+        fresh = Client(connect_with_will("device", "beta", users["beta"], clean=True))
+        await open_all(running, [fresh])
+        release.set()
+        await until(lambda: not broker._broadcast_queue.qsize(), "fanned out")
+        marker = Client(connect_with_will("marker"), (TOPIC,))
+        await open_all(running, [marker])
+        await broker.internal_message_broadcast(TOPIC, b"after", 0)
+        await marker.wait_for(1, TOPIC)  # the fan-out of the first message is over
+        await asyncio.sleep(0.3)  # the store writes behind
+        with sqlite3.connect(f"{running.settings.data_dir}/broker.db") as db:
+            query = "SELECT COUNT(*) FROM queued WHERE client_id = ?"
+            rows = db.execute(query, ("device",)).fetchone()[0]
+        assert rows == 0, "a row for the ended session is in the store"
+        assert fresh.payloads(TOPIC) == []
+        fresh.transport.close()
+        marker.transport.close()
