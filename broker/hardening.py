@@ -890,9 +890,11 @@ class RallycastBroker(Broker):
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         """amqtt's ``add_subscription``, same rules and answers: a filter with a misplaced
         ``#`` or ``+`` is refused [MQTT-4.7.1-2, 4.7.1-3], then the SUBSCRIBE ACL, then
-        ``max-qos``; a client id already subscribed to the filter keeps its subscription
-        (amqtt's rule). The granted QoS, or 0x80. Unlike amqtt, finding whether the client
-        id is subscribed already does not read every subscriber of the filter."""
+        ``max-qos``. A client id already subscribed to the filter gets its subscription
+        replaced, QoS included [MQTT-3.8.4-3] (amqtt kept the first one: SUBACK granted the
+        new QoS, deliveries kept the old). The granted QoS, or 0x80. Unlike amqtt, finding
+        whether the client id is subscribed already does not read every subscriber of the
+        filter."""
         topic_filter, qos = subscription
         levels = topic_filter.split("/")
         if any(
@@ -910,7 +912,7 @@ class RallycastBroker(Broker):
         qos = min(qos, max_qos)
         if not self._subscriptions.subscribe(topic_filter, session, qos):
             self.logger.debug(
-                "Client %s has already subscribed to %s",
+                "Client %s subscribed again to %s: subscription replaced",
                 format_client_message(session=session),
                 topic_filter,
             )

@@ -528,3 +528,35 @@ async def test_a_persistent_session_ended_during_its_own_acl_check_gets_no_store
         assert fresh.payloads(TOPIC) == []
         fresh.transport.close()
         marker.transport.close()
+
+
+@pytest.mark.timeout(60)
+def test_a_subscription_made_again_with_another_qos_replaces_the_first(any_broker):
+    """[MQTT-3.8.4-3]: a SUBSCRIBE with a filter the session holds replaces that subscription,
+    QoS included; the SUBACK's granted QoS is the QoS deliveries then get. (amqtt kept the
+    first subscription: SUBACK 1, deliveries still QoS 0.)"""
+    import queue
+    import threading
+
+    if any_broker.kind == "nats":
+        pytest.skip("the embedded broker and mosquitto only")
+    got: queue.Queue = queue.Queue()
+    subscriber = any_broker.client(
+        "alpha", on_message=lambda _c, _u, message: got.put((message.payload, message.qos))
+    )
+    for qos in (0, 1):
+        granted: list[int] = []
+        acked = threading.Event()
+
+        def on_subscribe(_c, _u, _mid, codes, _p, granted=granted, acked=acked) -> None:
+            granted.extend(int(code.value) for code in codes)
+            acked.set()
+
+        subscriber.on_subscribe = on_subscribe
+        subscriber.subscribe("clubs/alpha/game/events", qos)
+        assert acked.wait(10)
+        assert granted == [qos]
+    service = any_broker.client(any_broker.service_user)
+    service.publish("clubs/alpha/game/events", b"point", qos=1).wait_for_publish(10)
+    payload, qos = got.get(timeout=10)
+    assert (payload, qos) == (b"point", 1)
