@@ -528,6 +528,8 @@ def _cancelling() -> bool:
 
 # A done-callback otherwise copies the running context for each connection.
 _NO_CONTEXT = contextvars.Context()
+# A client id with no session registered (the fan-out asks whether a target is still its own).
+_NO_SESSION = (None, None)
 
 
 class RallycastProtocolHandler(BrokerProtocolHandler):
@@ -888,9 +890,11 @@ class RallycastBroker(Broker):
     async def add_subscription(self, subscription: tuple[str, int], session: Session) -> int:
         """amqtt's ``add_subscription``, same rules and answers: a filter with a misplaced
         ``#`` or ``+`` is refused [MQTT-4.7.1-2, 4.7.1-3], then the SUBSCRIBE ACL, then
-        ``max-qos``; a client id already subscribed to the filter keeps its subscription
-        (amqtt's rule). The granted QoS, or 0x80. Unlike amqtt, finding whether the client
-        id is subscribed already does not read every subscriber of the filter."""
+        ``max-qos``. A client id already subscribed to the filter gets its subscription
+        replaced, QoS included [MQTT-3.8.4-3] (amqtt kept the first one: SUBACK granted the
+        new QoS, deliveries kept the old). The granted QoS, or 0x80. Unlike amqtt, finding
+        whether the client id is subscribed already does not read every subscriber of the
+        filter."""
         topic_filter, qos = subscription
         levels = topic_filter.split("/")
         if any(
@@ -908,7 +912,7 @@ class RallycastBroker(Broker):
         qos = min(qos, max_qos)
         if not self._subscriptions.subscribe(topic_filter, session, qos):
             self.logger.debug(
-                "Client %s has already subscribed to %s",
+                "Client %s subscribed again to %s: subscription replaced",
                 format_client_message(session=session),
                 topic_filter,
             )
@@ -1497,6 +1501,11 @@ class RallycastBroker(Broker):
                         # [MQTT-3.1.2-4], in its outbox (bounded; written to the store).
                         if target.clean_session is not False or qos == QOS_0 or target.is_anonymous:
                             continue
+                        if self._sessions.get(target.client_id, _NO_SESSION)[0] is not target:
+                            # Ended for good while this fan-out awaited an ACL check (a clean
+                            # CONNECT of its client id): nothing may be queued or stored for
+                            # it [MQTT-3.1.2-6].
+                            continue
                         outbox = self.outbox_of(target)
                     elif outbox is None:
                         continue
@@ -1506,6 +1515,8 @@ class RallycastBroker(Broker):
                     allowed = outbox.receive_allowed.get(topic)
                     if allowed is None:
                         allowed = await self._topic_filtering(target, topic, Action.RECEIVE)
+                        if self._sessions.get(target.client_id, _NO_SESSION)[0] is not target:
+                            continue  # it ended for good meanwhile (as above)
                         if len(outbox.receive_allowed) > 1024:
                             outbox.receive_allowed.clear()
                         outbox.receive_allowed[topic] = allowed

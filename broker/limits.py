@@ -520,8 +520,8 @@ def pending_sockets(broker: Any, listener_name: str) -> PendingSockets:
 
 class Subscribers:
     """One filter's subscribers: ``(session, granted QoS)`` pairs in subscription order, at
-    most one per client id (amqtt's rule: a client id subscribed again keeps its first
-    subscription). Iterates, sizes and tests true like the list amqtt keeps, but finds and
+    most one per client id (a client id subscribed again replaces its subscription, QoS
+    included, in place [MQTT-3.8.4-3]; amqtt kept the first one). Iterates, sizes and tests true like the list amqtt keeps, but finds and
     removes one client in O(1) instead of a scan of every subscriber: with thousands of
     spectators on one snapshot topic, each disconnect scanned them all (issue 16, the mass
     disconnect). Changed only through :class:`FilterIndex`, which keeps each client's filters.
@@ -554,11 +554,11 @@ class Subscribers:
     # Changed by FilterIndex only (it keeps each client's filters in step).
 
     def add(self, session: Any, qos: int) -> bool:
-        """Add ``session`` by its client id; False when that client id is here already."""
-        if session.client_id in self._pairs:
-            return False
+        """Add ``session`` by its client id, or replace that client id's pair (same place in
+        the order); False when it was here already."""
+        new = session.client_id not in self._pairs
         self._pairs[session.client_id] = (session, qos)
-        return True
+        return new
 
     def discard(self, client_id: str) -> bool:
         """Remove ``client_id``'s pair; False when it had none."""
@@ -662,7 +662,8 @@ class FilterIndex(dict):  # type: ignore[type-arg]
 
     def subscribe(self, a_filter: str, session: Any, qos: int) -> bool:
         """Add ``session`` (by its ``client_id``) to ``a_filter``'s subscribers with ``qos``;
-        False (nothing changed) when that client id already holds the filter."""
+        False when that client id already held the filter (its subscription is replaced:
+        this session, this QoS [MQTT-3.8.4-3])."""
         subscribers = self.get(a_filter)
         if subscribers is None:
             subscribers = Subscribers()

@@ -338,8 +338,11 @@ class Outbox:
                 if len(self.inflight) < MAX_INFLIGHT:
                     self._send(Delivery(message, qos))
                     return
-        if qos == QOS_0 and self.session.transitions.state != "connected":
-            return  # offline: only QoS 1/2 is kept [MQTT-3.1.2-5]
+        if qos == QOS_0 and self.handler is None:
+            # No connection attached (offline, being closed, not yet resumed): only QoS 1/2
+            # is kept. The session may still count as connected while its connection is torn
+            # down; QoS 0 queued then was delivered at its next connection, stale.
+            return
         size = len(message.data)
         if len(self.pending) >= self.limit or self.pending_bytes + size > self.limit_bytes:
             self._overflow(size)

@@ -516,12 +516,13 @@ async def test_subscribing_unsubscribing_and_ending_a_session_look_at_no_other_s
 
 
 @pytest.mark.asyncio
-async def test_a_client_id_subscribed_again_keeps_its_first_subscription_as_amqtt_does():
+async def test_a_client_id_subscribed_again_has_its_subscription_replaced_in_place():
     broker = RallycastBroker(NO_PLUGINS)
-    first, again = session_named("c"), session_named("c")
+    first, other, again = session_named("c"), session_named("d"), session_named("c")
     assert await broker.add_subscription((SHARED, 0), first) == 0
-    assert await broker.add_subscription((SHARED, 1), again) == 1
-    assert list(broker.subscriptions[SHARED]) == [(first, 0)]
+    assert await broker.add_subscription((SHARED, 0), other) == 0
+    assert await broker.add_subscription((SHARED, 1), again) == 1  # [MQTT-3.8.4-3]
+    assert list(broker.subscriptions[SHARED]) == [(again, 1), (other, 0)]
     for bad in ("clubs/#/game", "clubs/a+/game", "#/x"):
         assert await broker.add_subscription((bad, 0), first) == 0x80  # [MQTT-4.7.1-2, -3]
         assert bad not in broker.subscriptions
@@ -554,7 +555,7 @@ def test_filter_index_keeps_each_client_s_filters_in_step_with_the_subscribers(o
             _, a_filter, client, qos = op
             added = index.subscribe(a_filter, sessions[client], qos)
             assert added == (client not in model.get(a_filter, {}))
-            model.setdefault(a_filter, {}).setdefault(client, qos)
+            model.setdefault(a_filter, {})[client] = qos  # replaced in place [MQTT-3.8.4-3]
         elif op[0] == "unsubscribe":
             _, a_filter, client = op
             removed = index.unsubscribe(a_filter, client)
