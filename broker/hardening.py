@@ -81,7 +81,8 @@ session goes on [MQTT-3.1.2-4, 3.1.2-6].
 The outbox is also the cheap delivery path: a PUBLISH is encoded once per message (and once
 more as a WebSocket frame) and written straight to each subscriber's transport, with no task,
 no plugin call and no packet object per delivery; RECEIVE ACL decisions are cached per
-connection (:meth:`RallycastBroker.forget_acl_decisions` clears them after an ACL reload).
+connection (they depend on the user and the topic only, broker/acl.py, and a connection's
+user never changes; a new password or a revoked token closes the connection).
 
 Extra hardening done on the way: a CONNECT must arrive within ``CONNECT_TIMEOUT`` seconds,
 MQTT keep-alive is enforced (1.5 x the client's value, as MQTT 3.1.1 §3.1.2.10 says; stock
@@ -858,13 +859,6 @@ class RallycastBroker(Broker):
         entry = self._sessions.get(client_id)
         outbox = getattr(entry[0], "outbox", None) if entry else None
         return len(outbox) if outbox is not None else 0
-
-    def forget_acl_decisions(self) -> None:
-        """Drop the cached RECEIVE ACL decisions (call after the ACL changes)."""
-        for session, _handler in self._sessions.values():
-            outbox = getattr(session, "outbox", None)
-            if outbox is not None:
-                outbox.forget_receive_decisions()
 
     # -- sessions' outboxes
 

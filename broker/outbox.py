@@ -261,7 +261,7 @@ class Outbox:
         self._direct = None
 
     def forget_receive_decisions(self) -> None:
-        """Drop the cached RECEIVE ACL decisions (a new connection, an ACL reload)."""
+        """Drop the cached RECEIVE ACL decisions (a new connection: the user may differ)."""
         self.receive_allowed = {}
         self.last_topic = None
         self.last_allowed = False
