@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from typing import Any
 
 import pytest
 from amqtt.contexts import Action
@@ -560,3 +561,31 @@ def test_a_subscription_made_again_with_another_qos_replaces_the_first(any_broke
     service.publish("clubs/alpha/game/events", b"point", qos=1).wait_for_publish(10)
     payload, qos = got.get(timeout=10)
     assert (payload, qos) == (b"point", 1)
+
+
+def test_a_subscribe_sent_with_the_connect_gets_the_retained_qos0_snapshot(
+    amqtt_broker: Any,
+) -> None:
+    # A client may SUBSCRIBE as soon as it has sent CONNECT (here in the same segment): the
+    # broker can read that SUBSCRIBE before the connection's Outbox is attached, and the
+    # retained snapshot it brings must wait there, not be dropped as if the client had gone
+    # (a viewer missed its first score after a broker restart in CI, under load).
+    from broker.packets import connect_packet
+    from rallycast.bench.wire import raw_client
+
+    service = amqtt_broker.client(amqtt_broker.service_user)
+    service.publish("clubs/alpha/game", b'{"rev": 7}', qos=1, retain=True).wait_for_publish(5)
+    for attempt in range(20):
+        with raw_client(amqtt_broker.mqtt_port) as client:
+            client.send(
+                connect_packet(f"early-{attempt}") + subscribe_packet("clubs/alpha/game", qos=0)
+            )
+            kinds = []
+            while True:
+                packet = client.packet(3.0)
+                assert packet is not None, f"attempt {attempt}: only {kinds}"
+                kinds.append(packet[0] & 0xF0)
+                if packet[0] & 0xF0 == 0x30:  # the retained PUBLISH
+                    assert packet[1].endswith(b'{"rev": 7}')
+                    break
+            assert kinds[0] == 0x20  # CONNACK first
