@@ -1262,9 +1262,6 @@ class RallycastBroker(Broker):
         handler.attach(session, reader, writer)
         handler.outbox = outbox
         self._sessions[client_id] = (session, handler)
-        # From the CONNACK on the client may SUBSCRIBE, before outbox.attach below: the
-        # retained messages that brings wait in the outbox (QoS 0 too) until then.
-        outbox.connecting = True
         await handler.mqtt_connack_authorize(True)
         await self.plugins_manager.fire_event(
             BrokerEvents.CLIENT_CONNECTED, client_id=client_id, client_session=session

@@ -144,7 +144,6 @@ class Outbox:
     __slots__ = (
         "session",
         "handler",
-        "connecting",
         "limit",
         "limit_bytes",
         "pending",
@@ -177,9 +176,6 @@ class Outbox:
     ) -> None:
         self.session = session
         self.handler: Any = None  # the connection's protocol handler, while connected
-        # Set from the CONNACK until attach: the client may SUBSCRIBE in that window, and the
-        # retained messages its SUBSCRIBE brings (QoS 0 too) wait here for the attach.
-        self.connecting = False
         self.limit = limit
         self.limit_bytes = limit_bytes
         # Created on first use: most connections never queue anything.
@@ -238,7 +234,6 @@ class Outbox:
         WebSocket layer (broker/ws.py ``WsConnection``) or None for MQTT over TCP; ``drain``:
         waits while the transport is above its high-water mark."""
         self.handler = handler
-        self.connecting = False
         self._drain = drain
         self._transport = transport
         self._ws = ws
@@ -277,7 +272,6 @@ class Outbox:
         if handler is not None and self.handler is not handler:
             return
         self.handler = None
-        self.connecting = False
         if self._ws is not None and getattr(self._ws, "on_not_open", None) == self._ws_left_open:
             self._ws.on_not_open = None  # the connection no longer keeps this outbox
         self._drain = self._transport = self._ws = self._direct = None
@@ -344,8 +338,8 @@ class Outbox:
                 if len(self.inflight) < MAX_INFLIGHT:
                     self._send(Delivery(message, qos))
                     return
-        if qos == QOS_0 and self.handler is None and not self.connecting:
-            # No connection attached or being attached (offline, being closed): only QoS 1/2
+        if qos == QOS_0 and self.handler is None:
+            # No connection attached (offline, being closed, not yet resumed): only QoS 1/2
             # is kept. The session may still count as connected while its connection is torn
             # down; QoS 0 queued then was delivered at its next connection, stale.
             return
