@@ -451,22 +451,30 @@ def test_closing_a_page_ends_its_mqtt_session_with_a_disconnect(
     talkative_mosquitto_stack: Any, open_page: Any, path: str
 ) -> None:
     stack = talkative_mosquitto_stack
-    if path.endswith("score"):
-        page = signed_in_phone(stack, open_page, "en")
-    else:
-        page = open_page(stack.url(path))
-    wait_connected(page)
-    client_id = page.evaluate("() => Rallycast.client.options.clientId")
-    page.close()
     runner = stack.endpoint._runner
-    deadline = time.monotonic() + 5
-    while f"Client {client_id} " not in runner.log_path.read_text(errors="replace"):
-        assert time.monotonic() < deadline, runner.log_tail()
-        time.sleep(0.05)
-    log = runner.log_path.read_text(errors="replace")
-    # mosquitto: "disconnected." after an MQTT DISCONNECT; "closed its connection." (or a
-    # socket error) when the socket just went away, which amqtt logs as a 1001 traceback.
-    assert f"Client {client_id} disconnected." in log, log[-2000:]
+    # The DISCONNECT is sent from 'pagehide' as the tab goes: on a loaded machine Chromium can
+    # tear the socket down before that frame leaves (seen once in CI). A page that never sends
+    # it fails all three tries.
+    endings = []
+    for _attempt in range(3):
+        if path.endswith("score"):
+            page = signed_in_phone(stack, open_page, "en")
+        else:
+            page = open_page(stack.url(path))
+        wait_connected(page)
+        client_id = page.evaluate("() => Rallycast.client.options.clientId")
+        page.close()
+        deadline = time.monotonic() + 5
+        while f"Client {client_id} " not in runner.log_path.read_text(errors="replace"):
+            assert time.monotonic() < deadline, runner.log_tail()
+            time.sleep(0.05)
+        log = runner.log_path.read_text(errors="replace")
+        # mosquitto: "disconnected." after an MQTT DISCONNECT; "closed its connection." (or a
+        # socket error) when the socket just went away, which amqtt logs as a 1001 traceback.
+        if f"Client {client_id} disconnected." in log:
+            return
+        endings.append(log[-600:])
+    raise AssertionError("no DISCONNECT from a closing page in 3 tries:\n" + "\n".join(endings))
 
 
 def test_resends_stop_after_30_s_and_the_press_stays_queued_until_sent_again(
