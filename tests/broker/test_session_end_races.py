@@ -33,6 +33,24 @@ from tests.broker.test_mass_disconnect import (
 TOPIC = "clubs/beta/game"
 
 
+def hold_receive_check(
+    broker: RallycastBroker, held: object
+) -> tuple[asyncio.Event, asyncio.Event]:
+    """Make the broker's RECEIVE ACL check for ``held`` (a session) on TOPIC wait: the first
+    event is set when a fan-out reaches it, and the check goes on once the second is set."""
+    reached, release = asyncio.Event(), asyncio.Event()
+    check = broker._topic_filtering
+
+    async def slow_check(session, topic, action):
+        if session is held and action == Action.RECEIVE and topic == TOPIC:
+            reached.set()
+            await release.wait()
+        return await check(session, topic, action)
+
+    broker._topic_filtering = slow_check  # type: ignore[method-assign]
+    return reached, release
+
+
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_a_persistent_session_ended_by_a_clean_connect_mid_fan_out_gets_no_message(
@@ -49,16 +67,7 @@ async def test_a_persistent_session_ended_by_a_clean_connect_mid_fan_out_gets_no
         )
         await open_all(running, [persistent])
         gate_session = broker._sessions["gate"][0]
-        reached, release = asyncio.Event(), asyncio.Event()
-        check = broker._topic_filtering
-
-        async def slow_check(session, topic, action):
-            if session is gate_session and action == Action.RECEIVE and topic == TOPIC:
-                reached.set()
-                await release.wait()
-            return await check(session, topic, action)
-
-        broker._topic_filtering = slow_check  # type: ignore[method-assign]
+        reached, release = hold_receive_check(broker, gate_session)
         await broker.internal_message_broadcast(TOPIC, b"before-clean", 1)
         await asyncio.wait_for(reached.wait(), WAIT)
 
@@ -101,16 +110,7 @@ async def test_a_persistent_session_taken_over_by_its_own_reconnect_mid_fan_out_
         )
         await open_all(running, [first])
         gate_session = broker._sessions["gate"][0]
-        reached, release = asyncio.Event(), asyncio.Event()
-        check = broker._topic_filtering
-
-        async def slow_check(session, topic, action):
-            if session is gate_session and action == Action.RECEIVE and topic == TOPIC:
-                reached.set()
-                await release.wait()
-            return await check(session, topic, action)
-
-        broker._topic_filtering = slow_check  # type: ignore[method-assign]
+        reached, release = hold_receive_check(broker, gate_session)
         await broker.internal_message_broadcast(TOPIC, b"during-take-over", 1)
         await asyncio.wait_for(reached.wait(), WAIT)
         second = Client(connect_with_will("device", "beta", users["beta"], clean=False))
@@ -501,16 +501,7 @@ async def test_a_persistent_session_ended_during_its_own_acl_check_gets_no_store
         )
         await open_all(running, [persistent])
         old_session = broker._sessions["device"][0]
-        reached, release = asyncio.Event(), asyncio.Event()
-        check = broker._topic_filtering
-
-        async def slow_check(session, topic, action):
-            if session is old_session and action == Action.RECEIVE and topic == TOPIC:
-                reached.set()
-                await release.wait()
-            return await check(session, topic, action)
-
-        broker._topic_filtering = slow_check  # type: ignore[method-assign]
+        reached, release = hold_receive_check(broker, old_session)
         await broker.internal_message_broadcast(TOPIC, b"before-clean", 1)
         await asyncio.wait_for(reached.wait(), WAIT)
         fresh = Client(connect_with_will("device", "beta", users["beta"], clean=True))
