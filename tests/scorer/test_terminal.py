@@ -20,14 +20,9 @@ from scorer.terminal import KEYS, command_for, format_snapshot, prompt_start
 from tests.scorer.servicekit import ROOT, current_snapshot, service_running, wait_for
 
 
-def run_score(
-    endpoint, *flags: str, keys: str, password: str | None = None
-) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
-    command = [
-        sys.executable,
-        "-m",
-        "rallycast.cli",
+def score_argv(endpoint, *flags: str, password: str | None = None) -> list[str]:
+    """``rallycast score`` words for club alpha on ``endpoint``, then ``flags``."""
+    return [
         "score",
         "--club",
         "alpha",
@@ -36,6 +31,18 @@ def run_score(
         "--password",
         password or endpoint.users["alpha"],
         *flags,
+    ]
+
+
+def run_score(
+    endpoint, *flags: str, keys: str, password: str | None = None
+) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
+    command = [
+        sys.executable,
+        "-m",
+        "rallycast.cli",
+        *score_argv(endpoint, *flags, password=password),
     ]
     return subprocess.run(
         command, input=keys, capture_output=True, text=True, cwd=ROOT, env=env, timeout=60
@@ -226,21 +233,7 @@ def test_a_key_pressed_while_the_broker_is_away_is_queued_not_a_crash(
     monkeypatch.setattr(terminal, "ScoreClient", Recorded)
     monkeypatch.setattr(sys, "stdin", Keys("a", broker_away, "k", broker_back, "a", "q"))
     args = build_parser("score").parse_args(
-        [
-            "score",
-            "--club",
-            "alpha",
-            "--url",
-            f"mqtt://{amqtt_broker.host}:{amqtt_broker.mqtt_port}",
-            "--password",
-            amqtt_broker.users["alpha"],
-            "--player1",
-            "Ann",
-            "--player2",
-            "Bob",
-            "--timeout",
-            "1",
-        ]
+        score_argv(amqtt_broker, "--player1", "Ann", "--player2", "Bob", "--timeout", "1")
     )
     assert terminal.main(args) == 0
     out = capsys.readouterr().out
@@ -266,21 +259,7 @@ def test_a_key_shows_pending_until_the_service_answers_then_done(amqtt_broker, t
                 threading.Thread(target=running.__enter__).start()
 
     args = build_parser("score").parse_args(
-        [
-            "score",
-            "--club",
-            "alpha",
-            "--url",
-            f"mqtt://{amqtt_broker.host}:{amqtt_broker.mqtt_port}",
-            "--password",
-            amqtt_broker.users["alpha"],
-            "--player1",
-            "Ann",
-            "--player2",
-            "Bob",
-            "--timeout",
-            "20",
-        ]
+        score_argv(amqtt_broker, "--player1", "Ann", "--player2", "Bob", "--timeout", "20")
     )
     import unittest.mock as mock
 
