@@ -8,10 +8,7 @@ on the embedded broker, while another club's user publishing the same press scor
 from __future__ import annotations
 
 import json
-import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
@@ -27,11 +24,11 @@ from tests.scorer.buttons import payloads
 from tests.scorer.buttons.payloads import for_club
 from tests.scorer.buttons.test_runner import (
     QUIET,
-    REPO,
     WAIT,
+    buttons_process,
     latest_snapshot,
-    scorer_service,
 )
+from tests.scorer.servicekit import service_running
 
 
 # One board per kind, as a club would configure it after issue 9 (the club level filled in).
@@ -160,27 +157,14 @@ debounce_ms = 0
 """,
         encoding="utf-8",
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
-    env["RALLYCAST_PASSWORD_ALPHA"] = amqtt_broker.users["alpha"]
     press = b'{"Button1":{"Action":"SINGLE"}}'
-    with scorer_service(amqtt_broker, tmp_path / "service"):
+    with service_running(amqtt_broker, tmp_path / "service"):
         spectator = amqtt_broker.recorder([topics.game("alpha")])
         scorer = amqtt_broker.client("alpha")
         start = {"cmd": "start", "player1": "Ann", "player2": "Bob", "id": "start-1"}
         scorer.publish(topics.commands("alpha"), json.dumps(start), qos=1)
         assert latest_snapshot(spectator, 1)["game_data"]["score1"] == 0
-        process = subprocess.Popen(
-            [sys.executable, "-m", "rallycast.cli", "buttons", "--config", str(config)],
-            cwd=REPO,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        try:
-            assert process.stdout is not None
-            banner = process.stdout.readline()  # printed once the runner is connected
-            assert "1 board(s) for club(s) alpha" in banner, banner
+        with buttons_process(amqtt_broker, config) as process:
             # club beta's user fakes alpha's press; a device left on the shared topic too
             faker = amqtt_broker.client("beta")
             for topic in ("stat/alpha/table1/RESULT", "stat/table1/RESULT"):
@@ -198,10 +182,6 @@ debounce_ms = 0
             assert max(revs) == 2
             process.send_signal(signal.SIGINT)
             assert process.wait(timeout=5) == 0
-        finally:
-            if process.poll() is None:
-                process.kill()
-                process.wait()
     stderr = process.stderr.read() if process.stderr else ""
     assert "Traceback" not in stderr
     assert "stat/alpha/table1/+" in stderr  # the topic it follows, in its start-up log

@@ -25,6 +25,7 @@ from scorer.config import Club, Settings
 from scorer.service import ScorerService
 from tests.scorer.buttons import payloads
 from tests.scorer.buttons.payloads import for_club
+from tests.scorer.servicekit import service_running
 
 # The recorded messages as the boards of club "alpha" publish them (club level after the root).
 ESPHOME, SHELLY1, TASMOTA, ZIGBEE = (
@@ -162,19 +163,29 @@ def test_a_wrong_club_password_is_a_clear_error(any_broker) -> None:
 
 
 @contextmanager
-def scorer_service(endpoint, data_dir: Path) -> Iterator[ScorerService]:
-    settings = Settings(
-        data_dir=data_dir,
-        broker_url=f"mqtt://{endpoint.host}:{endpoint.mqtt_port}",
-        service_user=endpoint.service_user,
+def buttons_process(endpoint, config: Path) -> Iterator[subprocess.Popen[str]]:
+    """``rallycast buttons --config config`` as a subprocess with club alpha's password,
+    yielded once its banner says its one board for alpha is connected; killed on the way out
+    if the body left it running."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
+    env["RALLYCAST_PASSWORD_ALPHA"] = endpoint.users["alpha"]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "rallycast.cli", "buttons", "--config", str(config)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    service = ScorerService(settings, password=endpoint.users[endpoint.service_user])
-    service.start()
     try:
-        assert service.wait_until_connected(WAIT), "the scorer service did not connect"
-        yield service
+        assert process.stdout is not None
+        banner = process.stdout.readline()  # printed once the runner is connected
+        assert "1 board(s) for club(s) alpha" in banner, banner
+        yield process
     finally:
-        service.stop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
 
 
 def latest_snapshot(spectator, rev: int) -> dict:
@@ -196,7 +207,7 @@ def test_presses_change_the_retained_snapshot_through_the_scorer_service(
         "side": 2,
     }
     with (
-        scorer_service(any_broker, tmp_path / "service"),
+        service_running(any_broker, tmp_path / "service"),
         running(any_broker, TASMOTA_BOARD, shelly_side2),
     ):
         spectator = any_broker.recorder([topics.game("alpha")])
@@ -288,30 +299,13 @@ opponent = "2+"
         encoding="utf-8",
     )
     service_view = any_broker.recorder([topics.commands("alpha")], user=any_broker.service_user)
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RALLYCAST_")}
-    env["RALLYCAST_PASSWORD_ALPHA"] = any_broker.users["alpha"]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "rallycast.cli", "buttons", "--config", str(config)],
-        cwd=REPO,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert process.stdout is not None
-        banner = process.stdout.readline()  # printed once the runner is connected
-        assert "1 board(s) for club(s) alpha" in banner
+    with buttons_process(any_broker, config) as process:
         device = any_broker.client("alpha")
         device.publish("boards/alpha/table1/press", b"opponent", qos=1).wait_for_publish(WAIT)
         received = service_view.wait_for(timeout=WAIT)
         assert json.loads(received.payload)["side"] == 2
         process.send_signal(signal.SIGINT)
         assert process.wait(timeout=5) == 0
-    finally:
-        if process.poll() is None:
-            process.kill()
-            process.wait()
     stderr = process.stderr.read() if process.stderr else ""
     assert "board esp32: button opponent single" in stderr
     assert "Traceback" not in stderr
@@ -329,7 +323,7 @@ def test_left_end_button_scores_for_whoever_stands_there_after_the_ends_change(
         "debounce_ms": 0,
     }
     with (
-        scorer_service(any_broker, tmp_path / "service"),
+        service_running(any_broker, tmp_path / "service"),
         running(any_broker, ends_board) as runner,
     ):
         spectator = any_broker.recorder([topics.game("alpha")])
@@ -418,7 +412,7 @@ def test_a_shellys_periodic_resend_never_scores_in_this_match_nor_the_next(
         return verdicts.next()
 
     state_dir = tmp_path / "buttons"
-    with scorer_service(any_broker, tmp_path / "service"):
+    with service_running(any_broker, tmp_path / "service"):
         start = {"cmd": "start", "player1": "Ann", "player2": "Bob"}
         match_a = command(dict(start, id="a"), 1)["match_id"]
         runner = ix3_runner(any_broker, lambda: now[0], verdicts, state_dir)
@@ -480,7 +474,7 @@ def test_a_press_is_resent_with_its_id_until_the_service_answers(any_broker, tmp
         press_id = verdicts.next().command["id"]
         assert link.pending() == [press_id]
         time.sleep(1.0)  # at least one resend goes nowhere meanwhile
-        with scorer_service(any_broker, tmp_path / "service"):
+        with service_running(any_broker, tmp_path / "service"):
             deadline = time.monotonic() + 10
             while link.pending() and time.monotonic() < deadline:
                 time.sleep(0.05)
