@@ -3,15 +3,14 @@ snapshot and the events (docs/rules.md)."""
 
 from __future__ import annotations
 
-import itertools
 import json
 from typing import Any
 
 import pytest
 
-from scorer.engine import Match, Outcome, Refused, parse_command
+from scorer.engine import Match, Refused, parse_command
+from tests.scorer.enginekit import press, start_match
 
-_clock = itertools.count(1)
 SEED_START = {
     "cmd": "start",
     "game_type": "single",
@@ -23,17 +22,7 @@ SEED_START = {
 
 
 def started(**changes: Any) -> Match:
-    match = Match("m-1")
-    match.apply({**SEED_START, **changes}, float(next(_clock)))
-    return match
-
-
-def press(match: Match, *commands: Any) -> Outcome:
-    outcome = None
-    for command in commands:
-        outcome = match.apply(command, float(next(_clock)))
-    assert outcome is not None
-    return outcome
+    return start_match("m-1", SEED_START, **changes)
 
 
 def refused(match: Match, command: Any, reason: str) -> None:

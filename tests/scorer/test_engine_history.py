@@ -3,31 +3,27 @@ the failing inputs of issue 10, each pinned with the value the laws give."""
 
 from __future__ import annotations
 
-import itertools
 import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from scorer.engine import Match, Outcome, Refused
+from scorer.engine import Match, Refused
+from tests.scorer.enginekit import press, start_match
 
-_clock = itertools.count(1)
 SINGLES = {"cmd": "start", "player1": "Ann", "player2": "Bob"}
+DOUBLES = {
+    "cmd": "start",
+    "game_type": "double",
+    "players1": ["A", "B"],
+    "players2": ["C", "D"],
+    "best_of": 3,
+}
 
 
 def started(**changes: Any) -> Match:
-    match = Match("h")
-    match.apply({**SINGLES, **changes}, float(next(_clock)))
-    return match
-
-
-def press(match: Match, *commands: Any) -> Outcome:
-    outcome = None
-    for command in commands:
-        outcome = match.apply(command, float(next(_clock)))
-    assert outcome is not None
-    return outcome
+    return start_match("h", SINGLES, **changes)
 
 
 def score(snapshot: dict[str, Any]) -> tuple[int, int]:
@@ -110,16 +106,7 @@ def test_undo_takes_back_whatever_the_latest_change_was(change):
 
 def test_undo_takes_back_a_doubles_server_choice():
     match = Match("d")
-    match.apply(
-        {
-            "cmd": "start",
-            "game_type": "double",
-            "players1": ["A", "B"],
-            "players2": ["C", "D"],
-            "best_of": 3,
-        },
-        1.0,
-    )
+    match.apply(DOUBLES, 1.0)
     before = press(match, *["1+"] * 11).snapshot
     assert press(match, {"cmd": "server", "player": "D"}).snapshot["server_player"] == "D"
     assert press(match, "undo").snapshot["server_player"] == before["server_player"] == "C"
@@ -197,16 +184,7 @@ def test_minus_one_that_would_put_a_later_timeout_between_games_is_refused_towar
 
 def test_minus_one_that_reopens_a_game_after_a_server_choice_is_refused_towards_undo():
     match = Match("d")
-    match.apply(
-        {
-            "cmd": "start",
-            "game_type": "double",
-            "players1": ["A", "B"],
-            "players2": ["C", "D"],
-            "best_of": 3,
-        },
-        1.0,
-    )
+    match.apply(DOUBLES, 1.0)
     press(match, *["1+"] * 11, {"cmd": "server", "player": "D"})
     refused(
         match, "1-", "later_change_conflicts", side=1, game_no=1, reason="server_choice_too_late"
@@ -325,14 +303,6 @@ def test_lone_surrogates_are_refused_in_every_string_field(raw):
 
 
 # ---------------------------------------------------------------- refusal codes
-
-DOUBLES = {
-    "cmd": "start",
-    "game_type": "double",
-    "players1": ["A", "B"],
-    "players2": ["C", "D"],
-    "best_of": 3,
-}
 
 # code -> (start command or None, presses before, the refused command, params)
 REFUSALS: dict[str, tuple[Any, list[Any], Any, dict[str, Any]]] = {

@@ -3,15 +3,13 @@ test, through the engine's public API only."""
 
 from __future__ import annotations
 
-import itertools
 from typing import Any
 
 import pytest
 
 from scorer.engine import Match, Outcome, Refused
 from scorer.rules import game_over, left_side_by_law, normal_turn, service_turn
-
-_clock = itertools.count(1)
+from tests.scorer.enginekit import tick
 
 
 def new_match(**start: Any) -> Match:
@@ -22,12 +20,12 @@ def new_match(**start: Any) -> Match:
         command.pop("player2")
         command.setdefault("players1", ["X1", "X2"])
         command.setdefault("players2", ["Y1", "Y2"])
-    match.apply(command, float(next(_clock)))
+    match.apply(command, tick())
     return match
 
 
 def press(match: Match, command: Any) -> Outcome:
-    return match.apply(command, float(next(_clock)))
+    return match.apply(command, tick())
 
 
 def play(match: Match, sides: str) -> dict[str, Any]:
@@ -292,25 +290,27 @@ def test_r7_doubles_game_2_default_first_receiver_of_game_1_serves_to_who_served
     assert order == ["X1->Y2", "Y2->X2", "X2->Y1"]
 
 
-def test_r7_doubles_game_2_order_when_y1_serves_first():
-    """ITTF vector: Y1 first -> Y1->X1, X1->Y2, Y2->X2, X2->Y1."""
+def game_2_order_after_choosing(server: str, rallies: str) -> list[str]:
+    """Doubles, best of 3, game 1 won 11-6: ``server`` is chosen for game 2; the pairing
+    then and after each of three more pairs of rallies ``rallies`` (a full turn each)."""
     match = new_match(game_type="double", best_of=3)
     reach(match, 11, 6)
-    press(match, {"cmd": "server", "player": "Y1"})
+    press(match, {"cmd": "server", "player": server})
     order = [serving(match.snapshot())]
     for _ in range(3):
-        order.append(serving(play(match, "12")))
+        order.append(serving(play(match, rallies)))
+    return order
+
+
+def test_r7_doubles_game_2_order_when_y1_serves_first():
+    """ITTF vector: Y1 first -> Y1->X1, X1->Y2, Y2->X2, X2->Y1."""
+    order = game_2_order_after_choosing(server="Y1", rallies="12")
     assert order == ["Y1->X1", "X1->Y2", "Y2->X2", "X2->Y1"]
 
 
 def test_r7_doubles_game_2_order_when_y2_serves_first():
     """ITTF vector: Y2 first -> Y2->X2, X2->Y1, Y1->X1, X1->Y2."""
-    match = new_match(game_type="double", best_of=3)
-    reach(match, 11, 6)
-    press(match, {"cmd": "server", "player": "Y2"})
-    order = [serving(match.snapshot())]
-    for _ in range(3):
-        order.append(serving(play(match, "21")))
+    order = game_2_order_after_choosing(server="Y2", rallies="21")
     assert order == ["Y2->X2", "X2->Y1", "Y1->X1", "X1->Y2"]
 
 
