@@ -18,6 +18,8 @@ docs/rules.md."""
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
@@ -685,6 +687,26 @@ class History:
         }
 
 
+def _timed_entries(log: list[dict[str, Any]]) -> Iterator[tuple[int, dict[str, Any], float]]:
+    """Each log entry as (its number from 1, the command without ``"at"``, ``"at"`` in
+    seconds). Raises Refused (bad_command, field ``at``) at an entry with no number there."""
+    for number, entry in enumerate(log, start=1):
+        command = dict(entry)
+        at = command.pop("at", None)
+        if isinstance(at, bool) or not isinstance(at, int | float):
+            raise _bad(f'log entry {number} has no "at" time', field="at")
+        yield number, command, float(at)
+
+
+@contextmanager
+def _naming_entry(number: int) -> Iterator[None]:
+    """A Refused raised in the body says which log entry it is about (same code, params)."""
+    try:
+        yield
+    except Refused as exc:
+        raise Refused(f"log entry {number}: {exc}", exc.code, **exc.params) from None
+
+
 def fold(match_id: str, log: list[dict[str, Any]]) -> dict[str, Any] | None:
     """THE definition of a match: its log (``match.log`` entries, each with ``"at"``) folded
     from scratch into the snapshot (None before a start). Pure. Raises Refused if an entry is
@@ -693,18 +715,12 @@ def fold(match_id: str, log: list[dict[str, Any]]) -> dict[str, Any] | None:
     history = History(incremental=False)
     ids: set[str | int] = set()
     rev = 0
-    for number, entry in enumerate(log, start=1):
-        command = dict(entry)
-        at = command.pop("at", None)
-        if isinstance(at, bool) or not isinstance(at, int | float):
-            raise _bad(f'log entry {number} has no "at" time', field="at")
-        try:
+    for number, command, at in _timed_entries(log):
+        with _naming_entry(number):
             parsed = parse_command(command)
             if parsed.get("id") is not None and parsed["id"] in ids:
                 continue  # a duplicate is never logged; ignored like apply does
-            history.step(parsed, float(at))
-        except Refused as exc:
-            raise Refused(f"log entry {number}: {exc}", exc.code, **exc.params) from None
+            history.step(parsed, at)
         if parsed.get("id") is not None:
             ids.add(parsed["id"])
         rev += 1
@@ -728,17 +744,11 @@ class Match:
         """The match rebuilt from its log (as ``match.log`` returns it). Raises Refused if
         an entry is not acceptable, which means the log was not written by this engine."""
         match = cls(match_id)
-        for number, entry in enumerate(log, start=1):
-            command = dict(entry)
-            at = command.pop("at", None)
-            if isinstance(at, bool) or not isinstance(at, int | float):
-                raise _bad(f'log entry {number} has no "at" time', field="at")
-            try:
+        for number, command, at in _timed_entries(log):
+            with _naming_entry(number):
                 parsed = parse(command)
                 if parsed.id is None or parsed.id not in match._rev_by_id:
-                    match._accept(parsed, float(at))
-            except Refused as exc:
-                raise Refused(f"log entry {number}: {exc}", exc.code, **exc.params) from None
+                    match._accept(parsed, at)
         return match
 
     @property
