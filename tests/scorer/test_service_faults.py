@@ -10,6 +10,9 @@ import signal
 import subprocess
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -72,6 +75,38 @@ def wait_exit(service: ServiceProcess, timeout: float = 2 * WAIT) -> int | None:
         return service.process.wait(timeout)
     except subprocess.TimeoutExpired:
         return None
+
+
+@dataclass
+class OnlineService:
+    """A ``rallycast scorer`` subprocess said ``online``, scorer alpha and a status watcher."""
+
+    service: ServiceProcess
+    alpha: Scorer
+    status: Watcher
+
+
+@contextmanager
+def online_service(
+    broker: Any, data_dir: Path, service_endpoint: Any = None
+) -> Iterator[OnlineService]:
+    """Starts a ServiceProcess on ``data_dir`` (connected to ``service_endpoint``, by default
+    ``broker``) with alpha and a status watcher on ``broker``; yields once the status says
+    online; stops the service, then closes alpha (whichever the body left in ``.alpha``) and
+    the watcher."""
+    run = OnlineService(
+        ServiceProcess(service_endpoint or broker, data_dir),
+        Scorer(broker, "alpha"),
+        Watcher(broker, topics.SCORER_STATUS),
+    )
+    try:
+        run.service.start()
+        wait_status(run.status, b"online")
+        yield run
+    finally:
+        run.service.stop()
+        run.alpha.close()
+        run.status.close()
 
 
 def test_a_second_service_on_the_same_data_dir_refuses_to_start_and_the_first_keeps_serving(
@@ -162,12 +197,8 @@ def test_a_full_disk_refuses_each_press_with_store_failed_and_the_resend_applies
     press can be applied); once there is room, the resends of the same ids are applied
     once each, the status is online again, and a restart agrees."""
     data_dir = tmp_path / "service"
-    service = ServiceProcess(any_broker, data_dir)
-    alpha = Scorer(any_broker, "alpha")
-    status = Watcher(any_broker, topics.SCORER_STATUS)
-    try:
-        service.start()
-        wait_status(status, b"online")
+    with online_service(any_broker, data_dir) as run:
+        service, alpha, status = run.service, run.alpha, run.status
         alpha.send(START)
         for side in (1, 2):
             assert alpha.send({"cmd": "point", "side": side})["ok"]
@@ -201,10 +232,6 @@ def test_a_full_disk_refuses_each_press_with_store_failed_and_the_resend_applies
         wait_status(status, b"online")
         assert alpha.send(presses[0])["rev"] == 4
         assert alpha.send({"cmd": "point", "side": 2})["rev"] == 7
-    finally:
-        service.stop()
-        alpha.close()
-        status.close()
 
 
 def test_a_frozen_service_is_said_offline_within_20_s_and_applies_the_press_once_thawed(
@@ -213,12 +240,8 @@ def test_a_frozen_service_is_said_offline_within_20_s_and_applies_the_press_once
     """A frozen service (SIGSTOP: a suspended VM, a swap storm) cannot say anything: the
     broker's keep-alive check must publish its last will soon, not after 45 s while pages
     say online and every press waits. Once thawed, the press sent meanwhile counts once."""
-    service = ServiceProcess(any_broker, tmp_path / "service")
-    alpha = Scorer(any_broker, "alpha")
-    status = Watcher(any_broker, topics.SCORER_STATUS)
-    try:
-        service.start()
-        wait_status(status, b"online")
+    with online_service(any_broker, tmp_path / "service") as run:
+        service, alpha, status = run.service, run.alpha, run.status
         alpha.send(START)
         assert service.process is not None
         frozen_at = time.monotonic()
@@ -235,10 +258,6 @@ def test_a_frozen_service_is_said_offline_within_20_s_and_applies_the_press_once
         assert (reply["id"], reply["ok"], reply["rev"]) == ("while-frozen", True, 2), reply
         wait_status(status, b"online")
         assert alpha.send("1+")["rev"] == 3
-    finally:
-        service.stop()
-        alpha.close()
-        status.close()
 
 
 def test_a_press_refused_for_no_match_is_not_applied_by_its_resend_to_the_next_match(
@@ -291,12 +310,8 @@ def test_a_broker_that_comes_back_without_its_retained_snapshots_gets_them_again
     the service must publish every club's snapshot again, at the store's rev, so pages do
     not show "no match" or a stale score."""
     broker = any_broker_process
-    service = ServiceProcess(broker, tmp_path / "service")
-    alpha = Scorer(broker, "alpha")
-    status = Watcher(broker, topics.SCORER_STATUS)
-    try:
-        service.start()
-        wait_status(status, b"online")
+    with online_service(broker, tmp_path / "service") as run:
+        alpha, status = run.alpha, run.status
         started = alpha.send(START)
         for _ in range(3):
             alpha.send("1+")
@@ -310,12 +325,8 @@ def test_a_broker_that_comes_back_without_its_retained_snapshots_gets_them_again
         broker.start()
         snapshot = wait_for(lambda: current_snapshot(broker, "alpha"), PROCESS_START)
         assert (snapshot["match_id"], snapshot["rev"]) == (started["match_id"], 4)
-        alpha = Scorer(broker, "alpha")
+        alpha = run.alpha = Scorer(broker, "alpha")
         assert alpha.send({"cmd": "point", "side": 2}, with_id=True)["rev"] == 5
-    finally:
-        service.stop()
-        alpha.close()
-        status.close()
 
 
 def test_a_press_held_by_the_network_while_another_scorer_replaces_the_match_does_not_score_in_the_new_one(  # noqa: E501
@@ -381,55 +392,49 @@ def test_kill_9_after_the_commit_before_the_reply_left_the_service_is_answered_o
         service_user=broker.service_user,
     )
     data_dir = tmp_path / "service"
-    service = ServiceProcess(via_proxy, data_dir)
-    alpha = Scorer(broker, "alpha")
-    status = Watcher(broker, topics.SCORER_STATUS)
     try:
-        service.start()
-        wait_status(status, b"online")
-        started = alpha.send(START)
-        point = alpha.send({"cmd": "point", "side": 2})
-        assert point["rev"] == 2
-        earlier = {started["id"]: started, point["id"]: point}
-        proxy.freeze()
-        command, which_match, rev, score = KILLED_AFTER_COMMIT[kind]
-        alpha.send_raw(json.dumps({**command, "id": "committed"}))
-        wait_for(lambda: stored_ids(data_dir) >= 3, WAIT)  # committed, in the store
-        assert alpha.watcher.nothing_on(topics.replies("alpha"), 0.3)
-        service.kill()
-        proxy.close()
-        # The broker learns of the death from the proxy's close, at the latest from the
-        # service's keep-alive (1.5 x 10 s); how fast is not what this test is about.
-        wait_status(status, b"offline", PROCESS_START)
-        restarted = ServiceProcess(broker, data_dir)
-        restarted.start()
-        try:
-            reply = alpha.watcher.next_json(topics.replies("alpha"), PROCESS_START)
-            # paho sends a command's PUBACK just after the service's reply, so the freeze may
-            # have held the last press's PUBACK too: the broker then delivers that press again
-            # and the restarted service must answer it exactly as before (not apply it).
-            while reply["id"] in earlier:
-                assert reply == earlier[reply["id"]], (reply, earlier[reply["id"]])
-                del earlier[reply["id"]]
-                reply = alpha.watcher.next_json(topics.replies("alpha"), PROCESS_START)
-            assert (reply["id"], reply["ok"], reply["rev"]) == ("committed", True, rev), reply
-            assert alpha.watcher.nothing_on(topics.replies("alpha"), 1.0)
-            snapshot = current_snapshot(broker, "alpha")
-            assert snapshot["rev"] == rev and snapshot["match_id"] == reply["match_id"]
-            assert (snapshot["match_id"] == started["match_id"]) == (which_match == "same")
-            data = snapshot["game_data"]
-            assert (data["score1"], data["score2"]) == score
-            # The sender's own resend is answered the same way.
+        with online_service(broker, data_dir, via_proxy) as run:
+            service, alpha, status = run.service, run.alpha, run.status
+            started = alpha.send(START)
+            point = alpha.send({"cmd": "point", "side": 2})
+            assert point["rev"] == 2
+            earlier = {started["id"]: started, point["id"]: point}
+            proxy.freeze()
+            command, which_match, rev, score = KILLED_AFTER_COMMIT[kind]
             alpha.send_raw(json.dumps({**command, "id": "committed"}))
-            assert alpha.watcher.next_json(topics.replies("alpha")) == reply
-            assert alpha.send("2+")["rev"] == rev + 1
-        finally:
-            restarted.stop()
+            wait_for(lambda: stored_ids(data_dir) >= 3, WAIT)  # committed, in the store
+            assert alpha.watcher.nothing_on(topics.replies("alpha"), 0.3)
+            service.kill()
+            proxy.close()
+            # The broker learns of the death from the proxy's close, at the latest from the
+            # service's keep-alive (1.5 x 10 s); how fast is not what this test is about.
+            wait_status(status, b"offline", PROCESS_START)
+            restarted = ServiceProcess(broker, data_dir)
+            restarted.start()
+            try:
+                reply = alpha.watcher.next_json(topics.replies("alpha"), PROCESS_START)
+                # paho sends a command's PUBACK just after the service's reply, so the freeze may
+                # have held the last press's PUBACK too: the broker then delivers that press again
+                # and the restarted service must answer it exactly as before (not apply it).
+                while reply["id"] in earlier:
+                    assert reply == earlier[reply["id"]], (reply, earlier[reply["id"]])
+                    del earlier[reply["id"]]
+                    reply = alpha.watcher.next_json(topics.replies("alpha"), PROCESS_START)
+                assert (reply["id"], reply["ok"], reply["rev"]) == ("committed", True, rev), reply
+                assert alpha.watcher.nothing_on(topics.replies("alpha"), 1.0)
+                snapshot = current_snapshot(broker, "alpha")
+                assert snapshot["rev"] == rev and snapshot["match_id"] == reply["match_id"]
+                assert (snapshot["match_id"] == started["match_id"]) == (which_match == "same")
+                data = snapshot["game_data"]
+                assert (data["score1"], data["score2"]) == score
+                # The sender's own resend is answered the same way.
+                alpha.send_raw(json.dumps({**command, "id": "committed"}))
+                assert alpha.watcher.next_json(topics.replies("alpha")) == reply
+                assert alpha.send("2+")["rev"] == rev + 1
+            finally:
+                restarted.stop()
     finally:
-        service.stop()
         proxy.close()
-        alpha.close()
-        status.close()
 
 
 def stored_ids(data_dir: Path) -> int:
@@ -482,13 +487,9 @@ def test_a_broker_frozen_for_20_s_loses_no_press_and_the_status_comes_back_onlin
     keep-alive: the press sent into the frozen broker is applied once after the thaw, a
     resend of it is answered, and the status is online again within seconds."""
     broker = any_broker_process
-    service = ServiceProcess(broker, tmp_path / "service")
-    alpha = Scorer(broker, "alpha")
-    status = Watcher(broker, topics.SCORER_STATUS)
     process = broker._runner.process  # noqa: SLF001
-    try:
-        service.start()
-        wait_status(status, b"online")
+    with online_service(broker, tmp_path / "service") as run:
+        alpha = run.alpha
         alpha.send(START)
         press = '{"id": "into-the-freeze", "cmd": "point", "side": 1}'
         process.send_signal(signal.SIGSTOP)
@@ -518,10 +519,6 @@ def test_a_broker_frozen_for_20_s_loses_no_press_and_the_status_comes_back_onlin
         wait_for(lambda: retained_status(broker) == b"online", PROCESS_START, 0.2)
         print(f"online {time.monotonic() - thawed:.1f} s after the thaw")
         assert alpha.send("2+")["rev"] == 3
-    finally:
-        service.stop()
-        alpha.close()
-        status.close()
 
 
 def retained_status(endpoint: Any) -> bytes | None:
@@ -542,12 +539,8 @@ def test_kill_9_with_garbage_after_the_last_wal_frame_keeps_every_committed_pres
     appended to the WAL, a stale -shm) must cost nothing that was committed."""
     broker = any_broker_process
     data_dir = tmp_path / "service"
-    service = ServiceProcess(broker, data_dir)
-    alpha = Scorer(broker, "alpha")
-    status = Watcher(broker, topics.SCORER_STATUS)
-    try:
-        service.start()
-        wait_status(status, b"online")
+    with online_service(broker, data_dir) as run:
+        service, alpha, status = run.service, run.alpha, run.status
         started = alpha.send(START)
         for side in (1, 2, 1, 1, 2):
             assert alpha.send({"cmd": "point", "side": side})["ok"]
@@ -566,10 +559,6 @@ def test_kill_9_with_garbage_after_the_last_wal_frame_keeps_every_committed_pres
         assert (snapshot["match_id"], snapshot["rev"]) == (started["match_id"], 6)
         assert (snapshot["game_data"]["score1"], snapshot["game_data"]["score2"]) == (3, 2)
         assert alpha.send("undo")["rev"] == 7
-    finally:
-        service.stop()
-        alpha.close()
-        status.close()
 
 
 def test_an_id_reused_for_another_command_is_refused_not_answered_as_done(any_broker, tmp_path):
