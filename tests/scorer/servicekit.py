@@ -52,6 +52,23 @@ def service_running(endpoint: Any, data_dir: Path, **overrides: Any) -> Iterator
         service.stop()
 
 
+def fail_store_encoding(monkeypatch: Any, *errors: BaseException) -> None:
+    """The store's next ``len(errors)`` value encodings raise ``errors`` in turn (a full
+    disk, a value json cannot write); every later one works as before."""
+    import scorer.store as store_module
+
+    real_encode = store_module._encode
+    failures = iter(errors)
+
+    def failing(value: Any) -> str:
+        error = next(failures, None)
+        if error is not None:
+            raise error
+        return real_encode(value)
+
+    monkeypatch.setattr(store_module, "_encode", failing)
+
+
 @dataclass
 class ServiceProcess:
     """``rallycast scorer`` as a subprocess (so a test can kill -9 it)."""

@@ -19,6 +19,7 @@ from tests.scorer.servicekit import (
     Scorer,
     Watcher,
     current_snapshot,
+    fail_store_encoding,
     service_running,
     wait_for,
 )
@@ -108,23 +109,14 @@ def test_any_failure_inside_a_store_write_rolls_back_and_leaves_memory_as_it_was
     any_broker, tmp_path, alpha, monkeypatch
 ):
     # Not only sqlite3.Error: a TypeError from json.dumps, an encoding error, anything.
-    import scorer.store as store_module
-
     data_dir = tmp_path / "service"
     with service_running(any_broker, data_dir) as service:
         alpha.send(START)
-        real_encode = store_module._encode
-        failures = iter(
-            [TypeError("not JSON serializable"), UnicodeEncodeError("utf-8", "", 0, 1, "x")]
+        fail_store_encoding(
+            monkeypatch,
+            TypeError("not JSON serializable"),
+            UnicodeEncodeError("utf-8", "", 0, 1, "x"),
         )
-
-        def failing(value):
-            error = next(failures, None)
-            if error is not None:
-                raise error
-            return real_encode(value)
-
-        monkeypatch.setattr(store_module, "_encode", failing)
         for _ in range(2):
             reply = alpha.send("1+")
             assert (reply["ok"], reply["code"], reply["rev"]) == (False, "store_failed", 1)

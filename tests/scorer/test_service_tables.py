@@ -22,6 +22,7 @@ from tests.scorer.servicekit import (
     Scorer,
     Watcher,
     current_snapshot,
+    fail_store_encoding,
     service_running,
     wait_for,
 )
@@ -195,21 +196,10 @@ def test_a_restart_keeps_every_tables_match_and_a_resend_is_answered_not_applied
 def test_a_store_failure_on_table_2_rolls_back_and_the_resend_applies_once(
     any_broker, tmp_path, tables, monkeypatch
 ):
-    import scorer.store as store_module
-
     data_dir = tmp_path / "service"
     with service_running(any_broker, data_dir, clubs=CLUBS) as service:
         assert tables[2].send(START)["ok"]
-        real_encode = store_module._encode
-        failures = iter([OSError("disk full")])
-
-        def failing(value):
-            error = next(failures, None)
-            if error is not None:
-                raise error
-            return real_encode(value)
-
-        monkeypatch.setattr(store_module, "_encode", failing)
+        fail_store_encoding(monkeypatch, OSError("disk full"))
         press = {"id": "t2-press", "cmd": "point", "side": 2}
         refused = tables[2].send(press)
         assert (refused["ok"], refused["code"], refused["rev"], refused["table"]) == (
