@@ -46,6 +46,12 @@ def commands(verdicts) -> list[dict]:
     ]
 
 
+def fed(target: Board, timeline) -> list[dict]:
+    """The commands (as ``commands`` gives them) of ``target`` handling each
+    ``(message, at)`` of ``timeline`` in turn."""
+    return [command for message, at in timeline for command in commands(target.handle(message, at))]
+
+
 # --- what a gesture does ------------------------------------------------------------------
 
 
@@ -207,14 +213,15 @@ def test_zigbee2mqtt_press_on_both_topics_counts_once_in_either_order() -> None:
 def test_zigbee2mqtt_two_real_presses_reported_on_both_topics_count_twice() -> None:
     # Presses 0.5 s apart (past the debounce), copies interleaved: state, state, action, action.
     z2m = board(kind="zigbee2mqtt", device="table1-left", side=1)
-    sent = []
-    for message, at in [
-        (ZIGBEE["state_single"], T0),
-        (ZIGBEE["state_single"], T0 + 0.5),
-        (ZIGBEE["action_single"], T0 + 0.51),
-        (ZIGBEE["action_single"], T0 + 0.52),
-    ]:
-        sent += commands(z2m.handle(message, at))
+    sent = fed(
+        z2m,
+        [
+            (ZIGBEE["state_single"], T0),
+            (ZIGBEE["state_single"], T0 + 0.5),
+            (ZIGBEE["action_single"], T0 + 0.51),
+            (ZIGBEE["action_single"], T0 + 0.52),
+        ],
+    )
     assert sent == [{"cmd": "point", "side": 1}] * 2
 
 
@@ -323,14 +330,15 @@ def test_debounce_window_is_configurable_per_board() -> None:
 
 def test_esphome_contact_bounce_on_off_on_counts_once() -> None:
     esphome = board(kind="esphome", topic_prefix="boards/alpha/table1", side=1)
-    sent = []
-    for message, at in [
-        (ESPHOME["left_on"], T0),
-        (ESPHOME["left_off"], T0 + 0.02),
-        (ESPHOME["left_on"], T0 + 0.04),
-        (ESPHOME["left_off"], T0 + 0.2),
-    ]:
-        sent += commands(esphome.handle(message, at))
+    sent = fed(
+        esphome,
+        [
+            (ESPHOME["left_on"], T0),
+            (ESPHOME["left_off"], T0 + 0.02),
+            (ESPHOME["left_on"], T0 + 0.04),
+            (ESPHOME["left_off"], T0 + 0.2),
+        ],
+    )
     assert sent == [{"cmd": "point", "side": 1}]
 
 
