@@ -19,6 +19,8 @@ from scorer.engine import Match
 from scorer.terminal import KEYS, command_for, format_snapshot, prompt_start
 from tests.scorer.servicekit import ROOT, current_snapshot, service_running, wait_for
 
+ANN_BOB = ("--player1", "Ann", "--player2", "Bob")  # the players of a new match
+
 
 def score_argv(endpoint, *flags: str, password: str | None = None) -> list[str]:
     """``rallycast score`` words for club alpha on ``endpoint``, then ``flags``."""
@@ -58,10 +60,7 @@ def service(amqtt_broker, tmp_path):
 def test_keys_from_a_pipe_score_a_match_and_show_snapshots_and_refusals(amqtt_broker, service):
     result = run_score(
         amqtt_broker,
-        "--player1",
-        "Ann",
-        "--player2",
-        "Bob",
+        *ANN_BOB,
         "--best-of",
         "3",
         keys='a\na\nk\nu\nm\n2+\n{"cmd": "point", "side": 3}\nq\na\n',
@@ -79,7 +78,7 @@ def test_keys_from_a_pipe_score_a_match_and_show_snapshots_and_refusals(amqtt_br
 
 
 def test_without_players_it_follows_the_current_match(amqtt_broker, service):
-    run_score(amqtt_broker, "--player1", "Ann", "--player2", "Bob", keys="k\nq\n")
+    run_score(amqtt_broker, *ANN_BOB, keys="k\nq\n")
     result = run_score(amqtt_broker, keys="k\nt\nt\n")  # ends at end of input, no q needed
     assert result.returncode == 0, result.stderr
     assert "Ann 0 : 1 Bob" in result.stdout  # the retained snapshot it joined with
@@ -232,9 +231,7 @@ def test_a_key_pressed_while_the_broker_is_away_is_queued_not_a_crash(
 
     monkeypatch.setattr(terminal, "ScoreClient", Recorded)
     monkeypatch.setattr(sys, "stdin", Keys("a", broker_away, "k", broker_back, "a", "q"))
-    args = build_parser("score").parse_args(
-        score_argv(amqtt_broker, "--player1", "Ann", "--player2", "Bob", "--timeout", "1")
-    )
+    args = build_parser("score").parse_args(score_argv(amqtt_broker, *ANN_BOB, "--timeout", "1"))
     assert terminal.main(args) == 0
     out = capsys.readouterr().out
     assert "not sent yet: " in out and "queued" in out  # "k", while away
@@ -258,9 +255,7 @@ def test_a_key_shows_pending_until_the_service_answers_then_done(amqtt_broker, t
                 started.append(running)
                 threading.Thread(target=running.__enter__).start()
 
-    args = build_parser("score").parse_args(
-        score_argv(amqtt_broker, "--player1", "Ann", "--player2", "Bob", "--timeout", "20")
-    )
+    args = build_parser("score").parse_args(score_argv(amqtt_broker, *ANN_BOB, "--timeout", "20"))
     import unittest.mock as mock
 
     with (
@@ -281,10 +276,7 @@ def test_a_key_shows_pending_until_the_service_answers_then_done(amqtt_broker, t
 def test_a_command_that_cannot_be_sent_is_said_and_the_next_key_works(amqtt_broker, service):
     result = run_score(
         amqtt_broker,
-        "--player1",
-        "Ann",
-        "--player2",
-        "Bob",
+        *ANN_BOB,
         keys='{"cmd": "server", "player": "\\ud800"}\n'
         + '{"cmd": "server", "player": "'
         + "x" * 20_000
