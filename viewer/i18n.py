@@ -303,6 +303,12 @@ BROWSER_KEYS = (
 )  # fmt: skip
 
 
+def _add_strings(block: dict[str, dict[str, str]]) -> None:
+    """Adds one feature's words to STRINGS, language by language."""
+    for language, words in block.items():
+        STRINGS[language].update(words)
+
+
 # The record of play (viewer/record.py: matches, match, player pages; the club page's
 # "Recent results" and ladder).
 _RECORD_STRINGS: dict[str, dict[str, str]] = {
@@ -387,8 +393,7 @@ _RECORD_STRINGS: dict[str, dict[str, str]] = {
         "lost": "Поражения",
     },
 }
-for _language, _words in _RECORD_STRINGS.items():
-    STRINGS[_language].update(_words)
+_add_strings(_RECORD_STRINGS)
 
 # Tables (issue 12): the club page's card per table, ?table= on the display, overlay and
 # scorer pages, the scorer's choice of table. One block, so that merges stay easy.
@@ -414,8 +419,7 @@ _TABLE_STRINGS: dict[str, dict[str, str]] = {
         "ov_table": "какой стол клуба показывать: от 1 до {count}",
     },
 }
-for _language, _words in _TABLE_STRINGS.items():
-    STRINGS[_language].update(_words)
+_add_strings(_TABLE_STRINGS)
 BROWSER_KEYS += ("table_busy",)
 
 

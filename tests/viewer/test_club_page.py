@@ -22,6 +22,7 @@ from tests.viewer.conftest import (
     texts,
     wait_connected,
 )
+from tests.viewer.pagekit import assert_name_shown_as_text, press_after_restart
 
 pytestmark = pytest.mark.browser
 
@@ -137,13 +138,7 @@ def test_a_player_name_with_html_is_shown_as_text_and_runs_nothing(
     accepted(scorer, {"cmd": "point", "side": 1})
     for path in ("/", "/clubs/alpha", "/clubs/alpha/display", "/clubs/alpha/overlay"):
         page = open_page(stack.url(path))
-        page.wait_for_function("() => window.Rallycast && Rallycast.firstScoreAt > 0")
-        assert page.locator("img").count() == 0 and page.locator("b").count() == 0, path
-        shown = page.evaluate(
-            "() => Array.from(document.querySelectorAll('[data-field=name], [data-field=state]'))"
-            ".map((e) => e.textContent).join('|')"
-        )
-        assert evil in shown, (path, shown)
+        assert_name_shown_as_text(page, evil, path)
     time.sleep(0.3)  # an onerror handler would have fired by now; open_page fails on any dialog
 
 
@@ -203,11 +198,7 @@ def test_the_banner_shows_while_the_broker_is_down_and_the_page_recovers_without
     page.screenshot(path=str(artifacts_dir / "club-reconnecting.png"))
     stack.endpoint.start()
     page.wait_for_selector("#connection-banner", state="hidden", timeout=10000)
-    assert stack.service.wait_until_connected(15), "the service did not come back"
-
-    fresh = stack.scorer("alpha")  # the old client may still be in its backoff
-    accepted(fresh, {"cmd": "point", "side": 2})
-    accepted(fresh, {"cmd": "point", "side": 1})
+    press_after_restart(stack, 2, 1)
     wait_score(page, 1, 2)
     assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
 

@@ -21,6 +21,7 @@ import pytest
 
 from scorer.config import Club
 from tests.viewer.conftest import Stack, accepted, running_stack
+from tests.viewer.pagekit import press_after_restart
 from tests.viewer.png import Png
 
 pytestmark = pytest.mark.browser
@@ -393,10 +394,7 @@ def test_the_element_reconnects_after_a_broker_restart_and_follows_on(
     )
     stack.endpoint.start()
     wait_connected(page)
-    assert stack.service.wait_until_connected(15), "the service did not come back"
-    fresh = stack.scorer("alpha")  # the old client may still be in its backoff
-    accepted(fresh, {"cmd": "point", "side": 1})
-    accepted(fresh, {"cmd": "point", "side": 1})
+    press_after_restart(stack, 1, 1)
     wait_score(page, 2, 1)
     assert page.evaluate("() => window.__sameDocument === true"), "the page was reloaded"
 

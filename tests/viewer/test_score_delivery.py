@@ -69,6 +69,14 @@ def signed_in_phone(stack: Any, open_page: Any, lang: str) -> Any:
     return phone
 
 
+def phone_in_match(stack: Any, open_page: Any, lang: str, start: Any = START) -> Any:
+    """A phone signed in on the scorer page of the match that ``start`` began."""
+    accepted(stack.scorer("alpha"), start)
+    phone = signed_in_phone(stack, open_page, lang)
+    phone.wait_for_selector("#match", state="visible")
+    return phone
+
+
 def pad(page: Any, side: int, kind: str = "plus") -> str:
     left = int(page.get_attribute("#scorer", "data-left") or 1)
     return f"button[data-cmd='{kind}'][data-end='{'left' if left == side else 'right'}']"
@@ -133,9 +141,7 @@ def test_presses_while_the_service_is_away_queue_in_order_and_each_applies_once(
     stack: Any, open_page: Any, away: Any, artifacts_dir: Path, lang: str
 ) -> None:
     words = WORDS[lang]
-    accepted(stack.scorer("alpha"), dict(START, best_of=3))
-    phone = signed_in_phone(stack, open_page, lang)
-    phone.wait_for_selector("#match", state="visible")
+    phone = phone_in_match(stack, open_page, lang, dict(START, best_of=3))
     service = away()
     phone.wait_for_selector("#scorer-banner", state="visible")
     for side in (1, 1, 2):
@@ -162,9 +168,7 @@ def test_presses_while_the_service_is_away_queue_in_order_and_each_applies_once(
 def test_a_queued_press_survives_a_reload_with_its_id(
     stack: Any, open_page: Any, away: Any
 ) -> None:
-    accepted(stack.scorer("alpha"), START)
-    phone = signed_in_phone(stack, open_page, "en")
-    phone.wait_for_selector("#match", state="visible")
+    phone = phone_in_match(stack, open_page, "en")
     service = away()
     phone.tap(pad(phone, 2))
     phone.tap(pad(phone, 2))
@@ -234,9 +238,7 @@ def test_each_press_has_a_fresh_id_names_its_match_and_is_resent_with_the_same_i
 def test_a_refused_press_says_why_in_the_page_language(
     stack: Any, open_page: Any, artifacts_dir: Path, lang: str
 ) -> None:
-    accepted(stack.scorer("alpha"), START)
-    phone = signed_in_phone(stack, open_page, lang)
-    phone.wait_for_selector("#match", state="visible")
+    phone = phone_in_match(stack, open_page, lang)
     phone.tap(pad(phone, 2, "minus"))  # -1 at 0: code no_point_to_remove
     phone.wait_for_function("() => document.getElementById('reply').dataset.kind === 'refused'")
     assert phone.inner_text("#reply") == WORDS[lang]["no_point"]
@@ -258,9 +260,7 @@ def test_a_refused_press_says_why_in_the_page_language(
 def test_a_refusal_code_the_page_does_not_know_shows_the_services_text(
     stack: Any, open_page: Any, away: Any
 ) -> None:
-    accepted(stack.scorer("alpha"), START)
-    phone = signed_in_phone(stack, open_page, "ru")
-    phone.wait_for_selector("#match", state="visible")
+    phone = phone_in_match(stack, open_page, "ru")
     away()
     phone.tap(pad(phone, 1))
     command_id = phone.evaluate(

@@ -4,7 +4,6 @@ language choice, and what happens when mqtt.js was not installed."""
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import re
@@ -20,6 +19,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from scorer.config import Club, Settings
+from tests.viewer.pagekit import page_config
 from viewer.app import Viewer, create_app
 from viewer.assets import IMMUTABLE, collect_assets
 from viewer.i18n import BROWSER_KEYS, STRINGS
@@ -32,12 +32,6 @@ PAGES = ["/", "/clubs/alpha", "/clubs/alpha/score", "/clubs/alpha/display", "/cl
 @pytest.fixture
 def client() -> TestClient:
     return TestClient(create_app(SETTINGS))
-
-
-def page_config(html: str) -> dict:
-    found = re.search(r'<script type="application/json" id="rallycast-config">(.*?)</script>', html)
-    assert found, "no config block"
-    return json.loads(found.group(1))
 
 
 @pytest.mark.parametrize("path", PAGES)

@@ -3,13 +3,13 @@ about a club's tables, and the clear 400/404 page for a ``?table=`` that names n
 
 from __future__ import annotations
 
-import json
 import re
 
 import pytest
 from starlette.testclient import TestClient
 
 from scorer.config import Club, Settings
+from tests.viewer.pagekit import page_config
 from viewer.app import create_app
 from viewer.i18n import STRINGS
 from viewer.tables import record_table_label, table_label
@@ -24,12 +24,6 @@ SETTINGS = Settings(clubs=CLUBS, ws_port=19001)
 @pytest.fixture
 def client() -> TestClient:
     return TestClient(create_app(SETTINGS))
-
-
-def page_config(html: str) -> dict:
-    found = re.search(r'<script type="application/json" id="rallycast-config">(.*?)</script>', html)
-    assert found, "no config block"
-    return json.loads(found.group(1))
 
 
 def test_the_club_page_has_one_card_per_table_in_order_and_follows_all_with_two_filters(
