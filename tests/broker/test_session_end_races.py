@@ -66,6 +66,19 @@ async def hold_fan_out(running, held: str, payload: bytes) -> asyncio.Event:
     return release
 
 
+async def gate_and_device(
+    running, users: dict[str, str], payload: bytes
+) -> tuple[Client, Client, asyncio.Event]:
+    """Clients "gate", then a persistent "device" (QoS 1), subscribe to TOPIC; ``payload`` is
+    published, and the fan-out waits on the RECEIVE check of "gate", which it reaches first
+    (subscription order). Returns both clients and the event that lets the fan-out go on."""
+    gate = Client(connect_with_will("gate"), (TOPIC,))
+    await open_all(running, [gate])
+    persistent = Client(device(users, clean=False), (TOPIC,), qos=1)
+    await open_all(running, [persistent])
+    return gate, persistent, await hold_fan_out(running, "gate", payload)
+
+
 def stored_rows(running, client_id: str) -> int:
     """How many messages the broker's store holds for ``client_id``."""
     with sqlite3.connect(f"{running.settings.data_dir}/broker.db") as db:
@@ -81,12 +94,7 @@ async def test_a_persistent_session_ended_by_a_clean_connect_mid_fan_out_gets_no
     users = broker_test_users.passwords
     async with embedded(tmp_path, broker_test_users) as running:
         broker: RallycastBroker = running.broker
-        # The fan-out reaches "gate" first (subscription order) and waits on its ACL check.
-        gate = Client(connect_with_will("gate"), (TOPIC,))
-        await open_all(running, [gate])
-        persistent = Client(device(users, clean=False), (TOPIC,), qos=1)
-        await open_all(running, [persistent])
-        release = await hold_fan_out(running, "gate", b"before-clean")
+        gate, _persistent, release = await gate_and_device(running, users, b"before-clean")
 
         # Same client id, clean session: the persistent session ends for good.
         fresh = Client(device(users, clean=True))
@@ -114,11 +122,7 @@ async def test_a_persistent_session_taken_over_by_its_own_reconnect_mid_fan_out_
 ):
     users = broker_test_users.passwords
     async with embedded(tmp_path, broker_test_users) as running:
-        gate = Client(connect_with_will("gate"), (TOPIC,))
-        await open_all(running, [gate])
-        first = Client(device(users, clean=False), (TOPIC,), qos=1)
-        await open_all(running, [first])
-        release = await hold_fan_out(running, "gate", b"during-take-over")
+        _gate, first, release = await gate_and_device(running, users, b"during-take-over")
         second = Client(device(users, clean=False))
         await open_all(running, [second])
         release.set()
