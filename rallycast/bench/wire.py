@@ -76,6 +76,16 @@ def packet_body(data: bytes, position: int = 0) -> tuple[int, int] | None:
     return None if end > end_of_data else (index, end)
 
 
+def split_packet(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """The first MQTT packet in ``data`` as (first byte, body, the bytes after it); None
+    while ``data`` holds less than a whole packet."""
+    body = packet_body(data)
+    if body is None:
+        return None
+    start, end = body
+    return data[0], data[start:end], data[end:]
+
+
 def ws_handshake(host: str, port: int) -> bytes:
     """The HTTP Upgrade request of an MQTT-over-WebSocket client (path /mqtt)."""
     key = base64.b64encode(os.urandom(16)).decode()
@@ -209,13 +219,11 @@ class RawClient:
                 return None
 
     def _parse(self) -> tuple[int, bytes] | None:
-        data = self.buffer
-        body = packet_body(data)
-        if body is None:
+        packet = split_packet(self.buffer)
+        if packet is None:
             return None
-        start, end = body
-        self.buffer = data[end:]
-        return data[0], data[start:end]
+        first, body, self.buffer = packet
+        return first, body
 
     def connack(self, timeout: float = 3.0) -> int | None:
         packet = self.packet(timeout)

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.packets import connect_packet, encode_string, encode_varint
-from rallycast.bench.wire import packet_body
+from rallycast.bench.wire import split_packet
 from tests.support.endpoints import BrokerEndpoint
 
 SERVICE_ID = "rallycast-service-delivery"
@@ -90,13 +90,11 @@ class RawSession:
             self._buffer += data
 
     def _parse(self) -> tuple[int, int, bytes] | None:
-        buf = self._buffer
-        body = packet_body(buf)
-        if body is None:
+        packet = split_packet(self._buffer)
+        if packet is None:
             return None
-        start, end = body
-        self._buffer = buf[end:]
-        return buf[0] >> 4, buf[0] & 0x0F, buf[start:end]
+        first, body, self._buffer = packet
+        return first >> 4, first & 0x0F, body
 
     def publishes(self, count: int, timeout: float) -> list[tuple[int, int, bool, str, bytes]]:
         """The next ``count`` PUBLISH packets (other packets are skipped), unacknowledged."""
