@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from broker.acl import READ, READWRITE, RULES, WRITE, Role, role_of
+from broker.passwd import add_user_actions
 from broker.process import stop_process
 from scorer.config import load_settings
 
@@ -468,13 +469,7 @@ def configure(parser: argparse.ArgumentParser) -> None:
     config.add_argument("--out", required=True, help="directory for the files")
     passwd = actions.add_parser("passwd", help="add, remove or list the cluster's users")
     passwd_actions = passwd.add_subparsers(dest="passwd_action", metavar="ACTION", required=True)
-    add = passwd_actions.add_parser("add", help="add a user or change their password")
-    add.add_argument("user")
-    how = add.add_mutually_exclusive_group()
-    how.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
-    how.add_argument("--generate", action="store_true", help="generate and print a password")
-    remove = passwd_actions.add_parser("remove", help="remove a user")
-    remove.add_argument("user")
+    add_user_actions(passwd_actions)
     passwd_actions.add_parser("list", help="list the users")
 
 

@@ -37,9 +37,11 @@ ROLE_LABELS = {Role.SERVICE: "service", Role.CLUB: "club scorer", Role.NONE: "no
 DATA_DIR_HELP = "directory of the password file (data_dir/passwd)"
 
 
-def configure(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
-    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+def add_user_actions(
+    actions: argparse._SubParsersAction,
+) -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
+    """Adds the ``add USER [--password-stdin | --generate]`` and ``remove USER`` actions (also
+    ``rallycast cluster passwd``, broker/cluster.py); returns their two parsers."""
     add = actions.add_parser("add", help="add a user or change their password")
     add.add_argument("user")
     how = add.add_mutually_exclusive_group()
@@ -47,6 +49,13 @@ def configure(parser: argparse.ArgumentParser) -> None:
     how.add_argument("--generate", action="store_true", help="generate and print a password")
     remove = actions.add_parser("remove", help="remove a user")
     remove.add_argument("user")
+    return add, remove
+
+
+def configure(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data-dir", help=DATA_DIR_HELP)
+    actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+    add, remove = add_user_actions(actions)
     listing = actions.add_parser("list", help="list the users and their roles")
     tokens = actions.add_parser("tokens", help="list or revoke the scorer pages' device tokens")
     token_actions = tokens.add_subparsers(dest="token_action", metavar="ACTION", required=True)

@@ -28,7 +28,7 @@ import logging
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-__all__ = ["Listener", "TcpConnection", "serve_tcp", "unlink_transport"]
+__all__ = ["Listener", "TcpConnection", "WriteFlow", "serve_tcp", "unlink_transport"]
 
 log = logging.getLogger("rallycast.broker.tcp")
 
@@ -82,18 +82,43 @@ class Listener:
             await self.server.wait_closed()
 
 
-class TcpConnection(asyncio.Protocol):
+class WriteFlow(asyncio.Protocol):
+    """asyncio's flow control for a connection that writes straight to its transport:
+    ``pause_writing``/``resume_writing`` keep ``_paused``, and a writer waits in
+    ``_writable()`` while it is set (TcpConnection, WsConnection in broker/ws.py)."""
+
+    __slots__ = ("_drain", "_paused")
+
+    def __init__(self) -> None:
+        self._paused = False
+        self._drain: asyncio.Future[None] | None = None  # created when a writer has to wait
+
+    def pause_writing(self) -> None:
+        self._paused = True
+
+    def resume_writing(self) -> None:
+        self._paused = False
+        if self._drain is not None and not self._drain.done():
+            self._drain.set_result(None)
+        self._drain = None
+
+    async def _writable(self) -> None:
+        """Wait for ``resume_writing`` (or ``connection_lost``, which sets ``_drain`` too)."""
+        if self._drain is None:
+            self._drain = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self._drain)
+
+
+class TcpConnection(WriteFlow):
     """One TCP connection: a StreamReader fed from ``data_received``, writes straight to the
     transport, drain and close as ``StreamWriter`` does them. The MQTT side is the
     ``handler`` coroutine, started as soon as the connection is made."""
 
     __slots__ = (
         "_closed",
-        "_drain",
         "_handler",
         "_listener",
         "_lost",
-        "_paused",
         "_tls",
         "remote_address",
         "stream",
@@ -102,6 +127,7 @@ class TcpConnection(asyncio.Protocol):
     )
 
     def __init__(self, listener: Listener, handler: Handler, tls: bool) -> None:
+        super().__init__()
         self._listener = listener
         self._handler = handler
         self._tls = tls
@@ -109,9 +135,7 @@ class TcpConnection(asyncio.Protocol):
         self.remote_address: tuple[str, int] | None = None
         self.stream: asyncio.StreamReader | None = None
         self.task: asyncio.Task[None] | None = None
-        self._paused = False
         self._lost = False
-        self._drain: asyncio.Future[None] | None = None  # created when a writer has to wait
         self._closed: asyncio.Future[None] | None = None  # created by close()
 
     # -- asyncio.Protocol
@@ -150,15 +174,6 @@ class TcpConnection(asyncio.Protocol):
         unlink_transport(self.transport)
         self.transport = None
 
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        self._drain = None
-
     # -- writing
 
     def write(self, data: bytes) -> None:
@@ -179,9 +194,7 @@ class TcpConnection(asyncio.Protocol):
             raise ConnectionResetError("Connection lost")
         if not self._paused:
             return
-        if self._drain is None:
-            self._drain = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._drain)
+        await self._writable()
         if self._lost:
             raise ConnectionResetError("Connection lost")
 

@@ -39,7 +39,7 @@ from websockets.protocol import OPEN, Protocol
 from websockets.server import ServerProtocol
 from websockets.typing import Subprotocol
 
-from broker.tcp import Listener, unlink_transport
+from broker.tcp import Listener, WriteFlow, unlink_transport
 
 __all__ = ["WsConnection", "WsServer", "serve_ws"]
 
@@ -79,18 +79,16 @@ class WsServer(Listener):
     ``Listener``)."""
 
 
-class WsConnection(asyncio.Protocol):
+class WsConnection(WriteFlow):
     """One WebSocket connection: handshake, framing, flow control; the MQTT side is the
     ``handler`` coroutine, started once the handshake succeeded."""
 
     __slots__ = (
         "_closed",
-        "_drain",
         "_handler",
         "_handshake_timer",
         "_listener",
         "_max_size",
-        "_paused",
         "close_timeout",
         "on_not_open",
         "protocol",
@@ -109,6 +107,7 @@ class WsConnection(asyncio.Protocol):
         open_timeout: float,
         close_timeout: float,
     ) -> None:
+        super().__init__()
         self._listener = listener
         self._handler = handler
         self._max_size = max_size
@@ -118,11 +117,9 @@ class WsConnection(asyncio.Protocol):
         self.remote_address: tuple[str, int] | None = None
         self.stream: asyncio.StreamReader | None = None  # after the handshake
         self.task: asyncio.Task[None] | None = None
-        self._paused = False
         # Called once when the connection leaves OPEN (closing, closed, lost): the Outbox then
         # stops writing frames itself, without a state check per delivery (broker/outbox.py).
         self.on_not_open: Callable[[], None] | None = None
-        self._drain: asyncio.Future[None] | None = None  # created when writing is paused
         self._closed: asyncio.Future[None] | None = None  # created by close()
         self._handshake_timer: asyncio.TimerHandle | None = asyncio.get_running_loop().call_later(
             open_timeout, self._handshake_timed_out
@@ -150,15 +147,6 @@ class WsConnection(asyncio.Protocol):
         unlink_transport(self.transport)
         self.transport = None
         self._left_open()
-
-    def pause_writing(self) -> None:
-        self._paused = True
-
-    def resume_writing(self) -> None:
-        self._paused = False
-        if self._drain is not None and not self._drain.done():
-            self._drain.set_result(None)
-        self._drain = None
 
     def eof_received(self) -> bool | None:
         if self.protocol is not None:
@@ -272,9 +260,7 @@ class WsConnection(asyncio.Protocol):
         """Wait while asyncio holds more than its high-water mark for this socket."""
         if not self._paused or self.transport is None:
             return
-        if self._drain is None:
-            self._drain = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self._drain)
+        await self._writable()
 
     async def close(self) -> None:
         """Close handshake (1000), at most ``close_timeout`` seconds, then abort."""

@@ -102,8 +102,12 @@ def broker_test_users(tmp_path_factory: pytest.TempPathFactory) -> TestUsers:
     return make_test_users(passwords, mosquitto_dir)
 
 
-def _endpoint(runner: Any, users: TestUsers) -> BrokerEndpoint:
-    return BrokerEndpoint(
+def endpoint_for(
+    runner: Any, users: TestUsers, endpoint_type: type[BrokerEndpoint] = BrokerEndpoint
+) -> BrokerEndpoint:
+    """An ``endpoint_type`` (tests/cluster.py: ClusterEndpoint) on ``runner`` at 127.0.0.1,
+    whose clients log in as ``users``."""
+    return endpoint_type(
         kind=runner.kind,
         host="127.0.0.1",
         data_dir=runner.data_dir,
@@ -115,7 +119,7 @@ def _endpoint(runner: Any, users: TestUsers) -> BrokerEndpoint:
 
 def _serve(runner: Any, users: TestUsers) -> Iterator[BrokerEndpoint]:
     runner.start()
-    endpoint = _endpoint(runner, users)
+    endpoint = endpoint_for(runner, users)
     try:
         yield endpoint
     finally:

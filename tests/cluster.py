@@ -43,6 +43,7 @@ from broker.cluster import (
 )
 from rallycast.bench.cluster import retained_feed_hosts
 from rallycast.bench.launch import SERVICE_USER, free_port
+from tests.brokers import endpoint_for
 from tests.support.clients import Recorder
 from tests.support.endpoints import BrokerEndpoint, TestUsers
 
@@ -318,14 +319,7 @@ def nats_broker(
     nats_cluster_runner: NatsClusterRunner, broker_test_users: TestUsers
 ) -> Iterator[ClusterEndpoint]:
     nats_cluster_runner.reset()
-    endpoint = ClusterEndpoint(
-        kind=nats_cluster_runner.kind,
-        host="127.0.0.1",
-        data_dir=nats_cluster_runner.data_dir,
-        users=dict(broker_test_users.passwords),
-        service_user=SERVICE_USER,
-        _runner=nats_cluster_runner,
-    )
+    endpoint = endpoint_for(nats_cluster_runner, broker_test_users, ClusterEndpoint)
     try:
         yield endpoint
     finally:

@@ -61,6 +61,7 @@ from rallycast.bench.wire import (
     ZERO_MASK,
     closed_within,
     login,
+    packet_body,
     raw_socket,
     read_connack,
     ws_socket,
@@ -324,20 +325,12 @@ def subscriptions_setup(broker: BrokerProcess, _legit: Legit, d: dict) -> None:
         body = (packet_no + 1).to_bytes(2, "big") + filters
         sock.sendall(b"\x82" + encode_varint(len(body)) + body)
         while True:  # the SUBACK: 0x90, length, packet id, 500 codes
-            if len(buffer) >= 2:
-                index, length, shift = 1, 0, 0
-                while index < len(buffer):
-                    byte = buffer[index]
-                    length |= (byte & 0x7F) << shift
-                    index += 1
-                    if not byte & 0x80:
-                        break
-                    shift += 7
-                if len(buffer) >= index + length:
-                    codes = buffer[index + 2 : index + length]
-                    granted += sum(1 for code in codes if code != 0x80)
-                    buffer = buffer[index + length :]
-                    break
+            suback = packet_body(buffer)
+            if suback is not None:
+                start, end = suback
+                granted += sum(1 for code in buffer[start + 2 : end] if code != 0x80)
+                buffer = buffer[end:]
+                break
             if time.monotonic() > deadline:
                 d["filters granted"] = granted
                 return

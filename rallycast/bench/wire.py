@@ -47,26 +47,43 @@ class MqttStream:
     def feed(self, data: bytes) -> None:
         if self.tail:
             data = self.tail + data
-        end_of_data = len(data)
         position = 0
-        while end_of_data - position >= 2:
-            length, shift, index = 0, 0, position + 1
-            while True:
-                if index >= end_of_data:
-                    self.tail = data[position:]
-                    return
-                byte = data[index]
-                length |= (byte & 0x7F) << shift
-                index += 1
-                if not byte & 0x80:
-                    break
-                shift += 7
-            end = index + length
-            if end > end_of_data:
-                break
-            self.on_packet(data[position], data[index:end])
+        while (body := packet_body(data, position)) is not None:
+            start, end = body
+            self.on_packet(data[position], data[start:end])
             position = end
         self.tail = data[position:]
+
+
+def packet_body(data: bytes, position: int = 0) -> tuple[int, int] | None:
+    """Where the body of the MQTT packet at ``data[position:]`` lies: (start, end) indexes
+    into ``data``, read from its Remaining Length (MQTT 3.1.1 2.2.3, 7 bits a byte, low
+    first); None while ``data`` holds less than the whole packet."""
+    end_of_data = len(data)
+    if end_of_data - position < 2:
+        return None
+    length, shift, index = 0, 0, position + 1
+    while True:
+        if index >= end_of_data:
+            return None
+        byte = data[index]
+        length |= (byte & 0x7F) << shift
+        index += 1
+        if not byte & 0x80:
+            break
+        shift += 7
+    end = index + length
+    return None if end > end_of_data else (index, end)
+
+
+def split_packet(data: bytes) -> tuple[int, bytes, bytes] | None:
+    """The first MQTT packet in ``data`` as (first byte, body, the bytes after it); None
+    while ``data`` holds less than a whole packet."""
+    body = packet_body(data)
+    if body is None:
+        return None
+    start, end = body
+    return data[0], data[start:end], data[end:]
 
 
 def ws_handshake(host: str, port: int) -> bytes:
@@ -202,23 +219,11 @@ class RawClient:
                 return None
 
     def _parse(self) -> tuple[int, bytes] | None:
-        data = self.buffer
-        if len(data) < 2:
+        packet = split_packet(self.buffer)
+        if packet is None:
             return None
-        length, shift, index = 0, 0, 1
-        while True:
-            if index >= len(data):
-                return None
-            byte = data[index]
-            length |= (byte & 0x7F) << shift
-            index += 1
-            if not byte & 0x80:
-                break
-            shift += 7
-        if len(data) < index + length:
-            return None
-        self.buffer = data[index + length :]
-        return data[0], data[index : index + length]
+        first, body, self.buffer = packet
+        return first, body
 
     def connack(self, timeout: float = 3.0) -> int | None:
         packet = self.packet(timeout)

@@ -31,6 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from broker.packets import connect_packet, encode_string, encode_varint
+from rallycast.bench.wire import split_packet
 from tests.support.endpoints import BrokerEndpoint
 
 SERVICE_ID = "rallycast-service-delivery"
@@ -89,23 +90,11 @@ class RawSession:
             self._buffer += data
 
     def _parse(self) -> tuple[int, int, bytes] | None:
-        buf = self._buffer
-        if len(buf) < 2:
+        packet = split_packet(self._buffer)
+        if packet is None:
             return None
-        length, shift, i = 0, 0, 1
-        while True:
-            if i >= len(buf):
-                return None
-            byte = buf[i]
-            length |= (byte & 0x7F) << shift
-            shift += 7
-            i += 1
-            if not byte & 0x80:
-                break
-        if len(buf) < i + length:
-            return None
-        self._buffer = buf[i + length :]
-        return buf[0] >> 4, buf[0] & 0x0F, buf[i : i + length]
+        first, body, self._buffer = packet
+        return first >> 4, first & 0x0F, body
 
     def publishes(self, count: int, timeout: float) -> list[tuple[int, int, bool, str, bytes]]:
         """The next ``count`` PUBLISH packets (other packets are skipped), unacknowledged."""

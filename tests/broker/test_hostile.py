@@ -704,15 +704,11 @@ def test_command_topics():
 @pytest.mark.mosquitto
 @pytest.mark.timeout(180)
 def test_bench_hostile_prints_a_row_per_attack_and_broker(capsys):
-    from rallycast.cli import main as rallycast
-    from tests.conftest import require_program
+    from tests.support.bench import run_bench
 
-    require_program("mosquitto")
-    require_program("mosquitto_passwd")
-    status = rallycast(
-        ["bench", "hostile", "--attacks", "takeover", "retained", "--attack-seconds", "1"]
+    status, out = run_bench(
+        capsys, ["hostile", "--attacks", "takeover", "retained", "--attack-seconds", "1"]
     )
-    out = capsys.readouterr().out
     assert status == 0, out
     rows = [line.split() for line in out.splitlines() if line.startswith(("takeover", "retained"))]
     assert {(row[0], row[1]) for row in rows} == {

@@ -140,9 +140,13 @@ class Client(asyncio.Protocol):
                 size, offset = int.from_bytes(data[2:4], "big"), 4
             if len(data) < offset + size:
                 break
-            self._mqtt.feed(data[offset : offset + size])
+            self.frame_received(data[0] & 0x0F, data[offset : offset + size])
             data = data[offset + size :]
         self._frames = data
+
+    def frame_received(self, opcode: int, body: bytes) -> None:
+        """One WebSocket frame from the server; its body goes to the MQTT stream."""
+        self._mqtt.feed(body)
 
     def _on_packet(self, first: int, body: bytes) -> None:
         kind = first >> 4

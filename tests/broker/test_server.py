@@ -31,6 +31,14 @@ def settings_for(tmp_path: Path, **overrides):
     return load_settings(env={}, overrides=values)
 
 
+def accepts_on_both_ports(running, host: str) -> None:
+    """A TCP connection to ``host`` on the broker's MQTT port and on its WebSocket port is
+    accepted (OSError when one is refused)."""
+    for port in (running.mqtt_port, running.ws_port):
+        with socket.create_connection((host, port), timeout=2):
+            pass
+
+
 async def test_start_broker_reports_the_ports_it_really_bound(tmp_path):
     running = await start_broker(settings_for(tmp_path))
     try:
@@ -38,9 +46,7 @@ async def test_start_broker_reports_the_ports_it_really_bound(tmp_path):
         assert running.mqtt_port != running.ws_port
         assert running.mqtt_url == f"mqtt://127.0.0.1:{running.mqtt_port}"
         assert running.ws_url == f"ws://127.0.0.1:{running.ws_port}/mqtt"
-        for port in (running.mqtt_port, running.ws_port):
-            with socket.create_connection(("127.0.0.1", port), timeout=2):
-                pass
+        accepts_on_both_ports(running, "127.0.0.1")
     finally:
         await running.stop()
     with pytest.raises(OSError):
@@ -204,8 +210,6 @@ async def test_broker_binds_an_ipv6_address(tmp_path):
     running = await start_broker(settings_for(tmp_path, bind="::1"))
     try:
         assert running.mqtt_url == f"mqtt://[::1]:{running.mqtt_port}"
-        for port in (running.mqtt_port, running.ws_port):
-            with socket.create_connection(("::1", port), timeout=2):
-                pass
+        accepts_on_both_ports(running, "::1")
     finally:
         await running.stop()

@@ -51,6 +51,41 @@ def hold_receive_check(
     return reached, release
 
 
+def device(users: dict[str, str], clean: bool) -> bytes:
+    """The CONNECT of club user "beta" as client id "device"."""
+    return connect_with_will("device", "beta", users["beta"], clean=clean)
+
+
+async def hold_fan_out(running, held: str, payload: bytes) -> asyncio.Event:
+    """Publish ``payload`` (QoS 1) on TOPIC and return once the fan-out waits on the RECEIVE
+    check of client id ``held``'s session; setting the returned event lets it go on."""
+    broker: RallycastBroker = running.broker
+    reached, release = hold_receive_check(broker, broker._sessions[held][0])
+    await broker.internal_message_broadcast(TOPIC, payload, 1)
+    await asyncio.wait_for(reached.wait(), WAIT)
+    return release
+
+
+async def gate_and_device(
+    running, users: dict[str, str], payload: bytes
+) -> tuple[Client, Client, asyncio.Event]:
+    """Clients "gate", then a persistent "device" (QoS 1), subscribe to TOPIC; ``payload`` is
+    published, and the fan-out waits on the RECEIVE check of "gate", which it reaches first
+    (subscription order). Returns both clients and the event that lets the fan-out go on."""
+    gate = Client(connect_with_will("gate"), (TOPIC,))
+    await open_all(running, [gate])
+    persistent = Client(device(users, clean=False), (TOPIC,), qos=1)
+    await open_all(running, [persistent])
+    return gate, persistent, await hold_fan_out(running, "gate", payload)
+
+
+def stored_rows(running, client_id: str) -> int:
+    """How many messages the broker's store holds for ``client_id``."""
+    with sqlite3.connect(f"{running.settings.data_dir}/broker.db") as db:
+        query = "SELECT COUNT(*) FROM queued WHERE client_id = ?"
+        return db.execute(query, (client_id,)).fetchone()[0]
+
+
 @pytest.mark.asyncio
 @pytest.mark.timeout(60)
 async def test_a_persistent_session_ended_by_a_clean_connect_mid_fan_out_gets_no_message(
@@ -59,20 +94,10 @@ async def test_a_persistent_session_ended_by_a_clean_connect_mid_fan_out_gets_no
     users = broker_test_users.passwords
     async with embedded(tmp_path, broker_test_users) as running:
         broker: RallycastBroker = running.broker
-        # The fan-out reaches "gate" first (subscription order) and waits on its ACL check.
-        gate = Client(connect_with_will("gate"), (TOPIC,))
-        await open_all(running, [gate])
-        persistent = Client(
-            connect_with_will("device", "beta", users["beta"], clean=False), (TOPIC,), qos=1
-        )
-        await open_all(running, [persistent])
-        gate_session = broker._sessions["gate"][0]
-        reached, release = hold_receive_check(broker, gate_session)
-        await broker.internal_message_broadcast(TOPIC, b"before-clean", 1)
-        await asyncio.wait_for(reached.wait(), WAIT)
+        gate, _persistent, release = await gate_and_device(running, users, b"before-clean")
 
         # Same client id, clean session: the persistent session ends for good.
-        fresh = Client(connect_with_will("device", "beta", users["beta"], clean=True))
+        fresh = Client(device(users, clean=True))
         await open_all(running, [fresh])
         assert broker._sessions["device"][0].clean_session
         release.set()
@@ -86,12 +111,7 @@ async def test_a_persistent_session_ended_by_a_clean_connect_mid_fan_out_gets_no
         outbox = getattr(session, "outbox", None)
         assert outbox is None or (not outbox.pending and not outbox.inflight)
         assert fresh.payloads(TOPIC) == []
-        data_dir = running.settings.data_dir
-        with sqlite3.connect(f"{data_dir}/broker.db") as db:
-            rows = db.execute(
-                "SELECT COUNT(*) FROM queued WHERE client_id = ?", ("device",)
-            ).fetchone()[0]
-        assert rows == 0, "a row for the ended session is in the store"
+        assert stored_rows(running, "device") == 0, "a row for the ended session is in the store"
         fresh.transport.close()
 
 
@@ -102,18 +122,8 @@ async def test_a_persistent_session_taken_over_by_its_own_reconnect_mid_fan_out_
 ):
     users = broker_test_users.passwords
     async with embedded(tmp_path, broker_test_users) as running:
-        broker: RallycastBroker = running.broker
-        gate = Client(connect_with_will("gate"), (TOPIC,))
-        await open_all(running, [gate])
-        first = Client(
-            connect_with_will("device", "beta", users["beta"], clean=False), (TOPIC,), qos=1
-        )
-        await open_all(running, [first])
-        gate_session = broker._sessions["gate"][0]
-        reached, release = hold_receive_check(broker, gate_session)
-        await broker.internal_message_broadcast(TOPIC, b"during-take-over", 1)
-        await asyncio.wait_for(reached.wait(), WAIT)
-        second = Client(connect_with_will("device", "beta", users["beta"], clean=False))
+        _gate, first, release = await gate_and_device(running, users, b"during-take-over")
+        second = Client(device(users, clean=False))
         await open_all(running, [second])
         release.set()
         assert await second.wait_for(1, TOPIC) == [b"during-take-over"]
@@ -130,7 +140,7 @@ async def test_a_persistent_subscriber_dropping_and_reconnecting_while_qos1_flow
     count = 400
     async with embedded(tmp_path, broker_test_users) as running:
         broker: RallycastBroker = running.broker
-        connect = connect_with_will("device", "beta", users["beta"], clean=False)
+        connect = device(users, clean=False)
         clients = [Client(connect, (TOPIC,), qos=1)]
         await open_all(running, clients)
 
@@ -383,7 +393,7 @@ async def test_a_persistent_session_that_disconnects_while_qos0_flows_keeps_no_q
     users = broker_test_users.passwords
     async with embedded(tmp_path, broker_test_users) as running:
         broker: RallycastBroker = running.broker
-        connect = connect_with_will("device", "beta", users["beta"], clean=False)
+        connect = device(users, clean=False)
         kept = 0
         for _attempt in range(10):
             client = Client(connect, (TOPIC,), qos=0)
@@ -426,28 +436,13 @@ class WsWatcher(Client):
         if not self.lost.done():
             self.lost.set_result(None)
 
-    def data_received(self, data: bytes) -> None:
-        if self._handshake is not None:
-            super().data_received(data)  # the handshake (and any frames after it)
-            return
-        data = self._frames + data
-        while len(data) >= 2:
-            size, offset = data[1] & 0x7F, 2
-            if size == 126:
-                if len(data) < 4:
-                    break
-                size, offset = int.from_bytes(data[2:4], "big"), 4
-            if len(data) < offset + size:
-                break
-            opcode, body = data[0] & 0x0F, data[offset : offset + size]
-            data = data[offset + size :]
-            if opcode == 0x8:
-                self.close_seen = True
-            elif self.close_seen:
-                self.after_close += 1
-            elif opcode == 0x2:
-                self._mqtt.feed(body)
-        self._frames = data
+    def frame_received(self, opcode: int, body: bytes) -> None:
+        if opcode == 0x8:
+            self.close_seen = True
+        elif self.close_seen:
+            self.after_close += 1
+        elif opcode == 0x2:
+            self._mqtt.feed(body)
 
 
 @pytest.mark.asyncio
@@ -496,15 +491,10 @@ async def test_a_persistent_session_ended_during_its_own_acl_check_gets_no_store
     users = broker_test_users.passwords
     async with embedded(tmp_path, broker_test_users) as running:
         broker: RallycastBroker = running.broker
-        persistent = Client(
-            connect_with_will("device", "beta", users["beta"], clean=False), (TOPIC,), qos=1
-        )
+        persistent = Client(device(users, clean=False), (TOPIC,), qos=1)
         await open_all(running, [persistent])
-        old_session = broker._sessions["device"][0]
-        reached, release = hold_receive_check(broker, old_session)
-        await broker.internal_message_broadcast(TOPIC, b"before-clean", 1)
-        await asyncio.wait_for(reached.wait(), WAIT)
-        fresh = Client(connect_with_will("device", "beta", users["beta"], clean=True))
+        release = await hold_fan_out(running, "device", b"before-clean")
+        fresh = Client(device(users, clean=True))
         await open_all(running, [fresh])
         release.set()
         await until(lambda: not broker._broadcast_queue.qsize(), "fanned out")
@@ -513,10 +503,7 @@ async def test_a_persistent_session_ended_during_its_own_acl_check_gets_no_store
         await broker.internal_message_broadcast(TOPIC, b"after", 0)
         await marker.wait_for(1, TOPIC)  # the fan-out of the first message is over
         await asyncio.sleep(0.3)  # the store writes behind
-        with sqlite3.connect(f"{running.settings.data_dir}/broker.db") as db:
-            query = "SELECT COUNT(*) FROM queued WHERE client_id = ?"
-            rows = db.execute(query, ("device",)).fetchone()[0]
-        assert rows == 0, "a row for the ended session is in the store"
+        assert stored_rows(running, "device") == 0, "a row for the ended session is in the store"
         assert fresh.payloads(TOPIC) == []
         fresh.transport.close()
         marker.transport.close()

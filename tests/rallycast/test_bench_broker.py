@@ -9,7 +9,7 @@ import re
 import pytest
 
 from rallycast.cli import main as rallycast
-from tests.conftest import require_program
+from tests.support.bench import run_bench
 
 COLUMNS = [
     "deliveries/s",
@@ -25,13 +25,11 @@ COLUMNS = [
 @pytest.mark.mosquitto
 @pytest.mark.timeout(120)
 def test_bench_broker_prints_every_figure_for_both_brokers(capsys):
-    require_program("mosquitto")
-    require_program("mosquitto_passwd")
-    status = rallycast(
-        ["bench", "broker", "--subscribers", "5", "--rate", "20", "--seconds", "1"]
-        + ["--burst", "20", "--drain-timeout", "10"]
+    status, out = run_bench(
+        capsys,
+        ["broker", "--subscribers", "5", "--rate", "20", "--seconds", "1"]
+        + ["--burst", "20", "--drain-timeout", "10"],
     )
-    out = capsys.readouterr().out
     assert status == 0, out
     assert out.startswith("machine: "), out
     header = next(line for line in out.splitlines() if line.startswith("broker "))
