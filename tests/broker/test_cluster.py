@@ -226,10 +226,29 @@ def test_snapshot_published_through_node_1_reaches_new_spectators_on_nodes_2_and
         info.wait_for_publish(5)
         assert info.is_published()
         for node in (1, 2):  # right after the PUBACK: no settling time
+            # Another node learns a retained message from its own JetStream consumer, after
+            # the PUBACK: under load it can still serve the previous snapshot for a moment
+            # (docs/scale.md). Never other bytes, and the new one within 2 s.
             started = time.monotonic()
-            got = spectator(cluster, node).wait_for(timeout=2)
-            assert (got.payload, got.retain) == (payload, True), f"rev {rev} on n{node + 1}"
-            assert time.monotonic() - started < 2
+            # Before rev 1 there is nothing: a lagging node then sends no retained message.
+            previous = [snapshot_payload(rev - 1)] if rev > 1 else []
+            while True:
+                late = spectator(cluster, node)
+                try:
+                    first = late.wait_for(timeout=2 if previous else 0.5)
+                except AssertionError:
+                    got = None  # nothing within the wait
+                else:
+                    assert first.retain, f"rev {rev} on n{node + 1}: not a retained message"
+                    got = first.payload
+                late.client.disconnect()
+                assert got in [payload, *previous] or (got is None and not previous), (
+                    f"rev {rev} on n{node + 1}: corrupt, older or no bytes {got and got[:60]!r}"
+                )
+                if got == payload:
+                    break
+                assert time.monotonic() - started < 2, f"rev {rev} on n{node + 1} after 2 s"
+                time.sleep(0.1)
     for page in live:
         page.wait_for(lambda m: m.payload == snapshot_payload(30))
         assert all(m.payload == snapshot_payload(rev_of(m.payload)) for m in page.messages)
