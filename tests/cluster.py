@@ -51,6 +51,9 @@ ADMIN = "_admin"  # test-only user with every right, for the reset between tests
 RESET_TIMEOUT = 10.0
 QOS1_SUBACK_TIMEOUT = 30.0
 CLEAR_SETTLE = 0.5
+# s: nats-server's default MQTT ack_wait. A QoS 1 message it sent to a connection that then
+# died (no PUBACK) comes again only after this, after newer ones (docs/scale.md).
+NATS_ACK_WAIT = 30.0
 
 
 def nats_program() -> str:

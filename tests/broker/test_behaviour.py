@@ -23,6 +23,7 @@ import pytest
 from rallycast.bench.launch import SERVICE_USER as SERVICE
 from tests.brokers import ALL_BROKERS, broker_fixture
 from tests.brokers import broker_process_fixture as _broker_process_fixture
+from tests.cluster import NATS_ACK_WAIT
 from tests.support.clients import Recorder
 from tests.support.endpoints import BrokerEndpoint
 
@@ -34,8 +35,6 @@ any_broker_process = pytest.fixture(params=ALL_BROKERS, name="any_broker_process
 
 MAX_PAYLOAD = 16384  # Settings.max_payload_bytes and mosquitto.conf's message_size_limit
 GRACE = 0.3  # extra wait after a sentinel, for anything out of order
-# s: nats-server's default MQTT ack_wait (redelivery of an unacknowledged QoS 1)
-NATS_ACK_WAIT = 30.0
 
 
 def publish(client: mqtt.Client, topic: str, payload: bytes, retain: bool = False) -> None:
