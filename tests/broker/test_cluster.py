@@ -27,6 +27,10 @@ CATCH_UP = 5.0  # s: every page shows the latest score within this after a node 
 # s: after the node leading the MQTT message stream is lost, nats-server 2.9.10 answers QoS 1
 # publishes again after ~5 s (a new stream leader; 2.15.1: at once). docs/scale.md.
 FAILOVER_PAUSE = 10.0
+# s: a QoS 1 consumer whose raft leader was on the killed node delivers nothing until the two
+# others elect a new one (4-9 s without a heartbeat, then a vote): the service's commands
+# resume after that (docs/scale.md; more than 10 s in 2 of 5 runs).
+CONSUMER_FAILOVER = 25.0
 # s: after the killed node is back, every node serves the current snapshot (3 s measured
 # alone; JetStream elects its leaders again first, slower on a loaded machine).
 REJOIN_HEAL = 45.0
@@ -450,13 +454,14 @@ def test_the_services_persistent_session_resumes_on_another_node_after_its_node_
     )
     info = scorer.publish(COMMANDS, b"after", qos=1)
     info.wait_for_publish(5)
-    resumed.wait_for(lambda m: m.payload == b"after", timeout=CATCH_UP)
-    assert time.monotonic() - started < FAILOVER_PAUSE + CATCH_UP
-    # The queued one: at once, unless the session's consumer had already sent it to the dead
-    # node's connection (a loaded run saw that): then after the ack_wait. Late, never lost;
-    # the scorer's resend of the same id does not wait that long.
+    resumed.wait_for(lambda m: m.payload == b"after", timeout=CONSUMER_FAILOVER)
+    assert time.monotonic() - started < FAILOVER_PAUSE + CONSUMER_FAILOVER
+    # The queued one: with it, unless the session's consumer had already sent it to the dead
+    # node's connection: then after the ack_wait. Late, never lost; the scorer's resend of the
+    # same id does not wait that long.
     resumed.wait_for(
-        lambda m: m.payload == b"while the service is away", timeout=NATS_ACK_WAIT + CATCH_UP
+        lambda m: m.payload == b"while the service is away",
+        timeout=NATS_ACK_WAIT + CONSUMER_FAILOVER,
     )
     payloads = [m.payload for m in resumed.messages]
     assert payloads.count(b"while the service is away") == payloads.count(b"after") == 1
