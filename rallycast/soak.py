@@ -59,7 +59,7 @@ from rallycast.bench.launch import (
     BrokerNotInstalled,
     broker_env,
     embedded_command,
-    free_port,
+    free_ports,
     mosquitto_config,
     mosquitto_program,
     port_accepts,
@@ -443,7 +443,7 @@ def build_system(layout: str, work: Path, clubs: list[str]) -> System:
     service_secret = ensure_service_secret(service_dir if layout != "up" else work / "up")
     club_passwords = {club: secrets.token_urlsafe(12) for club in clubs}
     users = {SERVICE_USER: service_secret, **club_passwords}
-    mqtt_port, ws_port = free_port(), free_port()
+    mqtt_port, ws_port, http_port = free_ports(3)
     quiet = {"RALLYCAST_LOG_LEVEL": "WARNING"}
     service_argv = [
         python, "-m", "rallycast.cli", "scorer",
@@ -457,7 +457,7 @@ def build_system(layout: str, work: Path, clubs: list[str]) -> System:
         _write_users(data / "passwd", users)
         up = Component(
             "rallycast up",
-            up_command(data, mqtt_port=mqtt_port, ws_port=ws_port, http_port=free_port()),
+            up_command(data, mqtt_port=mqtt_port, ws_port=ws_port, http_port=http_port),
             data / "up.log",
             env=broker_env({"RALLYCAST_LOG_LEVEL": "INFO", "RALLYCAST_CLUBS": ",".join(clubs)}),
             ports=(mqtt_port,),

@@ -42,7 +42,7 @@ from broker.cluster import (
     find_nats_server,
 )
 from rallycast.bench.cluster import retained_feed_hosts
-from rallycast.bench.launch import SERVICE_USER, free_port
+from rallycast.bench.launch import SERVICE_USER, free_ports
 from tests.brokers import endpoint_for
 from tests.support.clients import Recorder
 from tests.support.endpoints import BrokerEndpoint, TestUsers
@@ -73,7 +73,8 @@ class NatsClusterRunner:
     def __init__(self, data_dir: Path, users: TestUsers, program: str):
         self.data_dir = data_dir
         self.admin_password = "admin-" + BcryptPasswordFile.hash("x", 4)[-12:]
-        ports = [NodePorts(*(free_port() for _ in range(5))) for _ in range(3)]
+        chosen = iter(free_ports(15))
+        ports = [NodePorts(*(next(chosen) for _ in range(5))) for _ in range(3)]
         self.layout = ClusterLayout(data_dir, ports)
         hashes = {user: BcryptPasswordFile.hash(pw, 4) for user, pw in users.passwords.items()}
         admin = {

@@ -29,7 +29,7 @@ from broker.cluster import (
     NodePorts,
     find_nats_server,
 )
-from rallycast.bench.launch import BrokerNotInstalled, free_port
+from rallycast.bench.launch import BrokerNotInstalled, free_ports
 
 KIND = "nats"
 
@@ -103,7 +103,8 @@ def start_cluster(workdir: Path, service_user: str, password: str) -> ClusterBro
         program = find_nats_server()
     except ClusterError as exc:
         raise BrokerNotInstalled(str(exc)) from None
-    ports = [NodePorts(*(free_port() for _ in range(5))) for _ in range(NODES)]
+    chosen = iter(free_ports(5 * NODES))
+    ports = [NodePorts(*(next(chosen) for _ in range(5))) for _ in range(NODES)]
     layout = ClusterLayout(workdir / "nats-cluster", ports)
     # Cost 4: one login; the measurement is about deliveries.
     layout.write({service_user: BcryptPasswordFile.hash(password, 4)}, service_user)

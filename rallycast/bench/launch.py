@@ -55,7 +55,16 @@ def _ephemeral_low() -> int:
 
 
 def free_port() -> int:
-    """A TCP port free on 127.0.0.1 right now, chosen below the kernel's ephemeral range.
+    """One port of :func:`free_ports` (two calls may return the same port: for a group of
+    ports that must differ, such as a node's five or a broker's two, use ``free_ports(n)``)."""
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` different TCP ports free on 127.0.0.1 right now, chosen below the kernel's
+    ephemeral range. Each is held bound until all are chosen, so no two are the same (picked
+    one at a time they were: a 3-node cluster's 15 ports held a repeat about once in 100
+    starts, "bind: address already in use").
 
     Brokers, nodes and ``rallycast up`` get such a port and bind it again after each kill -9
     (tests, the soak, the benchmarks). A port from the ephemeral range could be taken in
@@ -64,18 +73,31 @@ def free_port() -> int:
     can take it, and the choice is random among ~12,000 ports. Falls back to a port-0 bind
     when no such port is found (or the range starts too low to leave room below it)."""
     low = _ephemeral_low()
+    held: list[socket.socket] = []
+    try:
+        while len(held) < count:
+            held.append(_bind_free(low))
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+def _bind_free(low: int) -> socket.socket:
+    """A socket bound to a free port below ``low`` (else to port 0); the caller closes it."""
     if low > 10_000:
         for _ in range(PORT_TRIES):
             port = random.randrange(max(1024, low - 12_000), low)
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-                try:
-                    sock.bind(("127.0.0.1", port))
-                except OSError:
-                    continue
-                return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                sock.close()
+                continue
+            return sock
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    return sock
 
 
 @dataclass
@@ -317,7 +339,7 @@ def start_mosquitto(
     (workdir / "mosquitto-data").mkdir(exist_ok=True)
     log_path = workdir / "mosquitto.log"
     for _attempt in range(3):
-        ports = free_port(), free_port()
+        ports = tuple(free_ports(2))
         text = mosquitto_config(
             *ports, password_file=password_file, persistence_dir=workdir / "mosquitto-data",
             max_connections=max_connections,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from rallycast.bench.launch import (
-    free_port,
+    free_ports,
     mosquitto_config,
     spawn_embedded,
     spawn_mosquitto,
@@ -161,7 +161,7 @@ class MosquittoProcess(BrokerProcess):
     def _spawn(self) -> None:
         for _attempt in range(3):
             if not self.mqtt_port:
-                self.mqtt_port, self.ws_port = free_port(), free_port()
+                self.mqtt_port, self.ws_port = free_ports(2)
             try:
                 self.process = spawn_mosquitto(
                     self.config_path, self.config_text(), self.log_path,
