@@ -78,6 +78,22 @@ def wait_until(predicate, timeout: float = WAIT) -> bool:
     return True
 
 
+def close_tabs_until(endpoint, close, happened) -> bool:
+    """Batches of TABS tabs that each send a page's last packets and are then ended by
+    ``close(tab)``, until ``happened()`` (at most 5 batches). Whether an end overtakes the
+    broker's answers is a race, so a test loops until it has a real occurrence to check."""
+    for batch in range(5):
+        for number in range(TABS):
+            tab = open_tab(endpoint, batch * TABS + number)
+            tab.send(subscribe_packet("clubs/+/game"))
+            for _ in range(4):
+                tab.send(PINGREQ)
+            close(tab)
+        if wait_until(happened, timeout=WAIT / 2):
+            return True
+    return False
+
+
 def noise(records: list[logging.LogRecord]) -> list[str]:
     return [
         r.getMessage()
@@ -90,21 +106,11 @@ def noise(records: list[logging.LogRecord]) -> list[str]:
 def test_a_tab_closing_leaves_no_warning_and_no_traceback(amqtt_broker, witness, caplog):
     caplog.set_level(logging.INFO)
     quiet_library_loggers("INFO")
-    # Whether a close overtakes the broker's answers is a race: batches of tabs until it has
-    # happened (bounded), so the test always checks a real occurrence.
-    for batch in range(5):
-        for number in range(TABS):
-            tab = open_tab(amqtt_broker, batch * TABS + number)
-            # The last packets of a page, then the tab closes before the answers go out.
-            tab.send(subscribe_packet("clubs/+/game"))
-            for _ in range(4):
-                tab.send(PINGREQ)
-            tab.close(code=1001)
-        if wait_until(lambda: witness.normal_closes >= 1, timeout=WAIT / 2):
-            break
-    assert witness.normal_closes >= 1, (
-        "the tabs' close never reached amqtt's error path: the test reproduces nothing"
+    # The tab closes (1001, as a browser does) before the broker's answers go out.
+    closed = close_tabs_until(
+        amqtt_broker, lambda tab: tab.close(code=1001), lambda: witness.normal_closes >= 1
     )
+    assert closed, "the tabs' close never reached amqtt's error path: the test reproduces nothing"
     time.sleep(0.2)
     gc.collect()
     assert noise(caplog.records) == []
@@ -115,13 +121,9 @@ def test_a_dropped_connection_is_still_reported(amqtt_broker, witness, caplog):
     """No close frame at all (the network or the process died): not a tab closing."""
     caplog.set_level(logging.INFO)
     quiet_library_loggers("INFO")
-    for number in range(TABS):
-        tab = open_tab(amqtt_broker, number)
-        tab.send(subscribe_packet("clubs/+/game"))
-        for _ in range(4):
-            tab.send(PINGREQ)
-        tab.socket.close()  # the TCP connection goes without a WebSocket close
-    assert wait_until(lambda: witness.other), "the abrupt close never reached amqtt's error path"
+    # The TCP connection goes without a WebSocket close.
+    dropped = close_tabs_until(amqtt_broker, lambda tab: tab.socket.close(), lambda: witness.other)
+    assert dropped, "the abrupt close never reached amqtt's error path"
     shown = [r.getMessage() for r in caplog.records if r.name in NOISY_LOGGERS]
     assert any("no close frame" in message for message in shown), shown
 
