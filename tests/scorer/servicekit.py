@@ -232,6 +232,8 @@ class Scorer:
             topics.events(club_id, table),
             user=user or club_id,
         )
+        # Command id -> the reply it got, for telling a repeated reply from a new one.
+        self.answered: dict[Any, dict[str, Any]] = {}
 
     @property
     def reply_topic(self) -> str:
@@ -254,7 +256,21 @@ class Scorer:
         while True:
             reply = self.watcher.next_json(self.reply_topic)
             if reply.get("id") == wanted:
+                self.answered[wanted] = reply
                 return reply
+
+    def reply_to(self, command_id: str, timeout: float = WAIT) -> dict[str, Any]:
+        """The reply to ``command_id``, after the service went away and came back. Replies
+        read first must repeat exactly ones this scorer already got: the broker
+        delivers again a command whose PUBACK the dead service never sent (paho sends it just
+        after the reply), and the restarted service answers it as before instead of applying
+        it twice. Any other reply fails the test."""
+        while True:
+            reply = self.watcher.next_json(self.reply_topic, timeout)
+            if reply.get("id") == command_id:
+                self.answered[command_id] = reply
+                return reply
+            assert reply == self.answered.get(reply.get("id")), (reply, self.answered)
 
     def close(self) -> None:
         self.watcher.close()
