@@ -252,6 +252,22 @@ class ClusterEndpoint(BrokerEndpoint):
             recorder.subscribe(topics, qos=qos, timeout=QOS1_SUBACK_TIMEOUT)
         return recorder
 
+    def settle_retained(self, timeout: float = 10.0) -> None:
+        """Until the three nodes serve the same retained topics to a new subscriber. A
+        clear reaches the other nodes later than a set can (docs/scale.md): a test that
+        clears on one node and asserts the absence on another is about the rule, not that
+        lag. The publishing node is current, so agreement means all are."""
+        runner: NatsClusterRunner = self._runner
+        deadline = time.monotonic() + timeout
+        while True:
+            with ThreadPoolExecutor(3) as pool:
+                seen = list(pool.map(runner.retained_topics, range(self.nodes)))
+            if all(topics == seen[0] for topics in seen):
+                return
+            if time.monotonic() > deadline:
+                raise AssertionError(f"retained messages differ between the nodes: {seen}")
+            time.sleep(NODE_POLL)  # each probe is a connect (until_every_node_serves)
+
     def node_url(self, node: int, transport: str = "tcp", user: str | None = None) -> str:
         creds = f"{user}:{self.users[user]}@" if user else ""
         ports = self._runner.layout.ports[node]

@@ -115,6 +115,7 @@ def test_empty_retained_payload_clears_the_snapshot(any_broker):
     publish(service, "clubs/alpha/game", b"snapshot", retain=True)
     publish(service, "clubs/alpha/game", b"", retain=True)
     publish(service, "clubs/beta/game", b"sentinel", retain=True)
+    any_broker.settle_retained()
     spectator = any_broker.recorder(["clubs/+/game"])
     only_sentinel_arrives(spectator, b"sentinel")
 

@@ -363,12 +363,13 @@ def test_rallycast_cluster_up_starts_three_nodes_with_the_users_and_stops_them_o
         [*cli, "passwd", "add", "rallycast-service", "--password-stdin"],
         input="service-pw\n", text=True, env=env, check=True, capture_output=True,
     )  # fmt: skip
-    # Three consecutive free ports for each kind (bounded tries).
-    bases = []
+    # Thirty consecutive free ports for each kind, the three ranges apart (bounded tries).
+    bases: list[int] = []
     for _kind in range(3):
         for _try in range(50):
             base = free_port()
-            if base < 60000 and all(_port_free(base + i) for i in range(30)):
+            apart = all(abs(base - other) >= 30 for other in bases)
+            if base < 60000 and apart and all(_port_free(base + i) for i in range(30)):
                 bases.append(base)
                 break
     assert len(bases) == 3

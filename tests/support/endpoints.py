@@ -152,6 +152,10 @@ class BrokerEndpoint:
             recorder.subscribe(topics, qos=qos)
         return recorder
 
+    def settle_retained(self) -> None:
+        """Until every node serves the same retained messages to a new subscriber. One
+        broker always does; a cluster overrides this (tests/cluster.py)."""
+
     def close_clients(self) -> None:
         for client in self._clients:
             try:
