@@ -1,10 +1,14 @@
 """Checks several page test files share: the config block the server writes into every page,
-player names that must stay text on every page, and presses after a broker restart."""
+player names that must stay text on every page, presses after a broker restart, and the live
+API once the viewer's own follower has caught up."""
 
 from __future__ import annotations
 
 import json
 import re
+import time
+import urllib.request
+from collections.abc import Callable
 from typing import Any
 
 from tests.viewer.conftest import accepted
@@ -38,3 +42,18 @@ def press_after_restart(stack: Any, *sides: int) -> None:
     fresh = stack.scorer("alpha")
     for side in sides:
         accepted(fresh, {"cmd": "point", "side": side})
+
+
+def live_api_when(url: str, ready: Callable[[dict], Any], timeout: float = 5.0) -> dict:
+    """The body of ``GET /api/clubs/<club>/live`` (``url``, absolute) once ``ready(body)`` is
+    true, or the last body after ``timeout`` s (the caller's assertion then shows it). The
+    API answers from the viewer's own MQTT follower, a subscriber apart from any page's: it
+    can see a snapshot a moment after a page did (a loaded machine made it miss a clear the
+    page had already shown)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        with urllib.request.urlopen(url, timeout=5) as answer:
+            body = json.loads(answer.read())
+        if ready(body) or time.monotonic() > deadline:
+            return body
+        time.sleep(0.05)

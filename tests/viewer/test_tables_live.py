@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from scorer import topics
 from scorer.config import Club, Settings
 from scorer.engine import Match
 from tests.viewer.conftest import ViewerThread, attribute_changes, texts
+from tests.viewer.pagekit import live_api_when
 
 pytestmark = pytest.mark.browser
 
@@ -190,9 +190,11 @@ def test_each_card_follows_its_own_table_appears_at_start_and_hides_3s_after_its
     alpha.wait_for_selector(card(3), state="hidden")
     assert visible_cards(alpha) == ["1"] and alpha.locator("#no-match").is_hidden()
 
-    # The API gives every table's snapshot, table 1's also at the top (docs/api.md).
-    with urllib.request.urlopen(night.url("/api/clubs/alpha/live"), timeout=5) as answer:
-        live = json.loads(answer.read())
+    # The API gives every table's snapshot, table 1's also at the top (docs/api.md), once
+    # the viewer's follower has the clear the page showed.
+    live = live_api_when(
+        night.url("/api/clubs/alpha/live"), lambda b: not b["tables"][2]["snapshot"]
+    )
     assert live["known"] is True
     assert [(t["table"], t["name"], t["topic"]) for t in live["tables"]] == [
         (1, "Centre court", "clubs/alpha/game"),
@@ -211,13 +213,10 @@ def test_a_page_opened_mid_night_shows_every_table_at_once_from_the_server(
     night.play(1, start("Ann", "Bob"), POINT1)
     night.play(3, start("Cleo", "Dan"), POINT2, POINT2)
     # The viewer's own follower has them once the API says so.
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        with urllib.request.urlopen(night.url("/api/clubs/alpha/live"), timeout=5) as answer:
-            live = json.loads(answer.read())
-        if live["tables"][2]["snapshot"] and live["tables"][0]["snapshot"]:
-            break
-        time.sleep(0.05)
+    live_api_when(
+        night.url("/api/clubs/alpha/live"),
+        lambda b: b["tables"][2]["snapshot"] and b["tables"][0]["snapshot"],
+    )
     page = open_page(night.url("/clubs/alpha"))
     page.wait_for_selector(card(3), state="visible")
     # The first score each card ever wrote is the current one (embedded in the page).
