@@ -462,4 +462,7 @@ def test_the_documented_bridge_file_is_read_private_and_survives_a_reload(
     time.sleep(0.5)  # SIGHUP has no acknowledgement; the next publish shows the result
     assert hall.process.poll() is None, hall.log()
     service.client.publish(topics.game("alpha"), b'{"rev": 8}', qos=1, retain=True)
-    assert in_hall.next(topics.game("alpha"), 15).payload == b'{"rev": 8}'
+    got = in_hall.next(topics.game("alpha"), 15).payload
+    if got == b'{"rev": 7}':  # a bridge that reconnected gets the retained one again first
+        got = in_hall.next(topics.game("alpha"), 15).payload
+    assert got == b'{"rev": 8}'

@@ -199,8 +199,9 @@ def test_a_webhook_that_never_answers_does_not_slow_scoring(amqtt_broker, tmp_pa
             assert scorer.send({"cmd": "start", "player1": "Cid", "player2": "Dee"})["ok"]
             for _ in range(5):
                 assert scorer.send("2+")["ok"]
-            # Six round trips; a blocked command path would wait out the 10 s POST timeout.
-            assert time.monotonic() - began < 3.0
+            # Six round trips (well under a second; a loaded machine stretches them) against
+            # a blocked command path, which would wait out the 10 s POST timeout first.
+            assert time.monotonic() - began < 8.0
     finally:
         scorer.close()
         silent.close()
