@@ -335,8 +335,8 @@ def test_kill_9_of_a_node_mid_match_loses_no_acknowledged_publish_and_every_node
         # serves the snapshot of the moment of the kill (upstream fault, docs/scale.md
         # "Failover"), although the newer ones went through the stream and that node too.
         # The page saw the latest live; the node's retained copy comes through its consumer,
-        # a moment later under load: polled for SETTLE s. The stale case is one probe, so
-        # a node that catches up after all shows as a failure.
+        # a moment later under load: polled for SETTLE s. The stale case (consumer on n1)
+        # stays one probe: it serves the old snapshot from the kill on.
         for node in (1, 2):
             if hosts[node] == 0:
                 got = retained_now(cluster, node)
