@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +51,8 @@ ADMIN = "_admin"  # test-only user with every right, for the reset between tests
 RESET_TIMEOUT = 10.0
 QOS1_SUBACK_TIMEOUT = 30.0
 CLEAR_SETTLE = 0.5
+RETAINED_QUIET = 0.3  # s without a retained message after which a node has sent them all
+RETAINED_READ = 3.0  # s: the most a probe reads them for
 # s: nats-server's default MQTT ack_wait. A QoS 1 message it sent to a connection that then
 # died (no PUBACK) comes again only after this, after newer ones (docs/scale.md).
 NATS_ACK_WAIT = 30.0
@@ -136,22 +138,51 @@ class NatsClusterRunner:
             raise TimeoutError(f"reset: no CONNACK from n{node + 1}")
         return client
 
-    def retained_topics(self, node: int) -> set[str]:
-        """Topics with a retained message as node ``node`` serves them to a new subscriber."""
+    def retained_messages(self, node: int) -> dict[str, bytes]:
+        """Topic -> payload of each retained message node ``node`` serves a new subscriber.
+        They come with or after the SUBACK, as the node reads them from its consumer: read
+        until none has come for RETAINED_QUIET s (at most RETAINED_READ s), not for a fixed
+        margin: under load a late one was missed, and a reset took the cluster for clean."""
         client = self._admin(node)
-        found: set[str] = set()
+        found: dict[str, bytes] = {}
+        lock = threading.Lock()
+        last = [0.0]  # monotonic time of the SUBACK or of the latest retained message
         subscribed = threading.Event()
-        client.on_message = lambda _c, _u, m: found.add(m.topic) if m.retain and m.payload else None
-        client.on_subscribe = lambda *_a: subscribed.set()
+
+        def on_message(_c: Any, _u: Any, message: mqtt.MQTTMessage) -> None:
+            if message.retain and message.payload:
+                with lock:
+                    found[message.topic] = message.payload
+                    last[0] = time.monotonic()
+
+        def on_subscribe(*_a: Any) -> None:
+            with lock:
+                last[0] = time.monotonic()
+            subscribed.set()
+
+        client.on_message = on_message
+        client.on_subscribe = on_subscribe
         try:
             client.subscribe("#", 0)
             if not subscribed.wait(RESET_TIMEOUT):
-                raise TimeoutError("reset: no SUBACK")
-            time.sleep(0.15)  # retained messages are sent with the SUBACK; a margin for them
+                raise TimeoutError(f"reset: no SUBACK from n{node + 1}")
+            give_up = time.monotonic() + RETAINED_READ
+            while True:
+                with lock:
+                    quiet_since = last[0]
+                now = time.monotonic()
+                if now - quiet_since >= RETAINED_QUIET or now >= give_up:
+                    break
+                time.sleep(0.05)
         finally:
             client.disconnect()
             client.loop_stop()
-        return found
+        with lock:
+            return dict(found)
+
+    def retained_topics(self, node: int) -> set[str]:
+        """Topics with a retained message as node ``node`` serves them to a new subscriber."""
+        return set(self.retained_messages(node))
 
     def wait_writable(self, node: int) -> None:
         """Until a QoS 1 PUBLISH through ``node`` gets its PUBACK: after a restart a node
@@ -252,20 +283,29 @@ class ClusterEndpoint(BrokerEndpoint):
             recorder.subscribe(topics, qos=qos, timeout=QOS1_SUBACK_TIMEOUT)
         return recorder
 
-    def settle_retained(self, timeout: float = 10.0) -> None:
-        """Until the three nodes serve the same retained topics to a new subscriber. A
+    def settle_retained(
+        self, expected: dict[str, bytes | None] | None = None, timeout: float = 10.0
+    ) -> None:
+        """Until the three nodes serve the same retained messages to a new subscriber and,
+        for each topic in ``expected``, that payload (None: no retained message). A node
+        learns a retained message from its own JetStream consumer after the PUBACK, and a
         clear reaches the other nodes later than a set can (docs/scale.md): a test that
-        clears on one node and asserts the absence on another is about the rule, not that
-        lag. The publishing node is current, so agreement means all are."""
+        publishes retained through one node and reads through another is about the rule,
+        not that lag. ``expected`` is what the test just published: without it, three nodes
+        that have not learned it yet would agree too. AssertionError after ``timeout`` s."""
         runner: NatsClusterRunner = self._runner
+        wanted = expected or {}
         deadline = time.monotonic() + timeout
         while True:
             with ThreadPoolExecutor(3) as pool:
-                seen = list(pool.map(runner.retained_topics, range(self.nodes)))
-            if all(topics == seen[0] for topics in seen):
+                seen = list(pool.map(runner.retained_messages, range(self.nodes)))
+            agree = all(messages == seen[0] for messages in seen)
+            if agree and all(seen[0].get(topic) == payload for topic, payload in wanted.items()):
                 return
             if time.monotonic() > deadline:
-                raise AssertionError(f"retained messages differ between the nodes: {seen}")
+                raise AssertionError(
+                    f"retained messages differ between the nodes or from {wanted}: {seen}"
+                )
             time.sleep(NODE_POLL)  # each probe is a connect (until_every_node_serves)
 
     def node_url(self, node: int, transport: str = "tcp", user: str | None = None) -> str:
@@ -297,15 +337,17 @@ NODE_POLL = 0.5  # s between two rounds of probes on the three nodes
 
 
 def until_every_node_serves(
-    probe: Callable[[int], Any], wanted: Any, timeout: float, nodes: int = 3
+    probe: Callable[[int], Any], wanted: Any, timeout: float, nodes: int | Sequence[int] = 3
 ) -> dict[int, Any]:
-    """Probe each node (``probe(node)``, 0-based) until all give ``wanted`` or ``timeout`` (s)
-    passes; returns the last answers. A pause between rounds: a probe is a new MQTT connect,
-    a session record in a replicated stream, and a tight loop of them (hundreds a second)
-    left every node without a CONNACK for 15 s+ after a rejoin."""
+    """Probe each node (``probe(node)``, 0-based; ``nodes``: how many, or which) until all
+    give ``wanted`` or ``timeout`` (s) passes; returns the last answers. A pause between
+    rounds: a probe is a new MQTT connect, a session record in a replicated stream, and a
+    tight loop of them (hundreds a second) left every node without a CONNACK for 15 s+ after
+    a rejoin."""
+    chosen = range(nodes) if isinstance(nodes, int) else nodes
     deadline = time.monotonic() + timeout
     while True:
-        served = {node: probe(node) for node in range(nodes)}
+        served = {node: probe(node) for node in chosen}
         if all(value == wanted for value in served.values()) or time.monotonic() > deadline:
             return served
         time.sleep(NODE_POLL)

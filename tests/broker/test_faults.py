@@ -200,6 +200,15 @@ class RawClient:
             await self._task
 
 
+async def retained(b: Running, topics: set[str], within: float = 5.0) -> None:
+    """Until the broker holds a retained message on each of ``topics``: a raw client's QoS 0
+    PUBLISH has no PUBACK to wait for, and a loaded machine took more than a fixed pause."""
+    deadline = time.monotonic() + within
+    while not topics <= {t for t, m in b.broker._retained_messages.items() if m.data}:
+        assert time.monotonic() < deadline, f"{topics} not retained within {within} s"
+        await asyncio.sleep(0.02)
+
+
 async def connected(port: int, client_id: str, **kwargs: Any) -> RawClient:
     client = await RawClient.open(port)
     assert await client.connect(client_id, **kwargs) == 0
@@ -233,7 +242,7 @@ async def test_subscriber_still_gets_the_retained_messages_its_acl_allows():
         alice = await connected(b.tcp_port, "alice-1", username="alice", password="secret")
         await alice.publish("private/plans", b"for alice only", retain=True)
         await alice.publish("clubs/demo/game", b"snapshot", retain=True)
-        await asyncio.sleep(0.2)
+        await retained(b, {"private/plans", "clubs/demo/game"})
 
         spectator = await connected(b.tcp_port, "spectator-1")
         assert await spectator.subscribe("#") == 0
@@ -258,7 +267,7 @@ async def test_resumed_persistent_session_gets_retained_messages_of_its_own_filt
         await alice.publish("clubs/demo/game", b"snapshot", retain=True)
         await alice.publish("clubs/other/game", b"other", retain=True)
         await alice.subscribe("clubs/+/game")  # someone else's wider filter
-        await asyncio.sleep(0.2)
+        await retained(b, {"clubs/demo/game", "clubs/other/game"})
 
         board = await connected(
             b.tcp_port, "board-1", username="alice", password="secret", clean=False

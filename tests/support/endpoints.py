@@ -152,9 +152,13 @@ class BrokerEndpoint:
             recorder.subscribe(topics, qos=qos)
         return recorder
 
-    def settle_retained(self) -> None:
-        """Until every node serves the same retained messages to a new subscriber. One
-        broker always does; a cluster overrides this (tests/cluster.py)."""
+    def settle_retained(
+        self, expected: dict[str, bytes | None] | None = None, timeout: float = 10.0
+    ) -> None:
+        """Until every node serves the same retained messages to a new subscriber, with
+        ``expected``'s payload per topic (None: none). One broker has set them before its
+        PUBACK here; this returns at once and its tests stay strict. A cluster overrides this
+        (tests/cluster.py)."""
 
     def close_clients(self) -> None:
         for client in self._clients:
