@@ -21,6 +21,7 @@ from scorer.client import ScoreClient
 from scorer.service import ScorerService
 from tests.cluster import ClusterEndpoint, until_every_node_serves
 from tests.viewer.conftest import ViewerThread, texts
+from tests.viewer.pagekit import live_api_when
 
 pytestmark = pytest.mark.browser
 
@@ -163,6 +164,14 @@ def test_kill_9_of_a_node_mid_match_loses_no_replied_press_and_every_page_catche
         # A late joiner on each surviving node gets the current snapshot at once: a page
         # through the viewer's own copy (in its HTML; docs/scale.md "Failover"), an MQTT
         # spectator as the node's retained message.
+        # The viewer's own follower is a subscriber apart from the pages (it failed over too):
+        # it may have the last press a moment after them; the page then starts from it.
+        follower = live_api_when(
+            viewer.url + "/api/clubs/alpha/live",
+            lambda body: (body["snapshot"] or {}).get("rev") == revs[-1],
+            timeout=CATCH_UP,
+        )
+        assert (follower["snapshot"] or {}).get("rev") == revs[-1], follower
         late = open_page(viewer.url + "/clubs/alpha")
         assert texts(late, "score", "1", "liveGameSection")[:1] == expected[:1]
         assert texts(late, "score", "2", "liveGameSection")[:1] == expected[1:]

@@ -248,11 +248,8 @@ def test_the_display_and_the_overlay_show_the_table_of_their_url_only(
     # The iframe embed of table 3: the <rallycast-live table="3"> element (docs/embed.md).
     frame = open_page(night.url("/clubs/alpha/embed?table=3"))
     frame.wait_for_selector("rallycast-live [part=live]", state="visible")
-    # Its first score comes from the viewer's own follower (the live API), which may still
-    # have table 3's start (0-0) when the overlay already shows 0-1.
-    # (Playwright's selectors pierce the element's shadow root; document.querySelector not.)
-    frame.wait_for_selector('rallycast-live [data-field="score"][data-side="2"]:text-is("1")')
     assert frame.inner_text('rallycast-live [data-field="name"][data-side="1"]') == "Eve"
+    assert frame.inner_text('rallycast-live [data-field="score"][data-side="2"]') == "1"
     # Nothing of another table ever showed on them.
     assert set(texts(display, "name", "left")) <= {"", "Cleo", "Dan"}
     assert set(texts(overlay, "name", "1")) <= {"", "Eve"}
