@@ -35,8 +35,10 @@ def test_the_display_puts_the_names_where_the_players_stand_after_a_change_of_en
         assert scorer.send({"cmd": "point", "side": side})["ok"]
 
     # Game 1: side 1 (Lena) starts at the left end.
+    # Both scores in one wait: the left's 2 alone is also the 2-0 one point before.
     display.wait_for_function(
         "() => document.querySelector('.end-left [data-field=score]').textContent === '2'"
+        " && document.querySelector('.end-right [data-field=score]').textContent === '1'"
     )
     assert (end_name(display, "left"), end_name(display, "right")) == ("Lena", "Rob")
     assert (end_score(display, "left"), end_score(display, "right")) == ("2", "1")

@@ -4,10 +4,8 @@ MQTT takes over with the usual rule. Real broker, real scorer service, real Chro
 
 from __future__ import annotations
 
-import json
 import re
 import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -16,46 +14,18 @@ import pytest
 
 from scorer.config import Club, Settings
 from tests.viewer.conftest import LIVE, accepted, score_on_page, texts
-from tests.viewer.pagekit import assert_name_shown_as_text
+from tests.viewer.pagekit import (
+    assert_name_shown_as_text,
+    embedded,
+    get_html,
+    wait_html,
+    wait_rev,
+)
 from viewer.server import start_viewer
 from viewer.snapshots import viewer_broker_url
 
 START = {"cmd": "start", "game_type": "single", "player1": "Ann", "player2": "Bob", "best_of": 3}
-BLOCK_RE = re.compile(r'<script type="application/json" id="rc-snapshot">(.*?)</script>', re.S)
 HOSTILE = "</script><img src=x onerror=alert(1)>"
-
-
-def get_html(url: str) -> str:
-    with urllib.request.urlopen(url, timeout=5) as response:
-        return response.read().decode("utf-8")
-
-
-def embedded(html: str) -> dict[str, Any] | None:
-    found = BLOCK_RE.search(html)
-    return None if found is None else json.loads(found.group(1))
-
-
-def wait_html(url: str, test: Callable[[str], bool], timeout: float = 10.0) -> str:
-    """The page's HTML once ``test`` holds (the viewer's MQTT client sees each snapshot a few
-    milliseconds after the scorer's reply, or seconds after a reconnect)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        html = get_html(url)
-        if test(html):
-            return html
-        assert time.monotonic() < deadline, f"the page never matched: {html[:2000]}"
-        time.sleep(0.05)
-
-
-def wait_rev(
-    stack: Any, path: str, rev: int, club: str = "alpha", timeout: float = 10.0
-) -> dict[str, Any]:
-    topic = f"clubs/{club}/game"
-
-    def has_rev(html: str) -> bool:
-        return (embedded(html) or {}).get(topic, {}).get("rev") == rev
-
-    return embedded(wait_html(stack.url(path), has_rev, timeout))[topic]
 
 
 def open_without_broker(open_page: Any, url: str) -> tuple[Any, list[str]]:
