@@ -126,15 +126,19 @@ def test_bench_kill_node_reconnects_the_killed_nodes_spectators_and_counts_missi
     assert "on n3: 3; reconnected to another node: 3 " in tail, tail
     missing = int(re.search(r"at the end: (\d+) of 9 ", tail).group(1))
     if missing:
-        # Only the upstream fault may explain one (docs/scale.md "Why a survivor serves an old
-        # retained snapshot"): a survivor whose retained feed was on n3 serves an old or no
-        # retained snapshot, and a reconnect that came after the last snapshot (JetStream
-        # electing its leaders can hold it 10 s and more on a loaded machine) gets only that.
+        # Only the upstream faults may explain one (docs/scale.md "Why a survivor serves an old
+        # retained snapshot"), for a reconnect that came after the last snapshot (JetStream
+        # electing its leaders can hold it 10 s and more on a loaded machine): a survivor
+        # whose retained feed was on n3 serves an old or no retained snapshot; any survivor
+        # may serve none at all for a topic it had not cached (loaded from the retained
+        # stream, whose leader may have been n3). Never an old one otherwise.
         feeds = re.search(r"retained feeds before the kill: (.*?) \(", tail).group(1)
-        assert re.search(r"n[12] on n3", feeds), tail
         stale = int(re.search(r"before its SUBSCRIBE: (\d+)", tail).group(1))
         absent = int(re.search(r"none at all: (\d+)", tail).group(1))
-        assert missing <= stale + absent, tail
+        if re.search(r"n[12] on n3", feeds):
+            assert missing <= stale + absent, tail
+        else:
+            assert stale == 0 and missing <= absent, tail
     assert "kept their connection: 0" in tail, tail
     assert "latest snapshot of 3/3 tables as retained" in tail, tail
 
