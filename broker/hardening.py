@@ -422,6 +422,12 @@ def listening_port(broker: Broker, listener: str) -> int:
     return int(sockets[0].getsockname()[1])
 
 
+def retained_topics(broker: Broker) -> set[str]:
+    """Topics with a non-empty retained message now (amqtt's private ``_retained_messages``,
+    no public accessor); works on a stock amqtt ``Broker`` too."""
+    return {topic for topic, message in broker._retained_messages.items() if message.data}
+
+
 class LeanSession(Session):
     """amqtt's Session with slots for what Rallycast adds to it. A Session's ``__dict__``
     already fills CPython's shared-keys layout (30 keys); one more attribute turned it into a

@@ -25,7 +25,7 @@ import pytest
 from amqtt.broker import Broker
 from amqtt.plugins.base import BaseAuthPlugin, BaseTopicPlugin
 
-from broker.hardening import RallycastBroker
+from broker.hardening import RallycastBroker, retained_topics
 from broker.packets import PINGREQ, connect_packet, encode_publish, subscribe_packet
 
 USERS = {"alice": "secret"}
@@ -204,7 +204,7 @@ async def retained(b: Running, topics: set[str], within: float = 5.0) -> None:
     """Until the broker holds a retained message on each of ``topics``: a raw client's QoS 0
     PUBLISH has no PUBACK to wait for, and a loaded machine took more than a fixed pause."""
     deadline = time.monotonic() + within
-    while not topics <= {t for t, m in b.broker._retained_messages.items() if m.data}:
+    while not topics <= retained_topics(b.broker):
         assert time.monotonic() < deadline, f"{topics} not retained within {within} s"
         await asyncio.sleep(0.02)
 
