@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import os
 import re
-import tempfile
 from pathlib import Path
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
+
+from scorer.files import write_private_file
 
 # OWASP's argon2id profile (19 MiB, 2 passes, 1 lane): each check holds 19 MiB while it runs,
 # so a login flood (at most ARGON_SLOTS checks at once, broker/acl.py) cannot grow the
@@ -121,30 +122,3 @@ class PasswordFile:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = "".join(f"{user}:{hashed}\n" for user, hashed in sorted(hashes.items()))
         write_private_file(self.path, text, prefix=".passwd-")
-
-
-def write_private_file(path: Path, text: str, *, prefix: str) -> None:
-    """Replace ``path`` with ``text`` atomically (temp file + fsync + rename + directory
-    fsync), mode 0600: a crash leaves the old file or the new one, never half of one."""
-    # mkstemp creates the file with mode 0600 before anything is written into it.
-    fd, temp_name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(temp_name, 0o600)
-        os.replace(temp_name, path)
-    except BaseException:
-        Path(temp_name).unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(directory: Path) -> None:
-    """Make the rename itself durable."""
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

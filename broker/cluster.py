@@ -39,6 +39,7 @@ from broker.acl import READ, READWRITE, RULES, WRITE, Role, role_of
 from broker.passwd import add_user_actions
 from broker.process import stop_process
 from scorer.config import load_settings
+from scorer.files import write_private_file
 
 NODES = 3
 CLUSTER_NAME = "rallycast"
@@ -197,10 +198,8 @@ class BcryptPasswordFile:
 
     def write(self, users: dict[str, str]) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        tmp.write_text("".join(f"{u}:{h}\n" for u, h in sorted(users.items())), "utf-8")
-        tmp.chmod(0o600)
-        tmp.replace(self.path)
+        text = "".join(f"{u}:{h}\n" for u, h in sorted(users.items()))
+        write_private_file(self.path, text, prefix=".passwd-")
 
     @staticmethod
     def hash(password: str, cost: int = BCRYPT_COST) -> str:
@@ -249,8 +248,7 @@ class ClusterLayout:
         path = self.root / "route-secret"
         if not path.exists():
             self.root.mkdir(parents=True, exist_ok=True)
-            path.write_text(secrets.token_urlsafe(24))
-            path.chmod(0o600)
+            write_private_file(path, secrets.token_urlsafe(24), prefix=".route-secret-")
         return path.read_text().strip()
 
     def render(self, index: int, template: str | None = None) -> str:
@@ -293,13 +291,11 @@ class ClusterLayout:
     ) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         users = self.root / "users.conf"
-        users.write_text(render_users(hashes, service_user, extra))
-        users.chmod(0o600)
+        write_private_file(users, render_users(hashes, service_user, extra), prefix=".users-")
         for index in range(len(self.ports)):
             self.node_dir(index).mkdir(parents=True, exist_ok=True)
             path = self.config_path(index)
-            path.write_text(self.render(index))
-            path.chmod(0o600)
+            write_private_file(path, self.render(index), prefix=".nats-conf-")
 
 
 def find_nats_server(explicit: str | None = None) -> str:
@@ -506,7 +502,8 @@ def main(args: argparse.Namespace) -> int:
             status = _passwd(args, passwords, settings.service_user)
             users = root / "users.conf"
             if status == 0 and users.exists():
-                users.write_text(render_users(passwords.read(), settings.service_user))
+                text = render_users(passwords.read(), settings.service_user)
+                write_private_file(users, text, prefix=".users-")
                 _signal_running_nodes(root)
             return status
         if args.action == "config":

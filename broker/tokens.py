@@ -34,7 +34,7 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
-from broker.auth import write_private_file
+from scorer.files import write_private_file
 
 TOKEN_PREFIX = "rct_"
 TOKEN_BYTES = 32

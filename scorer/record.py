@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from scorer.engine import ENDED_STATUSES, Refused
+from scorer.files import create_whole
 from scorer.stats import match_stats
 from scorer.store import STORE_FILE_NAME
 
@@ -300,7 +301,7 @@ class RecordWriter:
         self.reader = RecordReader(data_dir)
         path = data_dir / RECORD_FILE_NAME
         # The store's modes (scorer/store.py): other local users read neither (0600).
-        os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
+        create_whole(path, _SCHEMA)  # whole or not at all: the pages read it any time
         for suffix in ("", "-wal", "-shm", "-journal"):
             companion = Path(f"{path}{suffix}")
             if companion.exists():

@@ -44,6 +44,7 @@ from scorer.config import Club, Settings, load_settings
 from scorer.datadir_lock import DataDirInUse, DataDirLock, lock_data_dir
 from scorer.desk import ClubMatch, Desk, Publication
 from scorer.engine import Match
+from scorer.files import write_private_file
 from scorer.logs import setup_logging
 from scorer.record_hooks import RecordHooks
 from scorer.store import STORE_FILE_NAME, MatchStore, StoreError
@@ -94,12 +95,7 @@ def ensure_service_secret(data_dir: Path) -> str:
         return existing
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_urlsafe(24)
-    path = data_dir / SECRET_FILE_NAME
-    temporary = path.with_suffix(".tmp")
-    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(secret + "\n")
-    os.replace(temporary, path)
+    write_private_file(data_dir / SECRET_FILE_NAME, secret + "\n", prefix=".secret-")
     return secret
 
 

@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from scorer.files import create_whole
+
 STORE_FILE_NAME = "matches.sqlite3"
 # Command ids remembered per club (with the reply they got), across matches and restarts.
 COMMAND_IDS_PER_CLUB = 1000
@@ -91,7 +93,7 @@ class MatchStore:
         data_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         os.chmod(data_dir, 0o700)
         self.path = data_dir / STORE_FILE_NAME
-        os.close(os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600))
+        create_whole(self.path, _SCHEMA)  # whole or not at all: the pages read it any time
         for suffix in ("", "-wal", "-shm", "-journal"):
             companion = Path(f"{self.path}{suffix}")
             if companion.exists():

@@ -10,6 +10,7 @@ import logging
 import signal
 import socket
 import sys
+import weakref
 from dataclasses import dataclass, replace
 
 import uvicorn
@@ -50,13 +51,40 @@ class RunningViewer:
             self.task.exception()  # seen: a stop is not an error to report later
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, knowing the event loop it serves in (for :func:`_not_a_stop`)."""
+
+    loop: asyncio.AbstractEventLoop | None = None
+
+    async def serve(self, sockets: list[socket.socket] | None = None) -> None:
+        self.loop = asyncio.get_running_loop()
+        await super().serve(sockets)
+
+
+# The servers this process started (uvicorn_server): whether the one serving in the logging
+# thread's loop is stopping tells a request cancelled by a stop from one cancelled by a fault.
+_SERVERS: weakref.WeakSet[_Server] = weakref.WeakSet()
+
+
+def _stopping_here() -> bool:
+    try:
+        loop = asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return any(server.loop is loop and server.should_exit for server in _SERVERS)
+
+
 def _not_a_stop(record: logging.LogRecord) -> bool:
     """uvicorn logs the lifespan task's CancelledError (and a KeyboardInterrupt) as an ERROR
     with a traceback (as text, uvicorn/lifespan/on.py) when a stop cancels it mid-shutdown:
-    that is a stop, not an error."""
+    that is a stop, not an error. A request's task cancelled ("Exception in ASGI
+    application") is a stop only while its server is stopping; otherwise it is a fault that
+    answered 500, and is kept."""
     error = record.exc_info[1] if record.exc_info else None
     if isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
-        return False
+        if not str(record.msg).startswith("Exception in ASGI application"):
+            return False
+        return not _stopping_here()
     text = str(record.msg)
     return not (
         text.startswith("Traceback")
@@ -84,7 +112,8 @@ def uvicorn_server(settings: Settings) -> uvicorn.Server:
         # "Uvicorn running on ... (Press CTRL+C to quit)" is not true inside `rallycast up`:
         # the viewer logs its own URL; uvicorn keeps its warnings and errors.
         logging.getLogger("uvicorn.error").setLevel(logging.WARNING)
-    server = uvicorn.Server(config)
+    server = _Server(config)
+    _SERVERS.add(server)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the caller owns signals
     return server
 

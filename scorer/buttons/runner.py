@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import queue
 import secrets
 import threading
@@ -51,6 +50,7 @@ from scorer.client import (
     resolve_address,
 )
 from scorer.config import Settings
+from scorer.files import write_private_file
 from scorer.timing import BOARDS_RECONNECT_MAX_DELAY, RECONNECT_MIN_DELAY
 
 log = logging.getLogger("rallycast.buttons")
@@ -411,11 +411,7 @@ class ClubLink:
         state = {board.name: board.memory() for board in self.boards}
         try:
             self.state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            temporary = self.state_file.with_suffix(".tmp")
-            fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump(state, handle)
-            os.replace(temporary, self.state_file)
+            write_private_file(self.state_file, json.dumps(state), prefix=".boards-")
         except OSError as exc:
             log.error(
                 "club %s: cannot save the boards' memory to %s: %s", self.club, self.state_file, exc

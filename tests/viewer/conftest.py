@@ -5,6 +5,7 @@ script runs (``RECORDER_JS``), so the tests see every change and when it happene
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -50,18 +51,42 @@ RECORDER_JS = """
 """
 
 
+class ServerErrors(logging.Handler):
+    """The ERRORs uvicorn logs from one thread: a page that answered 500, with why. uvicorn
+    logs an exception only after the 500 went out, so the test that got the 500 may already
+    be over: the fixture reports them when it stops the viewer."""
+
+    def __init__(self, thread_name: str) -> None:
+        super().__init__(logging.ERROR)
+        self.thread_name = thread_name
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if record.threadName == self.thread_name:
+            self.records.append(record)
+
+    def report(self) -> str:
+        formatter = logging.Formatter("%(message)s")
+        return "\n".join(formatter.format(record) for record in self.records)
+
+
 @dataclass
 class ViewerThread:
-    """The viewer app under uvicorn, in a thread with its own event loop."""
+    """The viewer app under uvicorn, in a thread with its own event loop. ``stop`` fails the
+    test if the server logged an error meanwhile (a page that answered 500)."""
 
     settings: Settings
     port: int = 0
     _server: Any = None
     _thread: threading.Thread | None = None
+    _errors: ServerErrors | None = None
 
     def start(self) -> None:
         self._server = uvicorn_server(self.settings)
-        self._thread = threading.Thread(target=self._server.run, name="viewer", daemon=True)
+        name = f"viewer-{id(self)}"
+        self._errors = ServerErrors(name)
+        logging.getLogger("uvicorn.error").addHandler(self._errors)
+        self._thread = threading.Thread(target=self._server.run, name=name, daemon=True)
         self._thread.start()
         deadline = time.monotonic() + 10
         while not self._server.started:
@@ -74,6 +99,10 @@ class ViewerThread:
         self._server.should_exit = True
         assert self._thread is not None
         self._thread.join(5)
+        assert self._errors is not None
+        logging.getLogger("uvicorn.error").removeHandler(self._errors)
+        if self._errors.records:
+            pytest.fail(f"the viewer logged errors:\n{self._errors.report()}", pytrace=False)
 
     @property
     def url(self) -> str:

@@ -12,6 +12,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -341,8 +342,72 @@ def test_a_stop_cut_short_mid_shutdown_logs_no_traceback(monkeypatch, caplog) ->
 
     with caplog.at_level(logging.DEBUG, logger="uvicorn.error"):
         asyncio.run(run())  # cancels the stuck lifespan task on the way out
-    errors = [r for r in caplog.records if r.name == "uvicorn.error" and r.levelno >= logging.ERROR]
+    errors = _uvicorn_errors(caplog)
     assert errors == [], [r.getMessage() for r in errors]
+
+
+def _uvicorn_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.name == "uvicorn.error" and r.levelno >= logging.ERROR]
+
+
+def test_a_request_cancelled_while_serving_is_a_500_with_its_traceback_in_the_log(
+    monkeypatch, caplog
+) -> None:
+    """A page that answered 500 says why in the log, even when its task was cancelled: only a
+    stop's cancellations are kept out of it."""
+
+    async def cancelled(self, request):
+        raise asyncio.CancelledError("not a stop")
+
+    monkeypatch.setattr(Viewer, "club_page", cancelled)
+
+    async def run() -> int:
+        settings = Settings(clubs=SETTINGS.clubs, bind="127.0.0.1", http_port=0)
+        running = await start_viewer(settings)
+        try:
+            return await asyncio.to_thread(_status, f"{running.url}/clubs/alpha")
+        finally:
+            await running.stop()
+
+    with caplog.at_level(logging.DEBUG, logger="uvicorn.error"):
+        assert asyncio.run(run()) == 500
+    errors = _uvicorn_errors(caplog)
+    assert [r.getMessage().strip() for r in errors] == ["Exception in ASGI application"]
+    assert isinstance(errors[0].exc_info[1], asyncio.CancelledError)
+
+
+def test_a_request_cut_short_by_a_stop_logs_no_traceback(monkeypatch, caplog) -> None:
+    """A stop that runs out of time cancels the requests still running: that is a stop."""
+    started = asyncio.Event()
+
+    async def slow(self, request):
+        started.set()
+        await asyncio.sleep(30)
+
+    monkeypatch.setattr(Viewer, "club_page", slow)
+
+    async def run() -> None:
+        settings = Settings(clubs=SETTINGS.clubs, bind="127.0.0.1", http_port=0)
+        running = await start_viewer(settings)
+        asking = asyncio.create_task(asyncio.to_thread(_status, f"{running.url}/clubs/alpha"))
+        await asyncio.wait_for(started.wait(), 5)
+        await running.stop(within=0.2)
+        await asyncio.wait_for(asking, 5)  # the connection was dropped
+
+    with caplog.at_level(logging.DEBUG, logger="uvicorn.error"):
+        asyncio.run(run())  # cancels the request's task on the way out, if the stop did not
+    assert _uvicorn_errors(caplog) == [], [r.getMessage() for r in _uvicorn_errors(caplog)]
+
+
+def _status(url: str) -> int | None:
+    """The HTTP status of a GET, or None when the server dropped the connection."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (urllib.error.URLError, ConnectionError, OSError):
+        return None
 
 
 @pytest.mark.parametrize(
