@@ -21,24 +21,27 @@ from pathlib import Path
 _COMPANIONS = ("", "-wal", "-shm", "-journal")
 
 
-def write_private_file(path: Path, text: str, *, prefix: str) -> None:
+def write_private_file(path: Path, text: str, *, prefix: str, durable: bool = True) -> None:
     """Replace ``path`` with ``text`` (UTF-8) atomically: written to a temporary file named
     ``prefix...`` beside it, fsynced, renamed over it (the directory fsynced too), mode 0600.
-    A reader or a crash sees the old file or the new one, never half of one. Raises
-    OSError."""
+    A reader or a crash sees the old file or the new one, never half of one. ``durable=False``
+    skips both fsyncs (a file written on every press, whose loss costs little: a crash may
+    then leave the old one). Raises OSError."""
     # mkstemp creates the file with mode 0600 before anything is written into it.
     fd, temp_name = tempfile.mkstemp(prefix=prefix, dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
+            if durable:
+                handle.flush()
+                os.fsync(handle.fileno())
         os.chmod(temp_name, 0o600)
         os.replace(temp_name, path)
     except BaseException:
         Path(temp_name).unlink(missing_ok=True)
         raise
-    _fsync_dir(path.parent)
+    if durable:
+        _fsync_dir(path.parent)
 
 
 def _fsync_dir(directory: Path) -> None:
@@ -55,9 +58,14 @@ def create_whole(path: Path, schema: str) -> None:
     statements) unless it exists. It is built beside ``path`` under a temporary name and
     linked into place, so a reader sees no file or the whole schema, never part of it; when
     two creators race, the first one's file stays and the other's is dropped. An existing
-    file is left as it is (its owner migrates it). Raises sqlite3.Error or OSError."""
-    if path.exists():
-        return
+    file is left as it is (its owner migrates it); an empty one is replaced. Raises
+    sqlite3.Error or OSError."""
+    try:
+        if path.stat().st_size > 0:
+            return
+        empty = True  # left by an older version's O_CREAT, or a `touch`: no data in it
+    except FileNotFoundError:
+        empty = False
     building = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.new")
     os.close(os.open(building, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
     try:
@@ -68,7 +76,10 @@ def create_whole(path: Path, schema: str) -> None:
         finally:
             db.close()  # checkpoints: everything is in the main file now
         try:
-            os.link(building, path)  # fails if it exists: the first creator's file stays
+            if empty:
+                os.replace(building, path)  # an empty file holds nothing to keep
+            else:
+                os.link(building, path)  # fails if it exists: the first creator's file stays
         except FileExistsError:
             pass
         except OSError:  # a file system without hard links: not atomic against a 2nd creator

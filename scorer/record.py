@@ -133,6 +133,15 @@ _COLUMNS = (
 )
 
 
+def _made(path: Path) -> bool:
+    """Whether ``path`` holds a database yet. An empty file (an older version stopped between
+    creating it and its schema; ``create_whole`` is replacing it) reads as none."""
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
 def _connect_ro(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
     db.execute("PRAGMA busy_timeout=2000")
@@ -150,7 +159,7 @@ class RecordReader:
 
     @contextmanager
     def _record(self) -> Iterator[sqlite3.Connection | None]:
-        if not self.record_path.exists():
+        if not _made(self.record_path):
             yield None
             return
         db = _connect_ro(self.record_path)
@@ -210,7 +219,7 @@ class RecordReader:
     def table_of(self, match_id: str) -> int | None:
         """The club's table the match was played on, from the service's store; None when
         the store does not say (no such match, or a store from before tables)."""
-        if not self.store_path.exists():
+        if not _made(self.store_path):
             return None
         db = _connect_ro(self.store_path)
         try:
@@ -225,7 +234,7 @@ class RecordReader:
 
     def log(self, match_id: str) -> list[dict[str, Any]]:
         """The match's log from the service's store (read-only)."""
-        if not self.store_path.exists():
+        if not _made(self.store_path):
             return []
         db = _connect_ro(self.store_path)
         try:
@@ -361,7 +370,7 @@ class RecordWriter:
         club's current match unless it ended), then apply the retention. Returns how many
         matches were (re)summarized."""
         store = self.reader.store_path
-        if not store.exists():
+        if not _made(store):
             return 0
         db = _connect_ro(store)
         try:
@@ -409,7 +418,8 @@ def _delete_from_store(store: Path, club_id: str, match_ids: list[str]) -> None:
     """Delete ended matches' logs from the service's store (never a club's current match)."""
     if not store.exists():
         return
-    db = sqlite3.connect(store, isolation_level=None)
+    # mode=rw: a store removed meanwhile is an error here, not a new empty file.
+    db = sqlite3.connect(f"{store.resolve().as_uri()}?mode=rw", uri=True, isolation_level=None)
     try:
         db.execute("PRAGMA busy_timeout=5000")
         db.execute("BEGIN IMMEDIATE")

@@ -76,10 +76,13 @@ def _stopping_here() -> bool:
 
 def _not_a_stop(record: logging.LogRecord) -> bool:
     """uvicorn logs the lifespan task's CancelledError (and a KeyboardInterrupt) as an ERROR
-    with a traceback (as text, uvicorn/lifespan/on.py) when a stop cancels it mid-shutdown:
-    that is a stop, not an error. A request's task cancelled ("Exception in ASGI
-    application") is a stop only while its server is stopping; otherwise it is a fault that
-    answered 500, and is kept."""
+    with a traceback (as text, uvicorn/lifespan/on.py) when a stop cancels it mid-shutdown,
+    and "Cancel N running task(s), timeout graceful shutdown exceeded" when a stop cuts slow
+    requests short (uvicorn/server.py): that is a stop, not an error. A request's task
+    cancelled ("Exception in ASGI application") is a stop only while its server is
+    stopping; otherwise it is a fault that answered 500, and is kept."""
+    if record.getMessage().endswith("timeout graceful shutdown exceeded"):
+        return False
     error = record.exc_info[1] if record.exc_info else None
     if isinstance(error, asyncio.CancelledError | KeyboardInterrupt):
         if not str(record.msg).startswith("Exception in ASGI application"):

@@ -411,7 +411,9 @@ class ClubLink:
         state = {board.name: board.memory() for board in self.boards}
         try:
             self.state_file.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-            write_private_file(self.state_file, json.dumps(state), prefix=".boards-")
+            # On paho's thread before the press goes out: no fsync (the counters' memory only
+            # saves a resend after a restart; losing its last write loses no press).
+            write_private_file(self.state_file, json.dumps(state), prefix=".boards-", durable=False)
         except OSError as exc:
             log.error(
                 "club %s: cannot save the boards' memory to %s: %s", self.club, self.state_file, exc

@@ -5,6 +5,7 @@ all."""
 from __future__ import annotations
 
 import ast
+import os
 import sqlite3
 import stat
 import threading
@@ -15,8 +16,8 @@ from typing import Any
 import pytest
 
 from scorer.files import create_whole, write_private_file
-from scorer.record import RecordReader, RecordWriter
-from scorer.store import MatchStore
+from scorer.record import RECORD_FILE_NAME, RecordReader, RecordWriter, _delete_from_store
+from scorer.store import STORE_FILE_NAME, MatchStore
 
 # Every read the pages, the API and the CLIs make of the two files (scorer/record.py).
 READS: dict[str, Callable[[RecordReader], Any]] = {
@@ -30,15 +31,25 @@ READS: dict[str, Callable[[RecordReader], Any]] = {
 }
 
 
+@pytest.mark.parametrize("left_empty", [False, True], ids=["no file", "an empty file"])
 @pytest.mark.parametrize(
-    "make", [MatchStore, RecordWriter], ids=["store (scorer service)", "record (its hook)"]
+    ("make", "name"),
+    [(MatchStore, STORE_FILE_NAME), (RecordWriter, RECORD_FILE_NAME)],
+    ids=["store (scorer service)", "record (its hook)"],
 )
 def test_a_reader_never_sees_a_database_half_made(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, make: Callable[[Path], Any]
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    make: Callable[[Path], Any],
+    name: str,
+    left_empty: bool,
 ) -> None:
     """Loop run B2 of session 7: a club page opened just as the service started answered 500
     (the record's file existed, its tables did not yet). Here every read runs in the middle of
-    the creator's schema, at its first CREATE TABLE, and again once it is made."""
+    the creator's schema, at its first CREATE TABLE, and again once it is made; also over an
+    empty file (an older version stopped between creating it and its schema)."""
+    if left_empty:
+        (tmp_path / name).touch(mode=0o600)
     reader = RecordReader(tmp_path)
     failures: list[str] = []
     checked: list[str] = []
@@ -121,6 +132,33 @@ def test_a_private_file_is_replaced_whole_and_private(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["service.secret"]  # no temporary left
 
 
+def test_a_file_written_on_every_press_is_not_fsynced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The boards' memory is saved on paho's thread before the press goes out: an fsync there
+    would delay every press (tens of ms on a Raspberry Pi's SD card)."""
+    synced: list[int] = []
+    monkeypatch.setattr(os, "fsync", lambda fd: synced.append(fd))
+    write_private_file(tmp_path / "boards.json", "{}", prefix=".boards-", durable=False)
+    assert synced == []
+    write_private_file(tmp_path / "service.secret", "s\n", prefix=".secret-")
+    assert len(synced) == 2  # the file, then the directory holding its new name
+    assert (tmp_path / "boards.json").read_text() == "{}"
+
+
+def test_deleting_from_a_store_that_is_gone_never_creates_one(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A store removed between the check and the delete must not come back as an empty file
+    (the service would then start from an empty database in its place)."""
+    store = tmp_path / STORE_FILE_NAME
+    monkeypatch.setattr(Path, "exists", lambda self: True)  # removed right after the check
+    with pytest.raises(sqlite3.OperationalError):
+        _delete_from_store(store, "alpha", ["m1"])
+    monkeypatch.undo()
+    assert not store.exists()
+
+
 # Where the product writes a file other than through scorer/files.py, and why that is safe:
 # (module, what it calls) -> reason.
 IN_PLACE_WRITES = {
@@ -133,6 +171,16 @@ IN_PLACE_WRITES = {
     ("rallycast/bench/launch.py", "open wb"): "a bench broker's stdout, handed to it",
     ("rallycast/bench/launch.py", "open ab"): "a bench broker's log, handed to it",
     ("rallycast/soak.py", "write_text"): "the soak's mosquitto config, before it starts",
+    ("rallycast/soak.py", "open ab"): "a soak component's log, handed to it",
+    ("rallycast/soak.py", "open w"): "the soak's own record of presses, for its report",
+    ("rallycast/soak.py", "sqlite3.connect"): "mode=ro: reads the service's store",
+    ("rallycast/bench/record.py", "sqlite3.connect"): "a bench's store, before its pages run",
+    (
+        "broker/persistence.py",
+        "sqlite3.connect",
+    ): "the broker's own database: nothing else reads it",
+    ("scorer/store.py", "sqlite3.connect"): "the service's store, once create_whole made it",
+    ("scorer/record.py", "sqlite3.connect"): "the record once create_whole made it; readers ro/rw",
 }
 PACKAGES = ("scorer", "broker", "viewer", "rallycast")
 REPO = Path(__file__).resolve().parents[2]
@@ -140,8 +188,9 @@ REPO = Path(__file__).resolve().parents[2]
 
 def file_writes(source: str) -> set[str]:
     """What a module calls that writes a file: ``write_text``, ``write_bytes``, ``os.open``,
-    ``os.replace``/``os.rename``/``Path.replace``/``Path.rename``, ``open`` with a writing
-    mode (as ``open <mode>``), ``mkstemp``, ``NamedTemporaryFile``."""
+    ``os.replace``/``os.rename``/``Path.replace``/``Path.rename``, ``open``/``Path.open``
+    with a writing mode (as ``open <mode>``), ``mkstemp``, ``NamedTemporaryFile``,
+    ``touch``, ``shutil.copy``/``copy2``/``copyfile``/``move``, ``sqlite3.connect``."""
     found = set()
     for node in ast.walk(ast.parse(source)):
         if not isinstance(node, ast.Call):
@@ -160,8 +209,19 @@ def file_writes(source: str) -> set[str]:
                 found.add(name)
         elif name == "open" and on_os:
             found.add("os.open")
+        elif name == "touch" and isinstance(func, ast.Attribute):
+            found.add(name)
+        elif (
+            name in ("copy", "copy2", "copyfile", "move")
+            and getattr(getattr(func, "value", None), "id", "") == "shutil"
+        ):
+            found.add(name)
+        elif name == "connect" and getattr(getattr(func, "value", None), "id", "") == "sqlite3":
+            found.add("sqlite3.connect")  # creates the file unless its URI says mode=ro/rw
         elif name == "open":
-            modes = [a.value for a in node.args[1:2] if isinstance(a, ast.Constant)]
+            # open(path, mode) / Path.open(mode)
+            where = 0 if isinstance(func, ast.Attribute) else 1
+            modes = [a.value for a in node.args[where : where + 1] if isinstance(a, ast.Constant)]
             modes += [k.value.value for k in node.keywords if k.arg == "mode"
                       and isinstance(k.value, ast.Constant)]  # fmt: skip
             found.update(f"open {m}" for m in modes if any(c in str(m) for c in "wax+"))
@@ -173,8 +233,13 @@ def test_the_checker_sees_every_way_of_writing_a_file() -> None:
         "import os\nfrom pathlib import Path\n"
         "Path('a').write_text('x')\nos.replace('a', 'b')\nopen('c', 'w')\n"
         "open('d', mode='ab')\nos.open('e', os.O_CREAT)\n'text'.replace('a', 'b')\nopen('f')\n"
+        "Path('g').open('a')\nPath('h').touch()\nimport shutil, sqlite3\nshutil.copy('a', 'b')\n"
+        "sqlite3.connect('i')\nPath('j').open()\n"
     )
-    assert file_writes(source) == {"write_text", "os.replace", "open w", "open ab", "os.open"}
+    assert file_writes(source) == {
+        "write_text", "os.replace", "open w", "open ab", "os.open", "open a", "touch", "copy",
+        "sqlite3.connect",
+    }  # fmt: skip
 
 
 def test_nothing_else_in_the_product_writes_a_file_in_place() -> None:
