@@ -23,7 +23,7 @@ from rallycast.bench.launch import up_command
 from scorer import topics
 from scorer.client import ScoreClient
 from scorer.datadir_lock import lock_data_dir
-from scorer.service import ScorerService
+from scorer.service import KEEPALIVE, ScorerService
 from scorer.store import STORE_FILE_NAME, MatchStore
 from tests.scorer.servicekit import (
     ROOT,
@@ -234,7 +234,13 @@ def test_a_full_disk_refuses_each_press_with_store_failed_and_the_resend_applies
         assert alpha.send({"cmd": "point", "side": 2})["rev"] == 7
 
 
-def test_a_frozen_service_is_said_offline_within_20_s_and_applies_the_press_once_thawed(
+# 1.5 keep-alives [MQTT-3.1.2-24], plus the broker's own clock: mosquitto counts whole
+# seconds and took 16.3-17.3 s on an idle machine and past 20 s at load 26 (loop run A1 of
+# session 7); amqtt takes 15.0-15.3 s. Still well under the 45 s a 30 s keep-alive took.
+FROZEN_OFFLINE_WITHIN = 1.5 * KEEPALIVE + 10
+
+
+def test_a_frozen_service_is_said_offline_within_25_s_and_applies_the_press_once_thawed(
     any_broker, tmp_path
 ):
     """A frozen service (SIGSTOP: a suspended VM, a swap storm) cannot say anything: the
@@ -248,12 +254,12 @@ def test_a_frozen_service_is_said_offline_within_20_s_and_applies_the_press_once
         service.process.send_signal(signal.SIGSTOP)
         try:
             alpha.send_raw('{"id": "while-frozen", "cmd": "point", "side": 1}')
-            wait_status(status, b"offline", 20.0)
+            wait_status(status, b"offline", FROZEN_OFFLINE_WITHIN)
             took = time.monotonic() - frozen_at
         finally:
             service.process.send_signal(signal.SIGCONT)
         print(f"a frozen service was said offline after {took:.1f} s")
-        assert took < 20.0
+        assert took < FROZEN_OFFLINE_WITHIN
         reply = alpha.reply_to("while-frozen", PROCESS_START)
         assert (reply["ok"], reply["rev"]) == (True, 2), reply
         wait_status(status, b"online")

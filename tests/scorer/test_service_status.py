@@ -46,7 +46,8 @@ def test_a_service_whose_subscription_stalls_says_stalled_then_online(any_broker
         frozen_at = time.monotonic()
         assert next_status(status, 10) == b"stalled"
         took = time.monotonic() - frozen_at
-        assert took <= PROBE_INTERVAL + PROBE_TIMEOUT + 1.5, took  # about 6 s
+        # About 5 s; the rest is room for a loaded machine to run the probe's timer.
+        assert took <= PROBE_INTERVAL + PROBE_TIMEOUT + 4.0, took
         alpha.send_raw('{"id": "during", "cmd": "point", "side": 1}')
 
         proxy.thaw()
