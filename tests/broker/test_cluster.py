@@ -235,7 +235,7 @@ def test_snapshot_published_through_node_1_reaches_new_spectators_on_nodes_2_and
         for node in (1, 2):  # right after the PUBACK: no settling time
             # Another node learns a retained message from its own JetStream consumer, after
             # the PUBACK: under load it can still serve the previous snapshot for a moment
-            # (docs/scale.md). Never other bytes, and the new one within 2 s.
+            # (docs/scale.md). Never other bytes, and the new one within SETTLE.
             started = time.monotonic()
             # Before rev 1 there is nothing: a lagging node then sends no retained message.
             previous = [snapshot_payload(rev - 1)] if rev > 1 else []
@@ -254,7 +254,7 @@ def test_snapshot_published_through_node_1_reaches_new_spectators_on_nodes_2_and
                 )
                 if got == payload:
                     break
-                assert time.monotonic() - started < 2, f"rev {rev} on n{node + 1} after 2 s"
+                assert time.monotonic() - started < SETTLE, f"rev {rev} on n{node + 1} late"
                 time.sleep(0.1)
     for page in live:
         page.wait_for(lambda m: m.payload == snapshot_payload(30))
@@ -322,9 +322,10 @@ def test_kill_9_of_a_node_mid_match_loses_no_acknowledged_publish_and_every_node
         # No press that got a PUBACK is lost: each reached the service (at least once).
         wanted = set(scorer.acked)
         assert wanted == set(range(presses))
+        # The service's consumer may have had its raft leader on node 1 (CONSUMER_FAILOVER).
         service.wait_for(
             lambda _m: {json.loads(m.payload)["id"] for m in service.messages} >= wanted,
-            timeout=CATCH_UP,
+            timeout=CONSUMER_FAILOVER,
         )
         # Pages on the surviving nodes show the latest snapshot within CATCH_UP s.
         for node in (1, 2):

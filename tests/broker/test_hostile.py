@@ -383,7 +383,9 @@ def test_a_socket_that_never_sends_connect_is_dropped_within_3_s(any_broker, req
     with raw(any_broker.mqtt_port) as idle:
         started = time.monotonic()
         assert idle.closed_within(5.0)
-        assert time.monotonic() - started < 3.6
+        # CONNECT_TIMEOUT is 3 s; the rest is room for a loaded machine (4 workers, 2 cores).
+        # Without the timeout (stock amqtt, mosquitto) the socket is never closed.
+        assert time.monotonic() - started < 4.5
 
 
 SMALL = {"max_connections": 5, "reserved_connections": 2}

@@ -237,10 +237,10 @@ def test_a_full_disk_refuses_each_press_with_store_failed_and_the_resend_applies
 # 1.5 keep-alives [MQTT-3.1.2-24], plus the broker's own clock: mosquitto counts whole
 # seconds and took 16.3-17.3 s on an idle machine and past 20 s at load 26 (loop run A1 of
 # session 7); amqtt takes 15.0-15.3 s. Still well under the 45 s a 30 s keep-alive took.
-FROZEN_OFFLINE_WITHIN = 1.5 * KEEPALIVE + 10
+FROZEN_OFFLINE_WITHIN = 1.5 * KEEPALIVE + 15
 
 
-def test_a_frozen_service_is_said_offline_within_25_s_and_applies_the_press_once_thawed(
+def test_a_frozen_service_is_said_offline_within_30_s_and_applies_the_press_once_thawed(
     any_broker, tmp_path
 ):
     """A frozen service (SIGSTOP: a suspended VM, a swap storm) cannot say anything: the

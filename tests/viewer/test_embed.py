@@ -216,6 +216,17 @@ def test_element_on_a_cross_origin_strict_csp_page_appears_updates_and_hides_3s_
     scorer = stack.scorer("alpha")
     accepted(scorer, START)
     page.wait_for_selector(LIVE, state="visible")
+    # When the element hides, by the page's clock: read from Python after the screenshots
+    # below, a loaded machine made the hide look late (the section uses `hidden`).
+    page.evaluate(
+        """() => {
+          const live = document.querySelector('rallycast-live').shadowRoot
+            .querySelector('section.live');
+          window.__hides = [];
+          new MutationObserver(() => { if (live.hidden) __hides.push(performance.now()); })
+            .observe(live, { attributes: true, attributeFilter: ['hidden'] });
+        }"""
+    )
     assert page.inner_text(f'{LIVE} [data-field="name"][data-side="1"]') == "Ann"
     expected = [(0, 0)]
     for side in [1, 2, 1, 1] + [1] * 8:  # ends 11-1: Ann wins the best-of-1 match
@@ -234,9 +245,10 @@ def test_element_on_a_cross_origin_strict_csp_page_appears_updates_and_hides_3s_
     assert shown == sorted(set(shown)) and len(shown) == len(expected), shown
 
     page.wait_for_selector(LIVE, state="hidden", timeout=6000)
-    hidden_at = page.evaluate("() => performance.now()")
     ended_at = page.evaluate("() => __out.snapshots.find((s) => s.status === 'finished').t")
-    assert 2900 <= hidden_at - ended_at <= 3800, f"hidden {hidden_at - ended_at:.0f} ms after"
+    hidden_at = min(t for t in page.evaluate("() => __hides") if t >= ended_at)
+    # 3 s by the element's timer; the rest is room for a loaded renderer's timers.
+    assert 2900 <= hidden_at - ended_at <= 4500, f"hidden {hidden_at - ended_at:.0f} ms after"
 
     # The host's CSP let everything through without a single exception...
     assert page.evaluate("() => __out.violations") == []
