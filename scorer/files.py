@@ -53,19 +53,29 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def holds_database(path: Path) -> bool:
+    """Whether ``path`` holds a database yet: an empty file (an older version stopped between
+    creating it and its schema; :func:`create_whole` replaces it) reads as none."""
+    try:
+        return path.stat().st_size > 0
+    except FileNotFoundError:
+        return False
+
+
 def create_whole(path: Path, schema: str) -> None:
     """Make the SQLite database ``path`` (mode 0600, WAL journal) with ``schema`` (SQL
-    statements) unless it exists. It is built beside ``path`` under a temporary name and
+    statements) unless it holds one. It is built beside ``path`` under a temporary name and
     linked into place, so a reader sees no file or the whole schema, never part of it; when
     two creators race, the first one's file stays and the other's is dropped. An existing
-    file is left as it is (its owner migrates it); an empty one is replaced. Raises
-    sqlite3.Error or OSError."""
-    try:
-        if path.stat().st_size > 0:
-            return
-        empty = True  # left by an older version's O_CREAT, or a `touch`: no data in it
-    except FileNotFoundError:
-        empty = False
+    database is left as it is (its owner migrates it) but made private with its -wal/-shm;
+    an empty file is replaced. Raises sqlite3.Error or OSError."""
+    if holds_database(path):
+        for suffix in _COMPANIONS:  # SQLite gives -wal and -shm the database's mode
+            companion = Path(f"{path}{suffix}")
+            if companion.exists():
+                os.chmod(companion, 0o600)
+        return
+    empty = path.exists()  # left by an older version's O_CREAT, or a `touch`: no data in it
     building = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.new")
     os.close(os.open(building, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600))
     try:

@@ -18,7 +18,6 @@ store's ``matches.table_no``); NULL for rows summarized from a store written bef
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -28,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from scorer.engine import ENDED_STATUSES, Refused
-from scorer.files import create_whole
+from scorer.files import create_whole, holds_database
 from scorer.stats import match_stats
 from scorer.store import STORE_FILE_NAME
 
@@ -133,15 +132,6 @@ _COLUMNS = (
 )
 
 
-def _made(path: Path) -> bool:
-    """Whether ``path`` holds a database yet. An empty file (an older version stopped between
-    creating it and its schema; ``create_whole`` is replacing it) reads as none."""
-    try:
-        return path.stat().st_size > 0
-    except FileNotFoundError:
-        return False
-
-
 def _connect_ro(path: Path) -> sqlite3.Connection:
     db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, check_same_thread=False)
     db.execute("PRAGMA busy_timeout=2000")
@@ -159,7 +149,7 @@ class RecordReader:
 
     @contextmanager
     def _record(self) -> Iterator[sqlite3.Connection | None]:
-        if not _made(self.record_path):
+        if not holds_database(self.record_path):
             yield None
             return
         db = _connect_ro(self.record_path)
@@ -219,7 +209,7 @@ class RecordReader:
     def table_of(self, match_id: str) -> int | None:
         """The club's table the match was played on, from the service's store; None when
         the store does not say (no such match, or a store from before tables)."""
-        if not _made(self.store_path):
+        if not holds_database(self.store_path):
             return None
         db = _connect_ro(self.store_path)
         try:
@@ -234,7 +224,7 @@ class RecordReader:
 
     def log(self, match_id: str) -> list[dict[str, Any]]:
         """The match's log from the service's store (read-only)."""
-        if not _made(self.store_path):
+        if not holds_database(self.store_path):
             return []
         db = _connect_ro(self.store_path)
         try:
@@ -309,12 +299,8 @@ class RecordWriter:
         self.data_dir = data_dir
         self.reader = RecordReader(data_dir)
         path = data_dir / RECORD_FILE_NAME
-        # The store's modes (scorer/store.py): other local users read neither (0600).
+        # Like the store: other local users read neither (0600).
         create_whole(path, _SCHEMA)  # whole or not at all: the pages read it any time
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            companion = Path(f"{path}{suffix}")
-            if companion.exists():
-                os.chmod(companion, 0o600)
         self._db = sqlite3.connect(path, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         # Derived data (rebuilt from the store by sync): no fsync per match needed.
@@ -370,7 +356,7 @@ class RecordWriter:
         club's current match unless it ended), then apply the retention. Returns how many
         matches were (re)summarized."""
         store = self.reader.store_path
-        if not _made(store):
+        if not holds_database(store):
             return 0
         db = _connect_ro(store)
         try:

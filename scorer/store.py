@@ -94,10 +94,6 @@ class MatchStore:
         os.chmod(data_dir, 0o700)
         self.path = data_dir / STORE_FILE_NAME
         create_whole(self.path, _SCHEMA)  # whole or not at all: the pages read it any time
-        for suffix in ("", "-wal", "-shm", "-journal"):
-            companion = Path(f"{self.path}{suffix}")
-            if companion.exists():
-                os.chmod(companion, 0o600)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
