@@ -255,3 +255,19 @@ def test_nothing_else_in_the_product_writes_a_file_in_place() -> None:
             found |= {(module, call) for call in file_writes(path.read_text(encoding="utf-8"))}
     assert found - set(IN_PLACE_WRITES) == set()
     assert set(IN_PLACE_WRITES) - found == set(), "listed but gone: drop it from the list"
+
+
+@pytest.mark.parametrize("make", [MatchStore, RecordWriter], ids=["store", "record"])
+def test_an_existing_database_readable_by_others_is_made_private(
+    tmp_path: Path, make: Callable[[Path], Any]
+) -> None:
+    """A store or record copied in with a wide mode (a restore, an older version)."""
+    made = make(tmp_path)
+    made.close()
+    files = [p for p in tmp_path.iterdir() if p.suffix == ".sqlite3" or "-" in p.name]
+    for path in files:
+        path.chmod(0o644)
+    make(tmp_path).close()
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in files if p.exists()} == {
+        p.name: 0o600 for p in files if p.exists()
+    }
