@@ -15,6 +15,8 @@ Every wait is bounded (``START_TIMEOUT``) and every port is ephemeral.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import getpass
 import os
 import random
@@ -23,8 +25,9 @@ import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +47,10 @@ class BrokerNotInstalled(FileNotFoundError):
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 PORT_TRIES = 200
+# Ports handed out by free_ports(), one empty file per port, shared by every process on the
+# machine (xdist workers, a bench beside a test run): see free_ports.
+PORT_REGISTRY = Path(tempfile.gettempdir()) / "rallycast-ports"
+PORT_HOLD_SECONDS = 600.0  # longer than any test keeps a port to bind again after a kill
 
 
 def _ephemeral_low() -> int:
@@ -60,7 +67,7 @@ def free_port() -> int:
     return free_ports(1)[0]
 
 
-def free_ports(count: int) -> list[int]:
+def free_ports(count: int, registry: Path | None = PORT_REGISTRY) -> list[int]:
     """``count`` different TCP ports free on 127.0.0.1 right now, chosen below the kernel's
     ephemeral range. Each is held bound until all are chosen, so no two are the same (picked
     one at a time they were: a 3-node cluster's 15 ports held a repeat about once in 100
@@ -71,20 +78,90 @@ def free_ports(count: int) -> list[int]:
     between by any outgoing connection or port-0 listener on the machine (it was: "port 41835
     is in use" on a restart under parallel tests); below the range only another explicit bind
     can take it, and the choice is random among ~12,000 ports. Falls back to a port-0 bind
-    when no such port is found (or the range starts too low to leave room below it)."""
+    when no such port is found (or the range starts too low to leave room below it).
+
+    The explicit binds that remain are other callers of this function in other processes
+    (xdist workers): a port is free here while the process it was chosen for still starts,
+    and is free again between a kill -9 and the restart. One did take another's port ("port
+    29478 is in use" as ``rallycast up`` started in the soak). So each port handed out is
+    also claimed in ``registry`` (one file per port, under a lock) and not handed out again
+    for PORT_HOLD_SECONDS, by any process. ``registry=None``, or one that cannot be written,
+    gives the bind check alone."""
     low = _ephemeral_low()
     held: list[socket.socket] = []
     try:
-        while len(held) < count:
-            held.append(_bind_free(low))
+        with _port_claims(registry) as claim:
+            while len(held) < count:
+                held.append(_bind_free(low, claim))
         return [int(sock.getsockname()[1]) for sock in held]
     finally:
         for sock in held:
             sock.close()
 
 
-def _bind_free(low: int) -> socket.socket:
-    """A socket bound to a free port below ``low`` (else to port 0); the caller closes it."""
+def free_port_block(width: int, registry: Path | None = PORT_REGISTRY) -> int:
+    """The first of ``width`` consecutive ports that are free and unclaimed, all claimed (as in
+    :func:`free_ports`), for a program that numbers its ports from a base (``rallycast cluster
+    up --mqtt-port``). Raises RuntimeError when no such block is found in PORT_TRIES tries."""
+    low = _ephemeral_low()
+    with _port_claims(registry) as claim:
+        for _ in range(PORT_TRIES):
+            base = random.randrange(max(1024, low - 12_000), max(1025, low - width))
+            block = range(base, base + width)
+            if all(_bind_free_now(port) for port in block) and claim(block):
+                return base
+    raise RuntimeError(f"no {width} consecutive free ports below {low}")
+
+
+def _bind_free_now(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+@contextlib.contextmanager
+def _port_claims(registry: Path | None) -> Iterator[Callable[[range | list[int]], bool]]:
+    """A ``claim(ports) -> bool``: False if another caller claimed any of ``ports`` within
+    PORT_HOLD_SECONDS, else claims them all. The registry's lock is held meanwhile."""
+    lock = -1
+    if registry is not None:
+        try:
+            registry.mkdir(mode=0o1777, exist_ok=True)
+            lock = os.open(registry / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError:
+            lock = -1
+    if lock < 0:
+        yield lambda ports: True
+        return
+    assert registry is not None
+
+    def claim(ports: range | list[int]) -> bool:
+        markers = [registry / str(port) for port in ports]
+        for marker in markers:
+            with contextlib.suppress(FileNotFoundError):
+                if time.time() - marker.stat().st_mtime < PORT_HOLD_SECONDS:
+                    return False
+        try:
+            for marker in markers:
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o666))
+                os.utime(marker)
+        except OSError:
+            return False  # another user's marker: leave that port to them
+        return True
+
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield claim
+    finally:
+        os.close(lock)  # releases the flock
+
+
+def _bind_free(low: int, claim: Callable[[list[int]], bool] = lambda ports: True) -> socket.socket:
+    """A socket bound to a free, unclaimed port below ``low`` (else to port 0); the caller
+    closes it."""
     if low > 10_000:
         for _ in range(PORT_TRIES):
             port = random.randrange(max(1024, low - 12_000), low)
@@ -94,9 +171,13 @@ def _bind_free(low: int) -> socket.socket:
             except OSError:
                 sock.close()
                 continue
+            if not claim([port]):
+                sock.close()
+                continue
             return sock
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
+    claim([int(sock.getsockname()[1])])
     return sock
 
 

@@ -370,7 +370,8 @@ def test_rallycast_cluster_up_starts_three_nodes_with_the_users_and_stops_them_o
     import subprocess
     import sys
 
-    from tests.brokers import REPO, free_port
+    from rallycast.bench.launch import free_port_block
+    from tests.brokers import REPO
     from tests.cluster import nats_program
 
     env = {**os.environ, "RALLYCAST_NATS_SERVER": nats_program(), "PYTHONPATH": str(REPO)}
@@ -379,15 +380,8 @@ def test_rallycast_cluster_up_starts_three_nodes_with_the_users_and_stops_them_o
         [*cli, "passwd", "add", "rallycast-service", "--password-stdin"],
         input="service-pw\n", text=True, env=env, check=True, capture_output=True,
     )  # fmt: skip
-    # Thirty consecutive free ports for each kind, the three ranges apart (bounded tries).
-    bases: list[int] = []
-    for _kind in range(3):
-        for _try in range(50):
-            base = free_port()
-            apart = all(abs(base - other) >= 30 for other in bases)
-            if base < 60000 and apart and all(_port_free(base + i) for i in range(30)):
-                bases.append(base)
-                break
+    # Thirty consecutive free ports for each kind, claimed so no other worker is handed one.
+    bases = [free_port_block(30) for _kind in range(3)]
     assert len(bases) == 3
     up = subprocess.Popen(
         [*cli, "up", "--mqtt-port", str(bases[0]), "--ws-port", str(bases[1]),
@@ -444,17 +438,6 @@ def test_rallycast_cluster_up_starts_three_nodes_with_the_users_and_stops_them_o
         pid = int((tmp_path / "nats" / f"n{node}" / "nats.pid").read_text())
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
-
-
-def _port_free(port: int) -> bool:
-    import socket
-
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
 
 
 def test_the_services_persistent_session_resumes_on_another_node_after_its_node_is_killed(

@@ -201,28 +201,3 @@ def test_kill_9_under_load_loses_doubles_and_invents_no_press_and_answers_each(
     assert len(result.kills) == 3, violation_report(result)
     assert sum(p.outcome == "ok" for p in result.presses) > 0, violation_report(result)
     assert result.findings.violations() == {}, violation_report(result)
-
-
-def test_a_group_of_free_ports_never_holds_the_same_port_twice():
-    # A 3-node cluster takes 15 ports at once; picked one at a time from ~12,000, a repeat
-    # came about once in 100 starts ("bind: address already in use" on the second bind).
-    from rallycast.bench.launch import free_ports
-
-    for _ in range(20):
-        ports = free_ports(200)
-        assert len(set(ports)) == 200, sorted(p for p in ports if ports.count(p) > 1)
-
-
-def test_ports_for_restarted_processes_come_from_below_the_ephemeral_range():
-    # A process restarted on its port after kill -9 must not find it taken by an outgoing
-    # connection or a port-0 listener (rallycast/bench/launch.py free_port).
-    import socket
-
-    from rallycast.bench.launch import _ephemeral_low, free_port
-
-    low = _ephemeral_low()
-    ports = {free_port() for _ in range(20)}
-    assert all(1024 <= port < low for port in ports), (low, ports)
-    for port in ports:
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-            sock.bind(("127.0.0.1", port))  # free as promised

@@ -170,6 +170,7 @@ IN_PLACE_WRITES = {
     ("rallycast/bench/launch.py", "write_text"): "a bench broker's config, before it starts",
     ("rallycast/bench/launch.py", "open wb"): "a bench broker's stdout, handed to it",
     ("rallycast/bench/launch.py", "open ab"): "a bench broker's log, handed to it",
+    ("rallycast/bench/launch.py", "os.open"): "free_ports' registry: empty files and a lock",
     ("rallycast/soak.py", "write_text"): "the soak's mosquitto config, before it starts",
     ("rallycast/soak.py", "open ab"): "a soak component's log, handed to it",
     ("rallycast/soak.py", "open w"): "the soak's own record of presses, for its report",
