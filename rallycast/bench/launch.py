@@ -23,6 +23,7 @@ import random
 import re
 import shutil
 import socket
+import stat
 import subprocess
 import sys
 import tempfile
@@ -47,9 +48,9 @@ class BrokerNotInstalled(FileNotFoundError):
 
 EPHEMERAL_RANGE_FILE = Path("/proc/sys/net/ipv4/ip_local_port_range")
 PORT_TRIES = 200
-# Ports handed out by free_ports(), one empty file per port, shared by every process on the
-# machine (xdist workers, a bench beside a test run): see free_ports.
-PORT_REGISTRY = Path(tempfile.gettempdir()) / "rallycast-ports"
+# Ports handed out by free_ports(), one empty file per port, shared by every process of this
+# user on the machine (xdist workers, a bench beside a test run): see free_ports.
+PORT_REGISTRY = Path(tempfile.gettempdir()) / f"rallycast-ports-{os.getuid()}"
 PORT_HOLD_SECONDS = 600.0  # longer than any test keeps a port to bind again after a kill
 
 
@@ -85,8 +86,8 @@ def free_ports(count: int, registry: Path | None = PORT_REGISTRY) -> list[int]:
     and is free again between a kill -9 and the restart. One did take another's port ("port
     29478 is in use" as ``rallycast up`` started in the soak). So each port handed out is
     also claimed in ``registry`` (one file per port, under a lock) and not handed out again
-    for PORT_HOLD_SECONDS, by any process. ``registry=None``, or one that cannot be written,
-    gives the bind check alone."""
+    for PORT_HOLD_SECONDS, by any process of this user. ``registry=None``, or one that cannot
+    be written or is not this user's own directory, gives the bind check alone."""
     low = _ephemeral_low()
     held: list[socket.socket] = []
     try:
@@ -129,8 +130,11 @@ def _port_claims(registry: Path | None) -> Iterator[Callable[[range | list[int]]
     lock = -1
     if registry is not None:
         try:
-            registry.mkdir(mode=0o1777, exist_ok=True)
-            lock = os.open(registry / ".lock", os.O_RDWR | os.O_CREAT, 0o666)
+            registry.mkdir(mode=0o700, exist_ok=True)
+            found = os.lstat(registry)
+            # Under /tmp: a directory someone else made (or a link to one) is not ours to use.
+            if stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid():
+                lock = os.open(registry / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError:
             lock = -1
     if lock < 0:
@@ -146,10 +150,10 @@ def _port_claims(registry: Path | None) -> Iterator[Callable[[range | list[int]]
                     return False
         try:
             for marker in markers:
-                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT, 0o666))
+                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
                 os.utime(marker)
         except OSError:
-            return False  # another user's marker: leave that port to them
+            return False  # not a file we can touch: leave that port alone
         return True
 
     try:

@@ -92,3 +92,21 @@ def test_a_block_of_ports_is_free_claimed_and_kept_from_other_callers(tmp_path: 
     claimed = set().union(*blocks)
     assert all((registry / str(port)).exists() for port in claimed)
     assert not set(free_ports(3000, registry=registry)) & claimed
+
+
+def test_a_registry_that_is_a_link_or_another_users_directory_is_not_used(tmp_path: Path) -> None:
+    # The registry lives under /tmp: a directory planted there by someone else, or a link to
+    # one, would let them steer where claims are written.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(elsewhere)
+    assert len(set(free_ports(5, registry=link))) == 5
+    assert list(elsewhere.iterdir()) == []
+
+    if os.getuid() == 0:  # as root, give the directory away to nobody
+        foreign = tmp_path / "foreign"
+        foreign.mkdir()
+        os.chown(foreign, 65534, 65534)
+        assert len(set(free_ports(5, registry=foreign))) == 5
+        assert list(foreign.iterdir()) == []
