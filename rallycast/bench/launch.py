@@ -51,7 +51,9 @@ PORT_TRIES = 200
 # Ports handed out by free_ports(), one empty file per port, shared by every process of this
 # user on the machine (xdist workers, a bench beside a test run): see free_ports.
 PORT_REGISTRY = Path(tempfile.gettempdir()) / f"rallycast-ports-{os.getuid()}"
-PORT_HOLD_SECONDS = 600.0  # longer than any test keeps a port to bind again after a kill
+# A claim holds while the process that made it lives (a pytest worker restarts a session's
+# brokers on their ports) and for this long after (its children may outlive it).
+PORT_HOLD_SECONDS = 600.0
 
 
 def _ephemeral_low() -> int:
@@ -85,9 +87,10 @@ def free_ports(count: int, registry: Path | None = PORT_REGISTRY) -> list[int]:
     (xdist workers): a port is free here while the process it was chosen for still starts,
     and is free again between a kill -9 and the restart. One did take another's port ("port
     29478 is in use" as ``rallycast up`` started in the soak). So each port handed out is
-    also claimed in ``registry`` (one file per port, under a lock) and not handed out again
-    for PORT_HOLD_SECONDS, by any process of this user. ``registry=None``, or one that cannot
-    be written or is not this user's own directory, gives the bind check alone."""
+    also claimed in ``registry`` (one file per port holding the claimer's pid, under a lock)
+    and not handed out again by any process of this user while the claimer lives, nor for
+    PORT_HOLD_SECONDS after. ``registry=None``, or one that cannot be written or is not this
+    user's own private directory, gives the bind check alone."""
     low = _ephemeral_low()
     held: list[socket.socket] = []
     try:
@@ -103,13 +106,16 @@ def free_ports(count: int, registry: Path | None = PORT_REGISTRY) -> list[int]:
 def free_port_block(width: int, registry: Path | None = PORT_REGISTRY) -> int:
     """The first of ``width`` consecutive ports that are free and unclaimed, all claimed (as in
     :func:`free_ports`), for a program that numbers its ports from a base (``rallycast cluster
-    up --mqtt-port``). Raises RuntimeError when no such block is found in PORT_TRIES tries."""
+    up --mqtt-port``). Every base below the ephemeral range is tried, in random order.
+    Raises RuntimeError when there is no such block."""
     low = _ephemeral_low()
+    bases = list(range(max(1024, low - 12_000), max(1025, low - width)))
+    random.shuffle(bases)
     with _port_claims(registry) as claim:
-        for _ in range(PORT_TRIES):
-            base = random.randrange(max(1024, low - 12_000), max(1025, low - width))
+        for base in bases:
             block = range(base, base + width)
-            if all(_bind_free_now(port) for port in block) and claim(block):
+            if claim.free(block) and all(_bind_free_now(port) for port in block):
+                claim(block)
                 return base
     raise RuntimeError(f"no {width} consecutive free ports below {low}")
 
@@ -123,66 +129,111 @@ def _bind_free_now(port: int) -> bool:
     return True
 
 
+class _Claims:
+    """Claims in one registry, used while its lock is held (:func:`_port_claims`)."""
+
+    def __init__(self, registry: Path | None) -> None:
+        self.registry = registry  # None: no registry, every port counts as unclaimed
+
+    def free(self, ports: range | list[int]) -> bool:
+        """No port of ``ports`` is claimed by a live process or within PORT_HOLD_SECONDS."""
+        return self.registry is None or not any(self._held(port) for port in ports)
+
+    def __call__(self, ports: range | list[int]) -> bool:
+        """Claim all of ``ports`` for this process if none is held; False if one is."""
+        if not self.free(ports):
+            return False
+        if self.registry is None:
+            return True
+        try:
+            for port in ports:
+                marker = os.open(
+                    self.registry / str(port),
+                    os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600,
+                )  # fmt: skip
+                try:
+                    os.write(marker, str(os.getpid()).encode())
+                finally:
+                    os.close(marker)
+        except OSError:
+            return False  # not a file we can write: leave that port alone
+        return True
+
+    def _held(self, port: int) -> bool:
+        assert self.registry is not None
+        marker = self.registry / str(port)
+        try:
+            made = marker.stat().st_mtime
+            owner = int(marker.read_text() or 0)
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            return True  # unreadable: someone's, keep off it
+        return time.time() - made < PORT_HOLD_SECONDS or (owner > 0 and _alive(owner))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
-def _port_claims(registry: Path | None) -> Iterator[Callable[[range | list[int]], bool]]:
-    """A ``claim(ports) -> bool``: False if another caller claimed any of ``ports`` within
-    PORT_HOLD_SECONDS, else claims them all. The registry's lock is held meanwhile."""
+def _port_claims(registry: Path | None) -> Iterator[_Claims]:
+    """The claims in ``registry`` with its lock held, or no registry's (every port unclaimed)
+    when it cannot be used: not a private directory of this user, or not writable."""
     lock = -1
     if registry is not None:
         try:
             registry.mkdir(mode=0o700, exist_ok=True)
             found = os.lstat(registry)
             # Under /tmp: a directory someone else made (or a link to one) is not ours to use.
-            if stat.S_ISDIR(found.st_mode) and found.st_uid == os.getuid():
+            if (
+                stat.S_ISDIR(found.st_mode)
+                and found.st_uid == os.getuid()
+                and stat.S_IMODE(found.st_mode) & 0o077 == 0
+            ):
                 lock = os.open(registry / ".lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
         except OSError:
             lock = -1
     if lock < 0:
-        yield lambda ports: True
+        yield _Claims(None)
         return
-    assert registry is not None
-
-    def claim(ports: range | list[int]) -> bool:
-        markers = [registry / str(port) for port in ports]
-        for marker in markers:
-            with contextlib.suppress(FileNotFoundError):
-                if time.time() - marker.stat().st_mtime < PORT_HOLD_SECONDS:
-                    return False
-        try:
-            for marker in markers:
-                os.close(os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, 0o600))
-                os.utime(marker)
-        except OSError:
-            return False  # not a file we can touch: leave that port alone
-        return True
-
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        yield claim
+        yield _Claims(registry)
     finally:
         os.close(lock)  # releases the flock
 
 
-def _bind_free(low: int, claim: Callable[[list[int]], bool] = lambda ports: True) -> socket.socket:
+def _bind_free(low: int, claim: _Claims | None = None) -> socket.socket:
     """A socket bound to a free, unclaimed port below ``low`` (else to port 0); the caller
     closes it."""
+    claim = claim or _Claims(None)
     if low > 10_000:
         for _ in range(PORT_TRIES):
             port = random.randrange(max(1024, low - 12_000), low)
+            if not claim.free([port]):
+                continue
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             try:
                 sock.bind(("127.0.0.1", port))
             except OSError:
                 sock.close()
                 continue
-            if not claim([port]):
-                sock.close()
-                continue
+            claim([port])
             return sock
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    claim([int(sock.getsockname()[1])])
-    return sock
+    for _ in range(PORT_TRIES):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.bind(("127.0.0.1", 0))
+        if claim([int(sock.getsockname()[1])]):
+            return sock
+        sock.close()
+    raise RuntimeError("no free unclaimed port")
 
 
 @dataclass

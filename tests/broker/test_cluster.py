@@ -380,8 +380,9 @@ def test_rallycast_cluster_up_starts_three_nodes_with_the_users_and_stops_them_o
         [*cli, "passwd", "add", "rallycast-service", "--password-stdin"],
         input="service-pw\n", text=True, env=env, check=True, capture_output=True,
     )  # fmt: skip
-    # Thirty consecutive free ports for each kind, claimed so no other worker is handed one.
-    bases = [free_port_block(30) for _kind in range(3)]
+    # Each kind's consecutive ports (broker/cluster.py default_ports: NATS's three kinds at
+    # base+0/10/20 per node), claimed so no other worker is handed one.
+    bases = [free_port_block(3), free_port_block(3), free_port_block(23)]
     assert len(bases) == 3
     up = subprocess.Popen(
         [*cli, "up", "--mqtt-port", str(bases[0]), "--ws-port", str(bases[1]),
