@@ -59,11 +59,14 @@ async def serve(settings: Settings) -> None:
         lock_data_dir(settings.data_dir, "broker", "rallycast broker")
     except DataDirInUse as exc:
         raise StartFailed(str(exc)) from None
-    running = await start_broker_plainly(settings)
+    # Before the start, as `rallycast up`, the scorer and the viewer do: a SIGTERM while the
+    # broker starts is then a clean stop after the lines below (it killed the process before
+    # they were printed: a test that stopped it at its "listening on" log line lost them).
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
+    running = await start_broker_plainly(settings)
     # `listening URL` first (tests and the benchmark read the URL), then where it binds.
     where = f"from this machine; bound to {bind_description(settings.bind)}"
     print(f"listening {running.mqtt_url} ({where}, port {running.mqtt_port})", flush=True)

@@ -58,6 +58,8 @@ def run_until(command: list[str], wanted: re.Pattern[str], tmp_path: Path) -> st
             stop_process(process, grace=10)  # (stdout is a few lines: the pipe cannot fill)
             out = process.stdout.read()
             process.stdout.close()
+    # Stopped at its first sign of life, it still stops cleanly (its handlers come first).
+    assert process.returncode == 0, (process.returncode, err_path.read_text())
     return out, err_path.read_text()
 
 
