@@ -10,7 +10,7 @@ module; runtime code never imports tests).
   ``mosquitto_passwd``;
 - ``stop_process`` (``broker/process.py``): SIGTERM, then SIGKILL after the grace time.
 
-Every wait is bounded (``START_TIMEOUT``) and every port is ephemeral.
+Every wait is bounded (``START_TIMEOUT``); ports come from :func:`free_ports`.
 """
 
 from __future__ import annotations
@@ -169,17 +169,7 @@ class _Claims:
             return False
         except (OSError, ValueError):
             return True  # unreadable: someone's, keep off it
-        return time.time() - made < PORT_HOLD_SECONDS or (owner > 0 and _alive(owner))
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        return time.time() - made < PORT_HOLD_SECONDS or (owner > 0 and psutil.pid_exists(owner))
 
 
 @contextlib.contextmanager
@@ -210,10 +200,9 @@ def _port_claims(registry: Path | None) -> Iterator[_Claims]:
         os.close(lock)  # releases the flock
 
 
-def _bind_free(low: int, claim: _Claims | None = None) -> socket.socket:
+def _bind_free(low: int, claim: _Claims) -> socket.socket:
     """A socket bound to a free, unclaimed port below ``low`` (else to port 0); the caller
     closes it."""
-    claim = claim or _Claims(None)
     if low > 10_000:
         for _ in range(PORT_TRIES):
             port = random.randrange(max(1024, low - 12_000), low)
