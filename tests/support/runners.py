@@ -23,6 +23,18 @@ from rallycast.bench.launch import (
 START_TIMEOUT = 10.0
 
 
+def kept_ports(mqtt_port: int, ws_port: int) -> tuple[int, int]:
+    """The (MQTT, WebSocket) ports a runner starts on and binds again on every restart: its own
+    once it has them, else two from free_ports() (below the ephemeral range, claimed). Not port
+    0: the kernel picks those in the ephemeral range, where any outgoing connection on the
+    machine may take one while the broker is down (loop run B9 on 2ec84ac: a restart failed
+    with "address already in use")."""
+    if mqtt_port and ws_port:
+        return mqtt_port, ws_port
+    first, second = free_ports(2)
+    return first, second
+
+
 class ThreadedAmqtt:
     """start_broker() on an event loop of its own, in a daemon thread."""
 
@@ -40,6 +52,7 @@ class ThreadedAmqtt:
         from broker.server import start_broker
         from scorer.config import load_settings
 
+        self.mqtt_port, self.ws_port = kept_ports(self.mqtt_port, self.ws_port)
         settings = load_settings(
             env={},
             overrides={
@@ -135,8 +148,9 @@ class AmqttProcess(BrokerProcess):
     kind = "amqtt"
 
     def _spawn(self) -> None:
+        mqtt_port, ws_port = kept_ports(self.mqtt_port, self.ws_port)
         self.process, self.mqtt_port, self.ws_port = spawn_embedded(
-            self.data_dir, self.log_path, mqtt_port=self.mqtt_port, ws_port=self.ws_port,
+            self.data_dir, self.log_path, mqtt_port=mqtt_port, ws_port=ws_port,
             timeout=START_TIMEOUT,
         )  # fmt: skip
 
@@ -160,8 +174,7 @@ class MosquittoProcess(BrokerProcess):
 
     def _spawn(self) -> None:
         for _attempt in range(3):
-            if not self.mqtt_port:
-                self.mqtt_port, self.ws_port = free_ports(2)
+            self.mqtt_port, self.ws_port = kept_ports(self.mqtt_port, self.ws_port)
             try:
                 self.process = spawn_mosquitto(
                     self.config_path, self.config_text(), self.log_path,
