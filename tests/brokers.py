@@ -1,4 +1,5 @@
-"""Broker fixtures: a real broker per test on 127.0.0.1, ephemeral ports, a temp data dir.
+"""Broker fixtures: a real broker per test on 127.0.0.1, a temp data dir, and ports from
+``free_ports()`` (claimed, below the ephemeral range) that it keeps across restarts.
 
 Fixtures (all function-scoped; each yields a :class:`BrokerEndpoint`):
 
