@@ -23,7 +23,10 @@ from scorer.service import ScorerService
 from tests.conftest import require_program
 from viewer.server import bound_port, uvicorn_server
 
-WAIT_MS = 5000  # the longest any expected change may take on a busy shared machine
+# The longest any expected change may take on a busy shared machine (load 20 on 2 cores with
+# two suites side by side). 5 s was too short: a page load whose mqtt.js waited for a scorer's
+# round trip took longer (loop run A2 on b30aaba). Bounds the product owes are explicit timeouts.
+WAIT_MS = 15000
 LIVE = "#liveGameSection"  # the live match on the club page
 
 # Installed before the page's own scripts: records every text put into a [data-field] element
