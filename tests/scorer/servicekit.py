@@ -334,7 +334,9 @@ class FreezableProxy:
         while not self.flowing.wait(0.1):
             if self.closed.is_set():
                 return False
-        return True
+        # close() sets `flowing` too, to wake this wait: held bytes must die with the
+        # connection, not slip out before close() shuts the sockets down.
+        return not self.closed.is_set()
 
     def _pump(self, source: Any, target: Any, freezable: bool) -> None:
         try:
