@@ -27,6 +27,7 @@ from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
+from broker.limits import CONNECT_TIMEOUT
 from scorer import topics
 from scorer.config import Club, Settings
 from scorer.ws_urls import page_ws_urls
@@ -56,6 +57,11 @@ from viewer.tables import (
 )
 
 log = logging.getLogger("rallycast.viewer")
+
+# How long a page keeps the WebSocket it opened early (static/preconnect.js) for mqtt.js, in
+# ms: half the broker's CONNECT deadline, so mqtt.js never gets a socket the broker is about
+# to drop, and has the other half to write its CONNECT.
+EARLY_SOCKET_MS = int(CONNECT_TIMEOUT * 1000 / 2)
 
 
 @dataclass
@@ -109,6 +115,7 @@ class Viewer:
             # they are (preconnect.js).
             "wsUrls": page_ws_urls(self.settings, request.url.scheme, request.url.hostname or ""),
             "wsPort": self.settings.ws_port,
+            "earlySocketMs": EARLY_SOCKET_MS,
             "statusTopic": topics.SCORER_STATUS,
             "strings": browser_strings(language),
             **(browser or {}),

@@ -128,7 +128,7 @@ class Stack:
     def scorer(self, club: str = "alpha", table: int = 1) -> ScoreClient:
         """A Python scorer for the club's table (its MQTT user), waiting for each command's
         reply."""
-        client = ScoreClient(self.endpoint.url(club), club, table=table, timeout=5)
+        client = ScoreClient(self.endpoint.url(club), club, table=table, timeout=WAIT_MS / 1000)
         client.__enter__()
         self._scorers.append(client)
         return client
@@ -147,7 +147,7 @@ def running_stack(endpoint: Any, data_dir: Path, **settings: Any) -> Iterator[St
     service.start()
     viewer = ViewerThread(settings)
     try:
-        assert service.wait_until_connected(5), "the scorer service did not connect"
+        assert service.wait_until_connected(WAIT_MS / 1000), "the scorer service did not connect"
         viewer.start()
         running = Stack(endpoint, settings, service, viewer)
         yield running

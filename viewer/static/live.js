@@ -48,14 +48,6 @@
     }
   }
 
-  // The socket preconnect.js opened, once, if it is still usable; later connections open their own.
-  function earlySocket(url) {
-    const early = window.RallycastEarly;
-    const socket = early.socket;
-    early.socket = null;
-    return socket && early.url === url && socket.readyState <= WebSocket.OPEN ? socket : null;
-  }
-
   function randomHex(bytes) {
     // crypto.randomUUID needs a secure context; a club's LAN page is often plain http.
     return Array.from(crypto.getRandomValues(new Uint8Array(bytes)), (b) => b.toString(16).padStart(2, '0')).join('');
@@ -94,7 +86,9 @@
       username: options.username,
       password: options.password,
       createWebsocket: (url, protocols) => {
-        socket = earlySocket(url) || new WebSocket(url, protocols);
+        // The socket preconnect.js opened, once, while it is young enough; later
+        // connections open their own.
+        socket = window.RallycastEarly.take(url) || new WebSocket(url, protocols);
         return socket;
       },
     });

@@ -22,12 +22,37 @@
   }
 
   const urls = shuffled(brokerUrls());
-  const early = { url: urls[0], urls: urls, socket: null };
+  // take(url): the early socket for mqtt.js's first connection, once, or null.
+  const early = { url: urls[0], urls: urls, take: () => null };
   // Spectator pages connect at once; the scorer's page waits for a password.
   if (early.url && config.page !== 'score' && config.page !== 'error' && typeof WebSocket !== 'undefined') {
-    early.socket = new WebSocket(early.url, ['mqtt']);
-    early.socket.binaryType = 'arraybuffer';
-    early.socket.addEventListener('open', () => performance.mark('rallycast:ws-open'));
+    const socket = new WebSocket(early.url, ['mqtt']);
+    socket.binaryType = 'arraybuffer';
+    socket.addEventListener('open', () => performance.mark('rallycast:ws-open'));
+    const opened = performance.now();
+    // The broker drops a socket whose CONNECT has not come within its deadline (3 s,
+    // broker/limits.py). If mqtt.js is still loading (a slow phone) when half of it is gone
+    // (earlySocketMs, viewer/app.py), the page lets the socket go itself: mqtt.js opens its
+    // own rather than write its CONNECT into one the broker may be closing at that moment.
+    const graceMs = config.earlySocketMs || 1500;
+    let kept = true;
+    const letGo = () => {
+      if (!kept) return;
+      kept = false;
+      // Closing a socket still opening logs an error in the console; close it once open.
+      if (socket.readyState === WebSocket.CONNECTING) socket.addEventListener('open', () => socket.close(1000));
+      else socket.close(1000);
+    };
+    setTimeout(letGo, graceMs);
+    early.take = (url) => {
+      // The age, not only the timer: a busy page may run the timer late.
+      if (!kept || url !== early.url || socket.readyState > WebSocket.OPEN || performance.now() - opened >= graceMs) {
+        letGo();
+        return null;
+      }
+      kept = false;
+      return socket;
+    };
   }
   window.RallycastEarly = early;
 })();
