@@ -45,6 +45,20 @@ SOCKETS_JS = """
       return super.send(data);
     }
   };
+  // When live.js asked preconnect.js for the early socket, and whether it got it.
+  let early;
+  Object.defineProperty(window, 'RallycastEarly', {
+    get: () => early,
+    set: (value) => {
+      const take = value.take;
+      value.take = (url) => {
+        const socket = take(url);
+        window.__take = { at: performance.now(), got: socket !== null };
+        return socket;
+      };
+      early = value;
+    },
+  });
 })();
 """
 
@@ -94,7 +108,14 @@ def test_a_page_whose_mqtt_js_loads_late_connects_without_the_broker_dropping_it
     # The early socket is mqtt.js's connection or was let go by the page: the broker did not
     # drop it for a missing CONNECT.
     assert early["closed"] is None or early["byPage"] is not None, sockets
+    # mqtt.js got the early socket if it asked while the socket was young, else its own.
+    take = page.evaluate("() => window.__take")
+    age_at_take = take["at"] - early["created"]
+    if age_at_take < EARLY_SOCKET_MS - 10:  # ms of slack: the page dates it a moment later
+        assert take["got"] and len(sockets) == 1, (take, sockets)
+    elif age_at_take >= EARLY_SOCKET_MS:
+        assert not take["got"] and len(sockets) == 2, (take, sockets)
     if hold_s:
-        assert len(sockets) == 2, sockets  # the early socket, given up; mqtt.js's own
+        assert age_at_take >= EARLY_SOCKET_MS, (take, sockets)
         given_up_after = early["byPage"] - early["created"]
         assert EARLY_SOCKET_MS <= given_up_after < CONNECT_TIMEOUT * 1000, sockets
