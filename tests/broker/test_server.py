@@ -21,6 +21,7 @@ from broker.server import start_broker
 from rallycast.bench.wire import raw_client
 from scorer.config import load_settings
 from tests.support.endpoints import FAST_HASHER
+from tests.support.runners import STOPS_WITHIN_S
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -142,7 +143,7 @@ def run_broker_process(data_dir: Path) -> tuple[subprocess.Popen[str], int, int]
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
-def test_broker_command_prints_urls_and_stops_within_2_s_with_clients_connected(tmp_path, signum):
+def test_broker_command_prints_urls_and_stops_promptly_with_clients_connected(tmp_path, signum):
     process, mqtt_port, ws_port = run_broker_process(tmp_path)
     clients = []
     try:
@@ -158,8 +159,8 @@ def test_broker_command_prints_urls_and_stops_within_2_s_with_clients_connected(
         time.sleep(0.3)
         started = time.monotonic()
         process.send_signal(signum)
-        process.wait(5)
-        assert time.monotonic() - started < 2.0
+        process.wait(STOPS_WITHIN_S + 5)
+        assert time.monotonic() - started < STOPS_WITHIN_S
         assert process.returncode == 0
     finally:
         for client in clients:

@@ -23,9 +23,9 @@ from scorer import topics
 from scorer.client import parse_broker_url
 from tests.conftest import require_program
 from tests.scorer.servicekit import ROOT, Watcher
+from tests.support.runners import STOPS_WITHIN_S
 
 READY_TIMEOUT = 30.0  # seconds: first start hashes passwords (argon2) on a busy machine
-STOP_PROMISE = 2.0
 
 
 def up_env(tmp_path: Path) -> dict[str, str]:
@@ -70,7 +70,7 @@ class Up:
         started = time.monotonic()
         self.process.send_signal(signal.SIGINT)
         try:
-            self.process.wait(10)
+            self.process.wait(STOPS_WITHIN_S + 5)
         finally:
             self._output.close()
         return time.monotonic() - started
@@ -186,7 +186,7 @@ def test_up_scores_with_mosquitto_clients_and_stops_on_ctrl_c(tmp_path, data_dir
 
         took = up.interrupt()
         assert up.process.returncode == 0, up.output()
-        assert took < STOP_PROMISE, f"stopping took {took:.2f} s"
+        assert took < STOPS_WITHIN_S, f"stopping took {took:.2f} s"
         assert up.output().rstrip().endswith("rallycast up: stopped"), up.output()
         assert "Traceback" not in up.output() and "ERROR" not in up.output()
     finally:
@@ -205,7 +205,7 @@ def test_up_scores_with_mosquitto_clients_and_stops_on_ctrl_c(tmp_path, data_dir
         assert (data_dir / "service.secret").stat().st_mode & 0o077 == 0
         assert password not in (data_dir / "passwd").read_text()  # only its hash
         took = again.interrupt()
-        assert took < STOP_PROMISE
+        assert took < STOPS_WITHIN_S
     finally:
         again.kill()
 
@@ -241,8 +241,8 @@ def test_a_stop_signal_stops_up_cleanly_and_leaves_the_scorer_offline(tmp_path, 
     try:
         started = time.monotonic()
         up.process.send_signal(signum)
-        assert up.process.wait(10) == 0
-        assert time.monotonic() - started < STOP_PROMISE
+        assert up.process.wait(STOPS_WITHIN_S + 5) == 0
+        assert time.monotonic() - started < STOPS_WITHIN_S
     finally:
         up.kill()
     # The service said so before the broker stopped: pages show "scorer offline".

@@ -20,6 +20,7 @@ import pytest
 from starlette.testclient import TestClient
 
 from scorer.config import Club, Settings
+from tests.support.runners import STOPS_WITHIN_S
 from tests.viewer.pagekit import page_config
 from viewer.app import Viewer, create_app
 from viewer.assets import IMMUTABLE, collect_assets
@@ -213,8 +214,8 @@ def test_rallycast_viewer_serves_the_pages_and_stops_on_ctrl_c(tmp_path: Path) -
         assert "Riverside TTC" in html and page_config(html)["wsPort"] == 19002
         started = time.monotonic()
         process.send_signal(signal.SIGINT)
-        assert process.wait(5) == 0
-        assert time.monotonic() - started < 2.5
+        assert process.wait(STOPS_WITHIN_S + 5) == 0
+        assert time.monotonic() - started < STOPS_WITHIN_S
         out, err = process.communicate(timeout=5)
         assert "rallycast viewer: stopped" in out
         assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
