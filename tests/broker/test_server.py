@@ -86,10 +86,6 @@ def test_repeated_wrong_password_connects_cost_one_argon2_check(amqtt_broker, mo
     # a real-cost hash (~0.2 s of CPU per check), as `rallycast passwd` writes it
     passwords = PasswordFile(amqtt_broker.data_dir / "passwd")
     passwords.set("gamma", "pw-gamma")
-    hashed = passwords.hash_of("gamma")
-    started = time.monotonic()
-    assert not passwords.verify_hash(hashed, "wrong")
-    one_check = time.monotonic() - started
     checks = []
     real_verify = PasswordFile.verify_hash
 
@@ -98,12 +94,10 @@ def test_repeated_wrong_password_connects_cost_one_argon2_check(amqtt_broker, mo
         return real_verify(self, hashed, password)
 
     monkeypatch.setattr(PasswordFile, "verify_hash", counting_verify)
-    started = time.monotonic()
     for _ in range(50):
         assert raw_connack(amqtt_broker.mqtt_port, "gamma", "wrong") == 5
-    elapsed = time.monotonic() - started
+    # The cost counted, not timed (a timing bound failed at load 20: loop run B1 on cc480fa).
     assert checks == ["wrong"]
-    assert elapsed < 10 * one_check + 1.0  # 50 checks would take 50 * one_check
     assert raw_connack(amqtt_broker.mqtt_port, "gamma", "pw-gamma") == 0  # right after
 
 
