@@ -34,7 +34,7 @@
     // broker/limits.py). If mqtt.js is still loading (a slow phone) when half of it is gone
     // (earlySocketMs, viewer/app.py), the page lets the socket go itself: mqtt.js opens its
     // own rather than write its CONNECT into one the broker may be closing at that moment.
-    const graceMs = config.earlySocketMs || 1500;
+    const graceMs = config.earlySocketMs;
     let kept = true;
     const letGo = () => {
       if (!kept) return;
