@@ -40,12 +40,17 @@ class RunningViewer:
         return f"http://{url_host(local_host(self.host))}:{self.port}"
 
     async def stop(self, within: float = STOP_WITHIN) -> None:
-        """Stop serving within about ``within`` seconds: uvicorn's graceful stop first, then
-        its forced one (open connections dropped); the lifespan's shutdown always runs."""
+        """Stop serving within about ``within`` seconds (0.3 s more when cut short): uvicorn's
+        graceful stop first; then the requests still running are cancelled (each answered
+        500 or dropped) and the lifespan's shutdown (the viewer's MQTT client) still runs.
+        A shutdown stuck past that is left to the caller's loop to cancel."""
         self.server.should_exit = True
         done, _ = await asyncio.wait({self.task}, timeout=within)
         if not done:
-            self.server.force_exit = True
+            # What uvicorn does itself after timeout_graceful_shutdown. Its force_exit would
+            # leave those requests running and skip the lifespan's shutdown.
+            for task in list(self.server.server_state.tasks):
+                task.cancel("the viewer is stopping")
             await asyncio.wait({self.task}, timeout=0.3)
         if self.task.done() and not self.task.cancelled():
             self.task.exception()  # seen: a stop is not an error to report later
