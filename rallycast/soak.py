@@ -761,6 +761,7 @@ def read_retained(
     import paho.mqtt.client as mqtt
 
     from scorer import topics
+    from scorer.client import stop_loop
 
     got: dict[str, Any] = {}
     arrived: queue.Queue[str] = queue.Queue()
@@ -797,7 +798,7 @@ def read_retained(
                 break
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
     return {club: got.get(club) for club in clubs}
 
 

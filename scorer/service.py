@@ -39,6 +39,7 @@ from scorer.client import (
     join_urls,
     make_client,
     resolve_address,
+    stop_loop,
 )
 from scorer.config import Club, Settings, load_settings
 from scorer.datadir_lock import DataDirInUse, DataDirLock, lock_data_dir
@@ -277,7 +278,7 @@ class ScorerService:
                     pass  # connection went away meanwhile: the last will says offline
             client.disconnect()
             # A command paho is handling right now still finds the client (and the store).
-            client.loop_stop()
+            stop_loop(client)
             self._client = None
         self.status = "offline"
         self.connected.clear()

@@ -43,6 +43,7 @@ from broker.cluster import (
 )
 from rallycast.bench.cluster import retained_feed_hosts
 from rallycast.bench.launch import SERVICE_USER, free_ports
+from scorer.client import stop_loop
 from tests.brokers import endpoint_for
 from tests.support.clients import Recorder
 from tests.support.endpoints import BrokerEndpoint, TestUsers
@@ -134,7 +135,7 @@ class NatsClusterRunner:
         client.connect("127.0.0.1", self.layout.ports[node].mqtt, keepalive=30)
         client.loop_start()
         if not connected.wait(RESET_TIMEOUT):
-            client.loop_stop()
+            stop_loop(client)
             raise TimeoutError(f"reset: no CONNACK from n{node + 1}")
         return client
 
@@ -176,7 +177,7 @@ class NatsClusterRunner:
                 time.sleep(0.05)
         finally:
             client.disconnect()
-            client.loop_stop()
+            stop_loop(client)
         with lock:
             return dict(found)
 
@@ -199,7 +200,7 @@ class NatsClusterRunner:
                     raise AssertionError(f"reset: n{node + 1} gives no PUBACK after 30 s")
         finally:
             client.disconnect()
-            client.loop_stop()
+            stop_loop(client)
 
     def reset(self) -> None:
         """Leave the cluster as a fresh one: no retained message, no persistent session."""
@@ -233,7 +234,7 @@ class NatsClusterRunner:
                     client.publish(topic, b"", qos=1, retain=True).wait_for_publish(5)
             finally:
                 client.disconnect()
-                client.loop_stop()
+                stop_loop(client)
             time.sleep(0.1)
         self.node = 0
 

@@ -27,6 +27,7 @@ from scorer.client import (
     make_client,
     older_than,
     parse_broker_url,
+    stop_loop,
 )
 from scorer.config import Settings, url_host
 
@@ -150,7 +151,7 @@ class RetainedSnapshots:
             self._failover.stop()
         if client is not None:
             client.disconnect()
-            client.loop_stop()
+            stop_loop(client)
 
     async def stop_soon(self, within: float = STOP_WAIT) -> None:
         """Stop without holding up the web server's shutdown for more than ``within`` seconds

@@ -67,6 +67,7 @@ from rallycast.bench.wire import (
     ws_socket,
 )
 from rallycast.bench.wire import ws_frame as masked_frame
+from scorer.client import stop_loop
 
 CLUB = "bench"
 CMD_TOPIC = f"clubs/{CLUB}/game/cmd"
@@ -217,7 +218,7 @@ class Legit:
             if client is not None:
                 with suppress(Exception):
                     client.disconnect()
-                client.loop_stop()
+                stop_loop(client)
 
 
 # -- attacks ---------------------------------------------------------------------------------

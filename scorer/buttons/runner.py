@@ -48,6 +48,7 @@ from scorer.client import (
     connect_and_wait,
     make_client,
     resolve_address,
+    stop_loop,
 )
 from scorer.config import Settings
 from scorer.files import write_private_file
@@ -230,7 +231,7 @@ class ClubLink:
         self._stopping.set()
         self.failover.stop()
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
     # --- paho callbacks (network thread) ---------------------------------------------------
 

@@ -21,6 +21,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from rallycast.bench.launch import SERVICE_USER as SERVICE
+from scorer.client import stop_loop
 from tests.brokers import ALL_BROKERS, broker_fixture
 from tests.brokers import broker_process_fixture as _broker_process_fixture
 from tests.cluster import NATS_ACK_WAIT
@@ -138,7 +139,7 @@ def test_service_last_will_marks_it_offline_for_current_and_later_spectators(any
     publish(service, status, b"online", retain=True)
     spectator = any_broker.recorder([status])
     spectator.wait_for(lambda m: m.payload == b"online")
-    service.loop_stop()
+    stop_loop(service)
     service.socket().close()  # the service dies without DISCONNECT: the broker sends the will
     spectator.wait_for(lambda m: m.payload == b"offline", timeout=5)
     # A later spectator on another node of the cluster: that node may still serve the
@@ -169,7 +170,7 @@ def connack_then_vanish(broker: BrokerEndpoint, user: str | None, will: tuple) -
     try:
         done.wait(5)
     finally:
-        client.loop_stop()
+        stop_loop(client)
         sock = client.socket()
         if sock is not None:
             sock.close()  # no DISCONNECT
@@ -588,7 +589,7 @@ def persistent_service(broker: BrokerEndpoint, subscribe: bool) -> Recorder:
 
 def leave(recorder: Recorder) -> None:
     recorder.client.disconnect()
-    recorder.client.loop_stop()
+    stop_loop(recorder.client)
 
 
 def test_persistent_subscription_and_queue_survive_kill_9(any_broker_process):
@@ -618,7 +619,7 @@ def test_clean_session_connect_ends_the_persistent_session_for_good(any_broker_p
     leave(persistent_service(broker, subscribe=True))
     clean = broker.client(broker.service_user, client_id=SERVICE_ID, clean_session=True)
     clean.disconnect()
-    clean.loop_stop()
+    stop_loop(clean)
     broker.close_clients()
     # graceful: mosquitto counts no change for a clean connect, so after a SIGKILL it would
     # restore the session from its previous save

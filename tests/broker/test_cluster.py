@@ -18,6 +18,7 @@ import pytest
 
 from broker.acl import Role
 from broker.cluster import permissions, topic_filter_subjects
+from scorer.client import stop_loop
 from tests.brokers import Recorder
 from tests.cluster import NATS_ACK_WAIT, ClusterEndpoint, until_every_node_serves
 
@@ -87,7 +88,7 @@ class FailoverPublisher:
                 if self._connected.wait(min(5.0, max(0.1, deadline - time.monotonic()))):
                     return client
                 tried.append(f"n{node + 1}: no CONNACK within 5 s")
-                client.loop_stop()
+                stop_loop(client)
                 client.disconnect()
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"no node took the CONNECT within {CONNECT_WITHIN} s: {tried}")
@@ -115,7 +116,7 @@ class FailoverPublisher:
     def _ensure_connected(self) -> None:
         if self._connected.is_set():
             return
-        self.client.loop_stop()
+        stop_loop(self.client)
         self._index += 1
         self.failovers += 1
         self.client = self._connect()
@@ -138,7 +139,7 @@ class FailoverPublisher:
 
     def close(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
 
 def spectator(broker: ClusterEndpoint, node: int) -> Recorder:
@@ -408,7 +409,7 @@ def test_rallycast_cluster_up_starts_three_nodes_with_the_users_and_stops_them_o
         info.wait_for_publish(10)
         assert info.is_published()
         service.disconnect()
-        service.loop_stop()
+        stop_loop(service)
         # Node 3 learns the retained message from its own consumer after the PUBACK
         # (docs/scale.md): a page that subscribed before that gets it on a new SUBSCRIBE.
         deadline = time.monotonic() + 10
@@ -426,7 +427,7 @@ def test_rallycast_cluster_up_starts_three_nodes_with_the_users_and_stops_them_o
             page.loop_start()
             arrived = got.wait(2)
             page.disconnect()
-            page.loop_stop()
+            stop_loop(page)
             if arrived or time.monotonic() > deadline:
                 break
             time.sleep(0.5)  # a probe is a connect (until_every_node_serves)

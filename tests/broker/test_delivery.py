@@ -32,6 +32,7 @@ from hypothesis import strategies as st
 
 from broker.packets import connect_packet, encode_string, encode_varint
 from rallycast.bench.wire import split_packet
+from scorer.client import stop_loop
 from tests.support.endpoints import BrokerEndpoint
 
 SERVICE_ID = "rallycast-service-delivery"
@@ -205,7 +206,7 @@ def service(broker: BrokerEndpoint, collector: Collector, subscribe: bool) -> mq
 
 def leave(client: mqtt.Client) -> None:
     client.disconnect()
-    client.loop_stop()
+    stop_loop(client)
 
 
 # -- 1. a backlog drains, then live messages flow -----------------------------------------

@@ -39,6 +39,7 @@ from broker.packets import (
 )
 from rallycast.bench.wire import ZERO_MASK, RawClient, raw_client, ws_socket
 from rallycast.bench.wire import ws_frame as masked_frame
+from scorer.client import stop_loop
 
 MOSQUITTO_CANNOT = "mosquitto 2.0 has no setting for this (docs/broker.md, 'Limits on mosquitto')"
 
@@ -247,7 +248,7 @@ def test_a_persistent_session_of_one_club_user_cannot_be_resumed_by_another(any_
     xfail_on_mosquitto(any_broker, MOSQUITTO_CANNOT, request)
     board = any_broker.client("alpha", client_id="board-1", clean_session=False)
     board.disconnect()
-    board.loop_stop()
+    stop_loop(board)
     with pytest.raises(ConnectionRefusedError):
         any_broker.client("beta", client_id="board-1", clean_session=False)
 

@@ -19,6 +19,7 @@ from broker.auth import PasswordFile
 from broker.packets import connect_packet
 from broker.server import start_broker
 from rallycast.bench.wire import raw_client
+from scorer.client import stop_loop
 from scorer.config import load_settings
 from tests.support.endpoints import FAST_HASHER
 from tests.support.runners import STOPS_WITHIN_S
@@ -158,7 +159,7 @@ def test_broker_command_prints_urls_and_stops_promptly_with_clients_connected(tm
         assert process.returncode == 0
     finally:
         for client in clients:
-            client.loop_stop()
+            stop_loop(client)
         if process.poll() is None:
             process.kill()
 
@@ -179,7 +180,7 @@ def test_ordinary_disconnects_leave_no_tracebacks_in_the_log(tmp_path):
         polite = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311)
         connect_and_wait_for_connack(polite, mqtt_port)
         polite.disconnect()
-        polite.loop_stop()
+        stop_loop(polite)
         for transport, port in (("tcp", mqtt_port), ("websockets", ws_port)):
             rude = mqtt.Client(
                 mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311, transport=transport
@@ -187,7 +188,7 @@ def test_ordinary_disconnects_leave_no_tracebacks_in_the_log(tmp_path):
             if transport == "websockets":
                 rude.ws_set_options(path="/mqtt")
             connect_and_wait_for_connack(rude, port)
-            rude.loop_stop()
+            stop_loop(rude)
             rude.socket().close()
         with socket.create_connection(("127.0.0.1", mqtt_port)):
             pass  # a probe: connect, send nothing, close (health checks do this)

@@ -408,6 +408,8 @@ def test_a_match_scored_on_the_documented_mosquitto_reaches_the_club_page(
 def spectator_over_websocket(ws_port: int) -> dict:
     import paho.mqtt.client as mqtt
 
+    from scorer.client import stop_loop
+
     got: list[bytes] = []
     client = mqtt.Client(
         mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv311, transport="websockets"
@@ -423,7 +425,7 @@ def spectator_over_websocket(ws_port: int) -> dict:
             time.sleep(0.02)
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
     assert got, "no retained snapshot over WebSocket"
     return json.loads(got[0])
 

@@ -22,6 +22,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from scorer import topics
+from scorer.client import stop_loop
 from scorer.config import Settings
 from scorer.service import SECRET_FILE_NAME, ScorerService
 
@@ -198,7 +199,7 @@ class Watcher:
 
     def close(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
 
 def current_snapshot(

@@ -6,6 +6,8 @@ import json
 import queue
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +24,7 @@ from scorer.client import (
     resolve_address,
     send_command,
     shorthand_to_command,
+    stop_loop,
 )
 from scorer.config import Club, Settings
 from scorer.engine import SHORTHANDS, parse_command
@@ -388,3 +391,68 @@ def test_a_waiting_command_is_resent_at_once_after_a_reconnect(any_broker, tmp_p
             reply = outcome.get_nowait()
             assert (reply["id"], reply["ok"]) == ("after-blip", True)
             assert time.monotonic() - started < 15 and scorer.resends >= 1
+
+
+def _connected(endpoint: Any) -> Any:
+    client = make_client(parse_broker_url(endpoint.url("alpha")), client_id="stop-loop")
+    connected = threading.Event()
+    client.on_connect = lambda *args: connected.set()
+    client.connect("127.0.0.1", endpoint.mqtt_port)
+    client.loop_start()
+    assert connected.wait(10), "no CONNACK"
+    return client
+
+
+def _network_thread_ends_inside_loop_stop(monkeypatch: pytest.MonkeyPatch, client: Any) -> Any:
+    """Make paho's race certain: ``loop_stop`` calls ``threading.current_thread()`` between
+    its check of ``client._thread`` and its ``join``; there, wait for the network thread (on
+    its way out after the DISCONNECT) to end."""
+    thread, real, joined = client._thread, threading.current_thread, []
+
+    def current_thread() -> threading.Thread:
+        if not joined:
+            joined.append(True)
+            thread.join(10)
+        return real()
+
+    monkeypatch.setattr(threading, "current_thread", current_thread)
+    return thread
+
+
+def test_stopping_a_disconnected_client_survives_its_network_thread_ending_first(
+    amqtt_broker, monkeypatch
+):
+    # paho 2.2 itself: its thread clears client._thread as it ends, and loop_stop reads the
+    # attribute twice. When this stops raising, paho has fixed it: drop scorer.client.stop_loop.
+    client = _connected(amqtt_broker)
+    client.disconnect()
+    thread = _network_thread_ends_inside_loop_stop(monkeypatch, client)
+    with pytest.raises(AttributeError):
+        client.loop_stop()  # paho's own, on purpose
+    assert not thread.is_alive()
+    monkeypatch.undo()
+
+    client = _connected(amqtt_broker)
+    client.disconnect()
+    thread = _network_thread_ends_inside_loop_stop(monkeypatch, client)
+    stop_loop(client)  # returns: the thread it waits for has ended
+    assert not thread.is_alive()
+
+
+def test_every_paho_network_thread_is_stopped_through_stop_loop():
+    # The race above hits any disconnect() followed by loop_stop(): no module calls paho's
+    # loop_stop but stop_loop itself.
+    root = Path(__file__).resolve().parents[2]
+    callers = []
+    for path in sorted(root.glob("*/**/*.py")):
+        if path.parts[len(root.parts)] in {".venv", "node_modules"}:
+            continue
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            if ".loop_stop()" in line and "paho's own, on purpose" not in line:
+                callers.append(f"{path.relative_to(root)}:{number}")
+    assert len(callers) == 1 and callers[0].startswith("scorer/client.py:"), callers
+    lines = (root / "scorer" / "client.py").read_text().splitlines()
+    within = lines[: int(callers[0].split(":")[1])]
+    assert next(line for line in reversed(within) if line.startswith("def ")).startswith(
+        "def stop_loop("
+    ), callers

@@ -18,6 +18,7 @@ from scorer.client import (
     join_urls,
     make_client,
     parse_broker_url,
+    stop_loop,
 )
 from scorer.config import ConfigError, Settings, load_settings
 from scorer.service import ScorerService
@@ -139,7 +140,7 @@ def test_connect_tries_each_node_and_names_each_failure(amqtt_broker):
         assert failover.index == 1 and client.is_connected()
     finally:
         client.disconnect()
-        client.loop_stop()
+        stop_loop(client)
     nowhere = parse_broker_url(f"mqtt://127.0.0.1:{dead},mqtt://127.0.0.1:{free_port()}")
     with pytest.raises(ConnectFailed, match="no node of the broker accepted") as failed:
         connect_and_wait(make_client(nowhere), nowhere, 2)

@@ -9,6 +9,7 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from scorer import topics
+from scorer.client import stop_loop
 from tests.scorer.servicekit import (
     Scorer,
     ServiceProcess,
@@ -92,7 +93,7 @@ class Board:
 
     def lose_broker(self) -> None:
         wait_for(lambda: not self.client.is_connected())
-        self.client.loop_stop()  # no automatic reconnect: the test brings it back
+        stop_loop(self.client)  # no automatic reconnect: the test brings it back
 
     def press(self, number: int, side: int) -> None:
         command = {"id": f"board-press-{number}", "cmd": "point", "side": side}
@@ -105,7 +106,7 @@ class Board:
 
     def close(self) -> None:
         self.client.disconnect()
-        self.client.loop_stop()
+        stop_loop(self.client)
 
 
 def start_match_with_one_point(broker) -> None:

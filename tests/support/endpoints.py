@@ -13,6 +13,7 @@ import paho.mqtt.client as mqtt
 from argon2 import PasswordHasher
 
 from rallycast.bench.launch import write_mosquitto_passwords
+from scorer.client import stop_loop
 from tests.support.clients import Recorder
 
 CLUB_USERS = ("alpha", "beta")
@@ -99,7 +100,7 @@ class BrokerEndpoint:
             assert done.wait(5), "no CONNACK within 5 s"
         finally:
             client.disconnect()
-            client.loop_stop()
+            stop_loop(client)
         assert codes, "connection closed without a CONNACK"
         # paho maps 3.1.1 code 5 to its v5 reason "Not authorized" (135); report MQTT 3 codes.
         return {128: 2, 133: 2, 134: 4, 135: 5, 136: 3}.get(codes[0], codes[0])
@@ -165,7 +166,7 @@ class BrokerEndpoint:
             try:
                 client.disconnect()
             finally:
-                client.loop_stop()
+                stop_loop(client)
         self._clients.clear()
 
     def restart(self, kill: bool = False) -> None:

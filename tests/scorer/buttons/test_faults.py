@@ -7,6 +7,7 @@ import time
 
 import paho.mqtt.client as mqtt
 
+from scorer.client import stop_loop
 from tests.scorer.buttons.test_runner import TASMOTA_BOARD, running
 
 
@@ -35,5 +36,5 @@ def test_a_spectator_cannot_throw_the_buttons_runner_off_the_broker(any_broker) 
                 time.sleep(0.05)
         finally:
             intruder.disconnect()
-            intruder.loop_stop()
+            stop_loop(intruder)
         assert not lost, "an anonymous client with a guessed id threw the runner off"
