@@ -403,19 +403,23 @@ def _connected(endpoint: Any) -> Any:
     return client
 
 
-def _network_thread_ends_inside_loop_stop(monkeypatch: pytest.MonkeyPatch, client: Any) -> Any:
-    """Make paho's race certain: ``loop_stop`` calls ``threading.current_thread()`` between
-    its check of ``client._thread`` and its ``join``; there, wait for the network thread (on
-    its way out after the DISCONNECT) to end."""
-    thread, real, joined = client._thread, threading.current_thread, []
+def _disconnect_ending_inside_loop_stop(monkeypatch: pytest.MonkeyPatch, client: Any) -> Any:
+    """DISCONNECT ``client`` and make paho's race certain: the network thread is held in
+    ``on_disconnect`` (so it is alive at ``loop_stop``'s check of ``client._thread``) and let
+    go, then waited for, inside ``threading.current_thread()``, which ``loop_stop`` calls
+    between that check and its ``join``. Returns the network thread."""
+    thread, real, release = client._thread, threading.current_thread, threading.Event()
+    assert thread is not None and thread.is_alive()
+    client.on_disconnect = lambda *args: release.wait(10)
 
     def current_thread() -> threading.Thread:
-        if not joined:
-            joined.append(True)
+        if threading.get_ident() != thread.ident and not release.is_set():
+            release.set()
             thread.join(10)
         return real()
 
     monkeypatch.setattr(threading, "current_thread", current_thread)
+    client.disconnect()
     return thread
 
 
@@ -425,16 +429,14 @@ def test_stopping_a_disconnected_client_survives_its_network_thread_ending_first
     # paho 2.2 itself: its thread clears client._thread as it ends, and loop_stop reads the
     # attribute twice. When this stops raising, paho has fixed it: drop scorer.client.stop_loop.
     client = _connected(amqtt_broker)
-    client.disconnect()
-    thread = _network_thread_ends_inside_loop_stop(monkeypatch, client)
+    thread = _disconnect_ending_inside_loop_stop(monkeypatch, client)
     with pytest.raises(AttributeError):
         client.loop_stop()  # paho's own, on purpose
     assert not thread.is_alive()
     monkeypatch.undo()
 
     client = _connected(amqtt_broker)
-    client.disconnect()
-    thread = _network_thread_ends_inside_loop_stop(monkeypatch, client)
+    thread = _disconnect_ending_inside_loop_stop(monkeypatch, client)
     stop_loop(client)  # returns: the thread it waits for has ended
     assert not thread.is_alive()
 
