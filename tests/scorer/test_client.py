@@ -411,9 +411,12 @@ def _disconnect_ending_inside_loop_stop(monkeypatch: pytest.MonkeyPatch, client:
     thread, real, release = client._thread, threading.current_thread, threading.Event()
     assert thread is not None and thread.is_alive()
     client.on_disconnect = lambda *args: release.wait(10)
+    # Only the caller's loop_stop: the patch is process-wide, and the broker's threads (the
+    # store's executor starting a worker) call current_thread too.
+    caller = threading.get_ident()
 
     def current_thread() -> threading.Thread:
-        if threading.get_ident() != thread.ident and not release.is_set():
+        if threading.get_ident() == caller and not release.is_set():
             release.set()
             thread.join(10)
         return real()
