@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import queue
+import re
 import threading
 import time
 from pathlib import Path
@@ -453,7 +454,7 @@ def test_every_paho_network_thread_is_stopped_through_stop_loop():
         if path.parts[len(root.parts)] in {".venv", "node_modules"}:
             continue
         for number, line in enumerate(path.read_text().splitlines(), 1):
-            if ".loop_stop()" in line and "paho's own, on purpose" not in line:
+            if re.search(r"\.loop_stop\b", line) and "paho's own, on purpose" not in line:
                 callers.append(f"{path.relative_to(root)}:{number}")
     assert len(callers) == 1 and callers[0].startswith("scorer/client.py:"), callers
     lines = (root / "scorer" / "client.py").read_text().splitlines()
