@@ -29,6 +29,13 @@ START_TIMEOUT = 10.0
 # a client waits its keep-alive (60 s) or for ever, so this still tells a hang from a busy
 # machine.
 STOPS_WITHIN_S = 6.0
+# A connection the broker must close (a protocol violation, an oversized packet, a refused
+# CONNECT): no designed delay, yet a 2 s bound failed at load 20 (loop run B1 on 73e8bc5,
+# "subscribe filter invalid UTF-8"; 100 runs of it alone took under 0.05 s each). A connection
+# left open is closed only by keep-alive (the raw clients ask 60 s: 90 s), so 6 s still tells
+# one from a busy machine. Before CONNECT the broker's 3 s CONNECT timeout also closes: those
+# tests check the log for it.
+CLOSES_WITHIN_S = 6.0
 
 
 def kept_ports(mqtt_port: int, ws_port: int) -> tuple[int, int]:
