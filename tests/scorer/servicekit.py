@@ -16,6 +16,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -354,11 +355,14 @@ class FreezableProxy:
         except OSError:
             pass
         finally:
+            # shutdown() first, as in close(): the other pump may be blocked reading one of
+            # these, and a socket closed under a blocked read stays connected.
             for sock in (source, target):
-                try:
-                    sock.close()
-                except OSError:
-                    pass
+                for end in (partial(sock.shutdown, socket.SHUT_RDWR), sock.close):
+                    try:
+                        end()
+                    except OSError:
+                        pass
 
     def close(self) -> None:
         self.closed.set()
