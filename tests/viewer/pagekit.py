@@ -1,7 +1,7 @@
 """Checks several page test files share: the config block the server writes into every page,
 player names that must stay text on every page, presses after a broker restart, the live API
 and the pages' HTML once the viewer's own follower has caught up, and a countdown read
-against the time of the command that started it.
+against the time of the command that started it, and the frames a spectator showed.
 
 The viewer's follower (viewer/snapshots.py) is an MQTT subscriber of its own: a reply to the
 scorer, or a page showing a change, says nothing about whether the follower has it yet. A
@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from tests.viewer.conftest import accepted
+from tests.viewer.conftest import accepted, attribute_changes
 
 BLOCK_RE = re.compile(r'<script type="application/json" id="rc-snapshot">(.*?)</script>', re.S)
 NAMES_SHOWN_JS = (
@@ -137,3 +137,93 @@ def live_api_when(url: str, ready: Callable[[dict], Any], timeout: float = 5.0) 
         if ready(body) or time.monotonic() > deadline:
             return body
         time.sleep(0.05)
+
+
+def frame_problems(
+    shown: list[tuple[float, str]], expected: list[str], offline: list[float]
+) -> list[str]:
+    """What is wrong with the texts a spectator page showed for one field (``shown``: the
+    page's clock in ms and the text, in order) against every frame the scorer made
+    (``expected``, in order); empty when nothing is. ``offline``: the page's clock each time
+    it said it was reconnecting. Consecutive repeats count once on both sides.
+
+    A connected page renders every snapshot it receives, in order, so it must show every
+    frame. Over a reconnect it gets only the retained snapshot, the newest (MQTT 3.1.1
+    section 3.3.1.3), so frames may be skipped there, and only there: between the two texts
+    the page went offline (or after the last, landing on a frame with the text it already
+    showed, which writes nothing). Never allowed: a text that is not a later frame (a point nobody
+    pressed, or going back) and a last text that is not the last frame."""
+    frames = [v for i, v in enumerate(expected) if i == 0 or expected[i - 1] != v]
+    texts_shown = [e for i, e in enumerate(shown) if i == 0 or shown[i - 1][1] != e[1]]
+
+    def step_ok(i: int, j: int, since: float, t: float) -> bool:
+        return j == i + 1 or any(since < o < t for o in offline)
+
+    # Which frame each text may stand for: a text can stand for several (a score that comes
+    # back after a -1), so every reading is tried, and one that ends on the last frame wins.
+    # Across a reconnect the page may also land on a later frame with the text it already
+    # shows, which writes nothing.
+    def landed(readings: set[int], since: float, until: float) -> set[int]:
+        if not any(since < o < until for o in offline):
+            return readings
+        return readings | {
+            j for i in readings if i >= 0 for j in range(i, len(frames)) if frames[j] == frames[i]
+        }
+
+    readings = {-1}  # frame indexes the texts so far may end on (-1: none shown yet)
+    since = float("-inf")
+    for t, text in texts_shown:
+        readings = landed(readings, since, t)
+        readings = {
+            j
+            for j in range(len(frames))
+            if frames[j] == text and any(i < j and step_ok(i, j, since, t) for i in readings)
+        }
+        since = t
+    if len(frames) - 1 in landed(readings, since, float("inf")):
+        return []
+    # Not possible: say where the earliest reading goes wrong.
+    problems: list[str] = []
+    at, since = -1, float("-inf")
+    for t, text in texts_shown:
+        later = [j for j in range(at + 1, len(frames)) if frames[j] == text]
+        if not later:
+            where = f"after {frames[at]!r}" if at >= 0 else "first"
+            problems.append(f"{text!r} shown {where} at {t:.0f} ms is not a later frame")
+            continue
+        if not step_ok(at, later[0], since, t):
+            skipped = frames[at + 1 : later[0]]
+            problems.append(
+                f"frames {skipped} skipped before {text!r} at {t:.0f} ms with no reconnect"
+            )
+        at, since = later[0], t
+    last = texts_shown[-1][1] if texts_shown else None
+    if not problems:
+        problems.append(
+            f"the texts shown ({[text for _, text in texts_shown]}) do not end on the last"
+            f" frame {frames[-1]!r} (last text {last!r})"
+        )
+    return problems
+
+
+def assert_frames_shown(
+    page: Any, field_name: str, side: str, scope: str, expected: list[str]
+) -> None:
+    """Every frame of ``expected`` was shown in [data-field=field_name][data-side=side]
+    under ``scope``, in order; a frame may be missing only across a reconnect (see
+    :func:`frame_problems`). Reads the recorder's log (conftest.RECORDER_JS); "offline" is
+    each time the page showed its reconnecting banner (live.js, mqtt.js's ``offline``)."""
+    shown = page.evaluate(
+        """([field, side, scope]) => window.__rc.log
+             .filter((e) => e.kind === 'text' && e.field === field && e.side === side
+                            && e.scope === scope)
+             .map((e) => [e.t, e.text])""",
+        [field_name, side, scope],
+    )
+    offline = [
+        change["t"]
+        for change in attribute_changes(page, "connection-banner", "hidden")
+        if change["value"] is None
+    ]
+    problems = frame_problems([(t, text) for t, text in shown], expected, offline)
+    assert not problems, (problems, shown, offline)

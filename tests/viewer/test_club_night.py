@@ -18,6 +18,7 @@ import pytest
 
 from scorer.config import Club
 from tests.viewer.conftest import attribute_changes, dedupe, running_stack, texts, wait_connected
+from tests.viewer.pagekit import assert_frames_shown
 
 pytestmark = pytest.mark.browser
 
@@ -115,8 +116,8 @@ def test_four_tables_scored_at_once_are_followed_on_one_club_page_and_kept_in_th
             a, b = expected[-1]
             expected.append((a + 1, b) if side == 1 else (a, b + 1))
         scope = card_id(table)
-        assert dedupe(texts(page, "score", "1", scope)) == dedupe([str(a) for a, _ in expected])
-        assert dedupe(texts(page, "score", "2", scope)) == dedupe([str(b) for _, b in expected])
+        assert_frames_shown(page, "score", "1", scope, [str(a) for a, _ in expected])
+        assert_frames_shown(page, "score", "2", scope, [str(b) for _, b in expected])
         assert dedupe(texts(page, "name", "1", scope)) == [players(table)[0]]
         shown = [c for c in attribute_changes(page, scope, "hidden") if c["value"] is None]
         hidden = [c for c in attribute_changes(page, scope, "hidden") if c["value"] is not None]

@@ -10,8 +10,7 @@ from typing import Any
 
 import pytest
 
-from tests.viewer.conftest import dedupe, texts
-from tests.viewer.pagekit import assert_minute_left
+from tests.viewer.pagekit import assert_frames_shown, assert_minute_left
 
 pytestmark = pytest.mark.browser
 
@@ -66,8 +65,8 @@ def test_a_scorer_page_and_two_spectators_play_a_full_friendly_game(
         page.wait_for_function(
             "() => document.querySelector('[data-field=status]').textContent.includes('Иван Иванов')"
         )
-        assert dedupe(texts(page, "score", "1", scope)) == dedupe(expected1)
-        assert dedupe(texts(page, "score", "2", scope)) == dedupe(expected2)
+        assert_frames_shown(page, "score", "1", scope, expected1)
+        assert_frames_shown(page, "score", "2", scope, expected2)
     assert spectators[0].inner_text("#liveGameSection [data-field=status]") == (
         "Match won by Иван Иванов"
     )
