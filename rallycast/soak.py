@@ -17,7 +17,11 @@ records the reply it got (ok, refused with its code, or none within the bound).
 
 Faults: ``--kills`` SIGKILLs per layout, the kinds taken in turn in a shuffled order, one at a
 random moment of each equal slice of the pressing time, each followed by a random downtime of
-0-2 s and a restart (waited for, bounded). All randomness comes from ``--seed``.
+0-2 s and a restart (waited for, bounded). A kill also waits until every press sent before the
+latest restart was ready has its reply (at most ``--reply-timeout`` s past its moment): on a
+loaded machine a restart takes seconds, and kills back to back would stack their outages past
+a press's reply bound, failing "answers each" for the plan's sake. All randomness comes from
+``--seed``.
 
 Checks, once everything runs again and the store is quiet (docs/reliability.md):
 
@@ -629,6 +633,10 @@ class ClubDriver:
         finally:
             self._slots.release()
 
+    def caught_up(self, since: float) -> bool:
+        """No press sent before clock time ``since`` still waits for its reply."""
+        return not any(p.outcome == "pending" and p.sent_at < since for p in self.presses)
+
     def drain(self, timeout: float) -> int:
         """Wait for the presses awaiting a reply; returns how many still wait."""
         deadline = time.monotonic() + timeout
@@ -664,6 +672,8 @@ class Faults:
         press_seconds: float,
         deadline: float,
         clock: Callable[[], float],
+        caught_up: Callable[[float], bool] = lambda since: True,
+        catch_up_within: float = 0.0,
     ) -> None:
         self.system = system
         self.plan = plan
@@ -671,6 +681,9 @@ class Faults:
         self.press_seconds = press_seconds
         self.deadline = deadline
         self.clock = clock
+        # caught_up(t): every press sent before clock time t has its reply (ClubDriver).
+        self.caught_up = caught_up
+        self.catch_up_within = catch_up_within  # seconds a kill waits for that, at most
         self.kills: list[Kill] = []
         self.problems: list[str] = []
         # How many times the service had logged SERVICE_CONNECTED at the latest broker start.
@@ -687,10 +700,20 @@ class Faults:
         return not self._thread.is_alive()
 
     def _run(self) -> None:
+        ready_at: float | None = None  # clock time the latest restart was ready
         for kind, fraction in self.plan:
             at = self._started + fraction * self.press_seconds
             while time.monotonic() < at and not self.stop.is_set():
                 self.stop.wait(min(0.1, at - time.monotonic()))
+            # What the latest outage held up goes through before the next one.
+            latest = at + self.catch_up_within
+            while (
+                ready_at is not None
+                and not self.caught_up(ready_at)
+                and time.monotonic() < min(latest, self.deadline)
+                and not self.stop.is_set()
+            ):
+                self.stop.wait(0.1)
             if self.stop.is_set() or time.monotonic() > self.deadline:
                 return
             downtime = self.rng.uniform(0.0, MAX_DOWNTIME)
@@ -706,6 +729,7 @@ class Faults:
             except SoakError as exc:
                 self.problems.append(f"{component.name} did not come back: {exc}")
                 return
+            ready_at = self.clock()
 
 
 # --------------------------------------------------------------------------------------------
@@ -898,7 +922,9 @@ def run_layout(options: SoakOptions, say: Callable[[str], None] = print) -> Layo
         deadline = time.monotonic() + options.duration_limit
         plan = plan_kills(LAYOUTS[layout], options.kills, random.Random(f"{options.seed}:{layout}"))
         faults = Faults(system, plan, random.Random(f"{options.seed}:{layout}:downtime"),
-                        press_seconds, deadline, clock)  # fmt: skip
+                        press_seconds, deadline, clock,
+                        caught_up=lambda since: all(d.caught_up(since) for d in drivers),
+                        catch_up_within=options.reply_timeout)  # fmt: skip
         say(
             f"[{layout}] {len(clubs)} clubs x {options.rate:g} presses/s, {options.presses} "
             f"presses, {options.kills} kills (seed {options.seed}); data in {work}"

@@ -12,6 +12,8 @@ import os
 import random
 import secrets
 import shutil
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +22,10 @@ import pytest
 from rallycast.soak import (
     LAYOUTS,
     Evidence,
+    Faults,
     Press,
     SoakOptions,
+    System,
     check,
     plan_kills,
     run_layout,
@@ -158,6 +162,66 @@ def test_the_kill_plan_follows_the_seed_and_shares_kills_among_kinds(layout):
     assert moments == sorted(moments) and 0.05 < moments[0] and moments[-1] < 0.85
 
 
+class RestartingProcess:
+    """Stands for a killed process in the fault plan: its restart takes ``start_seconds``."""
+
+    name = "up"
+
+    def __init__(self, start_seconds: float) -> None:
+        self.start_seconds = start_seconds
+        self.kills: list[float] = []
+        self.ready = threading.Event()
+
+    def kill(self) -> None:
+        self.kills.append(time.monotonic())
+
+    def start(self) -> float:
+        time.sleep(self.start_seconds)
+        self.ready.set()
+        return self.start_seconds
+
+
+def faults_for(process: RestartingProcess, **waiting: Any) -> Faults:
+    """Two kills planned 10 ms apart: the second falls due during the first restart."""
+    system = System("up", {"up": process}, 0, Path("."), {}, process, None)  # type: ignore[arg-type]
+    plan = [("up", 0.0), ("up", 0.01)]
+    far = time.monotonic() + 60
+    return Faults(system, plan, random.Random(1), 1.0, far, time.monotonic, **waiting)
+
+
+def test_a_kill_waits_until_the_presses_held_up_by_the_previous_one_are_answered():
+    # Loop run B3 on 36eed74: a restart took 8 s at load 20, the next kills fell due at once,
+    # and presses waited through three outages, past their 30 s reply bound.
+    process = RestartingProcess(start_seconds=0.2)
+    answered = threading.Event()
+    sinces: list[float] = []
+
+    def caught_up(since: float) -> bool:
+        sinces.append(since)
+        return answered.is_set()
+
+    faults = faults_for(process, caught_up=caught_up, catch_up_within=60.0)
+    faults.start()
+    assert process.ready.wait(10)
+    time.sleep(0.3)  # the second kill is due and waits
+    assert len(process.kills) == 1, "the second kill did not wait for the replies"
+    answered_at = time.monotonic()
+    answered.set()
+    assert faults.join(10)
+    assert len(process.kills) == 2 and process.kills[1] >= answered_at
+    # It asked about the presses sent before the restart was ready, not before the kill.
+    assert sinces and min(sinces) >= process.kills[0] + process.start_seconds
+
+
+def test_a_kill_waits_for_the_replies_at_most_the_reply_bound():
+    process = RestartingProcess(start_seconds=0.05)
+    faults = faults_for(process, caught_up=lambda since: False, catch_up_within=0.5)
+    faults.start()
+    assert faults.join(10)
+    assert len(process.kills) == 2
+    assert process.kills[1] - process.kills[0] >= 0.5  # due at +0.01 s, then 0.5 s at most
+
+
 # -- the soak, short, per layout --------------------------------------------------------------
 
 
@@ -176,7 +240,9 @@ def test_kill_9_under_load_loses_doubles_and_invents_no_press_and_answers_each(
         require_program("mosquitto")
         require_program("mosquitto_passwd")
     # 17.5 s of presses (3 clubs x 8 presses/s, up to 16 awaiting a reply each) and 3 kills;
-    # with the start and the end checks about 30 s per layout. ScoreClient resends each id
+    # with the start and the end checks about 30 s per layout. Each kill waits for the
+    # replies the previous outage held up; at load 20 a restart of up takes 8 s, so the
+    # kills may end well after the presses (duration_limit bounds them). ScoreClient resends each id
     # until its reply (30 s at most), so every press must be answered: an unanswered press
     # means commands stopped reaching the service (require_replies).
     options = SoakOptions(
@@ -184,7 +250,7 @@ def test_kill_9_under_load_loses_doubles_and_invents_no_press_and_answers_each(
         presses=420,
         kills=3,
         seed=soak_seed(),
-        duration_limit=40.0,  # a bound only: the 420 presses take 17.5 s
+        duration_limit=60.0,  # a bound only: the 420 presses take 17.5 s
         clubs=3,
         rate=8.0,
         in_flight=16,
