@@ -79,6 +79,7 @@ LAYOUTS: dict[str, tuple[str, ...]] = {
 CLUB_IDS = ("alpha", "beta", "gamma", "delta", "epsilon", "zeta")
 MAX_DOWNTIME = 2.0  # seconds between a SIGKILL and the restart
 START_TIMEOUT = 20.0  # seconds for a (re)started process to be ready
+KILL_MARGIN = 1.0  # seconds before the deadline a kill waiting for replies goes ahead anyway
 SETTLE_TIMEOUT = 30.0  # seconds for the system to be connected and quiet at the end
 QUIET_SECONDS = 3.0  # the store unchanged this long = quiet
 RETAINED_WAIT = 3.0  # seconds to wait for the retained snapshots at the end
@@ -705,12 +706,13 @@ class Faults:
             at = self._started + fraction * self.press_seconds
             while time.monotonic() < at and not self.stop.is_set():
                 self.stop.wait(min(0.1, at - time.monotonic()))
-            # What the latest outage held up goes through before the next one.
-            latest = at + self.catch_up_within
+            # What the latest outage held up goes through before the next one; the wait ends
+            # early enough for the kill to happen before the deadline.
+            latest = min(at + self.catch_up_within, self.deadline - KILL_MARGIN)
             while (
                 ready_at is not None
                 and not self.caught_up(ready_at)
-                and time.monotonic() < min(latest, self.deadline)
+                and time.monotonic() < latest
                 and not self.stop.is_set()
             ):
                 self.stop.wait(0.1)

@@ -216,10 +216,13 @@ def test_a_kill_waits_until_the_presses_held_up_by_the_previous_one_are_answered
 def test_a_kill_waits_for_the_replies_at_most_the_reply_bound():
     process = RestartingProcess(start_seconds=0.05)
     faults = faults_for(process, caught_up=lambda since: False, catch_up_within=0.5)
+    before = time.monotonic()
     faults.start()
     assert faults.join(10)
     assert len(process.kills) == 2
-    assert process.kills[1] - process.kills[0] >= 0.5  # due at +0.01 s, then 0.5 s at most
+    # Due 0.01 s after the start, then 0.5 s at most; measured from before the start, since
+    # a loaded machine may run the first kill late.
+    assert process.kills[1] - before >= 0.51
 
 
 # -- the soak, short, per layout --------------------------------------------------------------

@@ -273,6 +273,16 @@ def wait_connected(page: Any) -> None:
     )
 
 
+def wait_subscribed(page: Any) -> None:
+    """Until the page's subscriptions are in place: it has had the retained service status
+    (live.js shows or hides #scorer-banner on it), which the broker sends only after the
+    SUBSCRIBE that also holds the game topics (mqtt.js sends the page's SUBSCRIBEs in
+    order, on one connection). ``connected`` alone comes before the SUBACK."""
+    page.wait_for_function(
+        "() => window.__rc.log.some((e) => e.kind === 'attr' && e.id === 'scorer-banner')"
+    )
+
+
 def score_on_page(page: Any, scope: str = LIVE) -> tuple[str, str]:
     """The two scores shown under ``scope`` (side 1, side 2), as text."""
     return (

@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from tests.viewer.conftest import accepted, attribute_changes
+from tests.viewer.conftest import accepted
 
 BLOCK_RE = re.compile(r'<script type="application/json" id="rc-snapshot">(.*?)</script>', re.S)
 NAMES_SHOWN_JS = (
@@ -140,36 +140,44 @@ def live_api_when(url: str, ready: Callable[[dict], Any], timeout: float = 5.0) 
 
 
 def frame_problems(
-    shown: list[tuple[float, str]], expected: list[str], offline: list[float]
+    shown: list[tuple[float, str]], expected: list[str], outages: list[tuple[float, float]]
 ) -> list[str]:
     """What is wrong with the texts a spectator page showed for one field (``shown``: the
     page's clock in ms and the text, in order) against every frame the scorer made
-    (``expected``, in order); empty when nothing is. ``offline``: the page's clock each time
-    it said it was reconnecting. Consecutive repeats count once on both sides.
+    (``expected``, in order); empty when nothing is. Consecutive repeats count once on both
+    sides. ``outages``: (when the page said it was reconnecting, when it then first wrote a
+    score: the retained snapshot's render; inf if it wrote none, NaN if it never came back).
 
     A connected page renders every snapshot it receives, in order, so it must show every
     frame. Over a reconnect it gets only the retained snapshot, the newest (MQTT 3.1.1
-    section 3.3.1.3), so frames may be skipped there, and only there: between the two texts
-    the page went offline (or after the last, landing on a frame with the text it already
-    showed, which writes nothing). Never allowed: a text that is not a later frame (a point nobody
-    pressed, or going back) and a last text that is not the last frame."""
+    section 3.3.1.3), so frames may be skipped there and only there: the text after the skip
+    must be that render, and the outage must have begun after the text before it (a reconnect
+    takes at least mqtt.js's 1 s reconnect period, so "at the same ms" counts as after). A
+    render that leaves this field's text as it was writes nothing: the page may then have
+    landed on a later frame with the same text. Never allowed: a text that is not a later
+    frame (a point nobody pressed, or going back) and an end that is not the last frame.
+
+    Blind spots, both only after a reconnect: a render that changes neither score writes
+    nothing, so the landing is taken to be the next score written (a frame lost just before
+    it passes); and the page's clock says nothing about the frames', so a landing's text may
+    stand for any later frame with that text (losses up to that frame pass).
+    """
     frames = [v for i, v in enumerate(expected) if i == 0 or expected[i - 1] != v]
     texts_shown = [e for i, e in enumerate(shown) if i == 0 or shown[i - 1][1] != e[1]]
 
     def step_ok(i: int, j: int, since: float, t: float) -> bool:
-        return j == i + 1 or any(since < o < t for o in offline)
+        return j == i + 1 or any(since <= o and landing == t for o, landing in outages)
 
-    # Which frame each text may stand for: a text can stand for several (a score that comes
-    # back after a -1), so every reading is tried, and one that ends on the last frame wins.
-    # Across a reconnect the page may also land on a later frame with the text it already
-    # shows, which writes nothing.
     def landed(readings: set[int], since: float, until: float) -> set[int]:
-        if not any(since < o < until for o in offline):
+        """Readings after a render that wrote nothing here, between since and until."""
+        if not any(since <= o and landing <= until for o, landing in outages):
             return readings
         return readings | {
             j for i in readings if i >= 0 for j in range(i, len(frames)) if frames[j] == frames[i]
         }
 
+    # Which frame each text may stand for: a text can stand for several (a score that comes
+    # back after a -1), so every reading is tried, and one that ends on the last frame wins.
     readings = {-1}  # frame indexes the texts so far may end on (-1: none shown yet)
     since = float("-inf")
     for t, text in texts_shown:
@@ -194,7 +202,7 @@ def frame_problems(
         if not step_ok(at, later[0], since, t):
             skipped = frames[at + 1 : later[0]]
             problems.append(
-                f"frames {skipped} skipped before {text!r} at {t:.0f} ms with no reconnect"
+                f"frames {skipped} skipped before {text!r} at {t:.0f} ms, not at a reconnect"
             )
         at, since = later[0], t
     last = texts_shown[-1][1] if texts_shown else None
@@ -206,13 +214,38 @@ def frame_problems(
     return problems
 
 
+def page_outages(page: Any, scope: str) -> list[tuple[float, float]]:
+    """(offline, landing) for each time the page showed its reconnecting banner (live.js,
+    on mqtt.js's ``offline``): landing is its first score text under ``scope`` after the
+    banner went again (the retained snapshot's render), inf if none, NaN if the banner
+    never went."""
+    return page.evaluate(
+        """(scope) => {
+             const log = window.__rc.log;
+             const banner = log.filter((e) => e.kind === 'attr' && e.id === 'connection-banner'
+                                              && e.name === 'hidden');
+             const scores = log.filter((e) => e.kind === 'text' && e.field === 'score'
+                                              && e.scope === scope).map((e) => e.t);
+             const outages = [];
+             banner.forEach((e, i) => {
+               if (e.value !== null) return;  // hidden again: not an outage
+               const back = banner.slice(i + 1).find((b) => b.value !== null);
+               const landing = back ? scores.find((t) => t >= back.t) : NaN;
+               outages.push([e.t, landing === undefined ? Infinity : landing]);
+             });
+             return outages;
+           }""",
+        scope,
+    )
+
+
 def assert_frames_shown(
     page: Any, field_name: str, side: str, scope: str, expected: list[str]
 ) -> None:
     """Every frame of ``expected`` was shown in [data-field=field_name][data-side=side]
     under ``scope``, in order; a frame may be missing only across a reconnect (see
-    :func:`frame_problems`). Reads the recorder's log (conftest.RECORDER_JS); "offline" is
-    each time the page showed its reconnecting banner (live.js, mqtt.js's ``offline``)."""
+    :func:`frame_problems` and :func:`page_outages`). Reads the recorder's log
+    (conftest.RECORDER_JS)."""
     shown = page.evaluate(
         """([field, side, scope]) => window.__rc.log
              .filter((e) => e.kind === 'text' && e.field === field && e.side === side
@@ -220,10 +253,6 @@ def assert_frames_shown(
              .map((e) => [e.t, e.text])""",
         [field_name, side, scope],
     )
-    offline = [
-        change["t"]
-        for change in attribute_changes(page, "connection-banner", "hidden")
-        if change["value"] is None
-    ]
-    problems = frame_problems([(t, text) for t, text in shown], expected, offline)
-    assert not problems, (problems, shown, offline)
+    outages = [(float(o), float(landing)) for o, landing in page_outages(page, scope)]
+    problems = frame_problems([(t, text) for t, text in shown], expected, outages)
+    assert not problems, (problems, shown, outages)

@@ -17,7 +17,13 @@ from typing import Any
 import pytest
 
 from scorer.config import Club
-from tests.viewer.conftest import attribute_changes, dedupe, running_stack, texts, wait_connected
+from tests.viewer.conftest import (
+    attribute_changes,
+    dedupe,
+    running_stack,
+    texts,
+    wait_subscribed,
+)
 from tests.viewer.pagekit import assert_frames_shown
 
 pytestmark = pytest.mark.browser
@@ -63,7 +69,7 @@ def test_four_tables_scored_at_once_are_followed_on_one_club_page_and_kept_in_th
     night: Any, open_page: Any, artifacts_dir: Path
 ) -> None:
     page = open_page(night.url("/clubs/alpha"))
-    wait_connected(page)
+    wait_subscribed(page)  # every frame is checked below, the first one too
     scorers = {table: night.scorer("alpha", table) for table in range(1, TABLES + 1)}
     match_ids: dict[int, str] = {}
     errors: list[BaseException] = []
