@@ -157,10 +157,12 @@ def frame_problems(
     landed on a later frame with the same text. Never allowed: a text that is not a later
     frame (a point nobody pressed, or going back) and an end that is not the last frame.
 
-    Blind spots, both only after a reconnect: a render that changes neither score writes
+    Blind spots, all around a reconnect, since the page's clock says nothing about when each
+    frame was made: a frame lost between the field's last text and the outage passes (it may
+    have been made during the outage); a landing's text may stand for any later frame with
+    that text (losses up to that frame pass); and a render that changes neither score writes
     nothing, so the landing is taken to be the next score written (a frame lost just before
-    it passes); and the page's clock says nothing about the frames', so a landing's text may
-    stand for any later frame with that text (losses up to that frame pass).
+    it passes).
     """
     frames = [v for i, v in enumerate(expected) if i == 0 or expected[i - 1] != v]
     texts_shown = [e for i, e in enumerate(shown) if i == 0 or shown[i - 1][1] != e[1]]

@@ -115,18 +115,19 @@ def score_frames(changes: list[tuple[int, int]]) -> list[Score]:
 
 def simulated_page(
     frames: list[Score], away: dict[int, int], lost: int | None = None
-) -> tuple[list[list[tuple[float, str]]], list[tuple[float, float]], set[int]]:
+) -> tuple[list[list[tuple[float, str]]], list[tuple[float, float]], dict[int, int]]:
     """What a page shows of ``frames`` (frame i published at 100 ms x (i + 1)): it renders
     every frame it receives, writing a side's text only when it changes. ``away``: frame index
     -> how many frames it misses from there on (offline 60 ms before it; back with the newest
     retained frame 80 ms before the next frame it receives). ``lost``: a frame it misses while
-    connected (the fault the check is for). Returns each side's texts, the outages, and the
-    frames the check cannot tell from a landing: those up to the first write after a landing
-    that wrote nothing (pagekit.frame_problems)."""
+    connected (the fault the check is for). Returns each side's texts, the outages, and for
+    each outage (by its first missed frame) the frame whose render the check takes for its
+    landing (a landing that wrote nothing shows as the next write)."""
     sides: list[list[tuple[float, str]]] = [[], []]
     writes: list[tuple[float, int]] = []  # (time, frame index) of each render that wrote
     outages: list[tuple[float, float]] = []
-    silent: list[tuple[int, float]] = []  # (first frame missed, landing time) of silent ones
+    silent: list[int] = []  # first frame missed, of the landings that wrote nothing
+    landed_on: dict[int, int] = {}
     showing: list[str | None] = [None, None]
 
     def render(t: float, index: int) -> bool:
@@ -148,24 +149,24 @@ def simulated_page(
             back_at = t + 100.0 * missed - 80.0
             if render(back_at, i + missed - 1):
                 outages.append((t - 60.0, back_at))
+                landed_on[i] = i + missed - 1
             else:
                 outages.append((t - 60.0, math.inf))
-                silent.append((i, back_at))
+                silent.append(i)
             i += missed
             continue
         if i != lost:
             render(t, i)
         i += 1
     # A landing that wrote nothing shows as the page's next write, whenever that came.
-    unclear: set[int] = set()
     for n, (offline, landing) in enumerate(outages):
         if landing == math.inf:
             later = [(w, index) for w, index in writes if w > offline]
             if later:
                 outages[n] = (offline, later[0][0])
-                first = next(first for first, _ in silent if 100.0 * (first + 1) - 60.0 == offline)
-                unclear |= set(range(first, later[0][1] + 1))
-    return sides, outages, unclear
+                first = next(first for first in silent if 100.0 * (first + 1) - 60.0 == offline)
+                landed_on[first] = later[0][1]
+    return sides, outages, landed_on
 
 
 changes_strategy = st.lists(
@@ -201,18 +202,23 @@ def test_a_page_that_missed_a_frame_while_connected_always_fails(
     ]
     assume(lossy)
     lost, side = data.draw(st.sampled_from(lossy))
-    # Reconnects elsewhere, apart from the loss (they excuse what they cover, not the loss).
-    starts = data.draw(st.sets(st.integers(0, len(frames) - 1), max_size=2))
-    away = {i: data.draw(st.integers(1, 3)) for i in starts}
-    assume(all(not (i - 1 <= lost <= i + n) for i, n in away.items()))
-    sides, outages, unclear = simulated_page(frames, away, lost=lost)
-    assume(lost not in unclear)
+    # Reconnects before the loss: they excuse what they cover, not a later loss. (Around a
+    # reconnect the check has blind spots, pagekit.frame_problems: the texts of one field
+    # cannot say when each frame was made. The unit tests above pin the cases it does see.)
+    starts = data.draw(st.sets(st.integers(0, lost - 2), max_size=2)) if lost >= 2 else set()
+    away = {i: data.draw(st.integers(1, min(3, lost - 1 - i))) for i in starts}
+    sides, outages, landed_on = simulated_page(frames, away, lost=lost)
+    assume(all(landing != math.inf for _, landing in outages))
 
-    # The other blind spot: a landing's text stands for any later frame with that text.
-    def ambiguous(first: int, missed: int) -> bool:
-        landing = min(first + missed, len(frames)) - 1
+    def ambiguous(first: int) -> bool:  # the landing's text stands for a later frame too
+        landing = landed_on.get(first)
+        if landing is None:
+            return True
         return any(f[side] == frames[landing][side] for f in frames[landing + 1 :])
 
-    assume(all(lost < i or not ambiguous(i, n) for i, n in away.items()))
+    assume(not any(ambiguous(i) for i in landed_on))
+    # This side was written after the latest landing and before the loss.
+    last_landing = max((landing for _, landing in outages), default=0.0)
+    assume(not outages or any(last_landing < w < 100.0 * (lost + 1) for w, _ in sides[side]))
     expected = [str(score[side]) for score in frames]
     assert frame_problems(sides[side], expected, outages), (frames, lost, away, sides, outages)
