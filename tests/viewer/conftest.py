@@ -248,15 +248,26 @@ def open_page(chromium: Any) -> Iterator[Callable[..., Any]]:
     assert not failures.unexpected(), f"page errors: {failures.unexpected()}"
 
 
+def timed_texts(
+    page: Any, field_name: str, side: str = "", scope: str = ""
+) -> list[tuple[float, str]]:
+    """Every text the page put into [data-field=field_name][data-side=side] (under the
+    element ``scope``, or anywhere when it is ""), in order, with the page's clock in ms."""
+    return [
+        (float(t), text)
+        for t, text in page.evaluate(
+            """([field, side, scope]) => window.__rc.log
+                 .filter((e) => e.kind === 'text' && e.field === field && e.side === side
+                                && (!scope || e.scope === scope))
+                 .map((e) => [e.t, e.text])""",
+            [field_name, side, scope],
+        )
+    ]
+
+
 def texts(page: Any, field_name: str, side: str = "", scope: str = "") -> list[str]:
-    """Every text the page put into [data-field=field_name][data-side=side], in order."""
-    return page.evaluate(
-        """([field, side, scope]) => window.__rc.log
-             .filter((e) => e.kind === 'text' && e.field === field && e.side === side
-                            && (!scope || e.scope === scope))
-             .map((e) => e.text)""",
-        [field_name, side, scope],
-    )
+    """The texts of :func:`timed_texts`, without their times."""
+    return [text for _, text in timed_texts(page, field_name, side, scope)]
 
 
 def attribute_changes(page: Any, element_id: str, name: str) -> list[dict[str, Any]]:

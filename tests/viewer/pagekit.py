@@ -17,7 +17,7 @@ import urllib.request
 from collections.abc import Callable
 from typing import Any
 
-from tests.viewer.conftest import accepted
+from tests.viewer.conftest import accepted, timed_texts
 
 BLOCK_RE = re.compile(r'<script type="application/json" id="rc-snapshot">(.*?)</script>', re.S)
 NAMES_SHOWN_JS = (
@@ -248,13 +248,7 @@ def assert_frames_shown(
     under ``scope``, in order; a frame may be missing only across a reconnect (see
     :func:`frame_problems` and :func:`page_outages`). Reads the recorder's log
     (conftest.RECORDER_JS)."""
-    shown = page.evaluate(
-        """([field, side, scope]) => window.__rc.log
-             .filter((e) => e.kind === 'text' && e.field === field && e.side === side
-                            && e.scope === scope)
-             .map((e) => [e.t, e.text])""",
-        [field_name, side, scope],
-    )
+    shown = timed_texts(page, field_name, side, scope)
     outages = [(float(o), float(landing)) for o, landing in page_outages(page, scope)]
-    problems = frame_problems([(t, text) for t, text in shown], expected, outages)
+    problems = frame_problems(shown, expected, outages)
     assert not problems, (problems, shown, outages)
