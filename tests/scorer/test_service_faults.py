@@ -356,6 +356,10 @@ def test_a_press_held_by_the_network_while_another_scorer_replaces_the_match_doe
                     target=lambda: outcome.append(phone.send({"cmd": "point", "side": 1}, 20))
                 )
                 pressing.start()
+                # The press is built (with match 1) before match 2 starts: a thread that
+                # runs late would build it after the phone shows match 2 (loop run A2 on
+                # f7b39d2: the press then rightly scored in match 2).
+                wait_for(lambda: phone._waiting)
                 second = other.send({**START, "force": True})
                 assert second["ok"] and second["match_id"] != first["match_id"]
                 wait_for(lambda: (phone.snapshot or {}).get("match_id") == second["match_id"])
