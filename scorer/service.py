@@ -186,6 +186,11 @@ class ScorerService:
         self._reconcile_until = 0.0
         self._games_unsubscribed = False
         self._subscribe_mid: int | None = None
+        # The SUBSCRIBE may be sent again from a timer thread (a refused one is retried), so
+        # the mid is set and read under a lock: its SUBACK must not be taken for a stranger's.
+        self._subscribe_lock = threading.Lock()
+        self._resubscribe_timer: threading.Timer | None = None
+        self._resubscribe_delay: float = RECONNECT_MIN_DELAY
         self._store: MatchStore | None = None
         self._record: RecordHooks | None = None
         self._lock_file: DataDirLock | None = None
@@ -262,6 +267,8 @@ class ScorerService:
 
     def stop(self, timeout: float = 1.0) -> None:
         self._probe_stop.set()
+        self._stopping = True
+        self._cancel_resubscribe()
         if self._probe_thread is not None:
             self._probe_thread.join(timeout + PROBE_INTERVAL)
             self._probe_thread = None
@@ -332,25 +339,63 @@ class ScorerService:
         self._games_unsubscribed = False
         with self._probe_lock:
             self._probe_sent.clear()
-        # Table 1's filters first and the probe third (as before tables); the tables' after.
-        self._subscribe_mid = client.subscribe(
-            [
-                (topics.ALL_COMMANDS, 1),
-                (topics.ALL_GAMES, 1),
-                (self._probe_topic, 1),
-                (topics.ALL_TABLE_COMMANDS, 1),
-                (topics.ALL_TABLE_GAMES, 1),
-            ]
-        )[1]
+        self._cancel_resubscribe()
+        self._resubscribe_delay = RECONNECT_MIN_DELAY
+        self._subscribe(client)
         for club_id, table in sorted(self.matches):
             self._publish_snapshot(club_id, table)
 
+    def _subscribe(self, client: mqtt.Client) -> None:
+        # Table 1's filters first and the probe third (as before tables); the tables' after.
+        with self._subscribe_lock:
+            self._subscribe_mid = client.subscribe(
+                [
+                    (topics.ALL_COMMANDS, 1),
+                    (topics.ALL_GAMES, 1),
+                    (self._probe_topic, 1),
+                    (topics.ALL_TABLE_COMMANDS, 1),
+                    (topics.ALL_TABLE_GAMES, 1),
+                ]
+            )[1]
+
+    def _resubscribe(self, client: mqtt.Client) -> None:
+        """The timer's retry of a refused SUBSCRIBE, on the same connection only (a new one
+        subscribes in _on_connect)."""
+        if self._stopping or client is not self._client or not client.is_connected():
+            return
+        log.info("subscribing again")
+        self._subscribe(client)
+
+    def _cancel_resubscribe(self) -> None:
+        timer, self._resubscribe_timer = self._resubscribe_timer, None
+        if timer is not None:
+            timer.cancel()
+
     def _on_subscribe(self, client, userdata, mid, reason_codes, properties) -> None:  # type: ignore[no-untyped-def]
         # "Connected" means commands reach us: only once the broker has granted the filters.
-        if mid != self._subscribe_mid:
-            return
+        with self._subscribe_lock:
+            if mid != self._subscribe_mid:
+                return
         if any(code.is_failure for code in reason_codes[:2]):
-            log.error("the broker refused the service's subscriptions: %s", reason_codes)
+            # A broker may refuse for a moment (NATS while JetStream elects its leaders after
+            # a node loss): try again, or the service would sit connected and deaf. Until a
+            # SUBACK grants them, the status stays offline.
+            delay = self._resubscribe_delay
+            self._resubscribe_delay = min(delay * 2, RECONNECT_MAX_DELAY)
+            log.error(
+                "the broker refused the service's subscriptions %s and %s (%s): the service "
+                "is not online until both are granted; subscribing again in %g s (grant the "
+                "service read on both, as in mosquitto.acl)",
+                topics.ALL_COMMANDS,
+                topics.ALL_GAMES,
+                reason_codes[:2],
+                delay,
+            )
+            self._cancel_resubscribe()
+            timer = threading.Timer(delay, self._resubscribe, args=(client,))
+            timer.daemon = True
+            self._resubscribe_timer = timer
+            timer.start()
             return
         # The retained snapshots come after the SUBACK, behind any backlog of queued
         # commands the broker sent first: the comparison window starts now.

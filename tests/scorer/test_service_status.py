@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import time
 
+from amqtt.contexts import Action
+
+import broker.acl as acl
 from scorer import topics
 from scorer.service import PROBE_INTERVAL, PROBE_TIMEOUT, ScorerService
 from tests.scorer.servicekit import (
@@ -121,3 +124,40 @@ def test_a_service_that_cannot_keep_up_with_its_commands_says_stalled(any_broker
         service.stop()
         status.close()
         alpha.close()
+
+
+def test_a_refused_subscription_is_tried_again_and_the_status_says_online_only_once_granted(
+    amqtt_broker, tmp_path, monkeypatch
+):
+    """A broker that refuses the service's games filter for a moment (NATS while JetStream
+    elects its leaders after a node loss: loop run B3 on 3fd569f) must not leave the service
+    connected and deaf with the status offline: it subscribes again, with the reconnect
+    delays, and says online once the broker grants the filters."""
+    real = acl.RallycastAccessPlugin.topic_filtering
+    refused: list[float] = []
+
+    async def refusing_twice(self, *, session=None, topic=None, action=None):  # type: ignore[no-untyped-def]
+        if action == Action.SUBSCRIBE and topic == topics.ALL_GAMES and len(refused) < 2:
+            refused.append(time.monotonic())
+            return False
+        return await real(self, session=session, topic=topic, action=action)
+
+    monkeypatch.setattr(acl.RallycastAccessPlugin, "topic_filtering", refusing_twice)
+    status = Watcher(amqtt_broker, topics.SCORER_STATUS)
+    alpha = Scorer(amqtt_broker, "alpha")
+    service = ScorerService(
+        service_settings(amqtt_broker, tmp_path / "service"),
+        password=amqtt_broker.users[amqtt_broker.service_user],
+    )
+    service.start()
+    try:
+        assert service.wait_until_connected(6 * WAIT), "the service never subscribed again"
+        assert len(refused) == 2
+        # The reconnect delays: 1 s, then 2 s (scorer/timing.py).
+        assert refused[1] - refused[0] >= 0.9
+        assert next_status(status, WAIT) == b"online"
+        assert alpha.send(START)["rev"] == 1
+    finally:
+        service.stop()
+        alpha.close()
+        status.close()
