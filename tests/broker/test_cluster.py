@@ -20,7 +20,12 @@ from broker.acl import Role
 from broker.cluster import permissions, topic_filter_subjects
 from scorer.client import stop_loop
 from tests.brokers import Recorder
-from tests.cluster import NATS_ACK_WAIT, ClusterEndpoint, until_every_node_serves
+from tests.cluster import (
+    NATS_ACK_WAIT,
+    ClusterEndpoint,
+    rejoin_until_every_node_serves,
+    until_every_node_serves,
+)
 
 SNAPSHOT = "clubs/alpha/game"
 COMMANDS = "clubs/alpha/game/cmd"
@@ -32,9 +37,6 @@ FAILOVER_PAUSE = 10.0
 # others elect a new one (4-9 s without a heartbeat, then a vote): the service's commands
 # resume after that (docs/scale.md; more than 10 s in 2 of 5 runs).
 CONSUMER_FAILOVER = 25.0
-# s: after the killed node is back, every node serves the current snapshot (3 s measured
-# alone; JetStream elects its leaders again first, slower on a loaded machine).
-REJOIN_HEAL = 45.0
 # s: a node serves a retained snapshot it received live within this (it learns it from its own
 # JetStream consumer after the PUBACK; docs/scale.md)
 SETTLE = 5.0
@@ -356,8 +358,9 @@ def test_kill_9_of_a_node_mid_match_loses_no_acknowledged_publish_and_every_node
         snapshots.close()
     # The killed node rejoins (with its JetStream files) and serves the same snapshot; its
     # return also revives the consumers it hosted, so every node serves the current one.
-    cluster.start_node(0)
-    served = until_every_node_serves(lambda node: retained_now(cluster, node), presses, REJOIN_HEAL)
+    served = rejoin_until_every_node_serves(
+        cluster, 0, hosts, lambda node: retained_now(cluster, node), presses
+    )
     assert served == dict.fromkeys(range(3), presses), (served, cluster.log_tail(0)[-1500:])
 
 

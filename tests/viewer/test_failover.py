@@ -19,7 +19,7 @@ import pytest
 
 from scorer.client import ScoreClient
 from scorer.service import ScorerService
-from tests.cluster import ClusterEndpoint, until_every_node_serves
+from tests.cluster import ClusterEndpoint, rejoin_until_every_node_serves, until_every_node_serves
 from tests.viewer.conftest import ViewerThread, texts
 from tests.viewer.pagekit import live_api_when
 
@@ -31,9 +31,6 @@ PRESS_INTERVAL = 0.2  # s: 5 presses a second
 PRESSES_BEFORE_KILL = 10
 PRESSES_AFTER_KILL = 15
 CATCH_UP = 5.0  # s: every page shows the latest score within this (the figure)
-# s: after the killed node is back, every node serves the current snapshot (3 s measured
-# alone; JetStream elects its leaders again first, slower on a loaded machine).
-REJOIN_HEAL = 45.0
 # s: a node serves a retained snapshot it got live within this (its own JetStream consumer
 # brings it after the PUBACK; docs/scale.md)
 SETTLE = 5.0
@@ -199,9 +196,8 @@ def test_kill_9_of_a_node_mid_match_loses_no_replied_press_and_every_page_catche
 
         # The killed node rejoins and serves the same snapshot; its return revives the
         # consumers it hosted, so every node serves the current snapshot again.
-        cluster.start_node(0)
-        served = until_every_node_serves(
-            lambda node: retained_rev(cluster, node), revs[-1], REJOIN_HEAL
+        served = rejoin_until_every_node_serves(
+            cluster, 0, hosts, lambda node: retained_rev(cluster, node), revs[-1]
         )
         assert served == dict.fromkeys(range(3), revs[-1]), served
         print(
