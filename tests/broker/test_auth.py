@@ -81,6 +81,7 @@ def test_password_file_write_is_atomic_a_reader_never_sees_a_partial_file(tmp_pa
     seen: list[int] = []  # number of users in each complete file a reader saw
     problems: list[str] = []
     done = threading.Event()
+    read = threading.Event()  # the reader finished a read
 
     def reader() -> None:
         while not done.is_set():
@@ -91,11 +92,15 @@ def test_password_file_write_is_atomic_a_reader_never_sees_a_partial_file(tmp_pa
             ):
                 problems.append(text)
             seen.append(len(lines))
+            read.set()
 
     thread = threading.Thread(target=reader)
     thread.start()
     try:
         for index in range(1, 30):
+            # At least one read between two writes, however the threads are scheduled.
+            read.clear()
+            assert read.wait(10), "the reader stopped"
             with path.open() as before:  # held open: the old file stays, whole, unlinked
                 old_text = before.read()
                 passwords.set(f"club-{index}", "pw")
@@ -107,7 +112,8 @@ def test_password_file_write_is_atomic_a_reader_never_sees_a_partial_file(tmp_pa
         done.set()
         thread.join(10)
     assert not problems, f"a reader saw a partial file: {problems[0]!r}"
-    assert seen == sorted(seen) and len(seen) > 1  # each read: an old or a newer whole file
+    # Whole files, never an older one after a newer, and each of the 29 states seen.
+    assert seen == sorted(seen) and set(range(1, 30)) <= set(seen)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["passwd"]  # no temp file left
 
 
