@@ -81,7 +81,7 @@ def test_password_file_write_is_atomic_a_reader_never_sees_a_partial_file(tmp_pa
     seen: list[int] = []  # number of users in each complete file a reader saw
     problems: list[str] = []
     done = threading.Event()
-    read = threading.Event()  # the reader finished a read
+    read = threading.Condition()  # notified after each read
 
     def reader() -> None:
         while not done.is_set():
@@ -91,16 +91,21 @@ def test_password_file_write_is_atomic_a_reader_never_sees_a_partial_file(tmp_pa
                 line.startswith("club-") and ":$argon2id$" in line for line in lines
             ):
                 problems.append(text)
-            seen.append(len(lines))
-            read.set()
+            with read:
+                seen.append(len(lines))
+                read.notify_all()
 
     thread = threading.Thread(target=reader)
     thread.start()
     try:
         for index in range(1, 30):
-            # At least one read between two writes, however the threads are scheduled.
-            read.clear()
-            assert read.wait(10), "the reader stopped"
+            # The reader has read the file as it is now (index users) before the next write,
+            # however the threads are scheduled: a read that began before the last write
+            # ended would not do.
+            with read:
+                assert read.wait_for(lambda want=[index]: seen[-1:] == want, 10), (
+                    "the reader stopped"
+                )
             with path.open() as before:  # held open: the old file stays, whole, unlinked
                 old_text = before.read()
                 passwords.set(f"club-{index}", "pw")
